@@ -1,0 +1,226 @@
+"""The graph model: frozen dataclasses for autograd nodes, edges and graphs, with no torch object inside."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["NODE_KINDS", "EDGE_KINDS", "Node", "Edge", "Graph"]
+
+#: ``op``: a backward function (``grad_fn``); ``custom``: the backward of a user
+#: ``torch.autograd.Function``; ``leaf``: an ``AccumulateGrad`` (a parameter or
+#: leaf tensor); ``root``: a tensor ``backward()`` started from; ``saved``: a
+#: tensor an op saved for backward; ``base``: the base of a root that is a view.
+NODE_KINDS = ("op", "custom", "leaf", "root", "saved", "base")
+
+#: ``grad``: ``grad_inputs[slot]`` of ``src`` flows into output ``output`` of
+#: ``dst`` (``dst`` is ``src.next_functions[slot]``); ``root``: a root tensor
+#: feeds its ``grad_fn``; ``saved``: a saved tensor belongs to an op;
+#: ``view``: a view root's base.
+EDGE_KINDS = ("grad", "root", "saved", "view")
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One node of the autograd graph.
+
+    Attributes:
+        id: Deterministic id (``n0``, ``n1``, ...) from the canonical traversal.
+        op: ``grad_fn.name()`` for backward functions (e.g. ``MmBackward0``);
+            ``root``, ``saved`` or ``base`` for tensor nodes.
+        kind: One of :data:`NODE_KINDS`.
+        name: A user-facing name: the parameter or variable name, the saved
+            attribute, or ``None``.
+        shape: Tensor shape for tensor-like nodes and for an op's first output.
+        dtype: Tensor dtype as a string (``float32``), when known.
+        inputs: ``len(next_functions)``: how many gradients the node passes on.
+        outputs: How many outputs (incoming gradient slots) the node has.
+        module: The ``nn.Module`` path that produced the node, when known.
+        attrs: Non-tensor saved attributes, as ``(name, repr)`` pairs.
+    """
+
+    id: str
+    op: str
+    kind: str
+    name: str | None = None
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    inputs: int = 0
+    outputs: int = 1
+    module: str | None = None
+    attrs: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns a JSON-able dict; defaults are left out to keep files small."""
+        out: dict[str, Any] = {"id": self.id, "op": self.op, "kind": self.kind}
+        for field in dataclasses.fields(self)[3:]:
+            value = getattr(self, field.name)
+            if value != field.default:
+                out[field.name] = [list(pair) for pair in value] if field.name == "attrs" else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Node:
+        """Inverse of :meth:`to_dict`."""
+        kwargs = dict(data)
+        if kwargs.get("shape") is not None:
+            kwargs["shape"] = tuple(kwargs["shape"])
+        if "attrs" in kwargs:
+            kwargs["attrs"] = tuple((str(k), str(v)) for k, v in kwargs["attrs"])
+        return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Edge:
+    """One edge, oriented the way the gradient flows (from consumer to input).
+
+    Attributes:
+        src: The node that passes the gradient on (the consumer in the forward pass).
+        dst: The node that receives it (``src.next_functions[slot]``).
+        slot: Index into ``src``'s ``next_functions`` / ``grad_inputs``.
+        output: Which output of ``dst`` the gradient lands on (``input_nr``).
+        kind: One of :data:`EDGE_KINDS`.
+    """
+
+    src: str
+    dst: str
+    slot: int = 0
+    output: int = 0
+    kind: str = "grad"
+
+    def to_list(self) -> list[Any]:
+        """Compact JSON form ``[src, dst, slot, output, kind]``."""
+        return [self.src, self.dst, self.slot, self.output, self.kind]
+
+    @classmethod
+    def from_list(cls, data: Iterable[Any]) -> Edge:
+        """Inverse of :meth:`to_list`."""
+        src, dst, slot, output, kind = data
+        return cls(str(src), str(dst), int(slot), int(output), str(kind))
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """An autograd graph as plain data: nodes, edges and root ids.
+
+    Graphs compare equal by content and serialise to JSON without loss. While
+    the tensors of the traced program are alive, :meth:`node_of` maps one of
+    them to its node.
+    """
+
+    nodes: tuple[Node, ...]
+    edges: tuple[Edge, ...]
+    roots: tuple[str, ...]
+
+    # -- lookup -----------------------------------------------------------------
+    @functools.cached_property
+    def by_id(self) -> dict[str, Node]:
+        """Nodes keyed by id."""
+        return {node.id: node for node in self.nodes}
+
+    def node(self, node_id: str) -> Node:
+        """The node with this id; ``KeyError`` names the valid range when missing."""
+        try:
+            return self.by_id[node_id]
+        except KeyError:
+            raise KeyError(f"no node {node_id!r} in this graph of {len(self.nodes)} nodes") from None
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def ops(self) -> collections.Counter[str]:
+        """Multiset of backward-function names (``grad_fn.name()``) in the graph."""
+        return collections.Counter(n.op for n in self.nodes if n.kind in ("op", "custom", "leaf"))
+
+    def grad_edges(self) -> tuple[Edge, ...]:
+        """Edges along which gradients flow (kind ``grad``)."""
+        return tuple(e for e in self.edges if e.kind == "grad")
+
+    def find(self, name: str) -> Node:
+        """The first node whose ``name`` is ``name`` (parameters, roots, named variables)."""
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = sorted({n.name for n in self.nodes if n.name})
+        raise KeyError(f"no node named {name!r}; named nodes: {', '.join(known) or 'none'}")
+
+    def node_of(self, tensor: torch.Tensor) -> Node:
+        """The node of a live tensor: a non-leaf's ``grad_fn`` node, a leaf's accumulator.
+
+        Raises:
+            LookupError: The tensor is not part of this graph, or the graph's
+                tensors are gone (the step was recorded long ago).
+        """
+        live = getattr(self, "_live", None)
+        if live is None:
+            raise LookupError("this graph holds no live tensors (it was loaded or its step is old); look nodes up by id")
+        return self.node(live.node_id_of(tensor))
+
+    # -- identity ----------------------------------------------------------------
+    @functools.cached_property
+    def structural_hash(self) -> str:
+        """Hash of the topology: node ops and kinds, edges and roots (not names or shapes)."""
+        payload = {
+            "n": [[n.id, n.op, n.kind, n.inputs, n.outputs] for n in self.nodes],
+            "e": [e.to_list() for e in self.edges],
+            "r": list(self.roots),
+        }
+        return hashlib.sha1(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()[:16]
+
+    # -- serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict; :meth:`from_dict` restores an equal graph."""
+        return {
+            "nodes": [n.to_dict() for n in self.nodes],
+            "edges": [e.to_list() for e in self.edges],
+            "roots": list(self.roots),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Graph:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            nodes=tuple(Node.from_dict(n) for n in data["nodes"]),
+            edges=tuple(Edge.from_list(e) for e in data["edges"]),
+            roots=tuple(data["roots"]),
+        )
+
+    def to_json(self, **kwargs: Any) -> str:
+        """JSON text of :meth:`to_dict` (keyword arguments go to ``json.dumps``)."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> Graph:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(json.loads(text))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickle only the data: live tensors and cached views are rebuilt on demand.
+        return {"nodes": self.nodes, "edges": self.edges, "roots": self.roots}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+
+    # -- drawing -------------------------------------------------------------------
+    def to_dot(self, **options: Any) -> str:
+        """DOT source of this graph (no gradient values; see ``Run.report`` for those)."""
+        from vizgrad import frames
+
+        return frames.graph_dot(self, **options)
+
+    def render(self, fmt: str = "svg", engine: str | None = None) -> bytes:
+        """Lays the graph out with Graphviz (system ``dot`` or the embedded one) and returns the bytes."""
+        from vizgrad import engine as layout_engine
+
+        return layout_engine.render_dot(self.to_dot(), fmt=fmt, engine=engine)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"image/svg+xml": self.render("svg").decode("utf-8")}

@@ -1,0 +1,102 @@
+"""Infers names for tensors from user code: parameters of ``nn.Module``\\ s in scope and variable names."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+__all__ = ["caller_scope", "leaf_names", "variable_names", "explicit_names"]
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__))
+_SKIPPED_DIRS = (_TORCH_DIR + os.sep, _VIZGRAD_DIR + os.sep)
+
+
+def _is_internal(frame: types.FrameType) -> bool:
+    filename = os.path.abspath(frame.f_code.co_filename)
+    return filename.startswith(_SKIPPED_DIRS) or filename.startswith("<frozen ")
+
+
+def caller_scope() -> list[tuple[str, Any]]:
+    """``(name, value)`` pairs visible in the nearest user frame: locals first, then globals.
+
+    The nearest user frame is the first one outside torch and vizgrad, so this
+    works from inside a patched ``Tensor.backward``.
+    """
+    frame = sys._getframe(1)
+    try:
+        while frame is not None and _is_internal(frame):
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return []
+        scope = list(frame.f_locals.items())
+        if frame.f_globals is not frame.f_locals:
+            scope.extend(frame.f_globals.items())
+        return scope
+    finally:
+        del frame  # frames in locals make reference cycles
+
+
+def _visible(name: str) -> bool:
+    # Skip private names and IPython's output history (_, _1, Out, In).
+    return not name.startswith("_") and name not in ("In", "Out")
+
+
+def explicit_names(params: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | torch.nn.Module) -> dict[int, str]:
+    """Tensor id -> name from ``params``: a mapping, ``named_parameters()`` pairs or a module."""
+    if isinstance(params, torch.nn.Module):
+        pairs: Iterable[tuple[str, Any]] = params.named_parameters()
+    elif isinstance(params, Mapping):
+        pairs = params.items()
+    else:
+        pairs = params
+    names: dict[int, str] = {}
+    for pair in pairs:
+        try:
+            name, tensor = pair
+        except (TypeError, ValueError):
+            raise TypeError("params must map names to tensors, e.g. {'w': w} or model.named_parameters()") from None
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"params[{name!r}] is a {type(tensor).__name__}, not a torch.Tensor")
+        names.setdefault(id(tensor), str(name))
+    return names
+
+
+def leaf_names(params: Any, scope: Sequence[tuple[str, Any]]) -> dict[int, str]:
+    """Tensor id -> name for leaves: from ``params`` when given, else inferred from ``scope``.
+
+    Inferred names are module parameter paths (``model.0.weight``; a module
+    bound to ``self`` contributes ``layer.weight``) and then the names of
+    variables that hold leaf tensors (``w``, ``b``).
+    """
+    if params is not None:
+        return explicit_names(params)
+    names: dict[int, str] = {}
+    seen_modules: set[int] = set()
+    for var, value in scope:
+        if isinstance(value, torch.nn.Module) and id(value) not in seen_modules and _visible(var):
+            seen_modules.add(id(value))
+            prefix = "" if var == "self" else f"{var}."
+            for pname, p in value.named_parameters():
+                names.setdefault(id(p), prefix + pname)
+    for var, value in scope:
+        if isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad and _visible(var):
+            names.setdefault(id(value), var)
+    return names
+
+
+def variable_names(scope: Sequence[tuple[str, Any]], roots: Sequence[torch.Tensor]) -> tuple[dict[int, str], list[str | None]]:
+    """Names of intermediate tensors in scope, by ``id(grad_fn)``, and the roots' variable names."""
+    fn_names: dict[int, str] = {}
+    by_tensor: dict[int, str] = {}
+    for var, value in scope:
+        if isinstance(value, torch.Tensor) and value.grad_fn is not None and _visible(var):
+            by_tensor.setdefault(id(value), var)
+            # Only output 0 names the node: a split's pieces share one grad_fn.
+            if value.output_nr == 0:
+                fn_names.setdefault(id(value.grad_fn), var)
+    return fn_names, [by_tensor.get(id(r)) for r in roots]
