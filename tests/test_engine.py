@@ -15,7 +15,13 @@ SIMPLE_DOT = 'digraph { MulBackward0 -> AccumulateGrad [label="grad 0.5"] }'
 INVALID_DOT = "digraph { a -> }"
 FAKE_DOT_PATH = "/opt/graphviz/bin/dot"
 
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="needs the Graphviz dot executable")
+
+
+def needs_dot(test):
+    """Mark ``test`` as needing the real ``dot`` (marker ``dot``) and skip it when there is none."""
+    skip = pytest.mark.skipif(shutil.which("dot") is None, reason="needs the Graphviz dot executable")
+    return pytest.mark.dot(skip(test))
+
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
@@ -213,7 +214,19 @@ def _wasm_backend() -> Any:
             except ImportError as error:
                 raise ExecutableNotFound(_no_wasm_message(error)) from error
             _wasm_backend_instance = WasmtimeBackend()
+            atexit.register(_drop_wasm_backend)
         return _wasm_backend_instance
+
+
+def _drop_wasm_backend() -> None:
+    """Free the wasm backend before interpreter shutdown, while wasmtime can still free it.
+
+    Left to garbage collection at exit, wasmtime's destructors run after its
+    own module is torn down and print "Exception ignored" tracebacks.
+    """
+    global _wasm_backend_instance
+    with _wasm_backend_lock:
+        _wasm_backend_instance = None
 
 
 def _wasm_module() -> Any:
