@@ -11,6 +11,7 @@ __all__ = [
     "MissingDependencyError",
     "RasterError",
     "RecordingError",
+    "OutputError",
 ]
 
 
@@ -55,3 +56,7 @@ class RasterError(VizgradError, ValueError):
 
 class RecordingError(VizgradError, RuntimeError):
     """Recording could not go on (for example, ``record()`` blocks were nested)."""
+
+
+class OutputError(VizgradError, OSError):
+    """An output file (a report, frames, a video) could not be written where asked."""

@@ -12,8 +12,8 @@ import torch
 from vizgrad import naming
 from vizgrad.errors import RecordingError
 from vizgrad.graph import Graph
-from vizgrad.run import Run, Step
-from vizgrad.stats import summarize
+from vizgrad.run import Run, Step, SummaryMap, ValueMap
+from vizgrad.stats import Batch, summarize
 from vizgrad.tracing import LiveMap, Tracer, as_roots
 
 __all__ = ["record", "Recorder"]
@@ -33,18 +33,22 @@ class Recorder:
         saved: Also show tensors saved for backward in the graph.
         live_steps: How many recent steps keep their live tensors for
             ``step.grad_of(tensor)`` (older ones release them to save memory).
-        store: Where steps go: a run file writer from :mod:`vizgrad.store`, or
-            ``None`` to keep them in memory.
+        store: The run file writer from :mod:`vizgrad.store` behind ``run.steps``
+            (closed when recording stops), or ``None`` for a run in memory.
+        run: The run to append to (a store-backed one when saving).
+        on_step: Callables run after each completed step, with the step.
     """
 
     def __init__(self, params: Any = None, keep: int | None = 4096, saved: bool = False, live_steps: int = 4,
-                 store: Any = None, run: Run | None = None) -> None:
+                 store: Any = None, run: Run | None = None,
+                 on_step: Sequence[Callable[[Step], None]] = ()) -> None:
         self.params = params
         self.keep = keep
         self.tracer = Tracer(saved=saved)
         self.live_steps = live_steps
         self.store = store
         self.run = run if run is not None else Run()
+        self.on_step = list(on_step)
         self._explicit_names = naming.explicit_names(params) if params is not None else None
         self._leaf_names: dict[int, tuple[Any, str]] = {}  # id -> (weakref-able tensor ref, name)
         self._graphs: dict[str, list[Graph]] = {}
@@ -135,7 +139,7 @@ class Recorder:
         """Reuses an equal graph seen before, so a long run holds each topology once."""
         same_hash = self._graphs.setdefault(graph.structural_hash, [])
         for known in same_hash:
-            if known == graph:
+            if known is graph or known == graph:
                 object.__setattr__(known, "_live", live)
                 return known
         same_hash.append(graph)
@@ -143,67 +147,48 @@ class Recorder:
 
     def _finish_step(self, graph: Graph, live: LiveMap, roots: Sequence[torch.Tensor], grad_tensors: Any,
                      captured: Mapping[int, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
-        keys: list[tuple] = []
-        tensors: list[torch.Tensor | None] = []
-        position: dict[int, int] = {}  # id(tensor) -> index in tensors, to summarise each tensor once
-        aliases: list[tuple[tuple, int]] = []
+        tensors: list[torch.Tensor] = []
+        index: dict[tuple, int] = {}  # value key -> position in tensors
+        position: dict[int, int] = {}  # id(tensor) -> position, so each tensor is summarised once
 
         def add(key: tuple, tensor: Any) -> None:
-            if not isinstance(tensor, torch.Tensor):
+            if tensor is None:
                 return
-            index = position.get(id(tensor))
-            if index is None:
-                position[id(tensor)] = len(tensors)
-                keys.append(key)
+            at = position.get(id(tensor))
+            if at is None:
+                at = position[id(tensor)] = len(tensors)
                 tensors.append(tensor)
-            else:
-                aliases.append((key, index))
+            index[key] = at
 
+        by_fn = live.by_fn
         for key, (grad_inputs, grad_outputs) in captured.items():
-            node_id = live.by_fn[key][1]
+            node_id = by_fn[key][1]
             for output, grad in enumerate(grad_outputs):
-                add(("node", node_id, output), grad)
+                if grad is not None:
+                    add(("node", node_id, output), grad)
             for slot, grad in enumerate(grad_inputs):
-                add(("edge", node_id, slot), grad)
-        # The gradient into a root is the one backward() started with; with one
-        # root and no explicit gradient it is implicitly ones.
-        seeds = _root_gradients(roots, grad_tensors)
-        for root_id, root, seed in zip(graph.roots, roots, seeds):
-            add(("root", root_id), root)
+                if grad is not None:
+                    add(("edge", node_id, slot), grad)
+        # A root's incoming gradient is the one backward() started with (ones for a scalar).
+        for root_id, root, seed in zip(graph.roots, roots, _root_gradients(roots, grad_tensors)):
+            add(("value", root_id), root)
             add(("node", root_id, 0), seed)
             add(("edge", root_id, 0), seed)
-        param_names = self._param_names(graph, live)
-        for name, param in param_names:
+        for name, param in self._named_leaves(graph, live):
             add(("param", name), param)
             add(("param_grad", name), param.grad)
-        summaries, kept = summarize(tensors, self.keep)
-        summary_by_key = {}
-        values = {}
-        for key, summary, value in zip(keys, summaries, kept):
-            summary_by_key[key] = summary
-            if value is not None:
-                values[key] = value
-        for key, index in aliases:
-            summary_by_key[key] = summaries[index]
-            if kept[index] is not None:
-                values[key] = kept[index]
-        loss = None
-        root_summaries = [summary_by_key.pop(("root", rid), None) for rid in graph.roots]
-        root_values = [values.pop(("root", rid), None) for rid in graph.roots]
-        if all(s is not None and s.numel == 1 for s in root_summaries):
-            loss = sum(float(v.real.reshape(()) if v.is_complex() else v.reshape(())) if v is not None else s.mean
-                       for v, s in zip(root_values, root_summaries))
-        step = Step(len(self.run.steps), loss, graph,
-                    {k: s for k, s in summary_by_key.items() if s is not None}, values, _live=live)
+        batch = summarize(tensors, self.keep)
+        step = Step(len(self.run.steps), _loss(graph, index, batch), graph, SummaryMap(index, batch.rows),
+                    ValueMap(index, batch), _live=live)
         if self.run._pending_data:
             step.data.update(self.run._pending_data)
             self.run._pending_data.clear()
         self._retire_live(step)
-        if self.store is not None:
-            self.store.append(step)
-        self.run.steps.append(step)
+        self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
+        for callback in self.on_step:
+            callback(step)
 
-    def _param_names(self, graph: Graph, live: LiveMap) -> list[tuple[str, torch.Tensor]]:
+    def _named_leaves(self, graph: Graph, live: LiveMap) -> list[tuple[str, torch.Tensor]]:
         """Named leaves in this graph (with their live tensors), in node order."""
         found = []
         for fn, node_id in live.by_fn.values():
@@ -216,6 +201,18 @@ class Recorder:
         self._live_steps.append(step)
         while len(self._live_steps) > self.live_steps:
             self._live_steps.popleft().release()
+
+
+def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | None:
+    """The loss: the root's value when every root is a scalar (their sum for several), else ``None``."""
+    total = 0.0
+    for root_id in graph.roots:
+        at = index[("value", root_id)]
+        if batch.rows[at, 6] != 1:
+            return None
+        value = batch.value(at)
+        total += float(value.real.reshape(())) if value is not None else float(batch.rows[at, 1])
+    return total
 
 
 def _root_gradients(roots: Sequence[torch.Tensor], grad_tensors: Any) -> list[torch.Tensor | None]:
@@ -237,7 +234,7 @@ def _capture_into(captured: dict[int, Any], key: int) -> Callable[[Any, Any], No
 
 @contextlib.contextmanager
 def record(params: Any = None, *, keep: int | None = 4096, saved: bool = False, save: str | None = None,
-           live_steps: int = 4) -> Iterator[Run]:
+           live_steps: int = 4, on_step: Sequence[Callable[[Step], None]] = ()) -> Iterator[Run]:
     """Records every ``backward()`` inside the block as one step of a :class:`Run`.
 
     Args:
@@ -250,6 +247,7 @@ def record(params: Any = None, *, keep: int | None = 4096, saved: bool = False, 
         saved: Also draw the tensors each op saved for backward.
         save: Path of a run file to write step by step as the run goes.
         live_steps: How many recent steps answer ``step.grad_of(tensor)``.
+        on_step: Callables run with each step once it is complete (and saved).
 
     Yields:
         The :class:`Run`; ``run.steps`` grows by one per ``backward()``.
@@ -264,7 +262,8 @@ def record(params: Any = None, *, keep: int | None = 4096, saved: bool = False, 
         from vizgrad import store as run_store
 
         run, store = run_store.open_for_recording(save)
-    recorder = Recorder(params, keep=keep, saved=saved, live_steps=live_steps, store=store, run=run)
+    recorder = Recorder(params, keep=keep, saved=saved, live_steps=live_steps, store=store, run=run,
+                        on_step=on_step)
     recorder.start()
     try:
         yield recorder.run

@@ -9,18 +9,67 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, MutableSequence, Seque
 import torch
 
 from vizgrad.graph import Graph
-from vizgrad.stats import Summary
+from vizgrad.stats import Batch, Summary, row_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.tracing import LiveMap
 
-__all__ = ["Step", "Run", "ValueKey"]
+__all__ = ["Step", "Run", "ValueKey", "SummaryMap", "ValueMap"]
 
 #: Keys of kept values and summaries: ``("node", node_id, output)`` for the
 #: gradient flowing into a node's output, ``("edge", src_id, slot)`` for the
 #: gradient ``src`` passes along ``slot``, ``("param", name)`` and
 #: ``("param_grad", name)`` for parameter values and their ``.grad``.
 ValueKey = tuple
+
+
+class SummaryMap(Mapping[tuple, Summary]):
+    """Read-only ``ValueKey -> Summary`` view over a step's summary rows (objects made on access)."""
+
+    __slots__ = ("_index", "_rows")
+
+    def __init__(self, index: Mapping[tuple, int], rows: Any) -> None:
+        self._index = index
+        self._rows = rows
+
+    def __getitem__(self, key: tuple) -> Summary:
+        return row_summary(self._rows[self._index[key]])
+
+    def __iter__(self) -> Iterator[tuple]:
+        return (key for key in self._index if key[0] != "value")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index and key[0] != "value"  # type: ignore[index]
+
+
+class ValueMap(Mapping[tuple, torch.Tensor]):
+    """Read-only ``ValueKey -> tensor`` view over the values a step kept (views made on access)."""
+
+    __slots__ = ("_index", "_batch")
+
+    def __init__(self, index: Mapping[tuple, int], batch: Batch) -> None:
+        self._index = index
+        self._batch = batch
+
+    def __getitem__(self, key: tuple) -> torch.Tensor:
+        value = self._batch.value(self._index[key]) if key[0] != "value" else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[tuple]:
+        kept = self._batch.kept
+        return (key for key, at in self._index.items() if key[0] != "value" and kept[at] is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        at = self._index.get(key)  # type: ignore[call-overload]
+        return at is not None and key[0] != "value" and self._batch.kept[at] is not None  # type: ignore[index]
 
 
 @dataclasses.dataclass(eq=False)
@@ -40,8 +89,8 @@ class Step:
     index: int
     loss: float | None
     graph: Graph
-    summaries: dict[ValueKey, Summary]
-    values: dict[ValueKey, torch.Tensor]
+    summaries: Mapping[ValueKey, Summary]
+    values: Mapping[ValueKey, torch.Tensor]
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
     _live: LiveMap | None = dataclasses.field(default=None, repr=False)
 

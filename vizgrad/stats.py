@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Summary", "summarize"]
+__all__ = ["Summary", "Batch", "summarize", "row_summary", "kept_value"]
 
 #: Tensors up to this many elements are summarised together in one flat buffer;
 #: bigger ones get their own reductions (still on their device, still one sync).
@@ -63,141 +63,179 @@ def _json_float(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
-def _empty() -> Summary:
+def _empty_row() -> list[float]:
     nan = float("nan")
-    return Summary(0.0, nan, nan, nan, 0, 0, 0)
+    return [0.0, nan, nan, nan, 0.0, 0.0, 0.0]
 
 
-def _dense_real(t: torch.Tensor) -> torch.Tensor:
-    """A detached float tensor whose stats we take: magnitudes for complex, float64 for accuracy."""
+def _stat_dtype(t: torch.Tensor) -> torch.Tensor:
+    """A detached real tensor to reduce: magnitudes for complex, float32 at least for halves."""
     t = t.detach()
     if t.is_complex():
-        return t.abs().double()
-    return t.double()
+        return t.abs()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.float()
+    return t
 
 
 def _big_row(t: torch.Tensor) -> torch.Tensor:
-    """Stats row ``[norm, mean, min, max, nan, inf]`` of one large tensor, on its device."""
-    numel = t.numel()
+    """``[norm, sum, min, max]`` of one large tensor, computed on its device in three passes."""
     if t.is_sparse:
         t = t.coalesce()
-        values = _dense_real(t.values())
-        implicit = numel - values.numel()
+        values = _stat_dtype(t.values()).reshape(-1)
     else:
-        values = _dense_real(t).reshape(-1)
-        implicit = 0
-    isnan = torch.isnan(values)
-    finite_or_inf = values.masked_fill(isnan, 0.0)
-    norm = torch.linalg.vector_norm(values)
-    mean = values.sum() / max(numel, 1)
-    lo = values.masked_fill(isnan, math.inf).amin() if values.numel() else torch.tensor(math.inf, dtype=torch.float64)
-    hi = values.masked_fill(isnan, -math.inf).amax() if values.numel() else torch.tensor(-math.inf, dtype=torch.float64)
-    if implicit:
+        values = _stat_dtype(t)
+    if values.numel() == 0:  # sparse tensor with no stored values: all implicit zeros
         zero = torch.zeros((), dtype=torch.float64, device=values.device)
-        lo, hi = torch.minimum(lo, zero), torch.maximum(hi, zero)
-    del finite_or_inf
-    return torch.stack([norm, mean, lo.to(values.device), hi.to(values.device), isnan.sum().double(),
-                        torch.isinf(values).sum().double()])
+        return torch.stack([zero, zero, zero, zero])
+    lo, hi = torch.aminmax(values)
+    row = torch.stack([torch.linalg.vector_norm(values), values.sum(), lo, hi]).double()
+    return row
+
+
+def _exact_row(t: torch.Tensor) -> list[float]:
+    """``[norm, sum, min, max, nan, inf]`` with NaN-ignoring min/max: the slow path for non-finite tensors."""
+    values = _stat_dtype(t.coalesce().values() if t.is_sparse else t).reshape(-1).double()
+    isnan = torch.isnan(values)
+    lo = values.masked_fill(isnan, math.inf).amin() if values.numel() else torch.tensor(math.inf)
+    hi = values.masked_fill(isnan, -math.inf).amax() if values.numel() else torch.tensor(-math.inf)
+    row = torch.stack([torch.linalg.vector_norm(values), values.sum(), lo.double(), hi.double(),
+                       isnan.sum().double(), torch.isinf(values).sum().double()])
+    return row.tolist()
 
 
 def _segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Stats rows of many small tensors laid end to end in ``flat`` (all counts > 0)."""
+    """Rows ``[norm, sum, min, max, nan, inf]`` of many small tensors laid end to end (all counts > 0)."""
     values = np.abs(flat) if np.iscomplexobj(flat) else flat
-    values = values.astype(np.float64, copy=False)
     starts = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    isnan = np.isnan(values)
-    with np.errstate(invalid="ignore", over="ignore"):
-        sums = np.add.reduceat(values, starts)
-        sumsq = np.add.reduceat(values * values, starts)
-        if isnan.any():
-            lo = np.minimum.reduceat(np.where(isnan, np.inf, values), starts)
-            hi = np.maximum.reduceat(np.where(isnan, -np.inf, values), starts)
-        else:
-            lo = np.minimum.reduceat(values, starts)
-            hi = np.maximum.reduceat(values, starts)
-        nan = np.add.reduceat(isnan, starts) if isnan.any() else np.zeros(len(counts))
-        isinf = np.isinf(values)
-        inf = np.add.reduceat(isinf, starts) if isinf.any() else np.zeros(len(counts))
-    rows = np.empty((len(counts), 6), dtype=np.float64)
-    rows[:, 0] = np.sqrt(sumsq)
-    rows[:, 1] = sums / counts
-    rows[:, 2] = lo
-    rows[:, 3] = hi
-    rows[:, 4] = nan
-    rows[:, 5] = inf
+    rows = np.zeros((len(counts), 6), dtype=np.float64)
+    # Sums accumulate in float64 without a float64 copy of the data.
+    rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64)
+    rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
+    if np.isfinite(rows[:, 0]).all():  # the common case: no NaN, no Inf anywhere
+        rows[:, 2] = np.minimum.reduceat(values, starts)
+        rows[:, 3] = np.maximum.reduceat(values, starts)
+        return rows
+    wide = values.astype(np.float64)
+    isnan = np.isnan(wide)
+    rows[:, 2] = np.minimum.reduceat(np.where(isnan, np.inf, wide), starts)
+    rows[:, 3] = np.maximum.reduceat(np.where(isnan, -np.inf, wide), starts)
+    rows[:, 4] = np.add.reduceat(isnan, starts)
+    rows[:, 5] = np.add.reduceat(np.isinf(wide), starts)
     return rows
 
 
-def _cpu_numpy(flat: torch.Tensor) -> np.ndarray:
+def _host_numpy(flat: torch.Tensor) -> np.ndarray:
     if flat.dtype in (torch.bfloat16, torch.float16):
         flat = flat.float()
-    if flat.dtype == torch.bool:
-        flat = flat.to(torch.uint8)
     return flat.numpy()
 
 
-def summarize(tensors: Sequence[torch.Tensor | None], keep: int | None = 4096) -> tuple[list[Summary | None], list[torch.Tensor | None]]:
-    """Summarises every tensor, and keeps a CPU copy of those with at most ``keep`` elements.
+@dataclasses.dataclass
+class Batch:
+    """The result of :func:`summarize`.
 
-    Small dense tensors of one device and dtype are concatenated into one
-    buffer (a copy, so later in-place updates of the originals cannot change
-    what was kept) and reduced segment by segment; large and sparse tensors are
-    reduced on their own device. All results reach the host in one transfer per
-    device, so a CUDA step pays one synchronisation, not one per tensor.
+    Attributes:
+        rows: ``(n, 7)`` float64 array: ``norm, mean, min, max, nan, inf, numel`` per tensor.
+        buffers: Host buffers holding kept values end to end.
+        kept: Per tensor: ``(buffer, offset, shape)``, a tensor copy, or ``None`` (not kept).
+    """
+
+    rows: np.ndarray
+    buffers: list[torch.Tensor]
+    kept: list[Any]
+
+    def summary(self, index: int) -> Summary:
+        """The :class:`Summary` of tensor ``index``."""
+        return row_summary(self.rows[index])
+
+    def value(self, index: int) -> torch.Tensor | None:
+        """The kept value of tensor ``index`` (a view into a host buffer), or ``None``."""
+        return kept_value(self.buffers, self.kept[index])
+
+
+def row_summary(row: np.ndarray) -> Summary:
+    """A :class:`Summary` from a row ``norm, mean, min, max, nan, inf, numel``."""
+    norm, mean, lo, hi, nan, inf, numel = row.tolist()
+    if numel and nan == numel:  # nothing but NaN: no meaningful min or max
+        lo = hi = float("nan")
+    return Summary(norm, mean, lo, hi, int(nan), int(inf), int(numel))
+
+
+def kept_value(buffers: Sequence[torch.Tensor], locator: Any) -> torch.Tensor | None:
+    """Resolves a kept-value locator from :class:`Batch` to a tensor."""
+    if locator is None or isinstance(locator, torch.Tensor):
+        return locator
+    buffer, offset, shape = locator
+    return buffers[buffer].narrow(0, offset, math.prod(shape)).view(shape)
+
+
+@torch.no_grad()
+def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 4096) -> Batch:
+    """Summarises every tensor, and keeps a host copy of those with at most ``keep`` elements.
+
+    Small dense tensors of one device and dtype are flattened into one buffer
+    in a single call (a copy, so later in-place updates of the originals cannot
+    change what was kept) and reduced segment by segment; large and sparse
+    tensors are reduced on their own device. Results reach the host in one
+    transfer per device, so a CUDA step pays one synchronisation, not one per
+    tensor (plus one more only when some tensor holds NaN or Inf).
 
     Args:
-        tensors: Gradients; ``None`` entries give ``None``.
+        tensors: The tensors (gradients) to summarise.
         keep: Keep full values of tensors up to this many elements (``None``: all).
 
     Returns:
-        ``(summaries, kept)``, both aligned with ``tensors``.
+        A :class:`Batch` aligned with ``tensors``.
     """
     count = len(tensors)
-    summaries: list[Summary | None] = [None] * count
-    kept: list[torch.Tensor | None] = [None] * count
+    rows = np.zeros((count, 7), dtype=np.float64)
+    kept: list[Any] = [None] * count
+    buffers: list[torch.Tensor] = []
     limit = math.inf if keep is None else keep
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     big: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
-        if t is None:
-            continue
         numel = t.numel()
+        rows[i, 6] = numel
         if numel == 0:
-            summaries[i] = _empty()
-            if limit >= 0:
-                kept[i] = t.detach().to("cpu", copy=True)
+            rows[i, :6] = _empty_row()[:6]
+            kept[i] = t.detach().to("cpu", copy=True)
         elif t.layout == torch.strided and numel <= SEGMENT_LIMIT:
             groups.setdefault((t.device, t.dtype), []).append(i)
         else:
             big.setdefault(t.device, []).append(i)
             if numel <= limit:
-                kept[i] = t.detach().to("cpu", copy=True)
+                kept[i] = (t.to_dense() if t.is_sparse else t).detach().to("cpu", copy=True)
 
     for (device, _dtype), indices in groups.items():
-        parts = [tensors[i].detach().reshape(-1) for i in indices]  # type: ignore[union-attr]
-        flat = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        flat = _flatten([tensors[i] for i in indices])  # no_grad: no detach() needed
         host = flat.cpu() if device.type != "cpu" else flat
-        array = _cpu_numpy(host)
-        counts = np.fromiter((p.numel() for p in parts), dtype=np.int64, count=len(parts))
-        rows = _segment_rows(array, counts)
+        counts = rows[indices, 6].astype(np.int64)
+        rows[indices, :6] = _segment_rows(_host_numpy(host), counts)
+        buffer = len(buffers)
+        buffers.append(host)
         offset = 0
-        for row_index, i in enumerate(indices):
-            n = int(counts[row_index])
-            summaries[i] = _summary(rows[row_index], n)
+        for i, n in zip(indices, counts.tolist()):
             if n <= limit:
-                kept[i] = host[offset:offset + n].view(tensors[i].shape)  # type: ignore[union-attr]
+                kept[i] = (buffer, offset, tuple(tensors[i].shape))
             offset += n
 
     for device, indices in big.items():
-        stacked = torch.stack([_big_row(tensors[i]) for i in indices]).cpu().numpy()  # type: ignore[arg-type]
-        for row, i in zip(stacked, indices):
-            summaries[i] = _summary(row, tensors[i].numel())  # type: ignore[union-attr]
-    return summaries, kept
+        partial = torch.stack([_big_row(tensors[i]) for i in indices]).cpu().numpy()
+        for row, i in zip(partial, indices):
+            rows[i, :4] = row
+            if not math.isfinite(row[0]):
+                rows[i, :6] = _exact_row(tensors[i])
+
+    rows[:, 1] /= np.maximum(rows[:, 6], 1)  # sums -> means
+    rows[rows[:, 6] == 0, 1] = float("nan")
+    return Batch(rows, buffers, kept)
 
 
-def _summary(row: np.ndarray, numel: int) -> Summary:
-    norm, mean, lo, hi, nan, inf = (float(v) for v in row)
-    if nan == numel:  # nothing but NaN: no meaningful min or max
-        lo = hi = float("nan")
-    return Summary(norm, mean, lo, hi, int(nan), int(inf), numel)
+def _flatten(group: list[torch.Tensor]) -> torch.Tensor:
+    """One new 1-d tensor with every tensor of ``group`` end to end (one C++ call)."""
+    if len(group) == 1:
+        return group[0].reshape(-1).clone()  # reshape may return a view: clone to own the data
+    return torch._utils._flatten_dense_tensors(group)

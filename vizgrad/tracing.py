@@ -28,7 +28,19 @@ def _saved_names(fn: Any) -> tuple[str, ...]:
 
 
 def _dtype_name(tensor: torch.Tensor) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
+    return _dtype_str(tensor.dtype)  # type: ignore[return-value]
+
+
+def _dtype_str(dtype: torch.dtype | None) -> str | None:
+    return None if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def _output_metadata(fn: Any) -> tuple[Any, ...]:
+    """Metadata (shape, dtype) of a backward node's forward outputs; empty where torch hides it."""
+    try:
+        return tuple(fn._input_metadata)
+    except (AttributeError, RuntimeError):
+        return ()
 
 
 @dataclasses.dataclass
@@ -86,8 +98,10 @@ class Tracer:
         modules: ``id(grad_fn)`` -> module path, from forward hooks, when known.
     """
 
-    def __init__(self, saved: bool = False) -> None:
+    def __init__(self, saved: bool = False, cache_size: int = 16) -> None:
         self.saved = saved
+        self.cache_size = cache_size
+        self._cache: dict[tuple[Any, ...], Graph] = {}
 
     def trace(
         self,
@@ -102,95 +116,113 @@ class Tracer:
         The traversal is a depth-first preorder from the roots in order, visiting
         ``next_functions`` in slot order, with an explicit stack (no recursion),
         so ids are the same for the same program on every step and every run.
+        A training loop builds the same graph every step, so the graph is looked
+        up by a signature of what was read and only built when it is new.
         """
         names = names or {}
         fn_names = fn_names or {}
         modules = modules or {}
-        nodes: list[Node] = []
-        edges: list[Edge] = []
-        by_fn: dict[int, tuple[Any, str]] = {}
-        fn_order: list[Any] = []
-        root_ids: list[str] = []
-        outputs_seen: dict[str, int] = {}
-
-        def new_id() -> str:
-            return f"n{len(nodes)}"
-
-        def visit(fn: Any) -> str:
-            """Assigns ids by explicit-stack DFS from fn; returns fn's id."""
-            key = id(fn)
-            if key in by_fn:
-                return by_fn[key][1]
-            stack = [fn]
-            while stack:
-                current = stack.pop()
-                if id(current) in by_fn:
-                    continue
-                node_id = new_id()
-                by_fn[id(current)] = (current, node_id)
-                fn_order.append(current)
-                nodes.append(None)  # type: ignore[arg-type]  # placeholder, filled below
-                children = [nxt for nxt, _ in current.next_functions if nxt is not None]
-                stack.extend(reversed(children))
-            return by_fn[key][1]
-
+        position: dict[int, int] = {}  # id(fn) -> node position (its id is f"n{position}")
+        fns: list[Any] = []
+        nexts: list[tuple[Any, ...]] = []
+        root_info: list[tuple[Any, ...]] = []
+        count = 0
         for i, root in enumerate(roots):
-            root_id = new_id()
-            nodes.append(Node(root_id, "root", "root", name=(root_names[i] if root_names else None) or names.get(id(root)),
-                              shape=tuple(root.shape), dtype=_dtype_name(root)))
-            root_ids.append(root_id)
+            root_pos = count
+            count += 1
             gradient_edge = torch.autograd.graph.get_gradient_edge(root)
-            fn, output_nr = gradient_edge.node, gradient_edge.output_nr
-            target = visit(fn)
-            edges.append(Edge(root_id, target, 0, output_nr, "root"))
-            outputs_seen[target] = max(outputs_seen.get(target, 0), output_nr + 1)
-            if root._is_view() and root._base is not None:
-                base = root._base
-                base_id = new_id()
-                nodes.append(Node(base_id, "base", "base", name=names.get(id(base)), shape=tuple(base.shape),
-                                  dtype=_dtype_name(base)))
-                edges.append(Edge(base_id, root_id, 0, 0, "view"))
-
-        # Second pass over functions in id order: edges, then node records.
-        extra: list[Node] = []
-        for fn in fn_order:
-            _, node_id = by_fn[id(fn)]
-            for slot, (nxt, output_nr) in enumerate(fn.next_functions):
-                if nxt is None:
+            stack = [gradient_edge.node]
+            while stack:
+                fn = stack.pop()
+                if id(fn) in position:
                     continue
-                dst = by_fn[id(nxt)][1]
-                edges.append(Edge(node_id, dst, slot, output_nr, "grad"))
-                outputs_seen[dst] = max(outputs_seen.get(dst, 0), output_nr + 1)
-        for fn in fn_order:
-            _, node_id = by_fn[id(fn)]
-            nodes[int(node_id[1:])] = self._fn_node(fn, node_id, outputs_seen.get(node_id, 1), names, fn_names, modules)
+                position[id(fn)] = count
+                count += 1
+                fns.append(fn)
+                next_functions = fn.next_functions
+                nexts.append(next_functions)
+                stack.extend([nxt for nxt, _ in reversed(next_functions) if nxt is not None])
+            base = root._base if root._is_view() else None
+            base_info = None
+            if base is not None:
+                base_info = (count, tuple(base.shape), base.dtype, names.get(id(base)))
+                count += 1
+            root_name = (root_names[i] if root_names else None) or names.get(id(root))
+            root_info.append((root_pos, position[id(gradient_edge.node)], gradient_edge.output_nr,
+                              tuple(root.shape), root.dtype, root_name, base_info))
+
+        raw: list[tuple[Any, ...]] = []
+        for fn, next_functions in zip(fns, nexts):
+            op = fn.name()
+            children = tuple((position[id(nxt)], nr) if nxt is not None else None for nxt, nr in next_functions)
+            if op == _ACCUMULATE:
+                var = fn.variable
+                raw.append((op, "leaf", names.get(id(var)), tuple(var.shape), var.dtype, 1, None, children))
+            else:
+                kind = "custom" if isinstance(fn, torch.autograd.function.BackwardCFunction) else "op"
+                meta = _output_metadata(fn)
+                shape, dtype = (tuple(meta[0].shape), meta[0].dtype) if meta else (None, None)
+                raw.append((op, kind, fn_names.get(id(fn)), shape, dtype, max(len(meta), 1), modules.get(id(fn)),
+                            children))
+        signature = (tuple(root_info), tuple(raw))
+        graph = None if self.saved else self._cache.get(signature)
+        if graph is None:
+            graph = self._build(root_info, raw, count)
             if self.saved:
-                self._add_saved(fn, node_id, nodes, extra, edges)
-        nodes.extend(extra)
-        graph = Graph(tuple(nodes), tuple(edges), tuple(root_ids))
-        live = LiveMap(by_fn, {id(r): rid for r, rid in zip(roots, root_ids)})
+                graph = self._with_saved(graph, fns, position)
+            else:
+                self._remember(signature, graph)
+        by_fn = {id(fn): (fn, f"n{position[id(fn)]}") for fn in fns}
+        live = LiveMap(by_fn, {id(r): graph.roots[i] for i, r in enumerate(roots)})
         object.__setattr__(graph, "_live", live)
         return graph, live
 
+    def _remember(self, signature: tuple[Any, ...], graph: Graph) -> None:
+        self._cache[signature] = graph
+        while len(self._cache) > self.cache_size:
+            self._cache.pop(next(iter(self._cache)))
+
     @staticmethod
-    def _fn_node(fn: Any, node_id: str, outputs: int, names: Mapping[int, str], fn_names: Mapping[int, str],
-                 modules: Mapping[int, str]) -> Node:
-        op = fn.name()
-        inputs = len(fn.next_functions)
-        if op == _ACCUMULATE:
-            var = fn.variable
-            return Node(node_id, op, "leaf", name=names.get(id(var)), shape=tuple(var.shape),
-                        dtype=_dtype_name(var), inputs=inputs, outputs=outputs)
-        kind = "custom" if isinstance(fn, torch.autograd.function.BackwardCFunction) else "op"
-        meta = getattr(fn, "_input_metadata", None)
-        shape = None
-        if meta:  # shapes of the forward outputs, exposed on recent torch
-            try:
-                shape = tuple(meta[0].shape)
-            except (AttributeError, IndexError, TypeError):
-                shape = None
-        return Node(node_id, op, kind, name=fn_names.get(id(fn)), shape=shape, inputs=inputs,
-                    outputs=max(outputs, len(meta) if meta else 1), module=modules.get(id(fn)))
+    def _build(root_info: list[tuple[Any, ...]], raw: list[tuple[Any, ...]], count: int) -> Graph:
+        """Nodes and edges from what the traversal read; ids are positions (``n0``, ``n1``, ...)."""
+        nodes: list[Node | None] = [None] * count
+        edges: list[Edge] = []
+        outputs_seen = [0] * count
+        fn_positions: list[int] = []
+        for root_pos, target, output_nr, shape, dtype, name, base_info in root_info:
+            nodes[root_pos] = Node(f"n{root_pos}", "root", "root", name=name, shape=shape, dtype=_dtype_str(dtype))
+            edges.append(Edge(f"n{root_pos}", f"n{target}", 0, output_nr, "root"))
+            outputs_seen[target] = max(outputs_seen[target], output_nr + 1)
+            if base_info is not None:
+                base_pos, base_shape, base_dtype, base_name = base_info
+                nodes[base_pos] = Node(f"n{base_pos}", "base", "base", name=base_name, shape=base_shape,
+                                       dtype=_dtype_str(base_dtype))
+                edges.append(Edge(f"n{base_pos}", f"n{root_pos}", 0, 0, "view"))
+        taken = {info[0] for info in root_info} | {info[6][0] for info in root_info if info[6] is not None}
+        position = 0
+        for _ in raw:  # fn positions are the ones not taken by roots and bases, in order
+            while position in taken:
+                position += 1
+            fn_positions.append(position)
+            position += 1
+        for pos, (_op, _kind, _name, _shape, _dtype, _outputs, _module, children) in zip(fn_positions, raw):
+            for slot, child in enumerate(children):
+                if child is not None:
+                    edges.append(Edge(f"n{pos}", f"n{child[0]}", slot, child[1], "grad"))
+                    outputs_seen[child[0]] = max(outputs_seen[child[0]], child[1] + 1)
+        for pos, (op, kind, name, shape, dtype, outputs, module, children) in zip(fn_positions, raw):
+            nodes[pos] = Node(f"n{pos}", op, kind, name=name, shape=shape, dtype=_dtype_str(dtype),
+                              inputs=len(children), outputs=max(outputs, outputs_seen[pos], 1), module=module)
+        return Graph(tuple(nodes), tuple(edges), tuple(f"n{info[0]}" for info in root_info))  # type: ignore[arg-type]
+
+    def _with_saved(self, graph: Graph, fns: list[Any], position: Mapping[int, int]) -> Graph:
+        """``graph`` plus the tensors each op saved for backward, as ``saved`` nodes."""
+        nodes = list(graph.nodes)
+        edges = list(graph.edges)
+        extra: list[Node] = []
+        for fn in fns:
+            self._add_saved(fn, f"n{position[id(fn)]}", nodes, extra, edges)
+        return Graph(tuple(nodes + extra), tuple(edges), graph.roots)
 
     @staticmethod
     def _add_saved(fn: Any, node_id: str, nodes: list[Node], extra: list[Node], edges: list[Edge]) -> None:
