@@ -11,21 +11,26 @@ import torch
 
 __all__ = ["caller_scope", "leaf_names", "variable_names", "explicit_names"]
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__))
-_SKIPPED_DIRS = (_TORCH_DIR + os.sep, _VIZGRAD_DIR + os.sep)
+# Frames of the capture machinery are never user code; other vizgrad modules
+# (the demo's training loop) are, so their variables name their tensors.
+_CAPTURE_FILES = frozenset(os.path.join(_VIZGRAD_DIR, f"{name}.py")
+                           for name in ("recorder", "naming", "tracing", "run", "stats", "graph"))
 
 
 def _is_internal(frame: types.FrameType) -> bool:
-    filename = os.path.abspath(frame.f_code.co_filename)
-    return filename.startswith(_SKIPPED_DIRS) or filename.startswith("<frozen ")
+    filename = frame.f_code.co_filename
+    return filename.startswith((_TORCH_DIR, "<frozen ")) or os.path.abspath(filename) in _CAPTURE_FILES
 
 
-def caller_scope() -> list[tuple[str, Any]]:
-    """``(name, value)`` pairs visible in the nearest user frame: locals first, then globals.
+def caller_scope(depth: int = 4) -> list[tuple[str, Any]]:
+    """``(name, value)`` pairs visible to user code, nearest first.
 
-    The nearest user frame is the first one outside torch and vizgrad, so this
-    works from inside a patched ``Tensor.backward``.
+    The nearest user frame is the first one outside torch and vizgrad's
+    capture modules, so this works from inside a patched ``Tensor.backward``.
+    Its locals come first, then the locals of up to ``depth - 1`` user frames
+    that called it (a ``train(model)`` called from ``main()``), then its globals.
     """
     frame = sys._getframe(1)
     try:
@@ -33,9 +38,15 @@ def caller_scope() -> list[tuple[str, Any]]:
             frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             return []
-        scope = list(frame.f_locals.items())
-        if frame.f_globals is not frame.f_locals:
-            scope.extend(frame.f_globals.items())
+        nearest_globals = frame.f_globals
+        scope: list[tuple[str, Any]] = []
+        for _ in range(depth):
+            if frame is None or frame.f_locals is nearest_globals:
+                break
+            if not _is_internal(frame):
+                scope.extend(frame.f_locals.items())
+            frame = frame.f_back  # type: ignore[assignment]
+        scope.extend(nearest_globals.items())
         return scope
     finally:
         del frame  # frames in locals make reference cycles

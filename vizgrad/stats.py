@@ -89,6 +89,8 @@ def _big_row(t: torch.Tensor) -> torch.Tensor:
         zero = torch.zeros((), dtype=torch.float64, device=values.device)
         return torch.stack([zero, zero, zero, zero])
     lo, hi = torch.aminmax(values)
+    if values.numel() < t.numel():  # a sparse tensor's implicit zeros count for min and max
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     row = torch.stack([torch.linalg.vector_norm(values), values.sum(), lo, hi]).double()
     return row
 
@@ -99,6 +101,8 @@ def _exact_row(t: torch.Tensor) -> list[float]:
     isnan = torch.isnan(values)
     lo = values.masked_fill(isnan, math.inf).amin() if values.numel() else torch.tensor(math.inf)
     hi = values.masked_fill(isnan, -math.inf).amax() if values.numel() else torch.tensor(-math.inf)
+    if values.numel() < t.numel():  # a sparse tensor's implicit zeros count for min and max
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     row = torch.stack([torch.linalg.vector_norm(values), values.sum(), lo.double(), hi.double(),
                        isnan.sum().double(), torch.isinf(values).sum().double()])
     return row.tolist()

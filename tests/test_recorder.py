@@ -1,0 +1,272 @@
+"""Tests for vizgrad.recorder: steps, hooks that always go away, and numbers that never change."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import vizgrad
+from vizgrad import recorder as recorder_module
+from vizgrad.errors import RecordingError
+
+ORIGINAL_BACKWARD = torch.autograd.backward
+
+
+@pytest.fixture
+def hook_calls(monkeypatch):
+    """Counts calls of every hook the recorder registers on a backward node."""
+    calls = {"n": 0}
+    make_hook = recorder_module._capture_into
+
+    def counting(captured, key):
+        hook = make_hook(captured, key)
+
+        def counted(grad_inputs, grad_outputs):
+            calls["n"] += 1
+            return hook(grad_inputs, grad_outputs)
+
+        return counted
+
+    monkeypatch.setattr(recorder_module, "_capture_into", counting)
+    return calls
+
+
+def assert_restored():
+    assert torch.autograd.backward is ORIGINAL_BACKWARD
+    assert not recorder_module._active
+    with vizgrad.record():  # a new block can start: nothing is left active
+        pass
+
+
+# -- the seed loop and an MLP with Adam: bit-identical with and without recording -------------------
+def seed_loop(steps: int, recording: bool) -> tuple[torch.Tensor, torch.Tensor, vizgrad.Run | None]:
+    """The seed's autograd regression, with its ``requires_grad`` toggling and ``.grad.data`` updates."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 1, generator=generator) * 20
+    y = x * 2 + 3
+    w = torch.rand(1, 1, generator=generator, requires_grad=True)
+    b = torch.zeros(1, 1, requires_grad=True)
+    lr = 0.001
+    run = None
+
+    def train():
+        for _ in range(steps):
+            y_pred = x.mm(w) + b.expand_as(y)
+            error = y_pred - y
+            loss = error ** 2 / 8
+            loss = loss.sum()
+            loss.backward()
+            w.requires_grad = False
+            b.requires_grad = False
+            w.sub_(lr * w.grad.data)
+            b.sub_(lr * b.grad.data)
+            w.requires_grad = True
+            b.requires_grad = True
+            w.grad.data.zero_()
+            b.grad.data.zero_()
+
+    if recording:
+        with vizgrad.record({"w": w, "b": b}) as run:
+            train()
+    else:
+        train()
+    return w.detach().clone(), b.detach().clone(), run
+
+
+def test_seed_loop_is_bit_identical_with_recording(hook_calls):
+    w_bare, b_bare, _ = seed_loop(300, recording=False)
+    w_rec, b_rec, run = seed_loop(300, recording=True)
+    assert torch.equal(w_rec, w_bare) and torch.equal(b_rec, b_bare)
+    assert len(run.steps) == 300
+    assert abs(w_rec.item() - 2) < 0.1  # it did train
+    # The step's parameter values are those backward() saw, before the update.
+    assert run.steps[-1].param("w").item() != w_rec.item()
+    calls = hook_calls["n"]
+    assert calls == 300 * 9  # every backward node of the seed graph, once per step
+    assert_restored()
+
+
+def mlp_adam(steps: int, recording: bool) -> tuple[list[torch.Tensor], vizgrad.Run | None]:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    x, target = torch.randn(32, 6), torch.randint(0, 4, (32,))
+    run = None
+
+    def train():
+        for _ in range(steps):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), target)
+            loss.backward()
+            optimizer.step()
+
+    if recording:
+        with vizgrad.record() as run:
+            train()
+    else:
+        train()
+    return [p.detach().clone() for p in model.parameters()], run
+
+
+def test_mlp_with_adam_is_bit_identical_with_recording():
+    bare, _ = mlp_adam(50, recording=False)
+    recorded, run = mlp_adam(50, recording=True)
+    assert all(torch.equal(a, b) for a, b in zip(recorded, bare))
+    assert len(run.steps) == 50
+    assert run.steps[-1].loss < run.steps[0].loss
+    assert set(run.param_names()) == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias"}
+    assert_restored()
+
+
+# -- hooks go away ------------------------------------------------------------------------------------
+def test_hooks_are_removed_after_each_step_and_after_the_block(hook_calls):
+    w = torch.randn(3, requires_grad=True)
+    with vizgrad.record() as run:
+        loss = (w.exp() * 2).sum()  # SumBackward0, MulBackward0, ExpBackward0, AccumulateGrad
+        loss.backward(retain_graph=True)
+        assert hook_calls["n"] == 4
+        loss.backward(retain_graph=True)
+        assert hook_calls["n"] == 8  # not 12: the first step's hooks are gone
+    assert len(run.steps) == 2
+    assert_restored()
+    loss.backward()  # the same graph, outside the block: no hook of ours fires
+    assert hook_calls["n"] == 8
+    torch.testing.assert_close(w.grad, 3 * 2 * w.exp().detach())
+
+
+def test_hooks_removed_when_a_user_hook_raises(hook_calls):
+    w = torch.randn(3, requires_grad=True)
+
+    def boom(grad):
+        raise ValueError("boom from a user hook")
+
+    with vizgrad.record() as run:
+        h = w * 2
+        h.register_hook(boom)
+        with pytest.raises(ValueError, match="boom"):
+            h.sum().backward()
+        assert run.steps == []  # the failed backward is not a step
+        calls = hook_calls["n"]
+        (w * 3).sum().backward()
+        assert len(run.steps) == 1
+        assert hook_calls["n"] == calls + 3  # only the new graph's hooks fire
+    assert_restored()
+
+
+def test_error_escaping_the_block_restores_backward():
+    w = torch.randn(3, requires_grad=True)
+    loss = (w * w).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        with vizgrad.record() as run:
+            loss.backward()  # its saved tensors were freed by the first backward
+    assert run.steps == []
+    assert_restored()
+
+
+def test_nested_record_raises_and_the_outer_block_keeps_recording():
+    w = torch.randn(2, requires_grad=True)
+    with vizgrad.record() as run:
+        with pytest.raises(RecordingError, match="cannot be nested"):
+            with vizgrad.record():
+                pass
+        assert torch.autograd.backward is not ORIGINAL_BACKWARD
+        (w * 2).sum().backward()
+    assert len(run.steps) == 1
+    assert isinstance(RecordingError("x"), RuntimeError) and isinstance(RecordingError("x"), vizgrad.VizgradError)
+    assert_restored()
+
+
+def test_backward_outside_any_block_is_untouched(hook_calls):
+    w = torch.randn(2, requires_grad=True)
+    (w * 2).sum().backward()
+    assert hook_calls["n"] == 0
+    assert_restored()
+
+
+# -- steps --------------------------------------------------------------------------------------------
+def test_run_backward_records_a_step():
+    w = torch.randn(3, requires_grad=True)
+    with vizgrad.record() as run:
+        loss = (w ** 2).sum()
+        run.backward(loss)
+    assert len(run.steps) == 1
+    torch.testing.assert_close(run.steps[0].grad_of(w), 2 * w.detach())
+    torch.testing.assert_close(w.grad, 2 * w.detach())
+    assert run.steps[0].loss == pytest.approx(loss.item())
+
+
+def test_same_topology_shares_one_graph_and_steps_count_up():
+    w = torch.randn(3, requires_grad=True)
+    with vizgrad.record() as run:
+        for i in range(3):
+            (w * (i + 1)).sum().backward()
+        (w.sin()).sum().backward()
+    assert [s.index for s in run.steps] == [0, 1, 2, 3]
+    assert run.steps[0].graph is run.steps[1].graph is run.steps[2].graph
+    assert run.steps[3].graph.structural_hash != run.steps[0].graph.structural_hash
+    assert len(run.graphs()) == 2
+    assert [float(run.steps[i].grad_of(w)[0]) for i in range(1, 3)] == [2.0, 3.0]
+
+
+def test_only_recent_steps_keep_live_tensors():
+    w = torch.randn(3, requires_grad=True)
+    kept = []
+    with vizgrad.record(live_steps=2) as run:
+        for _ in range(4):
+            h = w * 2
+            kept.append(h)
+            h.sum().backward()
+    with pytest.raises(LookupError, match="live tensors are gone"):
+        run.steps[0].grad_of(kept[0])
+    torch.testing.assert_close(run.steps[3].grad_of(kept[3]), torch.ones(3))
+    root = run.steps[0].graph.roots[0]
+    assert run.steps[0].grad(root) is not None  # kept values outlive the live tensors
+
+
+def test_keep_limits_values_not_summaries():
+    w = torch.randn(50, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    with vizgrad.record(keep=10) as run:
+        ((w * 2).sum() + (b * 3).sum()).backward()
+    step = run.steps[0]
+    w_node, b_node = step.graph.node_of(w), step.graph.node_of(b)
+    assert step.grad(w_node.id) is None
+    assert step.stats(w_node.id)["norm"] == pytest.approx(2 * 50 ** 0.5)
+    assert step.stats(w_node.id)["numel"] == 50
+    torch.testing.assert_close(step.grad(b_node.id), torch.full((3,), 3.0))
+
+
+def test_recorded_values_are_copies():
+    w = torch.randn(3, requires_grad=True)
+    with vizgrad.record() as run:
+        (w * 2).sum().backward()
+        w.grad.zero_()  # in place, after the step
+        with torch.no_grad():
+            w.add_(100)
+    step = run.steps[0]
+    torch.testing.assert_close(step.param_grad("w"), torch.full((3,), 2.0))
+    assert step.param("w").max() < 50
+
+
+def test_deep_chain_is_recorded():
+    leaf = torch.full((2,), 1.0, requires_grad=True)
+    x = leaf
+    for _ in range(20_000):
+        x = x * 1.0001
+    loss = x.sum()
+    (expected,) = torch.autograd.grad(loss, leaf, retain_graph=True)
+    start = time.perf_counter()
+    with vizgrad.record({"leaf": leaf}) as run:
+        loss.backward()
+    seconds = time.perf_counter() - start
+    print(f"recorded a 20,002-node chain in {seconds:.2f} s")
+    step = run.steps[0]
+    assert len(step.graph.nodes) == 20_003
+    torch.testing.assert_close(step.grad_of(leaf), expected)
+    node_grads = [key for key in step.summaries if key[0] == "node"]
+    assert len(node_grads) == 20_003  # every node, the root included
+    assert seconds < 20

@@ -1,0 +1,123 @@
+"""Tests for vizgrad.stats: summaries against torch's own reductions, and what is kept."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vizgrad.stats import SEGMENT_LIMIT, Summary, summarize
+
+
+def expected_summary(t: torch.Tensor) -> dict[str, float | int]:
+    values = t.to_dense() if t.layout != torch.strided else t
+    values = (values.abs() if values.is_complex() else values).double().reshape(-1)
+    finite = values[~torch.isnan(values)]
+    return {
+        "norm": float(torch.linalg.vector_norm(values)),
+        "mean": float(values.mean()),
+        "min": float(finite.min()) if finite.numel() else math.nan,
+        "max": float(finite.max()) if finite.numel() else math.nan,
+        "nan": int(torch.isnan(values).sum()),
+        "inf": int(torch.isinf(values).sum()),
+        "numel": t.numel(),
+    }
+
+
+def assert_summary(summary: Summary, t: torch.Tensor, rel: float = 1e-6) -> None:
+    want = expected_summary(t)
+    got = summary.as_dict()
+    for key in ("nan", "inf", "numel"):
+        assert got[key] == want[key], key
+    for key in ("norm", "mean", "min", "max"):
+        assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-12, nan_ok=True), key
+
+
+def test_small_tensors_of_several_dtypes_in_one_batch():
+    torch.manual_seed(0)
+    tensors = [
+        torch.randn(5), torch.randn(3, 4), torch.tensor(2.5), torch.randn(7, dtype=torch.float64),
+        torch.randn(4, dtype=torch.complex64), torch.randn(6).half(), torch.randn(6).bfloat16(),
+    ]
+    batch = summarize(tensors, keep=None)
+    for i, t in enumerate(tensors):
+        assert_summary(batch.summary(i), t, rel=1e-3 if t.dtype in (torch.float16, torch.bfloat16) else 1e-6)
+        kept = batch.value(i)
+        assert kept.shape == t.shape and kept.dtype == t.dtype and kept.device.type == "cpu"
+        assert torch.equal(kept, t)
+
+
+def test_large_dense_tensor_is_reduced_on_its_own():
+    torch.manual_seed(0)
+    big = torch.randn(SEGMENT_LIMIT + 10)
+    batch = summarize([big, torch.ones(3)], keep=None)
+    assert_summary(batch.summary(0), big, rel=1e-5)
+    assert torch.equal(batch.value(0), big)
+    assert batch.summary(1).as_dict() == {"norm": math.sqrt(3), "mean": 1.0, "min": 1.0, "max": 1.0, "nan": 0,
+                                          "inf": 0, "numel": 3}
+
+
+@pytest.mark.parametrize("size", [6, SEGMENT_LIMIT + 6])
+def test_nan_and_inf_are_counted_and_min_max_ignore_nan(size):
+    t = torch.zeros(size)
+    t[:6] = torch.tensor([1.0, math.nan, -math.inf, 3.0, math.nan, -2.0])
+    summary = summarize([t], keep=None).summary(0)
+    assert (summary.nan, summary.inf) == (2, 1)
+    assert summary.min == -math.inf and summary.max == 3.0
+    assert math.isnan(summary.norm) and math.isnan(summary.mean)
+    assert not summary.finite
+
+
+def test_only_nan_has_no_min_or_max():
+    summary = summarize([torch.full((4,), math.nan)]).summary(0)
+    assert summary.nan == 4 and math.isnan(summary.min) and math.isnan(summary.max)
+
+
+def test_sparse_tensor_counts_its_implicit_zeros():
+    indices = torch.tensor([[0, 2, 2], [1, 0, 0]])
+    sparse = torch.sparse_coo_tensor(indices, torch.tensor([3.0, 4.0, 1.0]), (4, 3),
+                                     check_invariants=True)  # uncoalesced: (2, 0) twice
+    summary = summarize([sparse], keep=None).summary(0)
+    assert summary.as_dict() == pytest.approx(expected_summary(sparse))
+    assert summary.numel == 12 and summary.min == 0.0 and summary.max == 5.0
+    negative = torch.sparse_coo_tensor(indices, torch.tensor([-3.0, -4.0, -1.0]), (4, 3),
+                                       check_invariants=True)
+    assert summarize([negative]).summary(0).max == 0.0
+
+
+def test_empty_tensor():
+    summary = summarize([torch.zeros(0, 3)]).summary(0)
+    assert summary.numel == 0 and summary.norm == 0.0 and math.isnan(summary.mean)
+
+
+def test_keep_limits_what_is_kept():
+    small, large = torch.ones(4), torch.ones(20)
+    batch = summarize([small, large], keep=10)
+    assert batch.value(0) is not None and batch.value(1) is None
+    assert batch.summary(1).numel == 20 and batch.summary(1).norm == pytest.approx(math.sqrt(20))
+
+
+def test_kept_values_are_copies():
+    small = torch.ones(3)
+    single = torch.arange(4.0).reshape(2, 2).t()  # a non-contiguous view
+    big = torch.ones(SEGMENT_LIMIT + 1)
+    batch = summarize([small, big], keep=None)
+    lone = summarize([single], keep=None)
+    small.zero_()
+    big.zero_()
+    assert torch.equal(batch.value(0), torch.ones(3))
+    assert batch.value(1).sum() == SEGMENT_LIMIT + 1
+    expected = single.clone()
+    single.zero_()
+    assert torch.equal(lone.value(0), expected)
+
+
+def test_summary_json_form_round_trips_non_finite_values():
+    summary = Summary(math.inf, math.nan, -math.inf, 2.0, 1, 2, 5)
+    data = json.loads(json.dumps(summary.to_list()))
+    back = Summary.from_list(data)
+    assert back.norm == math.inf and math.isnan(back.mean) and back.min == -math.inf and back.max == 2.0
+    assert (back.nan, back.inf, back.numel) == (1, 2, 5)
+    assert Summary(0.0, 0.0, 0.0, 0.0, 0, 0, 3).zero and Summary(0.0, 0.0, 0.0, 0.0, 0, 0, 3).finite
