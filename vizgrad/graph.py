@@ -214,6 +214,7 @@ class Graph:
         """DOT source of this graph (no gradient values; see ``Run.report`` for those)."""
         from vizgrad import frames
 
+        options.setdefault("values", False)  # a bare graph has no step data to show
         return frames.graph_dot(self, **options)
 
     def render(self, fmt: str = "svg", engine: str | None = None) -> bytes:

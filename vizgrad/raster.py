@@ -227,6 +227,10 @@ def _replaced_atomically(path: Path) -> Iterator[Path]:
     partial = Path(partial_name)
     try:
         yield partial
+        # mkstemp creates files private to us (0600); give the result the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)

@@ -1,0 +1,213 @@
+"""Colours for frames: the viridis colormap, a log-scale gradient-norm colour scale, its colour bar and text contrast."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Iterable
+
+__all__ = [
+    "VIRIDIS",
+    "FLAG_COLORS",
+    "colormap",
+    "ColorScale",
+    "scale_for",
+    "colorbar",
+    "text_color_for",
+]
+
+# matplotlib's viridis (CC0, by Stéfan van der Walt and Nathaniel Smith): 256
+# colours, darkest first, as one hex string so the table stays compact.
+_VIRIDIS_HEX = (
+    "44015444025645045745055946075a46085c460a5d460b5e"
+    "470d60470e61471063471164471365481467481668481769"
+    "48186a481a6c481b6d481c6e481d6f481f70482071482173"
+    "482374482475482576482677482878482979472a7a472c7a"
+    "472d7b472e7c472f7d46307e46327e46337f463480453581"
+    "453781453882443983443a83443b84433d84433e85423f85"
+    "4240864241864142874144874045884046883f47883f4889"
+    "3e49893e4a893e4c8a3d4d8a3d4e8a3c4f8a3c508b3b518b"
+    "3b528b3a538b3a548c39558c39568c38588c38598c375a8c"
+    "375b8d365c8d365d8d355e8d355f8d34608d34618d33628d"
+    "33638d32648e32658e31668e31678e31688e30698e306a8e"
+    "2f6b8e2f6c8e2e6d8e2e6e8e2e6f8e2d708e2d718e2c718e"
+    "2c728e2c738e2b748e2b758e2a768e2a778e2a788e29798e"
+    "297a8e297b8e287c8e287d8e277e8e277f8e27808e26818e"
+    "26828e26828e25838e25848e25858e24868e24878e23888e"
+    "23898e238a8d228b8d228c8d228d8d218e8d218f8d21908d"
+    "21918c20928c20928c20938c1f948c1f958b1f968b1f978b"
+    "1f988b1f998a1f9a8a1e9b8a1e9c891e9d891f9e891f9f88"
+    "1fa0881fa1881fa1871fa28720a38620a48621a58521a685"
+    "22a78522a88423a98324aa8325ab8225ac8226ad8127ad81"
+    "28ae8029af7f2ab07f2cb17e2db27d2eb37c2fb47c31b57b"
+    "32b67a34b67935b77937b87838b9773aba763bbb753dbc74"
+    "3fbc7340bd7242be7144bf7046c06f48c16e4ac16d4cc26c"
+    "4ec36b50c46a52c56954c56856c66758c7655ac8645cc863"
+    "5ec96260ca6063cb5f65cb5e67cc5c69cd5b6ccd5a6ece58"
+    "70cf5773d05675d05477d1537ad1517cd2507fd34e81d34d"
+    "84d44b86d54989d5488bd6468ed64590d74393d74195d840"
+    "98d83e9bd93c9dd93ba0da39a2da37a5db36a8db34aadc32"
+    "addc30b0dd2fb2dd2db5de2bb8de29bade28bddf26c0df25"
+    "c2df23c5e021c8e020cae11fcde11dd0e11cd2e21bd5e21a"
+    "d8e219dae319dde318dfe318e2e418e5e419e7e419eae51a"
+    "ece51befe51cf1e51df4e61ef6e620f8e621fbe723fde725"
+)
+
+VIRIDIS: tuple[str, ...] = tuple(f"#{_VIRIDIS_HEX[i:i + 6]}" for i in range(0, len(_VIRIDIS_HEX), 6))
+"""The 256 colours of viridis as ``#rrggbb``, dark purple (index 0) to yellow (255)."""
+
+FLAG_COLORS: dict[str, str] = {
+    "nan": "#e41a1c",   # red: no colour of viridis comes close
+    "inf": "#e7298a",   # magenta
+    "zero": "#d9d9d9",  # grey: an exact zero carries no magnitude to colour
+    "none": "#ffffff",  # white: no gradient flowed here this step
+}
+"""Fills of nodes whose gradient is flagged instead of coloured by magnitude."""
+
+_FALLBACK_RANGE = (-3.0, 1.0)  # log10 bounds when a run has no finite non-zero norm
+
+
+def colormap(position: float) -> str:
+    """The colour at ``position`` in ``[0, 1]`` of reversed viridis (0: pale yellow, 1: dark purple).
+
+    Reversed so that on a white page a larger gradient is darker, the usual
+    reading of a sequential scale. Positions outside ``[0, 1]`` are clipped.
+
+    >>> colormap(0.0), colormap(1.0)
+    ('#fde725', '#440154')
+    """
+    if not position >= 0.0:  # also catches NaN
+        position = 0.0
+    index = round(min(position, 1.0) * (len(VIRIDIS) - 1))
+    return VIRIDIS[len(VIRIDIS) - 1 - index]
+
+
+def _rgb(color: str) -> tuple[int, int, int]:
+    """``#rrggbb`` (or ``#rgb``) as integers."""
+    text = color.lstrip("#")
+    if len(text) == 3:
+        text = "".join(c * 2 for c in text)
+    if len(text) != 6:
+        raise ValueError(f"expected a colour like '#1f77b4', got {color!r}")
+    return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
+
+
+def text_color_for(fill: str) -> str:
+    """Black or white, whichever reads better on ``fill`` (WCAG relative luminance).
+
+    >>> text_color_for("#440154"), text_color_for("#fde725")
+    ('#ffffff', '#000000')
+    """
+
+    def linear(channel: int) -> float:
+        c = channel / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = (linear(c) for c in _rgb(fill))
+    luminance = 0.2126 * red + 0.7152 * green + 0.0722 * blue
+    # Contrast with black beats contrast with white above L ~ 0.179.
+    return "#000000" if luminance > 0.179 else "#ffffff"
+
+
+@dataclasses.dataclass(frozen=True)
+class ColorScale:
+    """Maps gradient norms to colours and edge widths on a log10 scale.
+
+    Attributes:
+        lo: log10 of the smallest norm the scale distinguishes (and below).
+        hi: log10 of the largest (and above).
+    """
+
+    lo: float
+    hi: float
+
+    def position(self, norm: float) -> float | None:
+        """Where ``norm`` falls on the scale, in ``[0, 1]``; ``None`` for zero, negative, NaN or Inf."""
+        if not (math.isfinite(norm) and norm > 0):
+            return None
+        span = self.hi - self.lo
+        t = (math.log10(norm) - self.lo) / span if span > 0 else 0.5
+        return min(max(t, 0.0), 1.0)
+
+    def color(self, norm: float) -> str | None:
+        """The colour of ``norm``, or ``None`` when it has no position (see :meth:`position`)."""
+        t = self.position(norm)
+        return None if t is None else colormap(t)
+
+    def width(self, norm: float, thinnest: float = 1.0, thickest: float = 6.0) -> float:
+        """An edge width in px growing with log10 ``norm``, rounded to 0.1 px."""
+        t = self.position(norm)
+        return round(thinnest + (thickest - thinnest) * (t or 0.0), 1)
+
+
+def scale_for(steps: Iterable[Any]) -> ColorScale:
+    """The colour scale spanning every node and edge gradient norm of these steps.
+
+    Zero, NaN and Inf norms are left out (they are flagged, not coloured). With
+    no usable norm the scale falls back to 1e-3 .. 1e1; a single distinct norm
+    gets half a decade either side.
+
+    Args:
+        steps: :class:`vizgrad.run.Step` objects (e.g. ``run.steps``).
+
+    Returns:
+        The :class:`ColorScale`.
+    """
+    lo = math.inf
+    hi = -math.inf
+    for step in steps:
+        for key, summary in step.summaries.items():
+            if key[0] not in ("node", "edge"):
+                continue
+            norm = summary.norm
+            if math.isfinite(norm) and norm > 0:
+                if norm < lo:
+                    lo = norm
+                if norm > hi:
+                    hi = norm
+    if lo > hi:
+        return ColorScale(*_FALLBACK_RANGE)
+    low, high = math.log10(lo), math.log10(hi)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    return ColorScale(low, high)
+
+
+def colorbar(scale: ColorScale, stops: int = 16) -> dict[str, Any]:
+    """What a colour bar legend needs: colour stops, tick marks and a CSS gradient.
+
+    Args:
+        scale: The scale to explain.
+        stops: How many colour stops to sample along the bar.
+
+    Returns:
+        A JSON-able dict: ``lo`` and ``hi`` (log10 bounds), ``stops`` (list of
+        ``[offset, "#rrggbb"]``, offsets in ``[0, 1]`` from low to high norms),
+        ``ticks`` (list of ``[offset, label]``), ``label`` and ``css`` (a
+        ``linear-gradient(...)`` from left = low to right = high).
+
+    >>> bar = colorbar(ColorScale(-2.0, 1.0))
+    >>> [label for _, label in bar["ticks"]]
+    ['1e-02', '1e-01', '1e+00', '1e+01']
+    """
+    stops = max(2, stops)
+    offsets = [i / (stops - 1) for i in range(stops)]
+    stop_list = [[round(t, 4), colormap(t)] for t in offsets]
+    span = scale.hi - scale.lo
+    first, last = math.ceil(scale.lo - 1e-9), math.floor(scale.hi + 1e-9)
+    ticks: list[list[Any]] = []
+    if last >= first and span > 0:
+        stride = max(1, math.ceil((last - first + 1) / 8))  # at most ~8 labels
+        for decade in range(first, last + 1, stride):
+            ticks.append([round((decade - scale.lo) / span, 4), f"1e{decade:+03d}"])
+    else:  # less than a decade: label the ends
+        ticks = [[0.0, f"{10 ** scale.lo:.2e}"], [1.0, f"{10 ** scale.hi:.2e}"]]
+    css = "linear-gradient(90deg, " + ", ".join(f"{color} {offset * 100:.1f}%" for offset, color in stop_list) + ")"
+    return {
+        "lo": scale.lo,
+        "hi": scale.hi,
+        "stops": stop_list,
+        "ticks": ticks,
+        "label": "gradient norm (log scale)",
+        "css": css,
+    }
