@@ -88,7 +88,7 @@ def test_seed_dot_matches_golden(seed_run):
 
 def test_seed_dot_draws_forward_with_ids_and_kinds(seed_run):
     graph = seed_run.steps[0].graph
-    dot = graph.to_dot()
+    dot = frames.graph_dot(graph)
     w = graph.find("w")
     mm = next(n for n in graph.nodes if n.op == "MmBackward0")
     # The input is drawn above its consumer; the arrowhead shows the gradient going back.

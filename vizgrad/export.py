@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from vizgrad.errors import UsageError
-from vizgrad.frames import FrameRenderer, graph_dot, select_steps
+from vizgrad.frames import FrameRenderer, select_steps
 
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.run import Run
@@ -122,7 +122,7 @@ def _write_dot(run: Run, target: Path, indices: list[int]) -> list[Path]:
     else:
         paths = [target.with_name(f"{target.stem}-{k}{target.suffix}") for k in range(1, len(graphs) + 1)]
     for out, graph in zip(paths, graphs.values()):
-        out.write_text(graph_dot(graph), encoding="utf-8")
+        out.write_text(graph.to_dot(), encoding="utf-8")
     return paths
 
 
