@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -121,3 +123,29 @@ def test_summary_json_form_round_trips_non_finite_values():
     assert back.norm == math.inf and math.isnan(back.mean) and back.min == -math.inf and back.max == 2.0
     assert (back.nan, back.inf, back.numel) == (1, 2, 5)
     assert Summary(0.0, 0.0, 0.0, 0.0, 0, 0, 3).zero and Summary(0.0, 0.0, 0.0, 0.0, 0, 0, 3).finite
+
+
+def test_packed_single_transfer_path_matches_cpu_path():
+    """The accelerator path (one packed transfer per device), forced on the CPU, agrees with the CPU path."""
+    torch.manual_seed(0)
+    tensors = [
+        torch.randn(3, 4),
+        torch.randn(100_000),  # large: reduced, not kept
+        torch.tensor([1.0, float("nan"), -float("inf"), 2.0]),
+        torch.randn(5, dtype=torch.float64),
+        torch.randn(6).to(torch.bfloat16),
+        torch.randn(3, dtype=torch.complex64),
+        torch.randn(10, 3).to_sparse(),
+        torch.tensor(2.5),
+        torch.empty(0),
+    ]
+    plain = summarize(tensors, keep=64)
+    packed = summarize(tensors, keep=64, packed_devices=["cpu"])
+    np.testing.assert_allclose(packed.rows, plain.rows, rtol=1e-6, equal_nan=True)
+    for i, t in enumerate(tensors):
+        a, b = plain.value(i), packed.value(i)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    assert packed.value(1) is None  # over keep: summarised only
+    assert torch.equal(packed.value(0), tensors[0])

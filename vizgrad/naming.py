@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import sys
 import types
+import weakref
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-__all__ = ["caller_scope", "leaf_names", "variable_names", "explicit_names"]
+__all__ = ["caller_scope", "leaf_names", "variable_names", "explicit_names", "InferredLeafNames"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -86,18 +87,57 @@ def leaf_names(params: Any, scope: Sequence[tuple[str, Any]]) -> dict[int, str]:
     """
     if params is not None:
         return explicit_names(params)
-    names: dict[int, str] = {}
+    return {key: name for key, (_tensor, name) in _scan_leaves(scope).items()}
+
+
+def _scan_leaves(scope: Sequence[tuple[str, Any]]) -> dict[int, tuple[torch.Tensor, str]]:
+    found: dict[int, tuple[torch.Tensor, str]] = {}
     seen_modules: set[int] = set()
     for var, value in scope:
         if isinstance(value, torch.nn.Module) and id(value) not in seen_modules and _visible(var):
             seen_modules.add(id(value))
             prefix = "" if var == "self" else f"{var}."
             for pname, p in value.named_parameters():
-                names.setdefault(id(p), prefix + pname)
+                found.setdefault(id(p), (p, prefix + pname))
     for var, value in scope:
         if isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad and _visible(var):
-            names.setdefault(id(value), var)
-    return names
+            found.setdefault(id(value), (value, var))
+    return found
+
+
+class InferredLeafNames:
+    """Leaf names inferred from user code, remembered between steps.
+
+    A training loop names the same parameters every step, so the scope is
+    scanned again only when a leaf is asked for that is not known yet (and at
+    most once per step). Entries hold weak references, so a dead tensor whose
+    id is reused is not mistaken for the new one.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
+        self._scope: Sequence[tuple[str, Any]] | None = None
+
+    def begin_step(self, scope: Sequence[tuple[str, Any]]) -> None:
+        """Makes ``scope`` available for one rescan during this step."""
+        self._scope = scope
+
+    def end_step(self) -> None:
+        """Drops the step's scope (it references user objects)."""
+        self._scope = None
+
+    def get(self, key: int, default: str | None = None) -> str | None:
+        """The name of the leaf tensor with ``id`` ``key``, or ``default``."""
+        entry = self._known.get(key)
+        if entry is not None and entry[0]() is not None:
+            return entry[1]
+        if self._scope is not None:
+            scope, self._scope = self._scope, None
+            self._known = {k: (weakref.ref(t), name) for k, (t, name) in _scan_leaves(scope).items()}
+            entry = self._known.get(key)
+            if entry is not None:
+                return entry[1]
+        return default
 
 
 def variable_names(scope: Sequence[tuple[str, Any]], roots: Sequence[torch.Tensor]) -> tuple[dict[int, str], list[str | None]]:

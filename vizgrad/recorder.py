@@ -50,7 +50,7 @@ class Recorder:
         self.run = run if run is not None else Run()
         self.on_step = list(on_step)
         self._explicit_names = naming.explicit_names(params) if params is not None else None
-        self._leaf_names: dict[int, tuple[Any, str]] = {}  # id -> (weakref-able tensor ref, name)
+        self._inferred_names = naming.InferredLeafNames()
         self._graphs: dict[str, list[Graph]] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
         self._original_backward: Callable[..., Any] | None = None
@@ -110,12 +110,16 @@ class Recorder:
             return original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
         as_roots(tracked)
         scope = naming.caller_scope()
+        names: Any = self._explicit_names
+        if names is None:
+            names = self._inferred_names
+            names.begin_step(scope)
         try:
-            names = self._names_for(scope)
             fn_names, root_names = naming.variable_names(scope, tracked)
+            graph, live = self.tracer.trace(tracked, names, fn_names, root_names=root_names)
         finally:
+            self._inferred_names.end_step()
             del scope
-        graph, live = self.tracer.trace(tracked, names, fn_names, root_names=root_names)
         graph = self._dedupe(graph, live)
         captured: dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
         handles = []
@@ -129,11 +133,6 @@ class Recorder:
                 handle.remove()
             self._in_step = False
         self._finish_step(graph, live, tracked, grad_tensors if len(roots) == len(tracked) else None, captured)
-
-    def _names_for(self, scope: Sequence[tuple[str, Any]]) -> dict[int, str]:
-        if self._explicit_names is not None:
-            return self._explicit_names
-        return naming.leaf_names(None, scope)
 
     def _dedupe(self, graph: Graph, live: LiveMap) -> Graph:
         """Reuses an equal graph seen before, so a long run holds each topology once."""

@@ -136,19 +136,40 @@ def _host_numpy(flat: torch.Tensor) -> np.ndarray:
     return flat.numpy()
 
 
-@dataclasses.dataclass
 class Batch:
-    """The result of :func:`summarize`.
+    """The result of :func:`summarize`: summary rows and kept values of a list of tensors.
 
-    Attributes:
-        rows: ``(n, 7)`` float64 array: ``norm, mean, min, max, nan, inf, numel`` per tensor.
-        buffers: Host buffers holding kept values end to end.
-        kept: Per tensor: ``(buffer, offset, shape)``, a tensor copy, or ``None`` (not kept).
+    Rows are ``norm, mean, min, max, nan, inf, numel``. Tensors whose values
+    are all kept are summarised from the kept copy on first access to
+    :attr:`rows` (still in one batch), which keeps the training step cheap.
     """
 
-    rows: np.ndarray
-    buffers: list[torch.Tensor]
-    kept: list[Any]
+    def __init__(self, rows: np.ndarray, buffers: list[torch.Tensor], kept: list[Any],
+                 pending: Sequence[tuple[int, list[int], list[int]]] = ()) -> None:
+        self._rows = rows
+        self.buffers = buffers
+        #: Per tensor: ``(buffer, offset, shape)``, a tensor copy, or ``None`` (not kept).
+        self.kept = kept
+        self._pending = list(pending)
+        self._means_done = False
+
+    @property
+    def rows(self) -> np.ndarray:
+        """``(n, 7)`` float64 array of ``norm, mean, min, max, nan, inf, numel``."""
+        if self._pending or not self._means_done:
+            for buffer, indices, counts in self._pending:
+                self._rows[indices, :6] = _segment_rows(_host_numpy(self.buffers[buffer]),
+                                                        np.array(counts, dtype=np.int64))
+            self._pending = []
+            rows = self._rows
+            rows[:, 1] /= np.maximum(rows[:, 6], 1)  # sums -> means
+            rows[rows[:, 6] == 0, 1] = float("nan")
+            self._means_done = True
+        return self._rows
+
+    def numel(self, index: int) -> int:
+        """Element count of tensor ``index`` (never needs the summaries)."""
+        return int(self._rows[index, 6])
 
     def summary(self, index: int) -> Summary:
         """The :class:`Summary` of tensor ``index``."""
@@ -176,19 +197,23 @@ def kept_value(buffers: Sequence[torch.Tensor], locator: Any) -> torch.Tensor | 
 
 
 @torch.no_grad()
-def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 4096) -> Batch:
+def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 4096, *,
+              packed_devices: Sequence[str] | None = None) -> Batch:
     """Summarises every tensor, and keeps a host copy of those with at most ``keep`` elements.
 
-    Small dense tensors of one device and dtype are flattened into one buffer
+    On the CPU, small dense tensors of one dtype are flattened into one buffer
     in a single call (a copy, so later in-place updates of the originals cannot
-    change what was kept) and reduced segment by segment; large and sparse
-    tensors are reduced on their own device. Results reach the host in one
-    transfer per device, so a CUDA step pays one synchronisation, not one per
-    tensor (plus one more only when some tensor holds NaN or Inf).
+    change what was kept) and reduced segment by segment with numpy; large and
+    sparse tensors get three torch reductions each. On an accelerator every
+    reduction runs on the device and the results and kept values travel to
+    the host packed into one byte buffer: one synchronisation per device per
+    step, not one per tensor (plus one more only when a tensor holds NaN/Inf).
 
     Args:
         tensors: The tensors (gradients) to summarise.
         keep: Keep full values of tensors up to this many elements (``None``: all).
+        packed_devices: Device types that use the packed single-transfer path
+            (default: every type but ``cpu``; tests pass ``["cpu"]``).
 
     Returns:
         A :class:`Batch` aligned with ``tensors``.
@@ -197,45 +222,115 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 4096) -> Batch
     rows = np.zeros((count, 7), dtype=np.float64)
     kept: list[Any] = [None] * count
     buffers: list[torch.Tensor] = []
+    pending: list[tuple[int, list[int], list[int]]] = []
     limit = math.inf if keep is None else keep
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    big: dict[torch.device, list[int]] = {}
+    by_device: dict[torch.device, list[int]] = {}
     for i, t in enumerate(tensors):
         numel = t.numel()
         rows[i, 6] = numel
         if numel == 0:
             rows[i, :6] = _empty_row()[:6]
             kept[i] = t.detach().to("cpu", copy=True)
-        elif t.layout == torch.strided and numel <= SEGMENT_LIMIT:
-            groups.setdefault((t.device, t.dtype), []).append(i)
         else:
-            big.setdefault(t.device, []).append(i)
-            if numel <= limit:
-                kept[i] = (t.to_dense() if t.is_sparse else t).detach().to("cpu", copy=True)
+            by_device.setdefault(t.device, []).append(i)
+    for device, indices in by_device.items():
+        packed = device.type != "cpu" if packed_devices is None else device.type in packed_devices
+        if packed:
+            _summarize_packed(tensors, indices, rows, kept, buffers, pending, limit)
+        else:
+            _summarize_on_cpu(tensors, indices, rows, kept, buffers, pending, limit)
+    return Batch(rows, buffers, kept, pending)
 
-    for (device, _dtype), indices in groups.items():
-        flat = _flatten([tensors[i] for i in indices])  # no_grad: no detach() needed
-        host = flat.cpu() if device.type != "cpu" else flat
-        counts = rows[indices, 6].astype(np.int64)
-        rows[indices, :6] = _segment_rows(_host_numpy(host), counts)
-        buffer = len(buffers)
-        buffers.append(host)
-        offset = 0
-        for i, n in zip(indices, counts.tolist()):
-            if n <= limit:
-                kept[i] = (buffer, offset, tuple(tensors[i].shape))
-            offset += n
 
-    for device, indices in big.items():
-        partial = torch.stack([_big_row(tensors[i]) for i in indices]).cpu().numpy()
-        for row, i in zip(partial, indices):
-            rows[i, :4] = row
-            if not math.isfinite(row[0]):
-                rows[i, :6] = _exact_row(tensors[i])
+def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], rows: np.ndarray, kept: list[Any],
+                      buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
+                      limit: float) -> None:
+    groups: dict[torch.dtype, list[int]] = {}
+    big: list[int] = []
+    for i in indices:
+        t = tensors[i]
+        if t.layout == torch.strided and rows[i, 6] <= SEGMENT_LIMIT:
+            groups.setdefault(t.dtype, []).append(i)
+        else:
+            big.append(i)
+    for group in groups.values():
+        kept_indices = [i for i in group if rows[i, 6] <= limit]
+        if kept_indices:
+            # These values are kept in a host buffer anyway: summarise them from it when first asked.
+            _keep_flat(_flatten([tensors[i] for i in kept_indices]), kept_indices, tensors, rows, kept, buffers,
+                       pending)
+        other = [i for i in group if rows[i, 6] > limit]
+        if other:
+            flat = _flatten([tensors[i] for i in other])
+            rows[other, :6] = _segment_rows(_host_numpy(flat), rows[other, 6].astype(np.int64))
+    if big:
+        _store_big_rows(tensors, big, torch.stack([_big_row(tensors[i]) for i in big]).numpy(), rows)
+        for i in big:
+            if rows[i, 6] <= limit:
+                kept[i] = _dense_copy(tensors[i])
 
-    rows[:, 1] /= np.maximum(rows[:, 6], 1)  # sums -> means
-    rows[rows[:, 6] == 0, 1] = float("nan")
-    return Batch(rows, buffers, kept)
+
+def _summarize_packed(tensors: Sequence[torch.Tensor], indices: list[int], rows: np.ndarray, kept: list[Any],
+                      buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
+                      limit: float) -> None:
+    """Reduces on the device and brings rows and kept values to the host in one transfer."""
+    kept_groups: dict[torch.dtype, list[int]] = {}
+    reduced: list[int] = []
+    for i in indices:
+        t = tensors[i]
+        if t.layout == torch.strided and rows[i, 6] <= limit:
+            kept_groups.setdefault(t.dtype, []).append(i)
+        else:
+            reduced.append(i)
+    flats = [(group, _flatten([tensors[i] for i in group])) for group in kept_groups.values()]
+    partial = torch.stack([_big_row(tensors[i]) for i in reduced]) if reduced else None
+    parts = ([partial.reshape(-1)] if partial is not None else []) + [flat for _, flat in flats]
+    host = torch.cat([_padded_bytes(part) for part in parts]).cpu()  # the one synchronisation
+    offset = 0
+    if partial is not None:
+        size = partial.numel() * partial.element_size()
+        _store_big_rows(tensors, reduced, host[:size].view(torch.float64).reshape(-1, 4).numpy(), rows)
+        offset = -(-size // 8) * 8
+    for group, flat in flats:
+        size = flat.numel() * flat.element_size()
+        # clone(): a buffer of its own, aligned for its dtype and not pinning the others
+        _keep_flat(host[offset:offset + size].view(flat.dtype).clone(), group, tensors, rows, kept, buffers, pending)
+        offset += -(-size // 8) * 8
+    for i in reduced:
+        if rows[i, 6] <= limit:  # sparse tensors small enough to keep
+            kept[i] = _dense_copy(tensors[i])
+
+
+def _padded_bytes(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bytes, padded to a multiple of 8 so every part of a packed buffer stays aligned."""
+    raw = t.reshape(-1).view(torch.uint8)
+    padding = -raw.numel() % 8
+    return torch.cat([raw, raw.new_zeros(padding)]) if padding else raw
+
+
+def _keep_flat(host: torch.Tensor, group: list[int], tensors: Sequence[torch.Tensor], rows: np.ndarray,
+               kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]]) -> None:
+    """Registers a host buffer of kept values, to be summarised on first access."""
+    counts = [int(rows[i, 6]) for i in group]
+    buffer = len(buffers)
+    offset = 0
+    for i, n in zip(group, counts):
+        kept[i] = (buffer, offset, tensors[i].shape)
+        offset += n
+    buffers.append(host)
+    pending.append((buffer, group, counts))
+
+
+def _store_big_rows(tensors: Sequence[torch.Tensor], indices: list[int], partial: np.ndarray,
+                    rows: np.ndarray) -> None:
+    for row, i in zip(partial, indices):
+        rows[i, :4] = row
+        if not math.isfinite(row[0]):
+            rows[i, :6] = _exact_row(tensors[i])
+
+
+def _dense_copy(t: torch.Tensor) -> torch.Tensor:
+    return (t.to_dense() if t.is_sparse else t).detach().to("cpu", copy=True)
 
 
 def _flatten(group: list[torch.Tensor]) -> torch.Tensor:
