@@ -177,7 +177,7 @@ class Recorder:
             add(("param", name), param)
             add(("param_grad", name), param.grad)
         batch = summarize(tensors, self.keep)
-        step = Step(len(self.run.steps), _loss(graph, index, batch), graph, SummaryMap(index, batch.rows),
+        step = Step(len(self.run.steps), _loss(graph, index, batch), graph, SummaryMap(index, batch),
                     ValueMap(index, batch), _live=live)
         if self.run._pending_data:
             step.data.update(self.run._pending_data)
@@ -207,7 +207,7 @@ def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | Non
     total = 0.0
     for root_id in graph.roots:
         at = index[("value", root_id)]
-        if batch.rows[at, 6] != 1:
+        if batch.numel(at) != 1:
             return None
         value = batch.value(at)
         total += float(value.real.reshape(())) if value is not None else float(batch.rows[at, 1])

@@ -24,13 +24,22 @@ ValueKey = tuple
 
 
 class SummaryMap(Mapping[tuple, Summary]):
-    """Read-only ``ValueKey -> Summary`` view over a step's summary rows (objects made on access)."""
+    """Read-only ``ValueKey -> Summary`` view over a step's summary rows (objects made on access).
 
-    __slots__ = ("_index", "_rows")
+    ``rows`` is the ``(n, 7)`` array, or the :class:`~vizgrad.stats.Batch`
+    that computes it on first access.
+    """
+
+    __slots__ = ("_index", "_source")
 
     def __init__(self, index: Mapping[tuple, int], rows: Any) -> None:
         self._index = index
-        self._rows = rows
+        self._source = rows
+
+    @property
+    def _rows(self) -> Any:
+        source = self._source
+        return source.rows if isinstance(source, Batch) else source
 
     def __getitem__(self, key: tuple) -> Summary:
         return row_summary(self._rows[self._index[key]])

@@ -79,7 +79,7 @@ def _stat_dtype(t: torch.Tensor) -> torch.Tensor:
 
 
 def _big_row(t: torch.Tensor) -> torch.Tensor:
-    """``[norm, sum, min, max]`` of one large tensor, computed on its device in three passes."""
+    """``[norm, mean, min, max]`` of one large tensor, computed on its device in three passes."""
     if t.is_sparse:
         t = t.coalesce()
         values = _stat_dtype(t.values()).reshape(-1)
@@ -91,31 +91,31 @@ def _big_row(t: torch.Tensor) -> torch.Tensor:
     lo, hi = torch.aminmax(values)
     if values.numel() < t.numel():  # a sparse tensor's implicit zeros count for min and max
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    row = torch.stack([torch.linalg.vector_norm(values), values.sum(), lo, hi]).double()
-    return row
+    mean = values.sum() / t.numel()  # over every element: a sparse tensor's implicit zeros count
+    return torch.stack([torch.linalg.vector_norm(values), mean, lo, hi]).double()
 
 
 def _exact_row(t: torch.Tensor) -> list[float]:
-    """``[norm, sum, min, max, nan, inf]`` with NaN-ignoring min/max: the slow path for non-finite tensors."""
+    """``[norm, mean, min, max, nan, inf]`` with NaN-ignoring min/max: the slow path for non-finite tensors."""
     values = _stat_dtype(t.coalesce().values() if t.is_sparse else t).reshape(-1).double()
     isnan = torch.isnan(values)
     lo = values.masked_fill(isnan, math.inf).amin() if values.numel() else torch.tensor(math.inf)
     hi = values.masked_fill(isnan, -math.inf).amax() if values.numel() else torch.tensor(-math.inf)
     if values.numel() < t.numel():  # a sparse tensor's implicit zeros count for min and max
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    row = torch.stack([torch.linalg.vector_norm(values), values.sum(), lo.double(), hi.double(),
+    row = torch.stack([torch.linalg.vector_norm(values), values.sum() / t.numel(), lo.double(), hi.double(),
                        isnan.sum().double(), torch.isinf(values).sum().double()])
     return row.tolist()
 
 
 def _segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Rows ``[norm, sum, min, max, nan, inf]`` of many small tensors laid end to end (all counts > 0)."""
+    """Rows ``[norm, mean, min, max, nan, inf]`` of many small tensors laid end to end (all counts > 0)."""
     values = np.abs(flat) if np.iscomplexobj(flat) else flat
     starts = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     rows = np.zeros((len(counts), 6), dtype=np.float64)
     # Sums accumulate in float64 without a float64 copy of the data.
-    rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64)
+    rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64) / counts
     rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
     if np.isfinite(rows[:, 0]).all():  # the common case: no NaN, no Inf anywhere
         rows[:, 2] = np.minimum.reduceat(values, starts)
@@ -151,20 +151,13 @@ class Batch:
         #: Per tensor: ``(buffer, offset, shape)``, a tensor copy, or ``None`` (not kept).
         self.kept = kept
         self._pending = list(pending)
-        self._means_done = False
 
     @property
     def rows(self) -> np.ndarray:
         """``(n, 7)`` float64 array of ``norm, mean, min, max, nan, inf, numel``."""
-        if self._pending or not self._means_done:
-            for buffer, indices, counts in self._pending:
-                self._rows[indices, :6] = _segment_rows(_host_numpy(self.buffers[buffer]),
-                                                        np.array(counts, dtype=np.int64))
-            self._pending = []
-            rows = self._rows
-            rows[:, 1] /= np.maximum(rows[:, 6], 1)  # sums -> means
-            rows[rows[:, 6] == 0, 1] = float("nan")
-            self._means_done = True
+        for buffer, indices, counts in self._pending:
+            self._rows[indices, :6] = _segment_rows(_host_numpy(self.buffers[buffer]), np.array(counts, dtype=np.int64))
+        self._pending = []
         return self._rows
 
     def numel(self, index: int) -> int:
