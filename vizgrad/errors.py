@@ -12,6 +12,7 @@ __all__ = [
     "RasterError",
     "RecordingError",
     "OutputError",
+    "ScriptError",
 ]
 
 
@@ -60,3 +61,10 @@ class RecordingError(VizgradError, RuntimeError):
 
 class OutputError(VizgradError, OSError):
     """An output file (a report, frames, a video) could not be written where asked."""
+
+
+class ScriptError(VizgradError, RuntimeError):
+    """A script given to ``vizgrad render`` cannot be run, failed, or recorded nothing.
+
+    The message names the script (and the line, for a syntax error).
+    """

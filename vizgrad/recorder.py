@@ -39,7 +39,7 @@ class Recorder:
         on_step: Callables run after each completed step, with the step.
     """
 
-    def __init__(self, params: Any = None, keep: int | None = 4096, saved: bool = False, live_steps: int = 4,
+    def __init__(self, params: Any = None, keep: int | None = 64, saved: bool = False, live_steps: int = 4,
                  store: Any = None, run: Run | None = None,
                  on_step: Sequence[Callable[[Step], None]] = ()) -> None:
         self.params = params
@@ -232,7 +232,7 @@ def _capture_into(captured: dict[int, Any], key: int) -> Callable[[Any, Any], No
 
 
 @contextlib.contextmanager
-def record(params: Any = None, *, keep: int | None = 4096, saved: bool = False, save: str | None = None,
+def record(params: Any = None, *, keep: int | None = 64, saved: bool = False, save: str | None = None,
            live_steps: int = 4, on_step: Sequence[Callable[[Step], None]] = ()) -> Iterator[Run]:
     """Records every ``backward()`` inside the block as one step of a :class:`Run`.
 

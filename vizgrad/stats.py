@@ -190,7 +190,7 @@ def kept_value(buffers: Sequence[torch.Tensor], locator: Any) -> torch.Tensor | 
 
 
 @torch.no_grad()
-def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 4096, *,
+def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
               packed_devices: Sequence[str] | None = None) -> Batch:
     """Summarises every tensor, and keeps a host copy of those with at most ``keep`` elements.
 

@@ -1,0 +1,226 @@
+"""The HTML report in a real headless Chromium: it loads cleanly, plays, and shows names only as text."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import vizgrad
+from vizgrad import demo
+
+CHROMIUM = "/usr/bin/chromium"
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"needs headless Chromium at {CHROMIUM}"),
+]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """A browser page on a saved report, recording console errors, page errors, dialogs and requests."""
+
+    def __init__(self, browser, path: Path) -> None:
+        self.page = browser.new_page(viewport={"width": 1280, "height": 800})
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
+        self.page.on("request", lambda request: self.requests.append(request.url))
+        self.page.goto(path.as_uri())
+        self.page.wait_for_selector("g.vg-node")
+
+    def values(self) -> list[str]:
+        return self.page.eval_on_selector_all("#stage .vg-val", "els => els.map(e => e.textContent)")
+
+    def marker(self) -> dict:
+        return self.page.eval_on_selector(
+            "#loss-marker", "m => ({cx: m.getAttribute('cx'), cy: m.getAttribute('cy'), step: m.dataset.step})")
+
+    def step(self) -> int:
+        return int(self.page.get_attribute("#step-label", "data-step"))
+
+
+@pytest.fixture(scope="module")
+def seed_report(tmp_path_factory) -> Path:
+    run = demo.seed_regression(steps=60)
+    return run.report().save(tmp_path_factory.mktemp("report") / "seed.html")
+
+
+@pytest.fixture()
+def seed_page(browser, seed_report: Path):
+    page = Page(browser, seed_report)
+    yield page
+    page.page.close()
+
+
+def test_seed_report_loads_and_runs_without_console_errors(seed_page: Page, seed_report: Path):
+    page = seed_page.page
+    assert page.title() == "Linear regression y = 2x + 3 (the seed)"
+    assert seed_page.step() == 0
+    assert page.locator("#stage svg").count() == 1
+    assert page.locator("#loss-chart svg").count() == 1
+    assert page.locator("#panels .vg-point").count() == 8  # the seed's 8 data points
+    assert page.locator("#params .vg-param").count() == 2
+    # Exercise every control once: still no error, and nothing was fetched.
+    page.click("#next")
+    page.click("#last")
+    page.click("#prev")
+    page.click("#zoom-in")
+    page.click("#zoom-reset")
+    page.click('g.vg-node[data-node="n0"]')
+    page.keyboard.press("Escape")
+    page.mouse.move(400, 400)
+    page.mouse.wheel(0, -200)
+    assert seed_page.errors == []
+    assert seed_page.requests == [seed_report.as_uri()]
+
+
+def test_slider_from_first_to_last_step_changes_numbers_and_loss_marker(seed_page: Page):
+    page = seed_page.page
+    page.focus("#slider")
+    page.keyboard.press("Home")
+    first_values, first_marker = seed_page.values(), seed_page.marker()
+    first_fit = page.get_attribute("#panels .vg-fit", "d")
+    assert seed_page.step() == 0 and first_marker["step"] == "0"
+    page.keyboard.press("End")  # the range input's own keys move it to the last step
+    assert page.input_value("#slider") == "59"
+    last_values, last_marker = seed_page.values(), seed_page.marker()
+    assert seed_page.step() == 59 and last_marker["step"] == "59"
+    assert len(first_values) == len(last_values) > 0
+    assert first_values != last_values
+    changed = [(a, b) for a, b in zip(first_values, last_values) if a != b]
+    assert any(a.startswith("loss") for a, _ in changed)  # the loss line at the root changed
+    assert float(last_marker["cx"]) > float(first_marker["cx"])
+    assert float(last_marker["cy"]) > float(first_marker["cy"])  # the loss fell: lower on the chart
+    assert page.get_attribute("#panels .vg-fit", "d") != first_fit  # the fitted line moved
+    assert seed_page.errors == []
+
+
+def test_play_advances_the_step(seed_page: Page):
+    page = seed_page.page
+    page.click("#first")
+    page.select_option("#speed", "50")
+    page.click("#play")
+    assert page.get_attribute("#play", "aria-pressed") == "true"
+    for _ in range(100):  # (the page's CSP forbids eval, so poll from here rather than wait_for_function)
+        if seed_page.step() >= 5:
+            break
+        page.wait_for_timeout(50)
+    assert seed_page.step() >= 5
+    page.click("#play")  # pause
+    paused_at = seed_page.step()
+    page.wait_for_timeout(150)
+    assert seed_page.step() == paused_at > 0
+    assert page.get_attribute("#play", "aria-pressed") == "false"
+    assert page.input_value("#slider") == str(paused_at)
+
+
+def test_keyboard_and_node_inspector(seed_page: Page):
+    page = seed_page.page
+    page.click("#first")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert seed_page.step() == 2
+    page.keyboard.press("ArrowLeft")
+    assert seed_page.step() == 1
+    page.click('g.vg-node[data-node="n6"]')  # MmBackward0
+    assert page.is_visible("#inspector")
+    assert page.text_content("#inspector-title") == "MmBackward0"
+    rows = page.eval_on_selector_all("#inspector-stats tr", "rows => rows.map(r => r.textContent)")
+    assert rows[0] == "step1" and any(r.startswith("norm") for r in rows)
+    assert page.locator("#inspector-chart path.vg-series").count() == 1  # its history
+    assert page.locator('g.vg-node.vg-selected[data-node="n6"]').count() == 1
+    page.keyboard.press("ArrowRight")
+    assert page.eval_on_selector_all("#inspector-stats tr", "rows => rows[0].textContent") == "step2"
+    page.click("#inspector-close")
+    assert not page.is_visible("#inspector")
+    page.keyboard.press(" ")
+    assert page.get_attribute("#play", "aria-pressed") == "true"
+    page.keyboard.press(" ")
+    assert page.get_attribute("#play", "aria-pressed") == "false"
+
+
+def test_zoom_and_pan_move_the_graph(seed_page: Page):
+    page = seed_page.page
+    transform = lambda: page.eval_on_selector("#stage", "s => s.style.transform")  # noqa: E731
+    start = transform()
+    page.mouse.move(500, 400)
+    page.mouse.wheel(0, -300)
+    zoomed = transform()
+    assert zoomed != start
+    page.mouse.down()
+    page.mouse.move(560, 440, steps=4)
+    page.mouse.up()
+    assert transform() != zoomed
+    page.click("#zoom-reset")
+    assert transform() == start
+
+
+def test_hostile_parameter_name_is_shown_as_text(browser, tmp_path):
+    w = torch.tensor([[0.5]], requires_grad=True)
+    x = torch.tensor([[1.0], [2.0]])
+    with vizgrad.record(params={HOSTILE: w}) as run:
+        for _ in range(3):
+            loss = ((x.mm(w) - 2 * x) ** 2).mean()
+            loss.backward()
+            with torch.no_grad():
+                w -= 0.1 * w.grad
+            w.grad = None
+    path = run.report(title=HOSTILE).save(tmp_path / "hostile.html")
+    page = Page(browser, path)
+    try:
+        p = page.page
+        p.wait_for_timeout(100)
+        assert p.evaluate("document.querySelectorAll('img').length") == 0
+        assert page.dialogs == [] and page.errors == []
+        assert p.title() == HOSTILE
+        assert p.text_content("#report-title") == HOSTILE
+        assert p.text_content(".vg-param-name") == HOSTILE
+        leaf = p.eval_on_selector_all("#stage g.vg-leaf text", "ts => ts.map(t => t.textContent)")
+        assert HOSTILE in leaf  # the graph label, as text
+        node_id = p.get_attribute("#stage g.vg-leaf", "data-node")
+        p.click(f'g.vg-node[data-node="{node_id}"]')
+        assert p.text_content("#inspector-title") == HOSTILE
+        assert p.evaluate("document.querySelectorAll('img').length") == 0
+        assert page.dialogs == [] and page.errors == []
+    finally:
+        page.page.close()
+
+
+def test_one_step_run_without_scalar_loss_or_names_loads_cleanly(browser, tmp_path):
+    with vizgrad.record() as run:
+        out = torch.ones(3, requires_grad=True) * 2  # a leaf no variable names
+        out.backward(torch.tensor([1.0, 0.0, float("nan")]))  # non-scalar root, with a NaN
+    path = run.report().save(tmp_path / "one.html")
+    page = Page(browser, path)
+    try:
+        p = page.page
+        assert p.text_content("#loss-value") == "–"
+        assert p.text_content("#loss-chart") == "no scalar loss recorded"
+        p.click("#play")  # nothing to play: stays put, no error
+        p.keyboard.press("ArrowRight")
+        assert page.step() == 0
+        assert p.locator("#stage .vg-flag-nan").count() >= 1
+        assert page.errors == []
+    finally:
+        p.close()

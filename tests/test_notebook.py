@@ -1,0 +1,131 @@
+"""The tour notebook, executed by a real Jupyter kernel: the graph displays as SVG, the report as HTML."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "examples" / "vizgrad_tour.ipynb"
+
+
+@pytest.fixture(scope="module")
+def executed():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # The kernel starts in the repository, so it imports this checkout of vizgrad.
+    client = nbclient.NotebookClient(notebook, kernel_name="python3", timeout=180,
+                                     resources={"metadata": {"path": str(REPO)}})
+    client.execute()
+    return notebook
+
+
+def outputs_of(notebook, tag: str) -> list:
+    cells = [cell for cell in notebook.cells if tag in cell.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"one cell tagged {tag!r} expected"
+    return cells[0].outputs
+
+
+def test_notebook_records_the_seed_regression(executed):
+    text = "".join(output.get("text", "") for output in outputs_of(executed, "record"))
+    match = re.search(r"(\d+) steps: w = ([\d.]+), b = ([\d.]+)", text)
+    assert match, text
+    steps, w, b = int(match[1]), float(match[2]), float(match[3])
+    assert steps > 1000 and abs(w - 2) < 0.01 and abs(b - 3) < 0.3
+
+
+def test_graph_cell_outputs_svg(executed):
+    (output,) = [o for o in outputs_of(executed, "graph") if o.output_type == "execute_result"]
+    svg = output.data["image/svg+xml"]
+    assert "<svg" in svg and "MmBackward0" in svg
+
+
+def test_report_cell_outputs_isolated_html(executed):
+    (output,) = [o for o in outputs_of(executed, "report") if o.output_type == "execute_result"]
+    page = output.data["text/html"]
+    assert page.startswith("<iframe srcdoc=") and 'sandbox="allow-scripts"' in page
+    assert "Data and fit" in page
+
+
+def test_live_view_ends_on_the_last_step(executed):
+    displays = [o for o in outputs_of(executed, "live") if o.output_type == "display_data"]
+    assert len(displays) == 1  # one output, updated in place
+    assert "step <b>299</b>" in displays[0].data["text/html"]
+
+
+# --- the live view, without a kernel ---------------------------------------------------------------
+
+
+class FakeDisplay:
+    """Stands in for IPython's display(): one handle whose updates are recorded."""
+
+    def __init__(self) -> None:
+        self.shown: list[str] = []
+
+    def display(self, content, display_id=None):
+        assert display_id is True
+        self.shown.append(content.data)
+        return self
+
+    def update(self, content) -> None:
+        self.shown.append(content.data)
+
+
+@pytest.fixture()
+def fake_display(monkeypatch) -> FakeDisplay:
+    from IPython import display
+
+    fake = FakeDisplay()
+    monkeypatch.setattr(display, "display", fake.display)
+    return fake
+
+
+def test_live_view_throttles_and_always_ends_on_the_last_step(seed_run, fake_display):
+    from vizgrad.jupyter import LiveView
+
+    view = LiveView(interval=60)
+    assert "waiting for the first backward()" in fake_display.shown[0]
+    for step in seed_run.steps:
+        view.update(step)
+    assert view.draws == 1  # the first step; the rest came too fast
+    assert "step <b>0</b>" in fake_display.shown[-1]
+    view.close()
+    assert view.draws == 2
+    assert f"step <b>{seed_run.steps[-1].index}</b>" in fake_display.shown[-1]
+    assert "MmBackward0" in fake_display.shown[-1]  # the painted graph
+    view.close()
+    assert view.draws == 2  # nothing new to show
+
+
+def test_live_view_timer_draws_a_held_back_step(seed_run, fake_display):
+    import time
+
+    from vizgrad.jupyter import LiveView
+
+    view = LiveView(interval=0.1)
+    for step in seed_run.steps[:5]:
+        view.update(step)
+    deadline = time.monotonic() + 5
+    while view.draws < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert view.draws == 2
+    assert "step <b>4</b>" in fake_display.shown[-1]
+
+
+def test_live_context_manager_records_and_shows(fake_display):
+    import torch
+
+    from vizgrad.jupyter import live
+
+    w = torch.ones(1, requires_grad=True)
+    with live(interval=0, every=2, params={"w": w}) as run:
+        for _ in range(5):
+            (w * 3).sum().backward()
+    assert len(run.steps) == 5
+    drawn = [html for html in fake_display.shown if "step <b>" in html]
+    assert [h.split("step <b>")[1].split("<")[0] for h in drawn] == ["0", "2", "4"]

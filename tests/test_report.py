@@ -1,0 +1,263 @@
+"""Tests for vizgrad.report (the HTML player) and vizgrad.demo (the seed's regression)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+
+import pytest
+import torch
+
+import vizgrad
+from vizgrad import demo, engine
+from vizgrad.errors import OutputError, UsageError, VizgradError
+from vizgrad.panels import ScatterLine
+from vizgrad.report import Report, embed_json, sanitize_svg
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def page_data(text: str) -> dict:
+    """The JSON the report embeds for its script."""
+    match = re.search(r'<script type="application/json" id="vg-data">(.*?)</script>', text, re.S)
+    assert match, "no data script in the report"
+    return json.loads(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def seed_report(seed_run: vizgrad.Run) -> Report:
+    return seed_run.report()
+
+
+@pytest.fixture(scope="module")
+def seed_html(seed_report: Report) -> str:
+    return seed_report.html()
+
+
+def hostile_run(steps: int = 3) -> vizgrad.Run:
+    """A tiny run whose parameter, panel and logged names are markup."""
+    w = torch.tensor([[0.5]], requires_grad=True)
+    x = torch.tensor([[1.0], [2.0]])
+    with vizgrad.record(params={HOSTILE: w}) as run:
+        run.add_panel(ScatterLine(f"</script>{HOSTILE}", x=[1, 2], y=[2, 4], line_key="fit",
+                                  x_label=HOSTILE, y_label="y"))
+        for _ in range(steps):
+            loss = ((x.mm(w) - 2 * x) ** 2).mean()
+            loss.backward()
+            run.log("fit", {"slope": w.item(), "intercept": 0.0})
+            with torch.no_grad():
+                w -= 0.1 * w.grad
+            w.grad = None
+    run.meta["title"] = f"</title><script>alert(1)</script>{HOSTILE}"
+    return run
+
+
+# --- the document ---------------------------------------------------------------------------------
+
+
+def test_report_is_one_self_contained_file(seed_html: str):
+    assert seed_html.startswith("<!DOCTYPE html>")
+    # Nothing to fetch: no external script, stylesheet, image, frame or import.
+    assert not re.search(r"""(?:src|href|action)\s*=\s*["']?\s*(?:https?:)?//""", seed_html, re.I)
+    assert "<link" not in seed_html.lower()
+    assert "@import" not in seed_html
+    assert not re.search(r"url\(\s*['\"]?\s*(?:https?:)?//", seed_html)
+    assert "default-src 'none'" in seed_html  # and the page forbids any request itself
+    assert seed_html.count("<script>") == 1 and "<script src" not in seed_html
+
+
+def test_report_embeds_each_layout_once_and_data_per_step(seed_run: vizgrad.Run, seed_html: str):
+    data = page_data(seed_html)
+    assert seed_html.count('<template id="vg-layout-') == 1
+    assert len(re.findall(r'<g [^>]*class="node vg-node', seed_html)) == len(seed_run.steps[0].graph.nodes)
+    assert len(data["frames"]) == len(seed_run.steps) == 50
+    assert data["index"] == list(range(50))
+    assert data["loss"][0] == pytest.approx(seed_run.steps[0].loss, rel=1e-5)
+    assert data["loss"][-1] == pytest.approx(seed_run.steps[-1].loss, rel=1e-5)
+    assert [p["name"] for p in data["params"]] == ["w", "b"]
+    w = data["params"][0]
+    assert w["scalar"] is True
+    assert w["values"][-1] == pytest.approx(float(seed_run.steps[-1].param("w")), rel=1e-5)
+    layout = data["layouts"][0]
+    ops = {node[1] for node in layout["nodes"]}
+    assert {"SumBackward0", "MmBackward0", "AccumulateGrad"} <= ops
+    # The root's value line shows this step's loss.
+    root = layout["painted"].index(seed_run.steps[0].graph.roots[0])
+    lines = data["frames"][-1][1][3 * root + 2]
+    assert lines[0].startswith("loss") and float(lines[0].split()[1]) == pytest.approx(seed_run.steps[-1].loss, 1e-4)
+
+
+def test_inspector_stats_match_the_recorded_summaries(seed_run: vizgrad.Run, seed_html: str):
+    data = page_data(seed_html)
+    layout = data["layouts"][0]
+    step = seed_run.steps[7]
+    record = data["frames"][7][3]
+    for position, node_id in enumerate(layout["painted"]):
+        summary = step.stats(node_id)
+        entry = record[position]
+        if isinstance(entry, list) and len(entry) == 1:  # "same as an earlier node"
+            entry = record[entry[0]]
+        if summary is None:
+            assert entry is None
+        elif summary["numel"] == 1:
+            assert entry == pytest.approx(summary["mean"], rel=1e-3)
+        else:
+            assert entry[:4] == pytest.approx([summary["norm"], summary["mean"], summary["min"], summary["max"]],
+                                              rel=1e-3)
+
+
+def test_report_size_grows_by_little_per_step(seed_run: vizgrad.Run, seed_html: str):
+    ten = len(Report(seed_run, steps="0:10").html().encode())
+    fifty = len(seed_html.encode())
+    per_step = (fifty - ten) / 40
+    assert per_step < 900, f"{per_step:.0f} bytes per step"
+    assert fifty < 150_000
+
+
+def test_report_lays_out_once(seed_run: vizgrad.Run):
+    engine.reset_calls()
+    Report(seed_run).html()
+    assert engine.calls() == 1
+
+
+def test_every_and_steps_select_frames(seed_run: vizgrad.Run):
+    assert page_data(Report(seed_run, every=10).html())["index"] == [0, 10, 20, 30, 40]
+    assert page_data(Report(seed_run, steps="10:13").html())["index"] == [10, 11, 12]
+    assert page_data(Report(seed_run, steps=slice(45, None), every=2).html())["index"] == [45, 47, 49]
+    with pytest.raises(UsageError):
+        Report(seed_run, steps="60:70")
+
+
+def test_report_of_a_run_with_two_topologies(tmp_path):
+    x = torch.tensor([[1.0], [2.0]])
+    w = torch.tensor([[0.5]], requires_grad=True)
+    b = torch.tensor([[0.1]], requires_grad=True)
+    with vizgrad.record(params={"w": w, "b": b}) as run:
+        for i in range(6):
+            y = x.mm(w) + b if i % 2 else (x * w).sum(1, keepdim=True)  # two different graphs
+            loss = (y ** 2).mean()
+            loss.backward()
+            w.grad = None
+            b.grad = None
+    text = Report(run).html()
+    data = page_data(text)
+    assert len(data["layouts"]) == 2
+    assert text.count('<template id="vg-layout-') == 2
+    assert [frame[0] for frame in data["frames"]] == [0, 1, 0, 1, 0, 1]
+    assert len(data["layouts"][0]["painted"]) != len(data["layouts"][1]["painted"])
+    assert "2 graph shapes" in text
+
+
+# --- escaping -------------------------------------------------------------------------------------
+
+
+def test_names_from_user_code_are_escaped_everywhere():
+    text = Report(hostile_run()).html()
+    assert HOSTILE not in text  # never raw markup, anywhere
+    assert "<script>alert" not in text
+    assert text.count("</script>") == 2  # the data and the player, nothing injected
+    assert html.escape(HOSTILE, quote=False) in text  # graph labels and the title: escaped text
+    data = page_data(text)  # the JSON keeps the name exactly
+    assert data["params"][0]["name"] == HOSTILE
+    assert data["panels"][0]["title"] == f"</script>{HOSTILE}"
+    assert data["title"].endswith(HOSTILE)
+
+
+def test_embed_json_cannot_close_its_script():
+    data = {"a": "</script><!-- <script>", "b": "x & y > z", "c": "\u2028"}
+    text = str(embed_json(data))
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == data
+    with pytest.raises(ValueError):
+        embed_json({"x": float("nan")})
+
+
+def test_sanitize_svg_removes_active_content():
+    svg = ('<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+           'onload="alert(1)" viewBox="0 0 10 10"><title>page</title><script>alert(2)</script>'
+           '<g class="graph"><title>vizgrad</title><g class="node vg-node" data-node="n0"><title>tip</title>'
+           '<a xlink:href="javascript:alert(3)"><text>&lt;img src=x&gt;</text></a>'
+           '<foreignObject><div/></foreignObject></g></g></svg>')
+    clean = sanitize_svg(svg)
+    for bad in ("onload", "<script", "alert", "foreignObject", "href", "<?xml", "vizgrad</title>", "page"):
+        assert bad not in clean
+    assert "<title>tip</title>" in clean  # node tooltips stay
+    assert "<text>&lt;img src=x&gt;</text>" in clean
+    assert clean.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+
+def test_save_writes_utf8_and_returns_the_path(seed_report: Report, seed_html: str, tmp_path):
+    path = seed_report.save(tmp_path / "report.html")
+    assert path == tmp_path / "report.html"
+    assert path.read_text(encoding="utf-8") == seed_html
+
+
+def test_save_into_a_missing_folder_is_a_clear_error(seed_report: Report, tmp_path):
+    with pytest.raises(OutputError, match="cannot write the report to") as caught:
+        seed_report.save(tmp_path / "missing" / "report.html")
+    assert isinstance(caught.value, VizgradError) and isinstance(caught.value, OSError)
+
+
+def test_jupyter_repr_isolates_the_report_in_an_iframe(seed_report: Report, seed_html: str):
+    bundle = seed_report._repr_mimebundle_()
+    assert set(bundle) == {"text/html"}
+    frame = bundle["text/html"]
+    match = re.fullmatch(r'<iframe srcdoc="([^"]*)" sandbox="allow-scripts" (.*)></iframe>', frame, re.S)
+    assert match, frame[:200]
+    assert "<" not in match.group(1)  # fully escaped inside the attribute
+    assert html.unescape(match.group(1)) == seed_html
+    assert seed_report._repr_html_() == frame
+
+
+def test_two_reports_in_one_notebook_do_not_share_ids(seed_run: vizgrad.Run):
+    first = Report(seed_run, steps="0:5")._repr_html_()
+    second = Report(seed_run, steps="5:10")._repr_html_()
+    for frame in (first, second):  # every id lives inside an iframe's own document
+        assert ' id="' not in frame.split("srcdoc=", 1)[0]
+
+
+def test_empty_run_is_a_usage_error():
+    with pytest.raises(UsageError, match="no steps"):
+        Report(vizgrad.Run())
+
+
+def test_title_defaults_to_the_run_meta(seed_run: vizgrad.Run):
+    assert Report(seed_run).title == "vizgrad report"
+    assert "<title>Mine</title>" in Report(seed_run, title="Mine").html()
+
+
+# --- the demo -------------------------------------------------------------------------------------
+
+
+def test_seed_regression_converges_to_the_line():
+    run = demo.seed_regression()
+    final = run.meta["final"]
+    assert 1000 <= len(run.steps) < demo.DEFAULT_STEPS  # it stops by itself, after more than 1,000 steps
+    assert run.steps[-1].loss < 0.06
+    assert final["w"] == pytest.approx(2.0, abs=0.01)
+    assert final["b"] == pytest.approx(3.0, abs=0.3)
+    assert run.steps[0].graph.find("w").kind == "leaf"
+    assert run.steps[0].graph.find("error").op == "SubBackward0"  # names from the seed's own variables
+    assert all("fit" in step.data for step in run.steps)
+    assert isinstance(run.panels[0], ScatterLine)
+
+
+def test_seed_regression_without_recording_gives_the_same_numbers():
+    w, b = demo.seed_regression(steps=30, record=False)
+    run = demo.seed_regression(steps=30)
+    assert (w, b) == (run.meta["final"]["w"], run.meta["final"]["b"])
+
+
+def test_run_demo_works_without_a_system_graphviz(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dot on PATH: the WebAssembly Graphviz lays out
+    monkeypatch.delenv(engine.ENGINE_ENV_VAR, raising=False)
+    path = demo.run_demo(tmp_path / "demo.html", steps=40)
+    text = path.read_text(encoding="utf-8")
+    assert "layout by Graphviz (wasm)" in text
+    data = page_data(text)
+    assert len(data["frames"]) == 40
+    assert data["panels"][0]["kind"] == "scatter_line" and len(data["panels"][0]["lines"]) == 40

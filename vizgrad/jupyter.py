@@ -1,0 +1,222 @@
+"""A live view for notebooks: one output that shows the latest step while the model trains.
+
+>>> # in a notebook cell
+>>> # view = LiveView()
+>>> # with vizgrad.record(on_step=[view.update]) as run:
+>>> #     ...train...
+>>> # or, the same in one line: with vizgrad.jupyter.live() as run: ...
+
+The graph is laid out once per topology; each update only restyles it, and
+updates are throttled (by default at most two a second) so drawing never slows
+training down. The last step always shows: a step skipped by the throttle is
+drawn once the interval has passed, unless a newer one came first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import math
+import threading
+import time
+from typing import Any, Iterator
+
+from vizgrad import frames
+from vizgrad.colors import ColorScale
+from vizgrad.errors import MissingDependencyError, UsageError
+from vizgrad.recorder import record
+from vizgrad.run import Run, Step
+
+__all__ = ["LiveView", "live"]
+
+#: Most loss values the sparkline draws (older ones are thinned out).
+_SPARK_POINTS = 240
+
+
+def _display_module() -> Any:
+    try:
+        from IPython import display
+    except ImportError as error:
+        raise MissingDependencyError(
+            "the live view needs IPython (it runs in Jupyter); run 'pip install ipython'") from error
+    return display
+
+
+class LiveView:
+    """One notebook output updated in place with the latest recorded step.
+
+    Pass :meth:`update` to ``vizgrad.record(on_step=[...])`` and call
+    :meth:`close` after training (or use :func:`live`, which does both). The
+    view is shown when created (or at the first update when ``display=False``).
+
+    Args:
+        every: Draw only every ``every``-th step (and, at :meth:`close`, the latest).
+        interval: Least seconds between two redraws.
+        engine: Graphviz engine for the layout (``None``/``"auto"``, ``"dot"``, ``"wasm"``).
+        height: Most pixels of height the graph may take.
+        display: Show the (empty) output right away.
+    """
+
+    def __init__(self, *, every: int = 1, interval: float = 0.5, engine: str | None = None, height: int = 520,
+                 display: bool = True) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise UsageError(f"every must be a positive whole number of steps, got {every!r}")
+        if interval < 0:
+            raise UsageError(f"interval must be zero or more seconds, got {interval!r}")
+        self.every = every
+        self.interval = float(interval)
+        self.height = int(height)
+        self.cache = frames.LayoutCache(engine)
+        self.draws = 0
+        self._handle: Any = None
+        self._losses: list[float | None] = []
+        self._range: tuple[float, float] | None = None
+        self._pending: Step | None = None  # held back by the throttle
+        self._latest: Step | None = None
+        self._shown: Step | None = None
+        self._last_draw = -math.inf
+        self._timer: threading.Timer | None = None
+        self._lock = threading.RLock()
+        if display:
+            self._show(self._placeholder())
+
+    # -- the callback ------------------------------------------------------------------------
+    def update(self, step: Step) -> None:
+        """Takes a new step; redraws now if the last redraw is old enough, else soon."""
+        self._losses.append(step.loss)
+        self._widen_range(step)
+        self._latest = step
+        if step.index % self.every:
+            return
+        with self._lock:
+            wait = self._last_draw + self.interval - time.monotonic()
+            if wait <= 0:
+                self._cancel_timer()
+                self._pending = None
+                self._draw(step)
+                return
+            self._pending = step
+            if self._timer is None:
+                self._timer = threading.Timer(wait, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    __call__ = update
+
+    def flush(self) -> None:
+        """Draws the step the throttle held back, if any."""
+        with self._lock:
+            self._cancel_timer()
+            step, self._pending = self._pending, None
+            if step is not None:
+                self._draw(step)
+
+    def close(self) -> None:
+        """Draws the latest step if it is not shown yet, and stops the timer.
+
+        Call it when training ends (:func:`live` does): the latest step may
+        have been skipped by ``every``.
+        """
+        with self._lock:
+            self._cancel_timer()
+            self._pending = None
+            if self._latest is not None and self._latest is not self._shown:
+                self._draw(self._latest)
+
+    # -- drawing -------------------------------------------------------------------------------
+    def html(self, step: Step) -> str:
+        """The HTML the view shows for ``step``: a header, the painted graph and a loss sparkline."""
+        layout = self.cache.get(step.graph)
+        svg = frames.render_frame(layout, frames.paint(step, self._scale()), scalable=True)
+        svg = svg.replace("<svg ", '<svg style="width:100%;height:100%" ', 1)
+        loss = "–" if step.loss is None else f"{step.loss:.6g}"
+        return (
+            '<div class="vizgrad-live" style="font:13px system-ui,sans-serif;color:#1f2328">'
+            '<div style="display:flex;gap:18px;align-items:center;margin-bottom:4px">'
+            f'<b>vizgrad</b><span>step <b>{step.index}</b></span><span>loss <b>{html.escape(loss)}</b></span>'
+            f'{self._sparkline()}</div>'
+            f'<div style="max-height:{self.height}px;overflow:auto;border:1px solid #d1d9e0;border-radius:6px">'
+            f'<div style="height:{min(self.height - 10, layout.height * 4 / 3):.0f}px">'
+            f'{svg}</div></div></div>'
+        )
+
+    def _draw(self, step: Step) -> None:
+        self._show(self.html(step))
+        self._shown = step
+        self._last_draw = time.monotonic()
+        self.draws += 1
+
+    def _show(self, markup: str) -> None:
+        display = _display_module()
+        content = display.HTML(markup)
+        if self._handle is None:
+            self._handle = display.display(content, display_id=True)
+        else:
+            self._handle.update(content)
+
+    @staticmethod
+    def _placeholder() -> str:
+        return ('<div class="vizgrad-live" style="font:13px system-ui,sans-serif;color:#59636e">'
+                'vizgrad: waiting for the first backward()…</div>')
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _widen_range(self, step: Step) -> None:
+        """Grows the colour scale's range with this step's gradient norms (every step counts)."""
+        norms = [s.norm for key, s in step.summaries.items()
+                 if key[0] in ("node", "edge") and math.isfinite(s.norm) and s.norm > 0]
+        if not norms:
+            return
+        lo, hi = math.log10(min(norms)), math.log10(max(norms))
+        if self._range is not None:
+            lo, hi = min(lo, self._range[0]), max(hi, self._range[1])
+        self._range = (lo, hi)
+
+    def _scale(self) -> ColorScale:
+        if self._range is None:
+            return ColorScale(-3.0, 1.0)
+        lo, hi = self._range
+        return ColorScale(lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else ColorScale(lo, hi)
+
+    def _sparkline(self, width: int = 160, height: int = 28) -> str:
+        """The loss so far as a small inline SVG line (log scale)."""
+        values = [v for v in self._losses if v is not None and math.isfinite(v) and v > 0]
+        if len(values) < 2:
+            return ""
+        stride = max(1, math.ceil(len(values) / _SPARK_POINTS))
+        values = values[::stride] + ([values[-1]] if (len(values) - 1) % stride else [])
+        logs = [math.log10(v) for v in values]
+        lo, hi = min(logs), max(logs)
+        span = hi - lo or 1.0
+        step_x = (width - 4) / (len(logs) - 1)
+        points = " ".join(f"{2 + i * step_x:.1f},{height - 2 - (v - lo) / span * (height - 4):.1f}"
+                          for i, v in enumerate(logs))
+        return (f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" aria-label="loss">'
+                f'<polyline points="{points}" fill="none" stroke="#0969da" stroke-width="1.5"/></svg>')
+
+
+@contextlib.contextmanager
+def live(*, every: int = 1, interval: float = 0.5, engine: str | None = None, height: int = 520,
+         **record_options: Any) -> Iterator[Run]:
+    """Records like :func:`vizgrad.record` and shows the latest step live in the notebook.
+
+    Args:
+        every: Draw every ``every``-th step.
+        interval: Least seconds between two redraws.
+        engine: Graphviz engine of the layout.
+        height: Most pixels of height the graph may take.
+        **record_options: Passed to :func:`vizgrad.record` (``params``, ``keep`` ...).
+
+    Yields:
+        The :class:`~vizgrad.Run` being recorded.
+    """
+    view = LiveView(every=every, interval=interval, engine=engine, height=height)
+    callbacks = [*record_options.pop("on_step", ()), view.update]
+    try:
+        with record(on_step=callbacks, **record_options) as run:
+            yield run
+    finally:
+        view.close()

@@ -1,0 +1,406 @@
+"""The HTML report: one self-contained file that plays a run step by step.
+
+Each distinct graph topology is laid out by Graphviz once and embedded once;
+every step adds only its paint (colours, widths, number labels, flags) and
+the gradient statistics of its nodes, as compact JSON that the page's script
+applies to the graph. The file makes no network request: scripts, styles and
+charts are all inline.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+from markupsafe import Markup
+
+from vizgrad import frames
+from vizgrad.colors import FLAG_COLORS
+from vizgrad.errors import LayoutError, OutputError, UsageError
+from vizgrad.panels import round_sig
+
+__all__ = ["Report", "FLAGS", "embed_json", "sanitize_svg"]
+
+#: Flags a painted node or edge can carry; the page adds class ``vg-flag-<flag>``.
+FLAGS = frames.FLAGS
+
+_FLAG_INDEX = {flag: index for index, flag in enumerate(FLAGS)}
+
+#: Significant digits of statistics and losses in the report.
+DIGITS = 4
+
+#: Height of the report's frame when shown inline in Jupyter.
+NOTEBOOK_HEIGHT_PX = 780
+
+_SVG_NS = "http://www.w3.org/2000/svg"
+_XLINK_NS = "http://www.w3.org/1999/xlink"
+ElementTree.register_namespace("", _SVG_NS)
+ElementTree.register_namespace("xlink", _XLINK_NS)
+
+# Elements that could run code or load something if a layout ever contained them.
+_UNSAFE_TAGS = {"script", "foreignObject", "iframe", "object", "embed", "image", "use", "style"}
+
+
+def embed_json(data: Any) -> Markup:
+    """JSON text safe inside ``<script type="application/json">``.
+
+    ``<``, ``>`` and ``&`` become ``\\u003c``-style escapes, so no string in
+    the data can close the script element or start a comment; ``JSON.parse``
+    reads them back unchanged. Non-finite floats are refused (JSON has none).
+
+    >>> str(embed_json({"name": "</script><b>"}))
+    '{"name":"\\\\u003c/script\\\\u003e\\\\u003cb\\\\u003e"}'
+    """
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return Markup(text)
+
+
+def sanitize_svg(svg: str) -> str:
+    """An SVG layout reduced to what the report needs, safe to inline in HTML.
+
+    Drops the XML prolog, comments, the graph's own ``<title>``, embedded
+    ``<style>`` (the page styles every layout once) and anything that could
+    run code or fetch a resource (scripts, ``foreignObject``, ``on*``
+    attributes, links). Text is re-escaped on output.
+
+    Raises:
+        LayoutError: The layout is not well-formed SVG.
+    """
+    try:
+        root = ElementTree.fromstring(svg.encode("utf-8") if isinstance(svg, str) else svg)
+    except ElementTree.ParseError as error:
+        raise LayoutError(f"a graph layout is not well-formed SVG ({error}); this is a bug in vizgrad") from error
+    for parent in list(root.iter()):
+        is_graph_group = "graph" in parent.get("class", "").split()
+        for child in list(parent):
+            local = _local(child.tag)
+            if local in _UNSAFE_TAGS or (local == "title" and (parent is root or is_graph_group)):
+                parent.remove(child)
+            elif local == "a":  # keep what a link wraps, drop the link
+                index = list(parent).index(child)
+                parent.remove(child)
+                for offset, grandchild in enumerate(list(child)):
+                    parent.insert(index + offset, grandchild)
+        for name in list(parent.attrib):
+            local = _local(name).lower()
+            if local.startswith("on") or local == "href" or (local == "style" and "url(" in parent.attrib[name]):
+                del parent.attrib[name]
+    return ElementTree.tostring(root, encoding="unicode")
+
+
+def _local(tag: Any) -> str:
+    """An element or attribute name without its XML namespace."""
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def _number(value: Any, digits: int = DIGITS) -> float | int | str | None:
+    """A float rounded for display; NaN and infinities as the strings the page shows."""
+    if value is None:
+        return None
+    value = float(value)
+    if value - value != 0.0:  # NaN or an infinity
+        return "NaN" if value != value else "Inf" if value > 0 else "-Inf"
+    rounded = float(f"{value:.{digits}g}")
+    return int(rounded) if rounded.is_integer() and abs(rounded) < 1e15 else rounded  # "1" is shorter than "1.0"
+
+
+class Report:
+    """A self-contained HTML player over the steps of a run.
+
+    Args:
+        run: The recorded :class:`~vizgrad.Run`.
+        every: Keep every ``every``-th step (for long runs).
+        steps: The steps to keep: ``None`` for all, ``"A:B"`` or a ``slice``.
+        engine: Graphviz engine for the layouts: ``None``/``"auto"``, ``"dot"``
+            or ``"wasm"``.
+        title: Heading of the page (default: the run's ``meta["title"]`` or
+            "vizgrad report").
+
+    Raises:
+        UsageError: The run has no steps, or ``every``/``steps`` select none.
+
+    The HTML is built on first use and cached; Jupyter shows the report in an
+    isolated ``<iframe>``.
+    """
+
+    def __init__(self, run: Any, *, every: int = 1, steps: str | slice | None = None, engine: str | None = None,
+                 title: str | None = None) -> None:
+        if len(run.steps) == 0:
+            raise UsageError("the run has no steps to report; call backward() inside vizgrad.record()")
+        self.run = run
+        self.every = every
+        self.steps = steps
+        self.engine = engine
+        self.title = title or str(run.meta.get("title") or "vizgrad report")
+        self.selected: list[int] = frames.select_steps(len(run.steps), every=every, steps=steps)
+
+    def __repr__(self) -> str:
+        return f"<vizgrad.Report title={self.title!r} steps={len(self.selected)}>"
+
+    # -- output ----------------------------------------------------------------------------------
+    def html(self) -> str:
+        """The whole report as one HTML document."""
+        return self._html
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the report to ``path`` (UTF-8) and returns it.
+
+        Raises:
+            OutputError: The file cannot be written (missing folder, no permission...).
+        """
+        target = Path(path)
+        text = self._html
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise OutputError(f"cannot write the report to {str(target)!r}: {error.strerror or error}") from error
+        return target
+
+    def _repr_html_(self) -> str:
+        return self._iframe()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/html": self._iframe()}
+
+    def _iframe(self) -> str:
+        # srcdoc gives the report its own document: its ids, styles and scripts
+        # cannot clash with the notebook's or another report's. The sandbox keeps
+        # scripts but denies the notebook's origin.
+        template = _environment().from_string(
+            '<iframe srcdoc="{{ page }}" sandbox="allow-scripts" title="{{ title }}" '
+            'style="width:100%;height:{{ height }}px;border:1px solid #d0d7de;border-radius:6px"></iframe>')
+        return template.render(page=self._html, title=self.title, height=NOTEBOOK_HEIGHT_PX)
+
+    # -- building ------------------------------------------------------------------------------
+    @cached_property
+    def _html(self) -> str:
+        payload, layouts = self._payload()
+        template = _environment().get_template("report.html.j2")
+        return template.render(
+            title=self.title,
+            data_json=embed_json(payload),
+            layouts=[Markup(svg) for svg in layouts],
+            script=_inline_asset("report.js", "script"),
+            style=_inline_asset("report.css", "style"),
+            frame_style=Markup(frames.FRAME_CSS),
+            summary=payload["summary"],
+            legend=_legend(),
+        )
+
+    def _payload(self) -> tuple[dict[str, Any], list[str]]:
+        """The page's data (JSON-able) and the sanitized SVG of each distinct layout."""
+        steps = [self.run[i] for i in self.selected]
+        cache = frames.LayoutCache(self.engine)
+        scale = frames.scale_for(steps)
+        page = _FrameData()
+        for step in steps:
+            layout = cache.get(step.graph)
+            page.add(step, layout, frames.paint(step, scale))
+
+        payload = {
+            "title": self.title,
+            "flags": list(FLAGS),
+            "palette": list(page.palette),
+            "ink": page.ink,
+            "colorbar": frames.colorbar(scale),
+            "index": [step.index for step in steps],
+            "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
+            "layouts": page.layouts,
+            "frames": page.records,
+            "params": self._params(steps),
+            "panels": [panel.spec(self.run, self.selected) for panel in self.run.panels],
+            "summary": {
+                "steps": len(self.run.steps),
+                "shown": len(steps),
+                "nodes": max(len(meta["nodes"]) for meta in page.layouts),
+                "layouts": len(page.layouts),
+                "params": len(self.run.param_names()),
+                "engine": _engine_name(self.engine),
+            },
+        }
+        return payload, page.svgs
+
+    def _params(self, steps: Sequence[Any]) -> list[dict[str, Any]]:
+        """Trajectory of every parameter: its value when scalar, else its norm."""
+        out = []
+        positions = self.selected
+        for name in self.run.param_names():
+            series = self.run.param_series(name)
+            scalar = next((step.values[("param", name)].numel() == 1 for step in steps
+                           if ("param", name) in step.values), False)
+            out.append({"name": name, "scalar": bool(scalar),
+                        "values": [_plot_number(series[i], 6) for i in positions]})
+        return out
+
+
+class _FrameData:
+    """The per-step part of the page data, built step by step in its compact form.
+
+    Per step: ``[layout, node_paint, edge_paint, stats]`` where ``node_paint``
+    holds, per painted node of the layout, ``fill, flag, lines`` (``fill`` an
+    index into :attr:`palette`, ``flag`` into :data:`FLAGS`, ``lines`` the
+    value lines or the position of an earlier node with the same lines);
+    ``edge_paint`` holds ``colour, width, flag`` per painted edge; ``stats``
+    the inspector's statistics per painted node (see :func:`_stats_entry`).
+    Ops along a chain often pass on the very same gradient, hence the
+    references to earlier nodes.
+    """
+
+    def __init__(self) -> None:
+        self.palette: dict[str, int] = {}
+        self.ink: list[str | None] = []  # text colour on each palette colour (None: an edge colour)
+        self.layouts: list[dict[str, Any]] = []
+        self.svgs: list[str] = []
+        self.records: list[list[Any]] = []
+        self._layout_index: dict[str, int] = {}
+        self._orders: list[tuple[list[str], list[str]]] = []
+
+    def _colour(self, value: str, text: str | None = None) -> int:
+        index = self.palette.setdefault(value, len(self.palette))
+        if index == len(self.ink):
+            self.ink.append(text)
+        elif text is not None and self.ink[index] is None:
+            self.ink[index] = text
+        return index
+
+    def _layout(self, step: Any, layout: Any, paint: dict[str, Any]) -> int:
+        index = self._layout_index.get(layout.key)
+        if index is None:
+            index = self._layout_index[layout.key] = len(self.layouts)
+            # One layout is one DOT source, so every step drawn with it paints the same keys.
+            node_ids, edge_keys = list(paint["n"]), list(paint["e"])
+            self._orders.append((node_ids, edge_keys))
+            self.layouts.append({
+                "key": layout.key,
+                "w": round(layout.width, 2),
+                "h": round(layout.height, 2),
+                "nodes": [[n.id, n.op.removeprefix("torch::autograd::"), n.kind, n.name, _shape_text(n.shape),
+                           n.module] for n in step.graph.nodes],
+                "painted": node_ids,
+                "edges": edge_keys,
+            })
+            self.svgs.append(sanitize_svg(layout.svg))
+        return index
+
+    def add(self, step: Any, layout: Any, paint: dict[str, Any]) -> None:
+        """Appends the record of one step, painted by :func:`frames.paint`."""
+        index = self._layout(step, layout, paint)
+        node_ids, edge_keys = self._orders[index]
+        painted_nodes, painted_edges = paint["n"], paint["e"]
+        summary_of = step.summaries.get
+        node_paint: list[Any] = []
+        stats: list[Any] = []
+        seen_lines: dict[tuple[str, ...], int] = {}
+        seen_stats: dict[Any, int] = {}  # Summary (a frozen dataclass: equal values, equal keys) -> position
+        for position, node_id in enumerate(node_ids):
+            entry = painted_nodes.get(node_id)
+            if entry is None:
+                node_paint += (None, 0, None)
+            else:
+                fill, lines = entry[0], tuple(entry[1])
+                text = entry[3] if len(entry) > 3 else None
+                same = seen_lines.setdefault(lines, position)
+                node_paint += (self._colour(fill, text), _FLAG_INDEX.get(entry[2], 0),
+                               same if same != position else list(lines))
+            summary = summary_of(("node", node_id, 0))
+            same = position if summary is None else seen_stats.setdefault(summary, position)
+            stats.append(_stats_entry(summary) if same == position else [same])
+        edge_paint: list[Any] = []
+        for edge_key in edge_keys:
+            entry = painted_edges.get(edge_key)
+            if entry is None:
+                edge_paint += (None, None, 0)
+            else:
+                edge_paint += (self._colour(entry[0]), entry[1], _FLAG_INDEX.get(entry[2], 0))
+        self.records.append([index, node_paint, edge_paint, stats])
+
+
+def _shape_text(shape: Sequence[int] | None) -> str | None:
+    """A shape as Python writes a tuple: ``(8, 1)``, ``(3,)``, ``()``."""
+    return None if shape is None else str(tuple(shape))
+
+
+def _legend() -> list[dict[str, Any]]:
+    """Legend entries drawn with the frames' own outline styles and flag colours."""
+    entries = []
+    kinds = [("op", "op"), ("leaf", "parameter"), ("root", "root (loss)"), ("saved", "saved tensor"),
+             ("custom", "custom Function")]
+    for kind, label in kinds:
+        style = frames.KIND_STYLES.get(kind, {})
+        entries.append({"label": label, "fill": "#ffffff", "stroke": style.get("color", "#5f5f5f"),
+                        "width": float(style.get("penwidth", 1.2)), "dash": "",
+                        "shape": style.get("shape", "box"), "rounded": "rounded" in style.get("style", "")})
+    flags = [("nan", "NaN / Inf", "#b00000", 2.5, "4 2"), ("zero", "zero", "#7f7f7f", 1.5, "3 2"),
+             ("none", "no gradient", "#5f5f5f", 1.2, "1 2")]
+    for flag, label, stroke, width, dash in flags:
+        entries.append({"label": label, "fill": FLAG_COLORS[flag], "stroke": stroke, "width": width, "dash": dash,
+                        "shape": "box", "rounded": True})
+    return entries
+
+
+def _stats_entry(summary: Any) -> float | int | str | list[Any] | None:
+    """A node's gradient statistics for the inspector, as short as they can be.
+
+    ``None`` when no gradient flowed; a single number for a one-element
+    gradient (its value: norm, mean, min and max follow from it);
+    ``[norm, mean, min, max]``, with ``nan, inf`` counts appended when not zero.
+    (In the page data, ``[k]`` stands for "the same as painted node ``k``".)
+    """
+    if summary is None:
+        return None
+    if summary.numel == 1 and summary.nan == 0 and summary.inf == 0:
+        return _number(summary.mean)
+    entry = [_number(summary.norm), _number(summary.mean), _number(summary.min), _number(summary.max)]
+    if summary.nan or summary.inf:
+        entry += [summary.nan, summary.inf]
+    return entry
+
+
+def _plot_number(value: Any, digits: int = 6) -> float | None:
+    """A number for a chart: rounded, ``None`` when missing or not finite."""
+    return round_sig(value, digits)
+
+
+def _engine_name(engine: str | None) -> str:
+    from vizgrad import engine as layout_engine
+
+    try:
+        return layout_engine.resolve_engine(engine)
+    except UsageError:
+        return str(engine)
+
+
+_ENVIRONMENT: jinja2.Environment | None = None
+
+
+def _environment() -> jinja2.Environment:
+    """The jinja environment of the report template (HTML autoescaping on)."""
+    global _ENVIRONMENT
+    if _ENVIRONMENT is None:
+        _ENVIRONMENT = jinja2.Environment(
+            loader=jinja2.PackageLoader("vizgrad", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+    return _ENVIRONMENT
+
+
+def _inline_asset(name: str, element: str) -> Markup:
+    """A script or stylesheet from ``vizgrad/templates`` to inline inside ``<element>``.
+
+    Read as plain text (not as a template) so braces in the code mean nothing
+    to jinja; it must not contain the element's closing tag.
+    """
+    text = resources.files("vizgrad").joinpath("templates", name).read_text(encoding="utf-8")
+    if f"</{element}" in text.lower():
+        raise RuntimeError(f"templates/{name} contains '</{element}' and cannot be inlined")
+    return Markup(text)

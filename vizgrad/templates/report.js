@@ -1,0 +1,802 @@
+/* vizgrad report player: paints each step onto the laid-out graph and draws the charts.
+   Data from the run is only ever written with textContent / setAttribute, never parsed as HTML. */
+(function () {
+  "use strict";
+
+  const DATA = JSON.parse(document.getElementById("vg-data").textContent);
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const FRAMES = DATA.frames;
+  const COUNT = FRAMES.length;
+  const XS = DATA.index;                      // the run's step index of every frame
+  const SERIES_COLORS = ["#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e", "#0e7490", "#9a6700", "#6e7781"];
+  const PARAMS_SHOWN = 8;                     // parameter charts drawn before "show all"
+  const $ = (id) => document.getElementById(id);
+  const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
+
+  // ------------------------------------------------------------------ formatting
+  function fmt(v) {
+    if (v === null || v === undefined) return "–";
+    if (typeof v === "string") return v;     // "NaN", "Inf", "-Inf"
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a >= 1e5 || a < 1e-3) return v.toExponential(3).replace(/\.?0+e/, "e").replace("e+", "e");
+    return String(Number(v.toPrecision(4)));
+  }
+  const num = (v) => (typeof v === "number" && isFinite(v) ? v : null);
+
+  function svgEl(tag, attrs, parent) {
+    const e = document.createElementNS(SVG_NS, tag);
+    if (attrs) for (const k in attrs) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+
+  function htmlEl(tag, className, text, parent) {
+    const e = document.createElement(tag);
+    if (className) e.className = className;
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+
+  // ------------------------------------------------------------------ scales and ticks
+  function niceStep(span, count) {
+    const raw = span / Math.max(1, count);
+    const p = Math.pow(10, Math.floor(Math.log10(raw)));
+    const m = raw / p;
+    return (m < 1.5 ? 1 : m < 3 ? 2 : m < 7 ? 5 : 10) * p;
+  }
+
+  function linearTicks(lo, hi, count) {
+    const step = niceStep(hi - lo, count);
+    const out = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+    return out;
+  }
+
+  function decadeLabel(e) {
+    if (e >= -3 && e <= 4) return String(Number(Math.pow(10, e).toPrecision(1)));
+    return "1e" + e;
+  }
+
+  /** Domain of the finite values (positive ones on a log axis), padded. */
+  function domain(values, log) {
+    let lo = Infinity, hi = -Infinity;
+    for (const v of values) {
+      if (v === null || !isFinite(v) || (log && v <= 0)) continue;
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    if (lo > hi) return null;
+    if (log) {
+      let a = Math.floor(Math.log10(lo)), b = Math.ceil(Math.log10(hi));
+      if (a === b) { a -= 1; b += 1; }
+      return [a, b];
+    }
+    if (lo === hi) { const d = Math.abs(lo) * 0.1 || 1; lo -= d; hi += d; }
+    const pad = (hi - lo) * 0.08;
+    return [lo - pad, hi + pad];
+  }
+
+  // ------------------------------------------------------------------ charts
+  let clipCounter = 0;
+
+  /**
+   * A small chart over the frames: lines (one per series, x = step) or a scatter
+   * with a per-step line. Returns {render(), setPos(pos)}; render() rebuilds at
+   * the container's current width.
+   */
+  function makeChart(container, opts) {
+    const state = { svg: null, setPos: () => {} };
+    const height = opts.height || 120;
+
+    function render() {
+      container.textContent = "";
+      const width = Math.max(200, container.clientWidth || 320);
+      const m = { l: 46, r: 10, t: 8, b: opts.xTitle ? 30 : 20 };
+      const pw = width - m.l - m.r, ph = height - m.t - m.b;
+      const svg = svgEl("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, role: "img" }, container);
+      if (opts.label) svg.setAttribute("aria-label", opts.label);
+      state.svg = svg;
+      const built = opts.scatter ? scatterBody(svg, m, pw, ph) : linesBody(svg, m, pw, ph);
+      if (!built) {
+        container.textContent = "";
+        htmlEl("div", "vg-empty", opts.empty || "nothing to draw", container);
+        state.setPos = () => {};
+        return;
+      }
+      state.setPos = built;
+      if (!opts.scatter) seekOnPointer(svg, m, pw, built.sx);
+    }
+
+    function axes(svg, m, pw, ph, sx, sy, xTicks, yTicks, xText, yText) {
+      const grid = svgEl("g", { class: "vg-grid" }, svg);
+      const axis = svgEl("g", { class: "vg-axis" }, svg);
+      for (const t of yTicks) {
+        const y = m.t + sy(t);
+        svgEl("line", { x1: m.l, x2: m.l + pw, y1: y, y2: y }, grid);
+        const label = svgEl("text", { x: m.l - 5, y: y + 3, "text-anchor": "end" }, axis);
+        label.textContent = yText(t);
+      }
+      for (const t of xTicks) {
+        const x = m.l + sx(t);
+        const label = svgEl("text", { x: x, y: m.t + ph + 13, "text-anchor": "middle" }, axis);
+        label.textContent = xText(t);
+      }
+      if (opts.xTitle) {
+        const t = svgEl("text", { class: "vg-axis-label", x: m.l + pw / 2, y: m.t + ph + 27, "text-anchor": "middle" }, axis);
+        t.textContent = opts.xTitle;
+      }
+      if (opts.yTitle) {
+        const t = svgEl("text", { class: "vg-axis-label", x: 0, y: 0, "text-anchor": "middle",
+          transform: "translate(10," + (m.t + ph / 2) + ") rotate(-90)" }, axis);
+        t.textContent = opts.yTitle;
+      }
+      svgEl("rect", { class: "vg-frame", x: m.l, y: m.t, width: pw, height: ph }, svg);
+    }
+
+    function linesBody(svg, m, pw, ph) {
+      const log = !!opts.log;
+      const all = [];
+      for (const s of opts.series) for (const v of s.values) all.push(num(v));
+      const yd = domain(all, log);
+      if (!yd) return null;
+      const x0 = XS[0], x1 = XS[COUNT - 1] === x0 ? x0 + 1 : XS[COUNT - 1];
+      const sx = (x) => ((x - x0) / (x1 - x0)) * pw;
+      const sy = log
+        ? (v) => ph - ((Math.log10(v) - yd[0]) / (yd[1] - yd[0])) * ph
+        : (v) => ph - ((v - yd[0]) / (yd[1] - yd[0])) * ph;
+      let yTicks;
+      if (log) {
+        const every = Math.ceil((yd[1] - yd[0]) / 5);
+        yTicks = [];
+        for (let e = yd[0]; e <= yd[1]; e += every) yTicks.push(Math.pow(10, e));
+      } else {
+        yTicks = linearTicks(yd[0], yd[1], ph > 80 ? 4 : 2);
+      }
+      const xTicks = linearTicks(x0, x1, Math.max(2, Math.floor(pw / 70))).filter((t) => Number.isInteger(t));
+      axes(svg, m, pw, ph, sx, sy, xTicks, yTicks, (t) => String(t),
+        log ? (t) => decadeLabel(Math.round(Math.log10(t))) : (t) => fmt(Number(t.toPrecision(6))));
+
+      const plot = svgEl("g", { transform: "translate(" + m.l + "," + m.t + ")" }, svg);
+      const ok = (v) => v !== null && (!log || v > 0);
+      opts.series.forEach((s, si) => {
+        const color = s.color || SERIES_COLORS[si % SERIES_COLORS.length];
+        // At most ~2 points per pixel: keep each bucket's min and max so spikes survive.
+        const bucket = Math.max(1, Math.floor(COUNT / (pw * 2)));
+        let d = "", pen = false;
+        for (let i = 0; i < COUNT; i += bucket) {
+          let lo = null, hi = null, ilo = i, ihi = i;
+          for (let j = i; j < Math.min(COUNT, i + bucket); j++) {
+            const v = num(s.values[j]);
+            if (!ok(v)) continue;
+            if (lo === null || v < lo) { lo = v; ilo = j; }
+            if (hi === null || v > hi) { hi = v; ihi = j; }
+          }
+          if (lo === null) { pen = false; continue; }
+          const pts = ilo <= ihi ? [[ilo, lo], [ihi, hi]] : [[ihi, hi], [ilo, lo]];
+          for (const [j, v] of pts) {
+            d += (pen ? "L" : "M") + sx(XS[j]).toFixed(1) + " " + sy(v).toFixed(1);
+            pen = true;
+          }
+        }
+        svgEl("path", { class: "vg-series", d: d, stroke: color }, plot);
+      });
+      const cursor = svgEl("line", { class: "vg-cursor", y1: 0, y2: ph }, plot);
+      const markers = opts.series.map((s, si) => {
+        const c = svgEl("circle", { class: "vg-marker", r: 3.5, fill: s.color || SERIES_COLORS[si % SERIES_COLORS.length] }, plot);
+        if (si === 0 && opts.markerId) c.setAttribute("id", opts.markerId);
+        return c;
+      });
+      const setPos = (pos) => {
+        const x = sx(XS[pos]).toFixed(1);
+        cursor.setAttribute("x1", x);
+        cursor.setAttribute("x2", x);
+        markers.forEach((c, si) => {
+          const v = num(opts.series[si].values[pos]);
+          c.setAttribute("data-step", String(XS[pos]));
+          if (ok(v)) {
+            c.setAttribute("cx", x);
+            c.setAttribute("cy", sy(v).toFixed(1));
+            c.removeAttribute("visibility");
+          } else {
+            c.setAttribute("visibility", "hidden");
+          }
+        });
+      };
+      setPos.sx = sx;
+      return setPos;
+    }
+
+    function scatterBody(svg, m, pw, ph) {
+      const spec = opts.scatter;
+      const xsAll = [], ysAll = [];
+      const addPts = (p) => { if (p) { p[0].forEach((v) => xsAll.push(num(v))); p[1].forEach((v) => ysAll.push(num(v))); } };
+      addPts(spec.points);
+      (spec.stepPoints || []).forEach(addPts);
+      if (!xsAll.length) (spec.lines || []).forEach(addPts);   // only lines: frame them all
+      const xd = domain(xsAll, false), yd = domain(ysAll, false);
+      if (!xd || !yd) return null;
+      const sx = (v) => ((v - xd[0]) / (xd[1] - xd[0])) * pw;
+      const sy = (v) => ph - ((v - yd[0]) / (yd[1] - yd[0])) * ph;
+      axes(svg, m, pw, ph, sx, sy, linearTicks(xd[0], xd[1], Math.max(2, Math.floor(pw / 60))),
+        linearTicks(yd[0], yd[1], ph > 100 ? 4 : 3), fmt, fmt);
+      const clipId = "vg-clip-" + (++clipCounter);
+      const clip = svgEl("clipPath", { id: clipId }, svg);
+      svgEl("rect", { x: 0, y: 0, width: pw, height: ph }, clip);
+      const plot = svgEl("g", { transform: "translate(" + m.l + "," + m.t + ")" }, svg);
+      const inner = svgEl("g", { "clip-path": "url(#" + clipId + ")" }, plot);
+      const dots = svgEl("g", {}, inner);
+      const drawPoints = (p) => {
+        dots.textContent = "";
+        if (!p) return;
+        for (let i = 0; i < p[0].length; i++) {
+          const x = num(p[0][i]), y = num(p[1][i]);
+          if (x === null || y === null) continue;
+          svgEl("circle", { class: "vg-point", cx: sx(x).toFixed(1), cy: sy(y).toFixed(1), r: 3.5 }, dots);
+        }
+      };
+      drawPoints(spec.points);
+      const line = svgEl("path", { class: "vg-fit" }, inner);
+      return (pos) => {
+        if (spec.stepPoints) drawPoints(spec.stepPoints[pos]);
+        const l = spec.lines ? spec.lines[pos] : null;
+        let d = "";
+        if (l) {
+          let pen = false;
+          for (let i = 0; i < l[0].length; i++) {
+            const x = num(l[0][i]), y = num(l[1][i]);
+            if (x === null || y === null) { pen = false; continue; }
+            d += (pen ? "L" : "M") + sx(x).toFixed(1) + " " + sy(y).toFixed(1);
+            pen = true;
+          }
+        }
+        line.setAttribute("d", d);
+      };
+    }
+
+    // Click or drag on a step chart to move the player there.
+    function seekOnPointer(svg, m, pw, sx) {
+      svg.style.cursor = "crosshair";
+      const seek = (e) => {
+        const r = svg.getBoundingClientRect();
+        const x = clamp(e.clientX - r.left - m.l, 0, pw);
+        const target = XS[0] + (x / pw) * ((XS[COUNT - 1] - XS[0]) || 1);
+        let lo = 0, hi = COUNT - 1;
+        while (lo < hi) { const mid = (lo + hi) >> 1; if (XS[mid] < target) lo = mid + 1; else hi = mid; }
+        if (lo > 0 && Math.abs(XS[lo - 1] - target) < Math.abs(XS[lo] - target)) lo -= 1;
+        player.pause();
+        player.seek(lo);
+      };
+      svg.addEventListener("pointerdown", (e) => {
+        if (e.button !== 0) return;
+        svg.setPointerCapture(e.pointerId);
+        seek(e);
+        const move = (ev) => seek(ev);
+        const up = () => { svg.removeEventListener("pointermove", move); svg.removeEventListener("pointerup", up); };
+        svg.addEventListener("pointermove", move);
+        svg.addEventListener("pointerup", up);
+      });
+    }
+
+    render();
+    return {
+      render: render,
+      setPos: (pos) => state.setPos(pos),
+    };
+  }
+
+  // ------------------------------------------------------------------ the graph
+  const viewport = $("viewport");
+  const stage = $("stage");
+  const layouts = DATA.layouts.map((meta) => ({ meta: meta, svg: null }));
+  const PT = 4 / 3;                           // Graphviz works in points; the page in CSS pixels
+  let mounted = -1;
+
+  /** Parses a layout's SVG (once) and finds the elements each step restyles. */
+  function prepareLayout(k) {
+    const L = layouts[k];
+    if (L.svg) return L;
+    const template = $("vg-layout-" + k);
+    const svg = document.importNode(template.content.querySelector("svg"), true);
+    L.width = L.meta.w * PT;
+    L.height = L.meta.h * PT;
+    svg.setAttribute("width", L.width.toFixed(1));
+    svg.setAttribute("height", L.height.toFixed(1));
+    const nodeGroups = new Map(), edgeGroups = new Map();
+    const add = (map, key, g) => { if (!map.has(key)) map.set(key, []); map.get(key).push(g); };
+    // A shared leaf may be drawn once per use: every copy carries the same data-node.
+    svg.querySelectorAll("g.vg-node").forEach((g) => add(nodeGroups, g.getAttribute("data-node"), g));
+    svg.querySelectorAll("g.vg-edge").forEach((g) => { if (g.querySelector("path.vg-path")) add(edgeGroups, g.getAttribute("data-edge"), g); });
+    L.groups = nodeGroups;
+    L.position = new Map();
+    L.meta.painted.forEach((id, i) => L.position.set(id, i));
+    L.nodes = L.meta.painted.map((id) => (nodeGroups.get(id) || []).map((g) => {
+      const shape = g.querySelector(".vg-shape") || g.querySelector("polygon, ellipse, path");
+      const vals = [];
+      g.querySelectorAll("text.vg-val").forEach((t) => { vals[Number(t.getAttribute("data-line")) || 0] = t; });
+      const texts = Array.from(g.querySelectorAll("text"));
+      return {
+        g: g, shape: shape, vals: vals, texts: texts,
+        fill0: shape ? shape.getAttribute("fill") : null, ink0: texts.map((t) => t.getAttribute("fill")),
+        vals0: vals.map((t) => (t ? t.textContent : "")), fill: undefined, flag: "",
+      };
+    }));
+    L.edges = L.meta.edges.map((key) => (edgeGroups.get(key) || []).map((g) => {
+      const path = g.querySelector("path.vg-path");
+      return {
+        g: g, path: path, heads: Array.from(g.querySelectorAll("polygon.vg-head")),
+        stroke0: path.getAttribute("stroke"), width0: path.getAttribute("stroke-width"),
+        color: undefined, width: undefined, flag: "",
+      };
+    }));
+    L.svg = svg;
+    return L;
+  }
+
+  function mountLayout(k) {
+    const L = prepareLayout(k);
+    if (mounted !== k) {
+      stage.textContent = "";
+      stage.appendChild(L.svg);
+      const first = mounted === -1;
+      mounted = k;
+      if (first) view.initial();
+      if (inspector.node !== null) inspector.highlight();
+    }
+    return L;
+  }
+
+  function setFlag(item, flag) {
+    if (item.flag === flag) return;
+    if (item.flag) item.g.classList.remove("vg-flag-" + item.flag);
+    if (flag) item.g.classList.add("vg-flag-" + flag);
+    item.flag = flag;
+  }
+
+  // Value lines are fixed-width; keep their spaces (SVG would collapse them).
+  const keepSpaces = (text) => String(text).replace(/ /g, "\u00a0");
+
+  function paint(pos) {
+    const frame = FRAMES[pos];
+    const L = mountLayout(frame[0]);
+    const np = frame[1], ep = frame[2];
+    for (let k = 0; k < L.nodes.length; k++) {
+      const fill = np[3 * k], flag = DATA.flags[np[3 * k + 1]] || "";
+      let lines = np[3 * k + 2];
+      if (typeof lines === "number") lines = np[3 * lines + 2];   // same lines as an earlier node
+      for (const N of L.nodes[k]) {
+        if (fill !== N.fill) {
+          N.fill = fill;
+          if (N.shape) N.shape.setAttribute("fill", fill === null ? N.fill0 || "none" : DATA.palette[fill]);
+          const ink = fill === null ? null : DATA.ink[fill];
+          N.texts.forEach((t, j) => {
+            const c = ink || N.ink0[j];
+            if (c) t.setAttribute("fill", c); else t.removeAttribute("fill");
+          });
+        }
+        for (let j = 0; j < N.vals.length; j++) {
+          const t = N.vals[j];
+          if (!t) continue;
+          const value = lines ? (lines[j] === undefined ? "" : keepSpaces(lines[j])) : N.vals0[j];
+          if (t.textContent !== value) t.textContent = value;
+        }
+        setFlag(N, flag);
+      }
+    }
+    for (let k = 0; k < L.edges.length; k++) {
+      const color = ep[3 * k], width = ep[3 * k + 1], flag = DATA.flags[ep[3 * k + 2]] || "";
+      for (const E of L.edges[k]) {
+        if (color !== E.color) {
+          E.color = color;
+          const c = color === null ? E.stroke0 || "#6b6b6b" : DATA.palette[color];
+          E.path.setAttribute("stroke", c);
+          E.heads.forEach((h) => { h.setAttribute("fill", c); h.setAttribute("stroke", c); });
+        }
+        if (width !== E.width) {
+          E.width = width;
+          E.path.setAttribute("stroke-width", width === null ? E.width0 || "1" : String(width));
+        }
+        setFlag(E, flag);
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ zoom and pan
+  const view = (function () {
+    let x = 0, y = 0, k = 1;
+    const apply = () => { stage.style.transform = "translate(" + x.toFixed(1) + "px," + y.toFixed(1) + "px) scale(" + k.toFixed(4) + ")"; };
+    const size = () => (mounted >= 0 ? layouts[mounted] : { width: 100, height: 100 });
+    function zoomAt(factor, cx, cy) {
+      const nk = clamp(k * factor, 0.03, 8);
+      x = cx - (cx - x) * (nk / k);
+      y = cy - (cy - y) * (nk / k);
+      k = nk;
+      apply();
+    }
+    function fit() {
+      const L = size(), vw = viewport.clientWidth, vh = viewport.clientHeight, pad = 28;
+      k = clamp(Math.min((vw - 2 * pad) / L.width, (vh - 2 * pad) / L.height), 0.03, 1.6);
+      x = (vw - L.width * k) / 2;
+      y = (vh - L.height * k) / 2;
+      apply();
+    }
+    /** Where a node's box is, in unscaled stage pixels. */
+    function nodeBox(g) {
+      const r = g.getBoundingClientRect(), s = stage.getBoundingClientRect();
+      return { x: (r.left - s.left) / k, y: (r.top - s.top) / k, w: r.width / k, h: r.height / k };
+    }
+    /**
+     * The whole graph when it stays readable; else readable size, around the
+     * loss at the bottom, where the gradient starts.
+     */
+    function reset() {
+      const L = size(), vw = viewport.clientWidth, vh = viewport.clientHeight, pad = 28;
+      const whole = Math.min((vw - 2 * pad) / L.width, (vh - 2 * pad) / L.height);
+      if (whole >= 0.55) { fit(); return; }
+      const rootInfo = L.meta ? L.meta.nodes.find((n) => n[2] === "root") : null;
+      const rootGroup = rootInfo && L.groups ? (L.groups.get(rootInfo[0]) || [])[0] : null;
+      const box = rootGroup ? nodeBox(rootGroup) : null;   // measured at the current scale
+      k = clamp(Math.min(1, (vw - 2 * pad) / L.width), 0.75, 1);
+      if (box) {
+        x = vw / 2 - (box.x + box.w / 2) * k;
+        y = vh - pad - (box.y + box.h) * k;
+      } else {
+        x = (vw - L.width * k) / 2;
+        y = pad;
+      }
+      apply();
+    }
+    // Until the user zooms or pans, keep the view right for the viewport's size
+    // (a report in a notebook may be laid out after it was drawn, or resized).
+    let touched = false;
+    const touch = () => { touched = true; };
+    if (window.ResizeObserver) {
+      new ResizeObserver(() => { if (!touched && mounted >= 0 && viewport.clientWidth > 0) reset(); }).observe(viewport);
+    }
+    return {
+      zoomAt: (f, cx, cy) => { touch(); zoomAt(f, cx, cy); },
+      fit: () => { touch(); fit(); },
+      reset: () => { touched = false; reset(); },
+      initial: reset,
+      zoomCenter: (f) => { touch(); zoomAt(f, viewport.clientWidth / 2, viewport.clientHeight / 2); },
+      panBy: (dx, dy) => { touch(); x += dx; y += dy; apply(); },
+      get: () => ({ x: x, y: y, k: k }),
+    };
+  })();
+
+  viewport.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    const r = viewport.getBoundingClientRect();
+    const delta = e.deltaMode === 1 ? e.deltaY * 16 : e.deltaY;
+    view.zoomAt(Math.exp(-delta * 0.0015), e.clientX - r.left, e.clientY - r.top);
+  }, { passive: false });
+
+  (function dragToPan() {
+    let start = null;
+    viewport.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0) return;
+      const node = e.target.closest ? e.target.closest("g.vg-node") : null;
+      start = { x: e.clientX, y: e.clientY, id: e.pointerId, node: node, dragging: false };
+    });
+    viewport.addEventListener("pointermove", (e) => {
+      if (!start || e.pointerId !== start.id) return;
+      const dx = e.clientX - start.x, dy = e.clientY - start.y;
+      if (!start.dragging && Math.hypot(dx, dy) > 4) {
+        start.dragging = true;
+        viewport.setPointerCapture(e.pointerId);
+        viewport.classList.add("vg-dragging");
+      }
+      if (start.dragging) {
+        view.panBy(dx, dy);
+        start.x = e.clientX;
+        start.y = e.clientY;
+      }
+    });
+    const end = (e) => {
+      if (!start || e.pointerId !== start.id) return;
+      if (!start.dragging && start.node) inspector.open(start.node.getAttribute("data-node"));
+      viewport.classList.remove("vg-dragging");
+      start = null;
+    };
+    viewport.addEventListener("pointerup", end);
+    viewport.addEventListener("pointercancel", () => { start = null; viewport.classList.remove("vg-dragging"); });
+  })();
+
+  $("zoom-in").addEventListener("click", () => view.zoomCenter(1.25));
+  $("zoom-out").addEventListener("click", () => view.zoomCenter(0.8));
+  $("zoom-reset").addEventListener("click", () => view.reset());
+  $("zoom-fit").addEventListener("click", () => view.fit());
+
+  // ------------------------------------------------------------------ node inspector
+  const inspector = (function () {
+    const box = $("inspector");
+    const chartBox = $("inspector-chart");
+    let chart = null;
+    const self = { node: null };
+
+    function infoOf(id) {
+      for (const L of layouts) {
+        const i = L.meta.nodes.findIndex((n) => n[0] === id);
+        if (i >= 0) return L.meta.nodes[i];
+      }
+      return null;
+    }
+
+    /** [norm, mean, min, max, nan, inf] from the compact form the report stores (see report.py). */
+    function statsOf(all, i) {
+      let entry = all[i];
+      if (Array.isArray(entry) && entry.length === 1) entry = all[entry[0]];   // same as an earlier node
+      if (entry === null || entry === undefined) return [null, null, null, null, 0, 0];
+      if (!Array.isArray(entry)) return [typeof entry === "number" ? Math.abs(entry) : entry, entry, entry, entry, 0, 0];
+      return [entry[0], entry[1], entry[2], entry[3], entry[4] || 0, entry[5] || 0];
+    }
+
+    /** Gradient norm of node `id` at every frame (null where absent or not finite). */
+    function history(id) {
+      const positions = layouts.map((L) => L.meta.painted.indexOf(id));
+      return FRAMES.map((f) => {
+        const i = positions[f[0]];
+        return i < 0 ? null : num(statsOf(f[3], i)[0]);
+      });
+    }
+
+    self.highlight = function () {
+      document.querySelectorAll(".vg-selected").forEach((g) => g.classList.remove("vg-selected"));
+      if (self.node === null || mounted < 0) return;
+      (layouts[mounted].groups.get(self.node) || []).forEach((g) => g.classList.add("vg-selected"));
+    };
+
+    self.open = function (id) {
+      const info = infoOf(id);
+      if (!info) return;
+      self.node = id;
+      const [nodeId, op, kind, name, shape, module] = info;
+      $("inspector-title").textContent = name || op;
+      const parts = [name ? op : null, kind, shape, module, nodeId].filter((p) => p);
+      $("inspector-sub").textContent = parts.join(" · ");
+      box.hidden = false;
+      chart = makeChart(chartBox, {
+        series: [{ name: "norm", values: history(id), color: "#8250df" }], log: true, height: 96,
+        label: "gradient norm history", empty: "no gradient reached this node",
+      });
+      self.highlight();
+      self.update(player.pos());
+    };
+
+    self.close = function () {
+      if (box.contains(document.activeElement)) viewport.focus();   // keys keep working once it is hidden
+      self.node = null;
+      box.hidden = true;
+      chart = null;
+      self.highlight();
+    };
+
+    self.update = function (pos) {
+      if (self.node === null) return;
+      chart.setPos(pos);
+      const body = $("inspector-stats");
+      body.textContent = "";
+      const frame = FRAMES[pos];
+      const i = layouts[frame[0]].meta.painted.indexOf(self.node);
+      const stats = i < 0 ? null : statsOf(frame[3], i);
+      const row = (label, value, bad) => {
+        const tr = htmlEl("tr", null, null, body);
+        htmlEl("th", null, label, tr);
+        htmlEl("td", bad ? "vg-bad" : null, value, tr);
+      };
+      row("step", String(XS[pos]));
+      if (!stats || stats[0] === null) {
+        const known = layouts[frame[0]].meta.nodes.some((n) => n[0] === self.node);
+        row("gradient", !known ? "not in this step's graph" : i < 0 ? "not tracked (saved tensor)" : "none flowed here");
+        return;
+      }
+      row("norm ‖g‖", fmt(stats[0]), typeof stats[0] === "string");
+      row("mean", fmt(stats[1]), typeof stats[1] === "string");
+      row("min", fmt(stats[2]), typeof stats[2] === "string");
+      row("max", fmt(stats[3]), typeof stats[3] === "string");
+      row("NaN count", String(stats[4]), stats[4] > 0);
+      row("Inf count", String(stats[5]), stats[5] > 0);
+    };
+
+    self.rerender = function () { if (chart) { chart.render(); chart.setPos(player.pos()); } };
+    $("inspector-close").addEventListener("click", self.close);
+    return self;
+  })();
+
+  // ------------------------------------------------------------------ side charts
+  const charts = [];
+
+  charts.push(makeChart($("loss-chart"), {
+    series: [{ name: "loss", values: DATA.loss, color: "#0969da" }], log: true, height: 130,
+    markerId: "loss-marker", label: "loss over steps", xTitle: "step", empty: "no scalar loss recorded",
+  }));
+
+  (function parameterCharts() {
+    const box = $("params");
+    if (!DATA.params.length) {
+      htmlEl("div", "vg-empty", "no named parameters", box);
+      return;
+    }
+    const readouts = [];
+    const addParam = (p, i) => {
+      const wrap = htmlEl("div", "vg-param", null, box);
+      const head = htmlEl("div", "vg-param-head", null, wrap);
+      htmlEl("span", "vg-param-name", p.scalar ? p.name : "‖" + p.name + "‖", head).title = p.name;
+      const value = htmlEl("span", "vg-param-value", "", head);
+      readouts.push([value, p.values]);
+      charts.push(makeChart(htmlEl("div", "vg-chart", null, wrap), {
+        series: [{ name: p.name, values: p.values, color: SERIES_COLORS[(i + 1) % SERIES_COLORS.length] }],
+        height: 70, label: p.name,
+      }));
+    };
+    DATA.params.slice(0, PARAMS_SHOWN).forEach(addParam);
+    if (DATA.params.length > PARAMS_SHOWN) {
+      const more = htmlEl("button", "vg-more", "show all " + DATA.params.length + " parameters", box);
+      more.type = "button";
+      more.addEventListener("click", () => {
+        more.remove();
+        DATA.params.slice(PARAMS_SHOWN).forEach((p, i) => addParam(p, i + PARAMS_SHOWN));
+        player.seek(player.pos());
+      });
+    }
+    charts.push({ render: () => {}, setPos: (pos) => readouts.forEach(([el, values]) => { el.textContent = fmt(values[pos]); }) });
+  })();
+
+  (function userPanels() {
+    const box = $("panels");
+    DATA.panels.forEach((spec) => {
+      const card = htmlEl("section", "vg-card", null, box);
+      htmlEl("h2", null, spec.title, card);
+      const area = htmlEl("div", "vg-chart", null, card);
+      if (spec.kind === "scatter_line") {
+        charts.push(makeChart(area, { scatter: spec, height: 190, xTitle: spec.xLabel, yTitle: spec.yLabel, label: spec.title }));
+      } else if (spec.kind === "series") {
+        charts.push(makeChart(area, {
+          series: spec.series.map((s) => ({ name: s.name, values: s.values })), log: spec.log, height: 110,
+          xTitle: spec.series.map((s) => s.name).join(", "), label: spec.title,
+        }));
+      } else {
+        htmlEl("div", "vg-empty", "unknown panel kind: " + spec.kind, area);
+      }
+    });
+  })();
+
+  (function colorbar() {
+    const bar = DATA.colorbar || {};
+    const box = $("colorbar");
+    const width = 250, height = 30;
+    const svg = svgEl("svg", { width: width, height: height, role: "img", "aria-label": "colour scale of gradient norms" }, box);
+    const grad = svgEl("linearGradient", { id: "vg-colorbar-gradient", x1: 0, x2: 1, y1: 0, y2: 0 }, svgEl("defs", {}, svg));
+    const stops = bar.stops || [];
+    stops.forEach((s, i) => {
+      const offset = Array.isArray(s) ? s[0] : typeof s === "object" ? s.offset : i / Math.max(1, stops.length - 1);
+      const color = Array.isArray(s) ? s[1] : typeof s === "object" ? s.color : s;
+      svgEl("stop", { offset: String(offset), "stop-color": color }, grad);
+    });
+    svgEl("rect", { x: 4, y: 2, width: width - 8, height: 10, rx: 2, fill: "url(#vg-colorbar-gradient)", stroke: "#d1d9e0" }, svg);
+    const axis = svgEl("g", { class: "vg-axis" }, svg);
+    let lastLabel = -Infinity;
+    let ticks = bar.ticks || [];
+    if (ticks.length < 2 && typeof bar.lo === "number" && typeof bar.hi === "number") {
+      // Less than a decade: label the two ends too.
+      ticks = [[0, fmt(Number(Math.pow(10, bar.lo).toPrecision(2)))], ...ticks,
+        [1, fmt(Number(Math.pow(10, bar.hi).toPrecision(2)))]];
+    }
+    ticks.forEach((t) => {
+      const at = Array.isArray(t) ? t[0] : (t.offset !== undefined ? t.offset : t.pos);
+      let label = String(Array.isArray(t) ? t[1] : t.label);
+      const decade = /^1e([+-]?\d+)$/.exec(label);
+      if (decade) label = decadeLabel(Number(decade[1]));
+      const x = 4 + clamp(Number(at), 0, 1) * (width - 8);
+      svgEl("line", { x1: x, x2: x, y1: 12, y2: 15, stroke: "#8c959f" }, axis);
+      const text = svgEl("text", { x: x, y: 25, "text-anchor": "middle" }, axis);
+      text.textContent = label;
+      const w = text.getComputedTextLength() + 6;  // with a gap
+      const anchor = x - w / 2 < 0 ? "start" : x + w / 2 > width ? "end" : "middle";
+      text.setAttribute("text-anchor", anchor);
+      const left = anchor === "start" ? x : anchor === "end" ? x - w : x - w / 2;
+      if (left < lastLabel) { text.remove(); return; }   // no room: keep the tick, drop the label
+      lastLabel = left + w;
+    });
+  })();
+
+  // ------------------------------------------------------------------ player
+  const player = (function () {
+    const slider = $("slider"), playButton = $("play"), speed = $("speed");
+    let pos = 0, playing = false, last = 0, carry = 0;
+
+    // Default speed: the whole run in about 20 seconds.
+    const rates = Array.from(speed.options).map((o) => Number(o.value));
+    speed.value = String(rates.reduce((best, r) => (Math.abs(r - COUNT / 20) < Math.abs(best - COUNT / 20) ? r : best), rates[0]));
+
+    function seek(p) {
+      pos = clamp(Math.round(p), 0, COUNT - 1);
+      slider.value = String(pos);
+      paint(pos);
+      const label = $("step-label");
+      label.textContent = String(XS[pos]);
+      label.setAttribute("data-step", String(XS[pos]));
+      const loss = $("loss-value");
+      loss.textContent = fmt(DATA.loss[pos]);
+      loss.classList.toggle("vg-bad", typeof DATA.loss[pos] === "string");   // NaN or Inf
+      $("step-counter").textContent = (pos + 1).toLocaleString("en") + " / " + COUNT.toLocaleString("en");
+      charts.forEach((c) => c.setPos(pos));
+      inspector.update(pos);
+    }
+
+    function tick(now) {
+      if (!playing) return;
+      carry += ((now - last) / 1000) * Number(speed.value);
+      last = now;
+      const n = Math.floor(carry);
+      if (n > 0) {
+        carry -= n;
+        seek(Math.min(COUNT - 1, pos + n));
+        if (pos >= COUNT - 1) { pause(); return; }
+      }
+      requestAnimationFrame(tick);
+    }
+
+    function play() {
+      if (COUNT < 2) return;
+      if (pos >= COUNT - 1) seek(0);
+      playing = true;
+      playButton.setAttribute("aria-pressed", "true");
+      playButton.setAttribute("aria-label", "Pause");
+      last = performance.now();
+      carry = 0;
+      requestAnimationFrame(tick);
+    }
+
+    function pause() {
+      playing = false;
+      playButton.setAttribute("aria-pressed", "false");
+      playButton.setAttribute("aria-label", "Play");
+    }
+
+    const toggle = () => (playing ? pause() : play());
+    playButton.addEventListener("click", toggle);
+    slider.addEventListener("input", () => { pause(); seek(Number(slider.value)); });
+    $("prev").addEventListener("click", () => { pause(); seek(pos - 1); });
+    $("next").addEventListener("click", () => { pause(); seek(pos + 1); });
+    $("first").addEventListener("click", () => { pause(); seek(0); });
+    $("last").addEventListener("click", () => { pause(); seek(COUNT - 1); });
+
+    document.addEventListener("keydown", (e) => {
+      if (e.altKey || e.ctrlKey || e.metaKey) return;
+      const tag = e.target && e.target.tagName;
+      if (tag === "SELECT" || tag === "TEXTAREA" || (tag === "INPUT" && e.target.type !== "range")) return;
+      const onSlider = e.target === slider;
+      const big = e.shiftKey ? 10 : 1;
+      switch (e.key) {
+        case "ArrowLeft": if (onSlider) return; pause(); seek(pos - big); break;
+        case "ArrowRight": if (onSlider) return; pause(); seek(pos + big); break;
+        case "Home": if (onSlider) return; pause(); seek(0); break;
+        case "End": if (onSlider) return; pause(); seek(COUNT - 1); break;
+        case " ": case "k": if (tag === "BUTTON" && e.key === " ") return; toggle(); break;
+        case "+": case "=": view.zoomCenter(1.25); break;
+        case "-": view.zoomCenter(0.8); break;
+        case "0": view.reset(); break;
+        case "Escape": inspector.close(); break;
+        default: return;
+      }
+      e.preventDefault();
+    });
+
+    return { seek: seek, play: play, pause: pause, pos: () => pos, playing: () => playing };
+  })();
+
+  let resizeTimer = 0;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      charts.forEach((c) => c.render());
+      inspector.rerender();
+      player.seek(player.pos());
+    }, 150);
+  });
+
+  player.seek(0);
+  window.vizgrad = { player: player, view: view, inspector: inspector, data: DATA };
+})();
