@@ -167,15 +167,32 @@ def test_error_escaping_the_block_restores_backward():
     assert_restored()
 
 
-def test_nested_record_raises_and_the_outer_block_keeps_recording():
+def test_nested_records_both_see_every_step_and_restore_in_order():
     w = torch.randn(2, requires_grad=True)
-    with vizgrad.record() as run:
-        with pytest.raises(RecordingError, match="cannot be nested"):
-            with vizgrad.record():
-                pass
-        assert torch.autograd.backward is not ORIGINAL_BACKWARD
+    with vizgrad.record() as outer:
         (w * 2).sum().backward()
-    assert len(run.steps) == 1
+        with vizgrad.record() as inner:
+            (w * 3).sum().backward()
+        assert torch.autograd.backward is not ORIGINAL_BACKWARD
+        (w * 4).sum().backward()
+    assert len(outer.steps) == 3 and len(inner.steps) == 1
+    assert inner.steps[0].graph == outer.steps[1].graph
+    assert torch.equal(inner.steps[0].param_grad("w"), outer.steps[1].param_grad("w"))
+    assert torch.equal(outer.steps[1].grad(outer.steps[1].graph.find("w").id), torch.full((2,), 3.0))
+    assert_restored()
+
+
+def test_nested_records_ending_out_of_order_raise():
+    first = vizgrad.recorder.Recorder()
+    second = vizgrad.recorder.Recorder()
+    first.start()
+    second.start()
+    try:
+        with pytest.raises(RecordingError, match="reverse order"):
+            first.stop()
+    finally:
+        second.stop()
+        first.stop()
     assert isinstance(RecordingError("x"), RuntimeError) and isinstance(RecordingError("x"), vizgrad.VizgradError)
     assert_restored()
 

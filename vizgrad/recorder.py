@@ -60,9 +60,9 @@ class Recorder:
     # -- patching ----------------------------------------------------------------------
     def start(self) -> None:
         """Routes ``torch.autograd.backward`` (and so ``Tensor.backward``) through the recorder."""
+        # Blocks may nest (a script that records itself, run by ``vizgrad render``):
+        # the inner recorder wraps the outer one, so both record every step.
         with _active_lock:
-            if _active:
-                raise RecordingError("vizgrad.record() blocks cannot be nested; record once around the training loop")
             _active.append(self)
         self._original_backward = torch.autograd.backward
         recorder = self
@@ -77,6 +77,9 @@ class Recorder:
 
     def stop(self) -> None:
         """Restores ``torch.autograd.backward`` and flushes the store."""
+        with _active_lock:
+            if self in _active and _active[-1] is not self:
+                raise RecordingError("nested vizgrad.record() blocks must end in the reverse order they started")
         try:
             if self._original_backward is not None:
                 torch.autograd.backward = self._original_backward  # type: ignore[assignment]

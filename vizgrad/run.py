@@ -37,12 +37,18 @@ class SummaryMap(Mapping[tuple, Summary]):
         self._source = rows
 
     @property
-    def _rows(self) -> Any:
+    def index(self) -> Mapping[tuple, int]:
+        """``ValueKey`` -> row number in :attr:`rows`."""
+        return self._index
+
+    @property
+    def rows(self) -> Any:
+        """The ``(n, 7)`` float64 rows ``norm, mean, min, max, nan, inf, numel``."""
         source = self._source
         return source.rows if isinstance(source, Batch) else source
 
     def __getitem__(self, key: tuple) -> Summary:
-        return row_summary(self._rows[self._index[key]])
+        return row_summary(self.rows[self._index[key]])
 
     def __iter__(self) -> Iterator[tuple]:
         return (key for key in self._index if key[0] != "value")
@@ -62,6 +68,16 @@ class ValueMap(Mapping[tuple, torch.Tensor]):
     def __init__(self, index: Mapping[tuple, int], batch: Batch) -> None:
         self._index = index
         self._batch = batch
+
+    @property
+    def index(self) -> Mapping[tuple, int]:
+        """``ValueKey`` -> position in :attr:`batch`."""
+        return self._index
+
+    @property
+    def batch(self) -> Batch:
+        """The :class:`~vizgrad.stats.Batch` holding the kept values."""
+        return self._batch
 
     def __getitem__(self, key: tuple) -> torch.Tensor:
         value = self._batch.value(self._index[key]) if key[0] != "value" else None

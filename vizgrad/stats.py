@@ -131,7 +131,8 @@ def _segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _host_numpy(flat: torch.Tensor) -> np.ndarray:
-    if flat.dtype in (torch.bfloat16, torch.float16):
+    # numpy has no bfloat16 or float8; widen every float narrower than 32 bits.
+    if flat.dtype.is_floating_point and flat.dtype.itemsize < 4:
         flat = flat.float()
     return flat.numpy()
 

@@ -1,0 +1,342 @@
+"""The ``vizgrad`` command line: render a script or a run file, the demo, and a run file's summary."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import click
+
+from vizgrad import __version__
+from vizgrad.errors import OutputError, UsageError, VizgradError
+
+__all__ = ["main", "cli", "CommandError", "EXIT_INTERRUPTED"]
+
+#: Exit status after Ctrl-C, as shells report a process stopped by SIGINT.
+EXIT_INTERRUPTED = 130
+#: Suffixes that mark a run file even before its content is checked.
+_RUN_SUFFIXES = (".vizgrad", ".db", ".sqlite", ".sqlite3")
+_SCRIPT_SUFFIXES = (".py", ".pyw")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class CommandError(click.ClickException):
+    """A one-line ``Error: ...`` on stderr and an exit status (1 unless said otherwise)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(_one_line(message))
+        self.exit_code = exit_code
+
+
+def _one_line(text: object) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return "; ".join(lines)
+
+
+class _Commands(click.Group):
+    """The command group; the one place where vizgrad's errors become ``Error: ...`` lines."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VizgradError as error:
+            raise CommandError(str(error), 2 if isinstance(error, UsageError) else 1) from None
+        except KeyboardInterrupt:
+            raise CommandError("interrupted (Ctrl-C)", EXIT_INTERRUPTED) from None
+
+
+@click.group("vizgrad", cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="vizgrad", message="%(prog)s %(version)s")
+def cli() -> None:
+    """See how gradients flow through a PyTorch program, step by step.
+
+    \b
+    Examples:
+      vizgrad render train.py          # record every backward(): train.html
+      vizgrad render train.py --save run.vizgrad -- --epochs 3
+      vizgrad render run.vizgrad -o run.gif
+      vizgrad info run.vizgrad
+      vizgrad demo                     # the seed's regression: vizgrad-demo.html
+    """
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``vizgrad`` command (and ``python -m vizgrad``)."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="vizgrad")
+
+
+# -- render ---------------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Draw the gradients of a script or a run file, step by step.")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- ARGS]...")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Where to write: a file, or a folder for svg frames (default: TARGET's name with the "
+                   "format's suffix, or NAME-frames for svg, in the current folder).")
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="html, svg, dot, gif or mp4 (default: from the output's suffix, else html).")
+@click.option("--save", type=click.Path(path_type=Path), metavar="RUN",
+              help="Also write the run file RUN, step by step as the script records.")
+@click.option("--every", type=click.IntRange(min=1), default=1, show_default=True, metavar="N",
+              help="Draw every N-th step.")
+@click.option("--steps", metavar="A:B", help="Draw only steps A to B-1 (like a Python slice; either end optional).")
+@click.option("--engine", type=click.Choice(["auto", "dot", "wasm"]), default="auto", show_default=True,
+              help="Graphviz for the layouts: dot (the system one), wasm (the embedded one) or auto "
+                   "(dot when installed, else wasm).")
+@click.option("-q", "--quiet", is_flag=True, help="Silence the script's output, vizgrad's messages and progress bars.")
+def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt: str | None, save: Path | None,
+           every: int, steps: str | None, engine: str, quiet: bool) -> None:
+    """Record a script's gradients (or read a saved run) and draw every step.
+
+    TARGET is a Python script, run unmodified as __main__ with ARGS (put them
+    after --), every backward() it calls recorded as one step; or a run file
+    written with --save or vizgrad.record(save=...).
+
+    \b
+    Examples:
+      vizgrad render examples/linear_regression_autograd.py
+      vizgrad render train.py -o train.gif --every 10 -- --lr 0.01
+      vizgrad render train.py --save train.vizgrad -q
+      vizgrad render train.vizgrad --steps 100:200 -o steps.html
+    """
+    from vizgrad import export
+
+    is_run = _is_run_target(target)
+    if is_run and script_args:
+        raise UsageError(f"{target} is a run file: arguments after it ({' '.join(script_args)}) are only for scripts")
+    fmt, output = _choose_output(export, target, output, fmt)
+    _check_writable(output, fmt)
+    options = {"every": every, "steps": steps, "engine": engine, "progress": False if quiet else None}
+    if is_run:
+        _render_run_file(export, target, output, fmt, save, options, quiet)
+    else:
+        _render_script(export, target, script_args, output, fmt, save, options, quiet)
+
+
+def _is_run_target(target: Path) -> bool:
+    """Whether TARGET is a run file (by content, then by suffix) rather than a script."""
+    from vizgrad.scripts import check_script
+
+    if target.suffix.lower() in _SCRIPT_SUFFIXES:
+        return False
+    with contextlib.suppress(OSError):  # unreadable: check_script below says so
+        with open(target, "rb") as handle:
+            if handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC:
+                return True
+    if target.suffix.lower() in _RUN_SUFFIXES:
+        return True
+    check_script(target)  # neither: it must at least be a script (missing, binary... fail here)
+    return False
+
+
+def _choose_output(export: Any, target: Path, output: Path | None, fmt: str | None) -> tuple[str, Path]:
+    if output is not None:
+        return export.format_for(output, fmt), output
+    fmt = export.format_for(Path(f"{target.stem}.html"), fmt)
+    # SVG frames go to a folder, one file per step.
+    return fmt, Path(f"{target.stem}-frames" if fmt == "svg" else f"{target.stem}.{fmt}")
+
+
+def _check_writable(output: Path, fmt: str) -> None:
+    """Fails before any recording when the output cannot be written, rather than after it."""
+    if output.is_dir() and fmt != "svg":
+        raise OutputError(f"cannot write {output}: it is a folder; give a file name such as {output / 'report'}.{fmt}")
+    parent = output.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {output}: folder {parent} does not exist; create it or choose another -o")
+    if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise OutputError(f"cannot write {output}: permission denied; choose another -o")
+
+
+def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Path | None, options: dict[str, Any],
+                     quiet: bool) -> None:
+    from vizgrad import store
+
+    run = store.load(target)
+    try:
+        if save is not None:
+            store.save(run, save)
+        written = _written(export.export(run, output, fmt, **options), fmt)
+        _say(quiet, f"wrote {written} ({_steps(len(run.steps))})")
+    finally:
+        run.store.disconnect()
+
+
+def _render_script(export: Any, script: Path, args: Sequence[str], output: Path, fmt: str, save: Path | None,
+                   options: dict[str, Any], quiet: bool) -> None:
+    from vizgrad.scripts import format_user_traceback, run_script
+
+    with _run_file(save) as run_path:
+        outcome = run_script(script, args, save=run_path, quiet=quiet)
+        run = outcome.run
+        try:
+            count = len(run.steps)
+            if outcome.aborted:
+                kept = f"; {save} keeps the {count} steps recorded" if save is not None else ""
+                raise CommandError(f"interrupted twice (Ctrl-C): stopped without writing {output}{kept}",
+                                   EXIT_INTERRUPTED)
+            if outcome.error is not None:
+                click.echo(format_user_traceback(outcome.error, script), err=True, nl=False)
+            problem = _problem(script, outcome, count)
+            if count == 0:
+                raise CommandError(problem or f"{script} finished without calling backward(), so there is nothing "
+                                              "to render; vizgrad records each loss.backward() as one step",
+                                   _status(outcome))
+            written = _written(export.export(run, output, fmt, **options), fmt)
+            saved = f" and run file {save}" if save is not None else ""
+            if problem is not None:
+                raise CommandError(f"{problem}; wrote {written}{saved} with the {_steps(count)} recorded before it",
+                                   _status(outcome))
+            _say(quiet, f"wrote {written}{saved} ({_steps(count)})")
+        finally:
+            run.store.disconnect()
+
+
+@contextlib.contextmanager
+def _run_file(save: Path | None) -> Iterator[Path]:
+    """The run file to record into: ``save``, or a temporary one (so memory stays bounded either way)."""
+    if save is not None:
+        yield save
+        return
+    with tempfile.TemporaryDirectory(prefix="vizgrad-") as folder:
+        yield Path(folder) / "run.vizgrad"
+
+
+def _problem(script: Path, outcome: Any, count: int) -> str | None:
+    """The one-line description of how the script stopped early, or ``None`` when it ended well."""
+    if outcome.interrupted:
+        return f"interrupted (Ctrl-C) after {count} steps"
+    if outcome.error is not None:
+        message = _one_line(outcome.error) or "(no message)"
+        before = "" if count else " before any backward()"
+        return f"{script} raised {type(outcome.error).__name__}{before}: {message}"
+    if outcome.exit_status != 0:
+        return f"{script} exited with status {outcome.exit_status}"
+    return None
+
+
+def _status(outcome: Any) -> int:
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    if outcome.error is None and outcome.exit_status != 0:
+        return outcome.exit_status
+    return 1
+
+
+def _steps(count: int) -> str:
+    return f"{count} step{'' if count == 1 else 's'}"
+
+
+def _written(written: Any, fmt: str) -> str:
+    """What an export wrote, in a few words: the file, or how many files and where."""
+    paths = [Path(p) for p in written] if isinstance(written, (list, tuple)) else [Path(written)]
+    if len(paths) == 1:
+        return str(paths[0])
+    folder = os.path.commonpath([str(path.absolute().parent) for path in paths]) if paths else "."
+    return f"{len(paths)} {fmt.upper()} files in {folder}"
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        click.echo(f"vizgrad: {message}", err=True)
+
+
+# -- demo ---------------------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Record the seed's regression and write its report.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("vizgrad-demo.html"), show_default=True,
+              help="Where to write the HTML report.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Most training steps (stops earlier once fit).")
+@click.option("--engine", type=click.Choice(["auto", "dot", "wasm"]), default="auto", show_default=True,
+              help="Graphviz for the layout: dot, wasm (embedded) or auto.")
+def demo(output: Path, steps: int | None, engine: str) -> None:
+    """Fit y = 2x + 3 with autograd (the seed tutorial) and write the report.
+
+    \b
+    Examples:
+      vizgrad demo
+      vizgrad demo -o regression.html --steps 300
+    """
+    from vizgrad import demo as demo_module
+
+    _check_writable(output, "html")
+    options: dict[str, Any] = {"engine": engine}
+    if steps is not None:
+        options["steps"] = steps
+    written = demo_module.run_demo(output, **options)
+    click.echo(f"wrote {written}")
+
+
+# -- info --------------------------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Summarise a run file.")
+@click.argument("run_file", metavar="RUN", type=click.Path(path_type=Path))
+def info(run_file: Path) -> None:
+    """Summarise a run file: steps, graph size, loss range and parameters.
+
+    \b
+    Example:
+      vizgrad info train.vizgrad
+    """
+    from vizgrad import store
+
+    run = store.load(run_file)
+    try:
+        for line in describe(run, run_file):
+            click.echo(line)
+    finally:
+        run.store.disconnect()
+
+
+def describe(run: Any, path: Path) -> list[str]:
+    """The lines ``vizgrad info`` prints for a stored run."""
+    count = len(run.steps)
+    state = "complete" if getattr(run, "complete", True) else "incomplete: the recording stopped before it ended"
+    lines = [f"run file:   {path} ({state})", f"steps:      {count}"]
+    graphs = list(run.store.graphs().values()) if count else []
+    if graphs:
+        nodes = sorted({len(g.nodes) for g in graphs})
+        edges = sorted({len(g.edges) for g in graphs})
+        shapes = f"{len(graphs)} distinct topolog{'y' if len(graphs) == 1 else 'ies'}"
+        lines.append(f"graph:      {_span(nodes)} nodes, {_span(edges)} edges ({shapes})")
+    losses = [(i, loss) for i, loss in enumerate(run.losses()) if loss is not None]
+    if losses:
+        finite = [(i, loss) for i, loss in losses if math.isfinite(loss)]
+        low = min(finite, key=lambda item: item[1]) if finite else None
+        lowest = f", min {low[1]:.6g} (step {low[0]})" if low else ""
+        lines.append(f"loss:       first {losses[0][1]:.6g}, last {losses[-1][1]:.6g}{lowest}")
+    elif count:
+        lines.append("loss:       none (the roots of backward() were not scalars)")
+    params = _param_shapes(graphs)
+    names = run.param_names() if count else []
+    if names:
+        described = ", ".join(f"{name} {_shape(params.get(name))}" for name in names)
+        lines.append(f"parameters: {described}")
+    for key in ("title", "script"):
+        if run.meta.get(key):
+            lines.append(f"{key + ':':<11} {run.meta[key]}")
+    return lines
+
+
+def _span(values: Sequence[int]) -> str:
+    return str(values[0]) if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
+
+
+def _param_shapes(graphs: Sequence[Any]) -> dict[str, Any]:
+    shapes: dict[str, Any] = {}
+    for graph in graphs:
+        for node in graph.nodes:
+            if node.kind == "leaf" and node.name is not None:
+                shapes.setdefault(node.name, node.shape)
+    return shapes
+
+
+def _shape(shape: Any) -> str:
+    return "(?)" if shape is None else "(" + ", ".join(str(size) for size in shape) + ")"

@@ -1,0 +1,230 @@
+"""Runs a user's Python script unmodified as ``__main__`` and records every ``backward()`` it calls."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import runpy
+import signal
+import sys
+import threading
+import traceback
+import types
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from vizgrad.errors import ScriptError
+from vizgrad.run import Run, Step
+
+__all__ = ["ScriptOutcome", "check_script", "run_script", "format_user_traceback"]
+
+_VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+@dataclasses.dataclass
+class ScriptOutcome:
+    """What happened when a script ran.
+
+    Attributes:
+        run: The recorded run (every completed step, also when the script failed).
+        error: The exception the script raised, if any (not ``SystemExit``).
+        interrupted: The user pressed Ctrl-C (recording stopped between steps).
+        aborted: The user pressed Ctrl-C twice: stop without writing anything more.
+        exit_status: The status the script passed to ``sys.exit`` (0 when it ended normally).
+    """
+
+    run: Run
+    error: BaseException | None = None
+    interrupted: bool = False
+    aborted: bool = False
+    exit_status: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the script ran to its end (or exited with status 0)."""
+        return self.error is None and not self.interrupted and self.exit_status == 0
+
+
+def check_script(path: str | os.PathLike[str]) -> Path:
+    """Checks that ``path`` is a readable Python script that compiles.
+
+    Raises:
+        ScriptError: It is missing, a folder, unreadable, or has a syntax
+            error (the message says ``file:line``).
+    """
+    script = Path(path)
+    if not script.exists():
+        raise ScriptError(f"no script or run file at {script}: check the path")
+    if script.is_dir():
+        raise ScriptError(f"{script} is a folder: give a Python script (e.g. train.py) or a run file")
+    try:
+        source = script.read_bytes()
+    except OSError as error:
+        raise ScriptError(f"cannot read {script}: {error.strerror or error}; check its permissions") from None
+    if b"\0" in source:  # binary data: no Python source holds NUL bytes
+        raise ScriptError(f"{script} is neither a Python script nor a vizgrad run file: "
+                          "give a .py script or a run file written with --save")
+    try:
+        compile(source, str(script), "exec", dont_inherit=True)
+    except SyntaxError as error:
+        where = f"{error.filename or script}:{error.lineno}" if error.lineno else str(script)
+        raise ScriptError(f"{where}: syntax error: {error.msg}; fix the script and run again") from None
+    return script
+
+
+class _CtrlC:
+    """SIGINT while a script records: stop between steps, never inside one; a second Ctrl-C stops at once."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self.presses = 0
+        self._previous: Any = None
+        self._installed = False
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_CtrlC]:
+        # Signal handlers can only be set from the main thread; elsewhere Ctrl-C keeps its default.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        try:
+            yield self
+        finally:
+            if self._installed:
+                signal.signal(signal.SIGINT, self._previous)
+                self._installed = False
+
+    def _handle(self, signum: int, frame: types.FrameType | None) -> None:
+        self.presses += 1
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        if not _inside_step(frame):
+            raise KeyboardInterrupt
+        # Inside a backward(): let the step finish and be saved; after_step raises then.
+
+    def after_step(self, step: Step) -> None:
+        """``on_step`` callback of the recorder: the point where a pending Ctrl-C stops the script."""
+        if self.pressed:
+            raise KeyboardInterrupt
+
+
+def _inside_step(frame: types.FrameType | None) -> bool:
+    """True when ``frame`` is inside the recorder's handling of a ``backward()`` call."""
+    from vizgrad.recorder import Recorder
+
+    step_code = Recorder._backward.__code__
+    while frame is not None:
+        if frame.f_code is step_code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+@contextlib.contextmanager
+def _as_main(script: Path, args: Sequence[str], quiet: bool) -> Iterator[None]:
+    """``sys.argv``, ``sys.path`` (and ``sys.stdout`` when quiet) as ``python script.py args`` sets them."""
+    saved_argv, saved_path = sys.argv, sys.path[:]
+    sys.argv = [str(script), *args]
+    sys.path.insert(0, str(script.absolute().parent))
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            devnull = stack.enter_context(open(os.devnull, "w"))
+            stack.enter_context(contextlib.redirect_stdout(devnull))
+        try:
+            yield
+        finally:
+            sys.argv = saved_argv
+            sys.path[:] = saved_path
+
+
+def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: str | os.PathLike[str] | None = None,
+               quiet: bool = False, on_step: Sequence[Callable[[Step], None]] = (),
+               **record_options: Any) -> ScriptOutcome:
+    """Runs ``path`` as ``__main__`` with ``args``, recording every ``backward()`` as one step.
+
+    The script runs unmodified: ``sys.argv`` is ``[path, *args]``, its folder
+    comes first on ``sys.path``, and both are restored afterwards. Ctrl-C
+    stops the script between steps, so every recorded step is complete (a
+    second Ctrl-C stops at once).
+
+    Args:
+        path: The script.
+        args: Its command-line arguments.
+        save: A run file to write step by step (see :func:`vizgrad.record`).
+        quiet: Silence what the script prints to ``sys.stdout``.
+        on_step: Called with each step once it is recorded.
+        **record_options: More options of :func:`vizgrad.record` (``keep``, ``saved``...).
+
+    Returns:
+        The outcome: the run, and the script's exception, Ctrl-C or exit status.
+
+    Raises:
+        ScriptError: The script is missing or does not compile.
+        RunFileError: ``save`` cannot be written.
+    """
+    from vizgrad.recorder import record
+
+    script = check_script(path)
+    ctrl_c = _CtrlC()
+    with record(save=os.fspath(save) if save is not None else None, on_step=[ctrl_c.after_step, *on_step],
+                **record_options) as run:
+        outcome = ScriptOutcome(run)
+        run.meta.setdefault("title", script.name)
+        run.meta["script"] = str(script)
+        run.meta["argv"] = list(args)
+        with ctrl_c.installed(), _as_main(script, args, quiet):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except KeyboardInterrupt:
+                outcome.interrupted = True
+                outcome.aborted = ctrl_c.presses > 1
+            except SystemExit as stop:
+                outcome.exit_status = _exit_status(stop)
+            except Exception as error:  # the script's own failure: reported, with the steps before it kept
+                outcome.error = error
+        # A script may catch KeyboardInterrupt itself and end normally: Ctrl-C was still pressed.
+        outcome.interrupted = outcome.interrupted or ctrl_c.pressed
+    return outcome
+
+
+def _exit_status(stop: SystemExit) -> int:
+    """The process status ``sys.exit(code)`` stands for, as Python itself maps it."""
+    if stop.code is None:
+        return 0
+    if isinstance(stop.code, int):
+        return stop.code
+    print(stop.code, file=sys.stderr)  # sys.exit("message") prints the message and exits 1
+    return 1
+
+
+def _is_internal(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path.startswith(_VIZGRAD_DIR) or filename in (runpy.__file__, "<frozen runpy>")
+
+
+def _user_frames(tb: types.TracebackType | None, script: Path) -> types.TracebackType | None:
+    """The traceback from the script's first frame on, without vizgrad's own frames."""
+    target = os.path.abspath(script)
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename) != target:
+        tb = tb.tb_next
+    kept = []
+    while tb is not None:
+        if not _is_internal(tb.tb_frame.f_code.co_filename):
+            kept.append(tb)
+        tb = tb.tb_next
+    for current, following in zip(kept, kept[1:] + [None]):
+        current.tb_next = following
+    return kept[0] if kept else None
+
+
+def format_user_traceback(error: BaseException, script: str | os.PathLike[str]) -> str:
+    """The traceback Python would print for the script's error, minus runpy's and vizgrad's frames."""
+    seen: set[int] = set()
+    pending: BaseException | None = error
+    while pending is not None and id(pending) not in seen:  # chained exceptions too
+        seen.add(id(pending))
+        pending.__traceback__ = _user_frames(pending.__traceback__, Path(script)) or pending.__traceback__
+        pending = pending.__cause__ or pending.__context__
+    return "".join(traceback.format_exception(error))

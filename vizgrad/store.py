@@ -1,0 +1,901 @@
+"""Run files: recorded runs in a versioned SQLite database, written one step per transaction and read back lazily."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import struct
+import threading
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any, Iterator, Mapping, MutableSequence, Sequence, overload
+
+import numpy as np
+import torch
+
+from vizgrad import __version__
+from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradError
+from vizgrad.graph import Graph
+from vizgrad.run import Run, Step, SummaryMap, ValueMap
+from vizgrad.stats import Batch, Summary, summarize
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "APPLICATION_ID",
+    "RUN_SUFFIX",
+    "save",
+    "load",
+    "open_for_recording",
+    "is_run_file",
+    "RunStore",
+    "StoredRun",
+    "StoredStep",
+    "StepSequence",
+    "encode_step",
+    "decode_summaries",
+    "decode_values",
+]
+
+#: Version of the tables below; a file with a higher one was written by a newer vizgrad.
+SCHEMA_VERSION = 1
+#: ``PRAGMA application_id`` of every run file ("VGRD"), which tells them from other SQLite files.
+APPLICATION_ID = 0x56475244
+#: Suffix suggested for run files (any name works: files are recognised by content).
+RUN_SUFFIX = ".vizgrad"
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_HOW_TO_GET_ONE = "pass a file written by `vizgrad render SCRIPT --save RUN` or vizgrad.record(save=RUN)"
+# Files up to this size get a full integrity check on load; bigger ones are
+# checked page by page as steps are read (a full check would read gigabytes).
+_FULL_CHECK_LIMIT = 64 << 20
+_RECENT_STEPS = 8  # steps kept in memory by a stored run: the newest and the latest read
+_CACHED_GRAPHS = 64
+_READ_BATCH = 32
+_COMPRESSION = 1  # zlib level: gradients compress little, so favour speed
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE graphs (
+    id INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,            -- Graph.structural_hash
+    digest TEXT NOT NULL UNIQUE,   -- sha1 of the JSON below: one row per distinct graph
+    graph TEXT NOT NULL            -- JSON of Graph.to_dict()
+);
+CREATE TABLE steps (
+    idx INTEGER PRIMARY KEY,       -- Step.index, 0-based
+    graph INTEGER NOT NULL REFERENCES graphs(id),
+    loss TEXT,                     -- JSON number (NaN and Infinity included), NULL for no loss
+    params TEXT NOT NULL,          -- JSON list of the parameter names of the step
+    summaries BLOB NOT NULL,       -- packed keys + float64 [norm, mean, min, max] + int64 [nan, inf, numel]
+    kept BLOB NOT NULL,            -- packed kept values: header of dtypes and shapes + raw bytes
+    data TEXT NOT NULL             -- JSON of the values logged with run.log()
+);
+"""
+_STEP_COLUMNS = "idx, graph, loss, summaries, kept, data"
+
+
+# -- validation --------------------------------------------------------------------------------------------
+
+
+def _damaged(path: Path, detail: object) -> RunFileError:
+    return RunFileError(f"{path} is damaged ({detail}); it was truncated or overwritten: record the run again")
+
+
+def _check_header(path: Path) -> None:
+    """Checks what can be checked without SQLite: the file exists, is not empty and is a whole SQLite file."""
+    if not path.exists():
+        raise RunFileError(f"no run file at {path}: check the path, or {_HOW_TO_GET_ONE}")
+    if path.is_dir():
+        raise RunFileError(f"{path} is a folder, not a run file: {_HOW_TO_GET_ONE}")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except OSError as error:
+        raise RunFileError(f"cannot read {path}: {error.strerror or error}; check its permissions") from None
+    if size == 0:
+        raise RunFileError(f"{path} is empty, not a vizgrad run file: {_HOW_TO_GET_ONE}")
+    if not header.startswith(_SQLITE_MAGIC):
+        raise RunFileError(f"{path} is not a vizgrad run file (not a SQLite database): {_HOW_TO_GET_ONE}")
+    if len(header) < 100:
+        raise _damaged(path, "its header is cut short")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    page_count = int.from_bytes(header[28:32], "big")
+    change_counter, valid_for = header[24:28], header[92:96]
+    # The page count in the header is trustworthy only when written by the
+    # same change as the counter (SQLite >= 3.7.0 always does so).
+    if change_counter == valid_for and page_count and size < page_count * page_size:
+        raise _damaged(path, f"{size} bytes where its header promises {page_count * page_size}")
+
+
+def _read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, str]:
+    """Validates the schema of an open database and returns its ``meta`` table."""
+    (application_id,) = connection.execute("PRAGMA application_id").fetchone()
+    if application_id != APPLICATION_ID:
+        raise RunFileError(f"{path} is a SQLite database but not a vizgrad run file: {_HOW_TO_GET_ONE}")
+    try:
+        meta = dict(connection.execute("SELECT key, value FROM meta"))
+    except sqlite3.OperationalError as error:
+        raise _damaged(path, error) from None
+    try:
+        version = int(meta["vizgrad_schema"])
+    except (KeyError, ValueError):
+        raise _damaged(path, "its schema version is missing") from None
+    if version > SCHEMA_VERSION:
+        writer = meta.get("vizgrad_version", "unknown")
+        raise RunFileError(f"{path} was written by a newer vizgrad ({writer}, run file schema {version}) than this one "
+                           f"({__version__}, schema {SCHEMA_VERSION}): upgrade with `pip install -U vizgrad`")
+    if version < 1:
+        raise _damaged(path, f"unknown schema version {version}")
+    try:
+        connection.execute(f"SELECT {_STEP_COLUMNS}, params FROM steps LIMIT 0")
+        connection.execute("SELECT id, hash, digest, graph FROM graphs LIMIT 0")
+    except sqlite3.OperationalError as error:
+        raise _damaged(path, error) from None
+    return meta
+
+
+def is_run_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a SQLite database stamped as a vizgrad run file (a cheap check; see :func:`load`)."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except OSError:
+        return False
+    return header.startswith(_SQLITE_MAGIC) and header[68:72] == APPLICATION_ID.to_bytes(4, "big")
+
+
+# -- encoding ------------------------------------------------------------------------------------------------
+
+
+_ALIGN = 16  # payload arrays start at multiples of this, so decoded tensors are aligned
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % _ALIGN)
+
+
+def _pack(header: Any, payload: Sequence[bytes]) -> bytes:
+    """``zlib(length + JSON header + payload arrays)``, each array aligned: the container of step blobs."""
+    text = json.dumps(header, separators=(",", ":")).encode()
+    parts = [struct.pack("<I", len(text)), text, _padding(4 + len(text))]
+    for array in payload:
+        parts += [array, _padding(len(array))]
+    return zlib.compress(b"".join(parts), _COMPRESSION)
+
+
+def _unpack(blob: bytes) -> tuple[Any, bytearray, list[int]]:
+    """Inverse of :func:`_pack`: the header, the raw bytes and the offset of each payload array.
+
+    ``header["sizes"]`` gives the byte length of each array.
+    """
+    raw = bytearray(zlib.decompress(blob))
+    (length,) = struct.unpack_from("<I", raw)
+    header = json.loads(raw[4:4 + length])
+    offset = 4 + length
+    offset += -offset % _ALIGN
+    offsets = []
+    for size in header["sizes"]:
+        offsets.append(offset)
+        offset += size + (-size % _ALIGN)
+    return header, raw, offsets
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_from_name(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown tensor dtype {name!r}")
+    return dtype
+
+
+def _step_tables(step: Step) -> tuple[Mapping[tuple, int], np.ndarray, Sequence[torch.Tensor], Sequence[Any]]:
+    """A step's gradients as the recorder holds them: key -> row, summary rows, value buffers, value locators.
+
+    Steps recorded by :mod:`vizgrad.recorder` already have this form (one
+    batch behind both maps); other steps (built by hand) are converted.
+    """
+    summaries, values = step.summaries, step.values
+    if isinstance(summaries, SummaryMap) and isinstance(values, ValueMap):
+        index, rows, batch = summaries.index, summaries.rows, values.batch
+        if values.index is index and batch.rows is rows:
+            return index, rows, batch.buffers, batch.kept
+    index = {}
+    table: list[list[float]] = []
+    kept: list[Any] = []
+    for key, summary in summaries.items():
+        index[key] = len(table)
+        table.append([summary.norm, summary.mean, summary.min, summary.max, summary.nan, summary.inf, summary.numel])
+        kept.append(values.get(key))
+    extra = [(key, value) for key, value in values.items() if key not in index]
+    if extra:  # values with no summary of their own: summarise them so every row is complete
+        computed = summarize([value for _, value in extra], keep=None)
+        for (key, value), row in zip(extra, computed.rows.tolist()):
+            index[key] = len(table)
+            table.append(row)
+            kept.append(value)
+    return index, np.array(table, dtype=np.float64).reshape(-1, 7), [], kept
+
+
+def encode_step(step: Step) -> tuple[bytes, bytes]:
+    """Packs a step's gradients: ``(summaries blob, values blob)``.
+
+    The summaries blob holds every key with its row of the float64 table
+    ``norm, mean, min, max, nan, inf, numel``. The values blob holds the kept
+    tensors as raw bytes of any dtype (bfloat16, float8 and complex too), one
+    buffer per dtype, and where each kept value lies in them.
+    """
+    index, rows, buffers, kept = _step_tables(step)
+    table = np.ascontiguousarray(rows, dtype="<f8")
+    summaries = _pack({"k": list(index.items()), "n": len(table),  # JSON writes tuples as lists
+                       "sizes": [table.nbytes]}, [table.tobytes()])
+    out: list[torch.Tensor] = []
+    locators: list[Any] = [None] * len(kept)
+    in_buffer: dict[int, list[tuple[int, int, tuple[int, ...]]]] = {}
+    loose: dict[torch.dtype, list[tuple[int, torch.Tensor]]] = {}
+    for at, locator in enumerate(kept):
+        if locator is None:
+            continue
+        if isinstance(locator, torch.Tensor):
+            loose.setdefault(locator.dtype, []).append((at, locator))
+        else:
+            buffer, offset, shape = locator
+            in_buffer.setdefault(buffer, []).append((at, offset, tuple(shape)))
+    with torch.no_grad():
+        for buffer, items in in_buffer.items():
+            source = buffers[buffer]
+            sizes = [math.prod(shape) for _, _, shape in items]
+            if sum(sizes) == source.numel():  # everything in it was kept: store it as it is
+                for at, offset, shape in items:
+                    locators[at] = [len(out), offset, list(shape)]
+                out.append(source)
+                continue
+            offset_out = 0
+            for (at, _, shape), size in zip(items, sizes):
+                locators[at] = [len(out), offset_out, list(shape)]
+                offset_out += size
+            out.append(torch.cat([source.narrow(0, offset, size) for (_, offset, _), size in zip(items, sizes)]))
+        for _dtype, tensors in loose.items():
+            offset_out = 0
+            for at, tensor in tensors:
+                locators[at] = [len(out), offset_out, list(tensor.shape)]
+                offset_out += tensor.numel()
+            out.append(torch.cat([(t.to_dense() if t.layout != torch.strided else t).reshape(-1) for _, t in tensors]))
+        arrays = [buffer.detach().cpu().resolve_conj().resolve_neg().contiguous().view(torch.uint8).numpy().tobytes()
+                  for buffer in out]
+    values = _pack({"b": [_dtype_name(buffer.dtype) for buffer in out], "k": locators,
+                    "sizes": [len(array) for array in arrays]}, arrays)
+    return summaries, values
+
+
+def decode_summaries(blob: bytes) -> tuple[dict[tuple, int], np.ndarray]:
+    """The key -> row index and the summary table of a summaries blob (see :func:`encode_step`)."""
+    header, raw, (offset,) = _unpack(blob)
+    rows = np.frombuffer(raw, dtype="<f8", count=header["n"] * 7, offset=offset).reshape(-1, 7)
+    return {tuple(key): at for key, at in header["k"]}, rows
+
+
+def decode_values(blob: bytes, rows: np.ndarray) -> Batch:
+    """The kept values of a values blob with the step's summary rows, as the batch the recorder made."""
+    header, raw, offsets = _unpack(blob)
+    buffers = []
+    for dtype_name, offset, size in zip(header["b"], offsets, header["sizes"]):
+        dtype = _dtype_from_name(dtype_name)
+        if size:
+            buffers.append(torch.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize, offset=offset))
+        else:
+            buffers.append(torch.empty(0, dtype=dtype))
+    kept = [None if locator is None else (locator[0], locator[1], tuple(locator[2])) for locator in header["k"]]
+    return Batch(rows, buffers, kept)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        return value.tolist()
+    raise UsageError(f"cannot save a logged value of type {type(value).__name__} in a run file; "
+                     "log numbers, strings, lists or dicts (run.log(key, value))")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=_json_default)
+
+
+def _encode_loss(loss: float | None) -> str | None:
+    return None if loss is None else json.dumps(float(loss))
+
+
+def _decode_loss(text: str | None) -> float | None:
+    return None if text is None else float(json.loads(text))
+
+
+def _encode_panels(panels: Sequence[Any]) -> list[dict[str, Any]]:
+    encoded = []
+    for panel in panels:
+        to_dict = getattr(panel, "to_dict", None)
+        if to_dict is None:
+            warnings.warn(f"panel {type(panel).__name__} has no to_dict(), so the run file leaves it out",
+                          RuntimeWarning, stacklevel=5)
+            continue
+        encoded.append(to_dict())
+    return encoded
+
+
+def _decode_panels(encoded: Sequence[Mapping[str, Any]]) -> list[Any]:
+    from vizgrad.panels import panel_from_dict
+
+    panels = []
+    for item in encoded:
+        try:
+            panels.append(panel_from_dict(item))
+        except (VizgradError, TypeError, ValueError) as error:  # a panel kind this vizgrad does not know
+            warnings.warn(f"cannot restore a panel of the run file ({error}); it is left out", RuntimeWarning,
+                          stacklevel=3)
+    return panels
+
+
+# -- steps read from a file ---------------------------------------------------------------------------------
+
+
+class StoredStep(Step):
+    """A step read from a run file; its summaries and values are decoded on first use."""
+
+    _summaries_blob: bytes | None = None
+    _values_blob: bytes | None = None
+    _index: dict[tuple, int] | None = None
+    _batch: Batch | None = None
+
+    @classmethod
+    def from_blobs(cls, index: int, loss: float | None, graph: Graph, summaries: bytes, values: bytes,
+                   data: dict[str, Any]) -> StoredStep:
+        """A step whose summaries and values stay packed until read."""
+        step = cls(index, loss, graph, None, None, data)  # type: ignore[arg-type]
+        step._summaries_blob = summaries
+        step._values_blob = values
+        return step
+
+    def _decoded(self) -> tuple[dict[tuple, int], Batch]:
+        if self._index is None or self._batch is None:
+            self._index, rows = decode_summaries(self._summaries_blob or b"")
+            self._batch = decode_values(self._values_blob or b"", rows)
+            self._summaries_blob = self._values_blob = None
+        return self._index, self._batch
+
+    @property  # type: ignore[override]
+    def summaries(self) -> Mapping[tuple, Summary]:
+        """``ValueKey`` -> :class:`Summary`, decoded on first access."""
+        if self._summaries is None:
+            self._summaries = SummaryMap(*self._decoded())
+        return self._summaries
+
+    @summaries.setter
+    def summaries(self, value: Mapping[tuple, Summary] | None) -> None:
+        self._summaries = value
+
+    @property  # type: ignore[override]
+    def values(self) -> Mapping[tuple, torch.Tensor]:
+        """``ValueKey`` -> kept tensor, decoded on first access."""
+        if self._values is None:
+            self._values = ValueMap(*self._decoded())
+        return self._values
+
+    @values.setter
+    def values(self, value: Mapping[tuple, torch.Tensor] | None) -> None:
+        self._values = value
+
+
+class RunStore:
+    """One run file: writes steps one transaction each and reads them back.
+
+    Use :func:`open_for_recording`, :func:`load` or :func:`save` rather than
+    this class. A store opened for writing accepts :meth:`append` until
+    :meth:`close`; reading works before and after.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, path: Path, writable: bool) -> None:
+        self.path = path
+        self.writable = writable
+        self._connection = connection
+        self._lock = threading.RLock()
+        self._count = connection.execute("SELECT count(*) FROM steps").fetchone()[0]
+        self._graphs: collections.OrderedDict[int, Graph] = collections.OrderedDict()
+        self._graph_rows: collections.OrderedDict[int, tuple[Graph, int]] = collections.OrderedDict()
+        self._written_meta: dict[str, str] = {}
+
+    # -- opening ---------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, *, journal: str = "WAL") -> RunStore:
+        """A new, empty run file at ``path`` (which must not exist)."""
+        connection = _connect(path, create=True)
+        try:
+            connection.execute(f"PRAGMA journal_mode={journal}")
+            # A killed process loses no committed step with NORMAL in WAL mode; only a
+            # power cut could lose the last few, and the file stays consistent.
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            connection.executescript(f"BEGIN;{_SCHEMA}COMMIT;")
+        except sqlite3.Error as error:
+            connection.close()
+            raise RunFileError(f"cannot write run file {path}: {error}; choose a writable path") from None
+        store = cls(connection, path, writable=True)
+        store._write_meta({"vizgrad_schema": str(SCHEMA_VERSION), "vizgrad_version": __version__, "complete": "0"})
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> tuple[RunStore, dict[str, str]]:
+        """Opens an existing run file for reading after validating it; returns it with its ``meta`` table."""
+        _check_header(path)
+        try:
+            connection = _connect(path, create=False)
+        except sqlite3.Error as error:
+            raise RunFileError(f"cannot open run file {path}: {error}; check its permissions") from None
+        try:
+            meta = _read_meta(connection, path)
+            if path.stat().st_size <= _FULL_CHECK_LIMIT:
+                problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
+                if problems != ["ok"]:
+                    raise _damaged(path, problems[0])
+            store = cls(connection, path, writable=False)
+        except sqlite3.DatabaseError as error:
+            connection.close()
+            raise _damaged(path, error) from None
+        except BaseException:
+            connection.close()
+            raise
+        return store, meta
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def append(self, step: Step, *, meta: Mapping[str, Any] | None = None, panels: Sequence[Any] | None = None) -> None:
+        """Writes ``step`` (and ``meta``/``panels`` when they changed) in one transaction."""
+        if not self.writable:
+            raise RecordingError(f"run file {self.path} is closed for writing; record a new run to add steps")
+        if step.index != self._count:
+            raise UsageError(f"steps must be appended in order: got step {step.index}, expected {self._count}")
+        summaries, values = encode_step(step)
+        loss, params, data = _encode_loss(step.loss), _dumps(step.params), _dumps(step.data)
+        with self._lock, self._error_context("write"), _transaction(self._connection):
+            self._connection.execute("INSERT INTO steps (idx, graph, loss, params, summaries, kept, data) "
+                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (step.index, self._graph_id(step.graph), loss, params, summaries, values, data))
+            self._write_run_meta(meta, panels)
+        self._count += 1
+
+    def update_data(self, step: Step) -> None:
+        """Rewrites the logged data of a step already written (after ``run.log``)."""
+        if not self.writable:
+            raise RecordingError(f"run file {self.path} is closed for writing; log values while recording")
+        with self._lock, self._error_context("write"), _transaction(self._connection):
+            self._connection.execute("UPDATE steps SET data = ? WHERE idx = ?", (_dumps(step.data), step.index))
+
+    def write_run_meta(self, meta: Mapping[str, Any] | None, panels: Sequence[Any] | None) -> None:
+        """Writes the run's ``meta`` and panels when they changed since last written."""
+        with self._lock, self._error_context("write"), _transaction(self._connection):
+            self._write_run_meta(meta, panels)
+
+    def close(self, *, meta: Mapping[str, Any] | None = None, panels: Sequence[Any] | None = None) -> None:
+        """Finishes writing: stores ``meta`` and panels, marks the run complete, folds the WAL into the file.
+
+        The store stays readable, so the run can still be rendered.
+        """
+        if not self.writable:
+            return
+        with self._lock, self._error_context("finish"):
+            with _transaction(self._connection):
+                self._write_run_meta(meta, panels)
+                self._write_meta({"complete": "1"})
+            self.writable = False
+            # One self-contained file: no -wal/-shm beside it once the run is finished.
+            with contextlib.suppress(sqlite3.OperationalError):  # another reader has it open: stay in WAL
+                self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._connection.execute("PRAGMA journal_mode=DELETE")
+
+    def disconnect(self) -> None:
+        """Closes the database connection; reading afterwards fails."""
+        with self._lock:
+            self.writable = False
+            self._connection.close()
+
+    def _write_run_meta(self, meta: Mapping[str, Any] | None, panels: Sequence[Any] | None) -> None:
+        rows = {}
+        if meta is not None:
+            rows["run_meta"] = _dumps(dict(meta))
+        if panels is not None:
+            rows["panels"] = _dumps(_encode_panels(panels)) if panels else "[]"
+        self._write_meta(rows)
+
+    def _write_meta(self, rows: Mapping[str, str]) -> None:
+        changed = {k: v for k, v in rows.items() if self._written_meta.get(k) != v}
+        if changed:
+            with _transaction(self._connection):
+                self._connection.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                             changed.items())
+            self._written_meta.update(changed)
+
+    def _graph_id(self, graph: Graph) -> int:
+        """Row id of ``graph``, inserting it the first time it is seen."""
+        known = self._graph_rows.get(id(graph))
+        if known is not None and known[0] is graph:
+            self._graph_rows.move_to_end(id(graph))
+            return known[1]
+        text = graph.to_json(separators=(",", ":"))
+        digest = hashlib.sha1(text.encode()).hexdigest()
+        found = self._connection.execute("SELECT id FROM graphs WHERE digest = ?", (digest,)).fetchone()
+        if found is None:
+            cursor = self._connection.execute("INSERT INTO graphs (hash, digest, graph) VALUES (?, ?, ?)",
+                                              (graph.structural_hash, digest, text))
+            graph_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+        else:
+            graph_id = found[0]
+        self._graph_rows[id(graph)] = (graph, graph_id)  # holding the graph keeps its id() unique
+        if len(self._graph_rows) > _CACHED_GRAPHS:
+            self._graph_rows.popitem(last=False)
+        self._remember_graph(graph_id, graph)
+        return graph_id
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    def read(self, index: int) -> StoredStep:
+        """Step ``index`` (0 <= index < len), read from the file."""
+        with self._lock, self._error_context("read"):
+            row = self._connection.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE idx = ?", (index,)).fetchone()
+            if row is None:
+                raise _damaged(self.path, f"step {index} of {self._count} is missing")
+            return self._step_from_row(row)
+
+    def read_range(self, start: int, stop: int) -> list[StoredStep]:
+        """Steps ``start`` to ``stop - 1`` in order."""
+        with self._lock, self._error_context("read"):
+            rows = self._connection.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE idx >= ? AND idx < ? "
+                                            "ORDER BY idx", (start, stop)).fetchall()
+            if len(rows) != max(stop - start, 0):
+                raise _damaged(self.path, f"steps {start} to {stop - 1} are incomplete")
+            return [self._step_from_row(row) for row in rows]
+
+    def losses(self) -> list[float | None]:
+        """Every step's loss, in one query."""
+        with self._lock, self._error_context("read"):
+            return [_decode_loss(text) for (text,) in self._connection.execute("SELECT loss FROM steps ORDER BY idx")]
+
+    def param_names(self) -> list[str]:
+        """Names of every parameter seen, in first-seen order, in one query."""
+        names: dict[str, None] = {}
+        with self._lock, self._error_context("read"):
+            rows = self._connection.execute("SELECT params FROM steps GROUP BY params ORDER BY min(idx)").fetchall()
+        for (text,) in rows:
+            for name in json.loads(text):
+                names.setdefault(name, None)
+        return list(names)
+
+    def graphs(self) -> dict[str, Graph]:
+        """Distinct graphs keyed by structural hash, in first-seen order."""
+        found: dict[str, Graph] = {}
+        with self._lock, self._error_context("read"):
+            ids = [graph_id for (graph_id,) in self._connection.execute(
+                "SELECT graph FROM steps GROUP BY graph ORDER BY min(idx)")]
+            for graph_id in ids:
+                graph = self._graph(graph_id)
+                found.setdefault(graph.structural_hash, graph)
+        return found
+
+    def graph_count(self) -> int:
+        """How many distinct graphs the run file holds."""
+        with self._lock, self._error_context("read"):
+            return self._connection.execute("SELECT count(*) FROM graphs").fetchone()[0]
+
+    def meta(self) -> dict[str, str]:
+        """The raw ``meta`` table."""
+        with self._lock, self._error_context("read"):
+            return dict(self._connection.execute("SELECT key, value FROM meta"))
+
+    def _step_from_row(self, row: tuple) -> StoredStep:
+        index, graph_id, loss, summaries, values, data = row
+        return StoredStep.from_blobs(index, _decode_loss(loss), self._graph(graph_id), summaries, values,
+                                     json.loads(data))
+
+    def _graph(self, graph_id: int) -> Graph:
+        graph = self._graphs.get(graph_id)
+        if graph is not None:
+            self._graphs.move_to_end(graph_id)
+            return graph
+        row = self._connection.execute("SELECT graph FROM graphs WHERE id = ?", (graph_id,)).fetchone()
+        if row is None:
+            raise _damaged(self.path, f"graph {graph_id} is missing")
+        graph = Graph.from_json(row[0])
+        self._remember_graph(graph_id, graph)
+        return graph
+
+    def _remember_graph(self, graph_id: int, graph: Graph) -> None:
+        self._graphs[graph_id] = graph
+        if len(self._graphs) > _CACHED_GRAPHS:
+            self._graphs.popitem(last=False)
+
+    @contextlib.contextmanager
+    def _error_context(self, action: str) -> Iterator[None]:
+        """Turns SQLite failures into :class:`RunFileError` that name the file."""
+        try:
+            yield
+        except sqlite3.DatabaseError as error:
+            if action == "read" or "malformed" in str(error):
+                raise _damaged(self.path, error) from None
+            raise RunFileError(f"cannot {action} run file {self.path}: {error}; check the disk and the path") from None
+        except (ValueError, KeyError, TypeError, zlib.error, json.JSONDecodeError) as error:
+            if action != "read":
+                raise
+            raise _damaged(self.path, f"a step does not decode: {error}") from None
+
+
+@contextlib.contextmanager
+def _transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN ... COMMIT``, or ``ROLLBACK`` on any error (also KeyboardInterrupt); nests as a no-op."""
+    if connection.in_transaction:
+        yield
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _connect(path: Path, *, create: bool) -> sqlite3.Connection:
+    # mode=rw never creates a file, so a missing run file is reported, not made.
+    uri = f"{path.absolute().as_uri()}?mode={'rwc' if create else 'rw'}"
+    # isolation_level=None: transactions are explicit (_transaction), one per step.
+    return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+
+
+# -- the sequence behind run.steps --------------------------------------------------------------------------
+
+
+class StepSequence(MutableSequence[Step]):
+    """``run.steps`` of a stored run: appends go to the file; only a few recent steps stay in memory.
+
+    Indexing and iteration read older steps back from the file, so a run of
+    any length costs the memory of a handful of steps.
+    """
+
+    def __init__(self, store: RunStore, on_append: Any = None, cache_size: int = _RECENT_STEPS) -> None:
+        self._store = store
+        self._on_append = on_append
+        self._cache_size = cache_size
+        self._recent: collections.OrderedDict[int, Step] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @overload
+    def __getitem__(self, index: int) -> Step: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Step]: ...
+
+    def __getitem__(self, index: int | slice) -> Step | list[Step]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        count = len(self)
+        position = index + count if index < 0 else index
+        if not 0 <= position < count:
+            raise IndexError(f"step {index} out of range: the run has {count} steps")
+        step = self._recent.get(position)
+        if step is None:
+            step = self._store.read(position)
+            self._remember(step)
+        else:
+            self._recent.move_to_end(position)
+        return step
+
+    def __iter__(self) -> Iterator[Step]:
+        position = 0
+        while position < len(self):
+            stop = min(position + _READ_BATCH, len(self))
+            batch = [self._recent.get(i) for i in range(position, stop)]
+            missing = [i for i, step in enumerate(batch, position) if step is None]
+            if missing:
+                read = {s.index: s for s in self._store.read_range(missing[0], missing[-1] + 1)}
+                batch = [read[i] if step is None else step for i, step in enumerate(batch, position)]
+            yield from batch  # type: ignore[misc]
+            position = stop
+
+    def append(self, step: Step) -> None:
+        """Writes ``step`` to the run file in one transaction and keeps it among the recent steps."""
+        if self._on_append is not None:
+            self._on_append(step)
+        else:
+            self._store.append(step)
+        self._remember(step)
+
+    def insert(self, index: int, step: Step) -> None:
+        """Only appending is possible: a run file is written in step order."""
+        if index != len(self):
+            raise UsageError("the steps of a stored run can only be appended, not inserted")
+        self.append(step)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        raise UsageError("the steps of a stored run cannot be replaced; record a new run instead")
+
+    def __delitem__(self, index: Any) -> None:
+        raise UsageError("the steps of a stored run cannot be deleted; record a new run instead")
+
+    def _remember(self, step: Step) -> None:
+        self._recent[step.index] = step
+        self._recent.move_to_end(step.index)
+        while len(self._recent) > self._cache_size:
+            self._recent.popitem(last=False)
+
+    def __repr__(self) -> str:
+        return f"<vizgrad steps: {len(self)} in {self._store.path}>"
+
+
+class StoredRun(Run):
+    """A :class:`Run` backed by a run file: steps stream to and from disk.
+
+    Logged values (``run.log``) and changes to ``meta`` and ``panels`` reach
+    the file with the next step, and at the latest when recording stops.
+    """
+
+    def __init__(self, store: RunStore, meta: Mapping[str, Any] | None = None, panels: Sequence[Any] = ()) -> None:
+        super().__init__(StepSequence(store, on_append=self._append), meta, panels)
+        self.store = store
+        #: False for a file whose recording was killed (or still runs); it holds every completed step.
+        self.complete = True
+
+    @property
+    def path(self) -> Path:
+        """The run file."""
+        return self.store.path
+
+    def _append(self, step: Step) -> None:
+        self.store.append(step, meta=self.meta, panels=self.panels)
+
+    def _on_step_data(self, step: Step) -> None:
+        if self.store.writable:
+            self.store.update_data(step)
+
+    def losses(self) -> list[float | None]:
+        return self.store.losses()
+
+    def param_names(self) -> list[str]:
+        return self.store.param_names()
+
+    def graphs(self) -> dict[str, Graph]:
+        return self.store.graphs()
+
+    def close(self) -> None:
+        """Finishes writing (when recording) and closes the file; the run cannot be read afterwards."""
+        self.store.close(meta=self.meta, panels=self.panels)
+        self.store.disconnect()
+
+    def __enter__(self) -> StoredRun:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class _RecordingStore:
+    """The ``store`` handed to the recorder: its ``close()`` saves the run's meta and panels too."""
+
+    def __init__(self, run: StoredRun) -> None:
+        self.run = run
+
+    def close(self) -> None:
+        self.run.store.close(meta=self.run.meta, panels=self.run.panels)
+
+
+# -- public functions ----------------------------------------------------------------------------------------
+
+
+def _prepare_target(path: Path) -> None:
+    """Refuses to replace a file that is not a run file; removes a run file's leftover WAL and lock files."""
+    if path.is_dir():
+        raise RunFileError(f"{path} is a folder; give a file name for the run file, e.g. run{RUN_SUFFIX}")
+    if path.exists() and path.stat().st_size > 0 and not is_run_file(path):
+        raise RunFileError(f"{path} exists and is not a vizgrad run file; choose another name or delete it first")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise RunFileError(f"cannot write run file {path}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise RunFileError(f"cannot write run file {path}: folder {parent} is not writable; choose another path")
+
+
+def _remove_sidecars(path: Path) -> None:
+    # A stale -wal of an older file would be replayed into the new one.
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+
+
+def open_for_recording(path: str | os.PathLike[str]) -> tuple[StoredRun, Any]:
+    """Creates the run file ``path`` (replacing an older run file there) for a recording.
+
+    Returns:
+        ``(run, store)``: a :class:`StoredRun` whose ``steps.append`` writes each
+        step in one transaction, and the store whose ``close()`` finishes the
+        file (the run stays readable).
+    """
+    target = Path(path)
+    _prepare_target(target)
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    _remove_sidecars(target)
+    run = StoredRun(RunStore.create(target))
+    return run, _RecordingStore(run)
+
+
+def save(run: Run, path: str | os.PathLike[str]) -> None:
+    """Writes ``run`` to the run file ``path``.
+
+    The file is written under a temporary name and then moved into place, so
+    ``path`` always holds either the old file or the whole new one.
+    """
+    target = Path(path)
+    if isinstance(run, StoredRun) and target.exists() and os.path.samefile(target, run.path):
+        _save_onto_own_file(run)
+        return
+    _prepare_target(target)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    _remove_sidecars(temporary)
+    try:
+        store = RunStore.create(temporary, journal="DELETE")
+        try:
+            with store._lock, store._error_context("write"), _transaction(store._connection):
+                for step in run.steps:  # one transaction: the rename makes the file appear whole
+                    store.append(step)
+            store.close(meta=run.meta, panels=run.panels)
+        finally:
+            store.disconnect()
+        _remove_sidecars(target)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+
+
+def _save_onto_own_file(run: StoredRun) -> None:
+    """Saving a stored run onto its own file: its steps are there; only meta and panels can have changed."""
+    if run.store.writable:
+        run.store.write_run_meta(run.meta, run.panels)
+        return
+    connection = _connect(run.path, create=False)  # a second connection: the run's own one only reads
+    try:
+        writer = RunStore(connection, run.path, writable=True)
+        writer.write_run_meta(run.meta, run.panels)
+    except sqlite3.Error as error:
+        raise RunFileError(f"cannot write run file {run.path}: {error}; check the path") from None
+    finally:
+        connection.close()
+
+
+def load(path: str | os.PathLike[str]) -> StoredRun:
+    """Opens a run file; steps are read from disk as they are used.
+
+    Raises:
+        RunFileError: The file is missing, empty, not a SQLite database, a
+            SQLite database of another program, from a newer vizgrad, or damaged.
+    """
+    store, meta = RunStore.open(Path(path))
+    try:
+        run_meta = json.loads(meta.get("run_meta", "{}"))
+        panels = _decode_panels(json.loads(meta.get("panels", "[]")))
+    except (ValueError, TypeError) as error:
+        store.disconnect()
+        raise _damaged(Path(path), f"its run data does not decode: {error}") from None
+    run = StoredRun(store, run_meta, panels)
+    run.complete = meta.get("complete") == "1"  # False: the recording was killed or is still going
+    return run
