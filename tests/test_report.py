@@ -237,9 +237,9 @@ def test_seed_regression_converges_to_the_line():
     run = demo.seed_regression()
     final = run.meta["final"]
     assert 1000 <= len(run.steps) < demo.DEFAULT_STEPS  # it stops by itself, after more than 1,000 steps
-    assert run.steps[-1].loss < 0.06
-    assert final["w"] == pytest.approx(2.0, abs=0.01)
-    assert final["b"] == pytest.approx(3.0, abs=0.3)
+    assert run.steps[-1].loss < 2e-4
+    assert final["w"] == pytest.approx(2.0, abs=0.002)
+    assert final["b"] == pytest.approx(3.0, abs=0.02)
     assert run.steps[0].graph.find("w").kind == "leaf"
     assert run.steps[0].graph.find("error").op == "SubBackward0"  # names from the seed's own variables
     assert all("fit" in step.data for step in run.steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Iterable
 
@@ -92,6 +93,7 @@ def _rgb(color: str) -> tuple[int, int, int]:
     return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
 
 
+@functools.lru_cache(maxsize=1024)  # fills come from a small palette; a report asks tens of thousands of times
 def text_color_for(fill: str) -> str:
     """Black or white, whichever reads better on ``fill`` (WCAG relative luminance).
 
@@ -156,10 +158,7 @@ def scale_for(steps: Iterable[Any]) -> ColorScale:
     lo = math.inf
     hi = -math.inf
     for step in steps:
-        for key, summary in step.summaries.items():
-            if key[0] not in ("node", "edge"):
-                continue
-            norm = summary.norm
+        for norm in _gradient_norms(step.summaries):
             if math.isfinite(norm) and norm > 0:
                 if norm < lo:
                     lo = norm
@@ -171,6 +170,16 @@ def scale_for(steps: Iterable[Any]) -> ColorScale:
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     return ColorScale(low, high)
+
+
+def _gradient_norms(summaries: Any) -> Iterable[float]:
+    """Norms of a step's node and edge gradients; straight from the rows when the map has them."""
+    index = getattr(summaries, "index", None)
+    if index is not None:
+        rows = summaries.rows
+        picked = [at for key, at in index.items() if key[0] in ("node", "edge")]
+        return rows[picked, 0].tolist() if picked else []
+    return [summary.norm for key, summary in summaries.items() if key[0] in ("node", "edge")]
 
 
 def colorbar(scale: ColorScale, stops: int = 16) -> dict[str, Any]:

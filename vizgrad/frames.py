@@ -633,10 +633,8 @@ def _param_line(step: Step, name: str | None) -> tuple[str, str]:
     if summary is None:
         return _line("val", _number(None)), ""
     flag = "nan" if summary.nan else "inf" if summary.inf else ""
-    value = step.values.get(("param", name))
-    if summary.numel == 1:
-        scalar = float(value.reshape(())) if value is not None and not value.is_complex() else summary.mean
-        return _line("val", _number(scalar)), flag
+    if summary.numel == 1:  # the mean of one real element is that element, exactly
+        return _line("val", _number(summary.mean)), flag
     return _line("|v|", _number(summary.norm, signed=False)), flag
 
 

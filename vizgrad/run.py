@@ -30,11 +30,12 @@ class SummaryMap(Mapping[tuple, Summary]):
     that computes it on first access.
     """
 
-    __slots__ = ("_index", "_source")
+    __slots__ = ("_index", "_source", "_cache")
 
     def __init__(self, index: Mapping[tuple, int], rows: Any) -> None:
         self._index = index
         self._source = rows
+        self._cache: dict[tuple, Summary] = {}
 
     @property
     def index(self) -> Mapping[tuple, int]:
@@ -48,7 +49,16 @@ class SummaryMap(Mapping[tuple, Summary]):
         return source.rows if isinstance(source, Batch) else source
 
     def __getitem__(self, key: tuple) -> Summary:
-        return row_summary(self.rows[self._index[key]])
+        summary = self._cache.get(key)
+        if summary is None:
+            summary = self._cache[key] = row_summary(self.rows[self._index[key]])
+        return summary
+
+    def get(self, key: tuple, default: Any = None) -> Any:
+        """The summary under ``key``, or ``default`` (faster than the generic ``Mapping.get``)."""
+        if key in self._index and key[0] != "value":
+            return self[key]
+        return default
 
     def __iter__(self) -> Iterator[tuple]:
         return (key for key in self._index if key[0] != "value")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -16,10 +15,10 @@ __all__ = ["Summary", "Batch", "summarize", "row_summary", "kept_value"]
 SEGMENT_LIMIT = 1 << 16
 
 
-@dataclasses.dataclass(frozen=True)
-class Summary:
+class Summary(NamedTuple):
     """Summary of one tensor.
 
+    A named tuple (cheap to make: a report reads tens of thousands of them).
     ``min`` and ``max`` ignore NaNs (NaNs are counted in ``nan``); ``norm`` and
     ``mean`` propagate them. For complex tensors ``mean``, ``min`` and ``max``
     are of the magnitudes ``|z|``. Sparse tensors count their implicit zeros.
@@ -35,7 +34,7 @@ class Summary:
 
     def as_dict(self) -> dict[str, float | int]:
         """The summary as a plain dict (``norm, mean, min, max, nan, inf, numel``)."""
-        return dataclasses.asdict(self)
+        return self._asdict()
 
     def to_list(self) -> list[float | int | None]:
         """Compact JSON form; non-finite floats become strings so JSON stays valid."""
@@ -177,7 +176,7 @@ class Batch:
 def row_summary(row: np.ndarray) -> Summary:
     """A :class:`Summary` from a row ``norm, mean, min, max, nan, inf, numel``."""
     norm, mean, lo, hi, nan, inf, numel = row.tolist()
-    if numel and nan == numel:  # nothing but NaN: no meaningful min or max
+    if nan and nan == numel:  # nothing but NaN: no meaningful min or max
         lo = hi = float("nan")
     return Summary(norm, mean, lo, hi, int(nan), int(inf), int(numel))
 
