@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -52,6 +53,7 @@ class Recorder:
         self._explicit_names = naming.explicit_names(params) if params is not None else None
         self._inferred_names = naming.InferredLeafNames()
         self._graphs: dict[str, list[Graph]] = {}
+        self._key_tables: dict[int, tuple[Graph, dict[str, Any]]] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
         self._original_backward: Callable[..., Any] | None = None
         self._in_step = False
@@ -107,6 +109,19 @@ class Recorder:
         original = self._original()
         if self._in_step:  # backward() called from inside a hook of ours: not a new step
             return original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
+        # A step allocates thousands of short-lived objects (hooks, handles, tuples)
+        # that reference counting frees; pausing the cyclic GC meanwhile keeps it
+        # from scanning the user's heap several times per step.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return self._record_step(original, tensors, grad_tensors, retain_graph, create_graph, inputs)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _record_step(self, original: Callable[..., Any], tensors: Any, grad_tensors: Any, retain_graph: Any,
+                     create_graph: bool, inputs: Any) -> None:
         roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
         tracked = tuple(r for r in roots if isinstance(r, torch.Tensor) and r.requires_grad)
         if not tracked:  # let torch raise its own, well-known error
@@ -162,20 +177,22 @@ class Recorder:
                 tensors.append(tensor)
             index[key] = at
 
+        keys = self._key_table(graph)
         by_fn = live.by_fn
         for key, (grad_inputs, grad_outputs) in captured.items():
-            node_id = by_fn[key][1]
-            for output, grad in enumerate(grad_outputs):
+            node_keys, edge_keys = keys[by_fn[key][1]]
+            for value_key, grad in zip(node_keys, grad_outputs):
                 if grad is not None:
-                    add(("node", node_id, output), grad)
-            for slot, grad in enumerate(grad_inputs):
+                    add(value_key, grad)
+            for value_key, grad in zip(edge_keys, grad_inputs):
                 if grad is not None:
-                    add(("edge", node_id, slot), grad)
+                    add(value_key, grad)
         # A root's incoming gradient is the one backward() started with (ones for a scalar).
         for root_id, root, seed in zip(graph.roots, roots, _root_gradients(roots, grad_tensors)):
+            (node_key,), (edge_key,) = keys[root_id]
             add(("value", root_id), root)
-            add(("node", root_id, 0), seed)
-            add(("edge", root_id, 0), seed)
+            add(node_key, seed)
+            add(edge_key, seed)
         for name, param in self._named_leaves(graph, live):
             add(("param", name), param)
             add(("param_grad", name), param.grad)
@@ -189,6 +206,20 @@ class Recorder:
         self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
         for callback in self.on_step:
             callback(step)
+
+    def _key_table(self, graph: Graph) -> dict[str, tuple[tuple[tuple, ...], tuple[tuple, ...]]]:
+        """Node id -> (keys of its outputs' gradients, keys of its edges' gradients), made once per graph.
+
+        Every step of a loop shares the key tuples, so a long run keeps one set
+        of them instead of allocating (and garbage-collecting) new ones per step.
+        """
+        entry = self._key_tables.get(id(graph))
+        if entry is None or entry[0] is not graph:
+            table = {node.id: (tuple(("node", node.id, k) for k in range(max(node.outputs, 1))),
+                               tuple(("edge", node.id, slot) for slot in range(max(node.inputs, 1))))
+                     for node in graph.nodes}
+            entry = self._key_tables[id(graph)] = (graph, table)
+        return entry[1]
 
     def _named_leaves(self, graph: Graph, live: LiveMap) -> list[tuple[str, torch.Tensor]]:
         """Named leaves in this graph (with their live tensors), in node order."""

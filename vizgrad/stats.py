@@ -308,7 +308,7 @@ def _keep_flat(host: torch.Tensor, group: list[int], tensors: Sequence[torch.Ten
     buffer = len(buffers)
     offset = 0
     for i, n in zip(group, counts):
-        kept[i] = (buffer, offset, tensors[i].shape)
+        kept[i] = (buffer, offset, tuple(tensors[i].shape))  # plain tuples: the GC stops tracking them
         offset += n
     buffers.append(host)
     pending.append((buffer, group, counts))
