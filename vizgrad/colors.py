@@ -65,6 +65,8 @@ FLAG_COLORS: dict[str, str] = {
 }
 """Fills of nodes whose gradient is flagged instead of coloured by magnitude."""
 
+_REVERSED_VIRIDIS = VIRIDIS[::-1]  # colormap()'s order, for the hot path of ColorScale.color
+
 _FALLBACK_RANGE = (-3.0, 1.0)  # log10 bounds when a run has no finite non-zero norm
 
 
@@ -125,16 +127,23 @@ class ColorScale:
 
     def position(self, norm: float) -> float | None:
         """Where ``norm`` falls on the scale, in ``[0, 1]``; ``None`` for zero, negative, NaN or Inf."""
-        if not (math.isfinite(norm) and norm > 0):
+        if not 0.0 < norm < math.inf:  # also false for NaN
             return None
         span = self.hi - self.lo
         t = (math.log10(norm) - self.lo) / span if span > 0 else 0.5
-        return min(max(t, 0.0), 1.0)
+        return 0.0 if t < 0.0 else 1.0 if t > 1.0 else t
 
     def color(self, norm: float) -> str | None:
         """The colour of ``norm``, or ``None`` when it has no position (see :meth:`position`)."""
         t = self.position(norm)
-        return None if t is None else colormap(t)
+        return None if t is None else _REVERSED_VIRIDIS[round(t * (len(VIRIDIS) - 1))]
+
+    def color_and_width(self, norm: float) -> tuple[str, float]:
+        """:meth:`color` (grey for no position) and :meth:`width` of ``norm`` in one go, for edges."""
+        t = self.position(norm)
+        if t is None:
+            return "#9a9a9a", 1.0
+        return _REVERSED_VIRIDIS[round(t * (len(VIRIDIS) - 1))], round(1.0 + 5.0 * t, 1)
 
     def width(self, norm: float, thinnest: float = 1.0, thickest: float = 6.0) -> float:
         """An edge width in px growing with log10 ``norm``, rounded to 0.1 px."""

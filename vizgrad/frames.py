@@ -10,7 +10,7 @@ import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import graphviz
 
@@ -481,7 +481,7 @@ class LayoutCache:
         self.engine = engine
         self.calls = 0
         self._by_key: dict[str, Layout] = {}
-        self._by_graph: dict[Graph, Layout] = {}
+        self._by_graph: dict[int, tuple[Graph, Layout]] = {}  # by id: hashing a big graph per step is slow
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -492,9 +492,9 @@ class LayoutCache:
         Raises:
             LayoutError: Graphviz failed.
         """
-        layout = self._by_graph.get(graph)
-        if layout is not None:
-            return layout
+        known = self._by_graph.get(id(graph))
+        if known is not None and known[0] is graph:
+            return known[1]
         dot = graph_dot(graph)
         key = hashlib.sha1(dot.encode("utf-8")).hexdigest()[:16]
         layout = self._by_key.get(key)
@@ -505,7 +505,7 @@ class LayoutCache:
             raw = layout_engine.render_dot(dot, fmt="svg", engine=self.engine)
             layout = _prepare(raw, graph, key, dot)
             self._by_key[key] = layout
-        self._by_graph[graph] = layout
+        self._by_graph[id(graph)] = (graph, layout)
         return layout
 
 
@@ -529,18 +529,19 @@ def _line(prefix: str, number: str) -> str:
     return prefix.ljust(_PREFIX_WIDTH)[:_PREFIX_WIDTH] + number
 
 
-def _merged(summaries: list[Summary]) -> tuple[float, int, int, int, float | None]:
-    """(norm, nan, inf, numel, scalar value) over the outputs of a node."""
-    norm = math.sqrt(sum(s.norm * s.norm for s in summaries)) if summaries else math.nan
-    numel = sum(s.numel for s in summaries)
-    scalar = summaries[0].mean if len(summaries) == 1 and summaries[0].numel == 1 else None
-    return norm, sum(s.nan for s in summaries), sum(s.inf for s in summaries), numel, scalar
+def _merged(rows: list[Sequence[float]]) -> tuple[float, int, int, int, float | None]:
+    """(norm, nan, inf, numel, scalar value) over the summary rows of a node's outputs."""
+    if len(rows) == 1:
+        norm, mean, _lo, _hi, nan, inf, numel = rows[0]
+        return norm, nan, inf, numel, mean if numel == 1 else None
+    norm = math.sqrt(sum(r[0] * r[0] for r in rows)) if rows else math.nan
+    return norm, sum(r[4] for r in rows), sum(r[5] for r in rows), sum(r[6] for r in rows), None
 
 
 def _flag(summary_norm: float, nan: int, inf: int, numel: int, present: bool) -> str:
     if not present:
         return "none"
-    if nan or math.isnan(summary_norm):
+    if nan or summary_norm != summary_norm:  # NaN
         return "nan"
     if inf or math.isinf(summary_norm):
         return "inf"
@@ -563,6 +564,43 @@ def _fill(flag: str, norm: float, scale: ColorScale) -> str:
     return scale.color(norm) or FLAG_COLORS["zero"]
 
 
+@dataclasses.dataclass(frozen=True)
+class _PaintPlan:
+    """What :func:`paint` reads for one graph, worked out once: painted nodes and edges with their keys."""
+
+    nodes: tuple[tuple[str, str, tuple[tuple, ...], tuple | None], ...]  # id, kind, output keys, param key
+    edges: tuple[tuple[str, tuple], ...]  # "src:slot", edge key
+    single_root: bool
+
+
+_plans: dict[int, tuple[Graph, _PaintPlan]] = {}
+
+
+def _plan_for(graph: Graph) -> _PaintPlan:
+    entry = _plans.get(id(graph))
+    if entry is None or entry[0] is not graph:
+        nodes = tuple((node.id, node.kind, tuple(("node", node.id, k) for k in range(max(node.outputs, 1))),
+                       ("param", node.name) if node.kind == "leaf" and node.name is not None else None)
+                      for node in graph.nodes if node.kind in _PAINTED_NODE_KINDS)
+        edges = tuple((f"{edge.src}:{edge.slot}", ("edge", edge.src, edge.slot))
+                      for edge in graph.edges if edge.kind in _PAINTED_EDGE_KINDS)
+        if len(_plans) > 64:  # graphs of old runs: let them go
+            _plans.clear()
+        entry = _plans[id(graph)] = (graph, _PaintPlan(nodes, edges, len(graph.roots) == 1))
+    return entry[1]
+
+
+def row_lookup(summaries: Any) -> Any:
+    """A ``key -> row or None`` function over a step's summaries.
+
+    A row is a tuple ``norm, mean, min, max, nan, inf, numel`` (a
+    :class:`~vizgrad.stats.Summary` is one); read straight from the summary
+    table when the step has one, without making a ``Summary`` per key.
+    """
+    row = getattr(summaries, "row", None)
+    return row if row is not None else summaries.get  # a Summary is a tuple in row order
+
+
 def paint(step: Step, scale: ColorScale) -> dict[str, Any]:
     """The styling of one step: fills, value lines, edge colours and widths, flags.
 
@@ -579,63 +617,55 @@ def paint(step: Step, scale: ColorScale) -> dict[str, Any]:
         contrast with ``fill``. Saved-tensor and base nodes and their edges
         carry no gradient and are left out.
     """
-    graph = step.graph
-    summaries = step.summaries
+    plan = _plan_for(step.graph)
+    lookup = row_lookup(step.summaries)
     nodes: dict[str, list[Any]] = {}
-    for node in graph.nodes:
-        if node.kind not in _PAINTED_NODE_KINDS:
-            continue
-        found = [summaries[("node", node.id, k)] for k in range(max(node.outputs, 1))
-                 if ("node", node.id, k) in summaries]
-        norm, nan, inf, numel, scalar = _merged(found)
+    for node_id, kind, output_keys, param_key in plan.nodes:
+        found = [row for row in map(lookup, output_keys) if row is not None]
         present = bool(found)
+        norm, nan, inf, numel, scalar = _merged(found) if present else (math.nan, 0, 0, 0, None)
         flag = _flag(norm, nan, inf, numel, present)
         grad = _grad_line(norm, scalar, present)
-        if node.kind == "leaf":
-            value_line = _param_line(step, node.name)
-            if flag in ("", "zero", "none") and value_line[1]:
-                flag = value_line[1]
-            lines = [value_line[0], grad]
-        elif node.kind == "root":
-            loss = step.loss if len(graph.roots) == 1 else None
-            if loss is not None:
-                lines = [_line("loss", _number(loss))]
-                if not math.isfinite(loss):
-                    flag = "nan" if math.isnan(loss) else "inf"
-            else:
-                lines = [grad]
+        if kind == "leaf":
+            value_line, value_flag = _param_line(lookup(param_key) if param_key else None)
+            if flag in ("", "zero", "none") and value_flag:
+                flag = value_flag
+            lines = [value_line, grad]
+        elif kind == "root" and plan.single_root and step.loss is not None:
+            loss = step.loss
+            lines = [_line("loss", _number(loss))]
+            if not math.isfinite(loss):
+                flag = "nan" if math.isnan(loss) else "inf"
         else:
             lines = [grad]
         fill = _fill(flag, norm, scale)
-        nodes[node.id] = [fill, lines, flag, text_color_for(fill)]
+        nodes[node_id] = [fill, lines, flag, text_color_for(fill)]
     edges: dict[str, list[Any]] = {}
-    for edge in graph.edges:
-        if edge.kind not in _PAINTED_EDGE_KINDS:
+    for edge_key, value_key in plan.edges:
+        row = lookup(value_key)
+        if row is None:
+            edges[edge_key] = [_NO_GRAD_EDGE[0], _NO_GRAD_EDGE[1], "none"]
             continue
-        summary = summaries.get(("edge", edge.src, edge.slot))
-        key = f"{edge.src}:{edge.slot}"
-        if summary is None:
-            edges[key] = [_NO_GRAD_EDGE[0], _NO_GRAD_EDGE[1], "none"]
-            continue
-        flag = _flag(summary.norm, summary.nan, summary.inf, summary.numel, True)
+        norm = row[0]
+        flag = _flag(norm, row[4], row[5], row[6], True)
         if flag in ("nan", "inf"):
-            edges[key] = [FLAG_COLORS[flag], _FLAG_EDGE_WIDTH, flag]
+            edges[edge_key] = [FLAG_COLORS[flag], _FLAG_EDGE_WIDTH, flag]
         elif flag == "zero":
-            edges[key] = [_ZERO_EDGE_COLOR, 1.0, flag]
+            edges[edge_key] = [_ZERO_EDGE_COLOR, 1.0, flag]
         else:
-            edges[key] = [scale.color(summary.norm) or _ZERO_EDGE_COLOR, scale.width(summary.norm), flag]
+            edges[edge_key] = [*scale.color_and_width(norm), flag]
     return {"n": nodes, "e": edges}
 
 
-def _param_line(step: Step, name: str | None) -> tuple[str, str]:
-    """The value line of a parameter and a flag for a NaN/Inf value ("" when fine)."""
-    summary = step.summaries.get(("param", name)) if name is not None else None
-    if summary is None:
+def _param_line(row: Sequence[float] | None) -> tuple[str, str]:
+    """The value line of a parameter (from its value's summary row) and a flag for a NaN/Inf value."""
+    if row is None:
         return _line("val", _number(None)), ""
-    flag = "nan" if summary.nan else "inf" if summary.inf else ""
-    if summary.numel == 1:  # the mean of one real element is that element, exactly
-        return _line("val", _number(summary.mean)), flag
-    return _line("|v|", _number(summary.norm, signed=False)), flag
+    norm, mean, _lo, _hi, nan, inf, numel = row
+    flag = "nan" if nan else "inf" if inf else ""
+    if numel == 1:  # the mean of one real element is that element, exactly
+        return _line("val", _number(mean)), flag
+    return _line("|v|", _number(norm, signed=False)), flag
 
 
 # -- frames ------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ charts are all inline.
 from __future__ import annotations
 
 import json
+import math
 import xml.etree.ElementTree as ElementTree
 from functools import cached_property
 from importlib import resources
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 import jinja2
 from markupsafe import Markup
 
-from vizgrad import frames
+from vizgrad import frames, stats
 from vizgrad.colors import FLAG_COLORS
 from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.panels import round_sig
@@ -107,7 +108,10 @@ def _number(value: Any, digits: int = DIGITS) -> float | int | str | None:
     value = float(value)
     if value - value != 0.0:  # NaN or an infinity
         return "NaN" if value != value else "Inf" if value > 0 else "-Inf"
-    rounded = float(f"{value:.{digits}g}")
+    if value == 0.0:
+        return 0
+    # round() to a number of decimals is exact decimal rounding, like f"{value:.{digits}g}", and faster.
+    rounded = round(value, digits - 1 - math.floor(math.log10(abs(value))))
     return int(rounded) if rounded.is_integer() and abs(rounded) < 1e15 else rounded  # "1" is shorter than "1.0"
 
 
@@ -197,6 +201,8 @@ class Report:
     def _payload(self) -> tuple[dict[str, Any], list[str]]:
         """The page's data (JSON-able) and the sanitized SVG of each distinct layout."""
         steps = [self.run[i] for i in self.selected]
+        # Summaries the recorder left to compute: all steps in one vectorised pass.
+        stats.resolve(batch for batch in (getattr(step.summaries, "batch", None) for step in steps) if batch)
         cache = frames.LayoutCache(self.engine)
         scale = frames.scale_for(steps)
         page = _FrameData()
@@ -294,11 +300,11 @@ class _FrameData:
         index = self._layout(step, layout, paint)
         node_ids, edge_keys = self._orders[index]
         painted_nodes, painted_edges = paint["n"], paint["e"]
-        summary_of = step.summaries.get
+        summary_of = frames.row_lookup(step.summaries)
         node_paint: list[Any] = []
         stats: list[Any] = []
         seen_lines: dict[tuple[str, ...], int] = {}
-        seen_stats: dict[Any, int] = {}  # Summary (a frozen dataclass: equal values, equal keys) -> position
+        seen_stats: dict[Any, int] = {}  # summary row (a tuple: equal values, equal keys) -> position
         for position, node_id in enumerate(node_ids):
             entry = painted_nodes.get(node_id)
             if entry is None:
@@ -345,21 +351,23 @@ def _legend() -> list[dict[str, Any]]:
     return entries
 
 
-def _stats_entry(summary: Any) -> float | int | str | list[Any] | None:
+def _stats_entry(row: Any) -> float | int | str | list[Any] | None:
     """A node's gradient statistics for the inspector, as short as they can be.
 
-    ``None`` when no gradient flowed; a single number for a one-element
-    gradient (its value: norm, mean, min and max follow from it);
+    ``row`` is a summary row ``norm, mean, min, max, nan, inf, numel`` (or
+    ``None``). ``None`` when no gradient flowed; a single number for a
+    one-element gradient (its value: norm, mean, min and max follow from it);
     ``[norm, mean, min, max]``, with ``nan, inf`` counts appended when not zero.
     (In the page data, ``[k]`` stands for "the same as painted node ``k``".)
     """
-    if summary is None:
+    if row is None:
         return None
-    if summary.numel == 1 and summary.nan == 0 and summary.inf == 0:
-        return _number(summary.mean)
-    entry = [_number(summary.norm), _number(summary.mean), _number(summary.min), _number(summary.max)]
-    if summary.nan or summary.inf:
-        entry += [summary.nan, summary.inf]
+    norm, mean, lo, hi, nan, inf, numel = row
+    if numel == 1 and nan == 0 and inf == 0:
+        return _number(mean)
+    entry = [_number(norm), _number(mean), _number(lo), _number(hi)]
+    if nan or inf:
+        entry += [int(nan), int(inf)]
     return entry
 
 

@@ -30,17 +30,23 @@ class SummaryMap(Mapping[tuple, Summary]):
     that computes it on first access.
     """
 
-    __slots__ = ("_index", "_source", "_cache")
+    __slots__ = ("_index", "_source", "_cache", "_table")
 
     def __init__(self, index: Mapping[tuple, int], rows: Any) -> None:
         self._index = index
         self._source = rows
-        self._cache: dict[tuple, Summary] = {}
+        self._cache: dict[tuple, tuple[float, ...] | None] = {}  # rows, upgraded to Summary when asked
+        self._table: list[list[float]] | None = None
 
     @property
     def index(self) -> Mapping[tuple, int]:
         """``ValueKey`` -> row number in :attr:`rows`."""
         return self._index
+
+    @property
+    def batch(self) -> Batch | None:
+        """The batch that computes the rows on first access, or ``None`` once they are plain rows."""
+        return self._source if isinstance(self._source, Batch) else None
 
     @property
     def rows(self) -> Any:
@@ -49,10 +55,32 @@ class SummaryMap(Mapping[tuple, Summary]):
         return source.rows if isinstance(source, Batch) else source
 
     def __getitem__(self, key: tuple) -> Summary:
-        summary = self._cache.get(key)
-        if summary is None:
-            summary = self._cache[key] = row_summary(self.rows[self._index[key]])
+        if key[0] == "value":
+            raise KeyError(key)
+        row = self.row(key)
+        if row is None:
+            raise KeyError(key)
+        return row if type(row) is Summary else self._summary(key, row)
+
+    def _summary(self, key: tuple, row: tuple[float, ...]) -> Summary:
+        summary = self._cache[key] = row_summary(row)  # a Summary is a row tuple too
         return summary
+
+    def row(self, key: tuple) -> tuple[float, ...] | None:
+        """The summary under ``key`` as a plain tuple (``Summary`` field order), or ``None``; cached."""
+        cache = self._cache
+        if key in cache:
+            return cache[key]
+        at = self._index.get(key)
+        if at is None or key[0] == "value":
+            row = None
+        else:
+            table = self._table
+            if table is None:  # one conversion of the whole array beats one per row
+                table = self._table = self.rows.tolist()
+            row = tuple(table[at])
+        cache[key] = row
+        return row
 
     def get(self, key: tuple, default: Any = None) -> Any:
         """The summary under ``key``, or ``default`` (faster than the generic ``Mapping.get``)."""
@@ -246,17 +274,14 @@ class Run:
         return list(names)
 
     def param_series(self, name: str) -> list[float | None]:
-        """A scalar parameter's value over the steps; a tensor's norm."""
+        """A scalar parameter's value over the steps (exactly: the mean of one element); a tensor's norm."""
         series: list[float | None] = []
         for step in self.steps:
             summary = step.summaries.get(("param", name))
-            value = step.values.get(("param", name))
-            if value is not None and value.numel() == 1 and not value.is_complex():
-                series.append(float(value.reshape(())))
-            elif summary is not None:
-                series.append(summary.norm)
-            else:
+            if summary is None:
                 series.append(None)
+            else:
+                series.append(summary.mean if summary.numel == 1 else summary.norm)
         return series
 
     def graphs(self) -> dict[str, Graph]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["Summary", "Batch", "summarize", "row_summary", "kept_value"]
+__all__ = ["Summary", "Batch", "summarize", "resolve", "row_summary", "kept_value"]
 
 #: Tensors up to this many elements are summarised together in one flat buffer;
 #: bigger ones get their own reductions (still on their device, still one sync).
@@ -160,6 +160,11 @@ class Batch:
         self._pending = []
         return self._rows
 
+    @property
+    def resolved(self) -> bool:
+        """True when :attr:`rows` is complete (no summary left to compute)."""
+        return not self._pending
+
     def numel(self, index: int) -> int:
         """Element count of tensor ``index`` (never needs the summaries)."""
         return int(self._rows[index, 6])
@@ -173,9 +178,30 @@ class Batch:
         return kept_value(self.buffers, self.kept[index])
 
 
-def row_summary(row: np.ndarray) -> Summary:
+def resolve(batches: Iterable[Batch]) -> None:
+    """Computes the pending summaries of many batches in one numpy pass per dtype.
+
+    A report reads every step's summaries; resolving them together costs a few
+    vectorised passes instead of several numpy calls per step.
+    """
+    by_dtype: dict[torch.dtype, list[tuple[Batch, int, list[int], list[int]]]] = {}
+    for batch in batches:
+        for buffer, indices, counts in batch._pending:
+            by_dtype.setdefault(batch.buffers[buffer].dtype, []).append((batch, buffer, indices, counts))
+        batch._pending = []
+    for jobs in by_dtype.values():
+        flat = torch.cat([batch.buffers[buffer] for batch, buffer, _, _ in jobs])
+        counts = np.fromiter((n for _, _, _, group in jobs for n in group), dtype=np.int64)
+        rows = _segment_rows(_host_numpy(flat), counts)
+        at = 0
+        for batch, _, indices, group in jobs:
+            batch._rows[indices, :6] = rows[at:at + len(group)]
+            at += len(group)
+
+
+def row_summary(row: np.ndarray | Sequence[float]) -> Summary:
     """A :class:`Summary` from a row ``norm, mean, min, max, nan, inf, numel``."""
-    norm, mean, lo, hi, nan, inf, numel = row.tolist()
+    norm, mean, lo, hi, nan, inf, numel = row.tolist() if isinstance(row, np.ndarray) else row
     if nan and nan == numel:  # nothing but NaN: no meaningful min or max
         lo = hi = float("nan")
     return Summary(norm, mean, lo, hi, int(nan), int(inf), int(numel))
