@@ -13,6 +13,8 @@ __all__ = [
     "colormap",
     "ColorScale",
     "scale_for",
+    "norm_range",
+    "scale_between",
     "colorbar",
     "text_color_for",
 ]
@@ -164,6 +166,11 @@ def scale_for(steps: Iterable[Any]) -> ColorScale:
     Returns:
         The :class:`ColorScale`.
     """
+    return scale_between(norm_range(steps))
+
+
+def norm_range(steps: Iterable[Any]) -> tuple[float, float] | None:
+    """The smallest and largest finite, non-zero node and edge gradient norm of these steps; ``None`` if none."""
     lo = math.inf
     hi = -math.inf
     for step in steps:
@@ -173,9 +180,18 @@ def scale_for(steps: Iterable[Any]) -> ColorScale:
                     lo = norm
                 if norm > hi:
                     hi = norm
-    if lo > hi:
+    return None if lo > hi else (lo, hi)
+
+
+def scale_between(norms: tuple[float, float] | None) -> ColorScale:
+    """The colour scale from the norm range ``(lo, hi)`` of :func:`norm_range` (see :func:`scale_for`).
+
+    >>> scale_between((0.01, 10.0)), scale_between(None)
+    (ColorScale(lo=-2.0, hi=1.0), ColorScale(lo=-3.0, hi=1.0))
+    """
+    if norms is None:
         return ColorScale(*_FALLBACK_RANGE)
-    low, high = math.log10(lo), math.log10(hi)
+    low, high = math.log10(norms[0]), math.log10(norms[1])
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     return ColorScale(low, high)

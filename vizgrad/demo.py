@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+
 import torch
 
-from vizgrad.panels import ScatterLine
 from vizgrad import recorder
+from vizgrad.panels import ScatterLine
 from vizgrad.run import Run
 
 __all__ = ["seed_regression", "run_demo", "DEFAULT_STEPS", "STOP_BELOW"]

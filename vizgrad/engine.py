@@ -148,6 +148,8 @@ def _render_with_dot_executable(source: str, fmt: str) -> bytes:
         )
     except FileNotFoundError:  # removed between which() and run()
         raise ExecutableNotFound(_no_dot_message()) from None
+    except OSError as error:  # e.g. not executable by this user
+        raise LayoutError(f"cannot run Graphviz dot at {executable}: {error.strerror or error}") from error
     if completed.returncode != 0:
         stderr = completed.stderr.decode("utf-8", errors="replace").strip()
         raise LayoutError(

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from vizgrad.errors import UsageError
+from vizgrad import raster
+from vizgrad.errors import OutputError, UsageError
 from vizgrad.frames import FrameRenderer, select_steps
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +25,6 @@ _SUFFIXES = {".html": "html", ".htm": "html", ".svg": "svg", ".dot": "dot", ".gv
              ".mp4": "mp4"}
 _PROGRESS_ABOVE = 8  # frames; fewer finish before a progress bar would be worth drawing
 _MAX_RASTER_WIDTH = 1600  # px: wider layouts are scaled down in GIF and MP4 frames
-_SVG_DPI = 96
 
 
 def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
@@ -85,21 +85,18 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
     Raises:
         UsageError: A bad format, step range, ``every`` or ``fps``, or a
             ``path`` that cannot be written as asked.
+        OutputError: Writing a file failed (permission denied, disk full...).
         LayoutError: Graphviz failed.
     """
     chosen = format_for(path, fmt)
     target = Path(path)
     if chosen == "html":
-        report = run.report(every=every, steps=steps, engine=engine)
-        saved = report.save(target)
-        return [Path(saved) if saved is not None else target]
+        return [run.report(every=every, steps=steps, engine=engine).save(target)]
     if chosen == "dot":
         return _write_dot(run, target, select_steps(len(run.steps), every, steps))
     renderer = FrameRenderer(run, engine, every=every, steps=steps)
     if chosen == "svg":
         return _write_svg(renderer, target, progress)
-    from vizgrad import raster
-
     writer = raster.write_gif if chosen == "gif" else raster.write_mp4
     if target.is_dir():
         raise UsageError(f"{str(target)!r} is a folder; give a file name ending in .{chosen}")
@@ -122,24 +119,34 @@ def _write_dot(run: Run, target: Path, indices: list[int]) -> list[Path]:
     else:
         paths = [target.with_name(f"{target.stem}-{k}{target.suffix}") for k in range(1, len(graphs) + 1)]
     for out, graph in zip(paths, graphs.values()):
-        out.write_text(graph.to_dot(), encoding="utf-8")
+        _write_text(out, graph.to_dot())
     return paths
 
 
 def _write_svg(renderer: FrameRenderer, folder: Path, progress: bool | None) -> list[Path]:
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"SVG frames go into a folder, but {str(folder)!r} is a file")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"cannot create the folder {str(folder)!r}: {error.strerror or error}") from error
     digits = max(6, len(str(renderer.indices[-1])))
     written: list[Path] = []
     with _progress_bar(len(renderer), f"Writing {folder.name}/", progress) as advance:
         for index, svg in renderer:
             out = folder / f"step-{index:0{digits}d}.svg"
-            out.write_text(svg, encoding="utf-8")
+            _write_text(out, svg)
             written.append(out)
             if advance is not None:
                 advance(1)
     return written
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise OutputError(f"cannot write {str(path)!r}: {error.strerror or error}") from error
 
 
 def _check_parent(target: Path) -> None:
@@ -150,7 +157,7 @@ def _check_parent(target: Path) -> None:
 def _raster_width(renderer: FrameRenderer) -> int | None:
     """``None`` (natural size) unless the first frame's layout is wider than the cap."""
     first = renderer.cache.get(renderer.run.steps[renderer.indices[0]].graph)
-    natural = first.width * _SVG_DPI / 72  # Graphviz units are points
+    natural = first.width * raster.SVG_DPI / 72  # Graphviz units are points
     return _MAX_RASTER_WIDTH if natural > _MAX_RASTER_WIDTH else None
 
 

@@ -22,7 +22,7 @@ import time
 from typing import Any, Iterator
 
 from vizgrad import frames
-from vizgrad.colors import ColorScale
+from vizgrad.colors import ColorScale, norm_range, scale_between
 from vizgrad.errors import MissingDependencyError, UsageError
 from vizgrad.recorder import record
 from vizgrad.run import Run, Step
@@ -70,7 +70,7 @@ class LiveView:
         self.draws = 0
         self._handle: Any = None
         self._losses: list[float | None] = []
-        self._range: tuple[float, float] | None = None
+        self._norms: tuple[float, float] | None = None  # smallest and largest gradient norm so far
         self._pending: Step | None = None  # held back by the throttle
         self._latest: Step | None = None
         self._shown: Step | None = None
@@ -84,7 +84,7 @@ class LiveView:
     def update(self, step: Step) -> None:
         """Takes a new step; redraws now if the last redraw is old enough, else soon."""
         self._losses.append(step.loss)
-        self._widen_range(step)
+        self._widen_norms(step)
         self._latest = step
         if step.index % self.every:
             return
@@ -164,22 +164,15 @@ class LiveView:
             self._timer.cancel()
             self._timer = None
 
-    def _widen_range(self, step: Step) -> None:
+    def _widen_norms(self, step: Step) -> None:
         """Grows the colour scale's range with this step's gradient norms (every step counts)."""
-        norms = [s.norm for key, s in step.summaries.items()
-                 if key[0] in ("node", "edge") and math.isfinite(s.norm) and s.norm > 0]
-        if not norms:
-            return
-        lo, hi = math.log10(min(norms)), math.log10(max(norms))
-        if self._range is not None:
-            lo, hi = min(lo, self._range[0]), max(hi, self._range[1])
-        self._range = (lo, hi)
+        found = norm_range([step])
+        if found is not None and self._norms is not None:
+            found = (min(found[0], self._norms[0]), max(found[1], self._norms[1]))
+        self._norms = found or self._norms
 
     def _scale(self) -> ColorScale:
-        if self._range is None:
-            return ColorScale(-3.0, 1.0)
-        lo, hi = self._range
-        return ColorScale(lo - 0.5, hi + 0.5) if hi - lo < 1e-9 else ColorScale(lo, hi)
+        return scale_between(self._norms)
 
     def _sparkline(self, width: int = 160, height: int = 28) -> str:
         """The loss so far as a small inline SVG line (log scale)."""

@@ -176,15 +176,20 @@ class ScatterLine(Panel):
 
     @staticmethod
     def _line(value: Any, x_range: tuple[float, float] | None) -> list[list[float | None]] | None:
-        """A line as ``[xs, ys]``, from a point list or a slope/intercept pair."""
+        """A line as ``[xs, ys]``, from a point list or a slope/intercept pair; ``None`` for anything else."""
         if value is None:
             return None
         if isinstance(value, Mapping):
             if x_range is None:
                 return None
-            slope, intercept = float(value.get("slope", 0.0)), float(value.get("intercept", 0.0))
+            try:
+                slope, intercept = float(value.get("slope", 0.0)), float(value.get("intercept", 0.0))
+            except (TypeError, ValueError):  # not numbers: draw no line rather than fail the report
+                return None
             xs = list(x_range)
             return [[round_sig(x) for x in xs], [round_sig(slope * x + intercept) for x in xs]]
+        if not isinstance(value, Sequence) or isinstance(value, str):  # not a line either
+            return None
         points = [p for p in value if isinstance(p, Sequence) and len(p) == 2]
         return [[round_sig(p[0]) for p in points], [round_sig(p[1]) for p in points]]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vizgrad.errors import MissingDependencyError, RasterError, UsageError
+from vizgrad.errors import MissingDependencyError, OutputError, RasterError, UsageError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -220,9 +220,10 @@ def _replaced_atomically(path: Path) -> Iterator[Path]:
     directory = path.parent
     if not directory.is_dir():
         raise UsageError(f"cannot write {str(path)!r}: folder {str(directory)!r} does not exist")
-    descriptor, partial_name = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".partial", dir=directory
-    )
+    try:
+        descriptor, partial_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+    except OSError as error:
+        raise OutputError(f"cannot write {str(path)!r}: {error.strerror or error}") from error
     os.close(descriptor)
     partial = Path(partial_name)
     try:

@@ -239,10 +239,11 @@ class Report:
         positions = self.selected
         for name in self.run.param_names():
             series = self.run.param_series(name)
-            scalar = next((step.values[("param", name)].numel() == 1 for step in steps
-                           if ("param", name) in step.values), False)
+            # As param_series decides: the summary's element count, known also when no value was kept.
+            scalar = next((summary.numel == 1 for summary in (step.summaries.get(("param", name)) for step in steps)
+                           if summary is not None), False)
             out.append({"name": name, "scalar": bool(scalar),
-                        "values": [_plot_number(series[i], 6) for i in positions]})
+                        "values": [round_sig(series[i], 6) for i in positions]})
         return out
 
 
@@ -342,12 +343,12 @@ def _legend() -> list[dict[str, Any]]:
         style = frames.KIND_STYLES.get(kind, {})
         entries.append({"label": label, "fill": "#ffffff", "stroke": style.get("color", "#5f5f5f"),
                         "width": float(style.get("penwidth", 1.2)), "dash": "",
-                        "shape": style.get("shape", "box"), "rounded": "rounded" in style.get("style", "")})
-    flags = [("nan", "NaN / Inf", "#b00000", 2.5, "4 2"), ("zero", "zero", "#7f7f7f", 1.5, "3 2"),
-             ("none", "no gradient", "#5f5f5f", 1.2, "1 2")]
+                        "rounded": "rounded" in style.get("style", "")})
+    flags = [("nan", "NaN", "#b00000", 2.5, "4 2"), ("inf", "Inf", "#b00000", 2.5, "4 2"),
+             ("zero", "zero", "#7f7f7f", 1.5, "3 2"), ("none", "no gradient", "#5f5f5f", 1.2, "1 2")]
     for flag, label, stroke, width, dash in flags:
         entries.append({"label": label, "fill": FLAG_COLORS[flag], "stroke": stroke, "width": width, "dash": dash,
-                        "shape": "box", "rounded": True})
+                        "rounded": True})
     return entries
 
 
@@ -369,11 +370,6 @@ def _stats_entry(row: Any) -> float | int | str | list[Any] | None:
     if nan or inf:
         entry += [int(nan), int(inf)]
     return entry
-
-
-def _plot_number(value: Any, digits: int = 6) -> float | None:
-    """A number for a chart: rounded, ``None`` when missing or not finite."""
-    return round_sig(value, digits)
 
 
 def _engine_name(engine: str | None) -> str:

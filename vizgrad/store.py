@@ -777,8 +777,10 @@ class StoredRun(Run):
 
     def close(self) -> None:
         """Finishes writing (when recording) and closes the file; the run cannot be read afterwards."""
-        self.store.close(meta=self.meta, panels=self.panels)
-        self.store.disconnect()
+        try:
+            self.store.close(meta=self.meta, panels=self.panels)
+        finally:
+            self.store.disconnect()
 
     def __enter__(self) -> StoredRun:
         return self
