@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import gc
+import itertools
 import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -179,14 +180,15 @@ class Recorder:
 
         keys = self._key_table(graph)
         by_fn = live.by_fn
-        for key, (grad_inputs, grad_outputs) in captured.items():
+        for key, (grad_inputs, grad_outputs) in captured.items():  # hot: add() inlined
             node_keys, edge_keys = keys[by_fn[key][1]]
-            for value_key, grad in zip(node_keys, grad_outputs):
+            for value_key, grad in itertools.chain(zip(node_keys, grad_outputs), zip(edge_keys, grad_inputs)):
                 if grad is not None:
-                    add(value_key, grad)
-            for value_key, grad in zip(edge_keys, grad_inputs):
-                if grad is not None:
-                    add(value_key, grad)
+                    at = position.get(id(grad))
+                    if at is None:
+                        at = position[id(grad)] = len(tensors)
+                        tensors.append(grad)
+                    index[value_key] = at
         # A root's incoming gradient is the one backward() started with (ones for a scalar).
         for root_id, root, seed in zip(graph.roots, roots, _root_gradients(roots, grad_tensors)):
             (node_key,), (edge_key,) = keys[root_id]
@@ -243,8 +245,7 @@ def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | Non
         at = index[("value", root_id)]
         if batch.numel(at) != 1:
             return None
-        value = batch.value(at)
-        total += float(value.real.reshape(())) if value is not None else float(batch.rows[at, 1])
+        total += batch.scalar(at)
     return total
 
 

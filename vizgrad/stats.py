@@ -169,6 +169,18 @@ class Batch:
         """Element count of tensor ``index`` (never needs the summaries)."""
         return int(self._rows[index, 6])
 
+    def scalar(self, index: int) -> float:
+        """The value of one-element tensor ``index`` as a float (the real part of a complex one)."""
+        locator = self.kept[index]
+        if isinstance(locator, tuple):
+            buffer = self.buffers[locator[0]]
+            if buffer.dtype in (torch.float32, torch.float64):  # the common case, without a tensor op
+                return float(buffer.numpy()[locator[1]])
+        value = self.value(index)
+        if value is None:
+            return float(self.rows[index, 1])
+        return float(value.reshape(()).real if value.is_complex() else value.reshape(()))
+
     def summary(self, index: int) -> Summary:
         """The :class:`Summary` of tensor ``index``."""
         return row_summary(self.rows[index])

@@ -152,18 +152,23 @@ class Tracer:
                               tuple(root.shape), root.dtype, root_name, base_info))
 
         raw: list[tuple[Any, ...]] = []
-        for fn, next_functions in zip(fns, nexts):
+        append = raw.append
+        custom_type = torch.autograd.function.BackwardCFunction
+        for fn, next_functions in zip(fns, nexts):  # runs for every node of every step: kept lean
             op = fn.name()
-            children = tuple((position[id(nxt)], nr) if nxt is not None else None for nxt, nr in next_functions)
+            children = tuple([(position[id(nxt)], nr) if nxt is not None else None for nxt, nr in next_functions])
             if op == _ACCUMULATE:
                 var = fn.variable
-                raw.append((op, "leaf", names.get(id(var)), tuple(var.shape), var.dtype, 1, None, children))
+                append((op, "leaf", names.get(id(var)), tuple(var.shape), var.dtype, 1, None, children))
+                continue
+            meta = _output_metadata(fn)
+            if meta:
+                first = meta[0]
+                shape, dtype = tuple(first.shape), first.dtype
             else:
-                kind = "custom" if isinstance(fn, torch.autograd.function.BackwardCFunction) else "op"
-                meta = _output_metadata(fn)
-                shape, dtype = (tuple(meta[0].shape), meta[0].dtype) if meta else (None, None)
-                raw.append((op, kind, fn_names.get(id(fn)), shape, dtype, max(len(meta), 1), modules.get(id(fn)),
-                            children))
+                shape = dtype = None
+            append((op, "custom" if isinstance(fn, custom_type) else "op", fn_names.get(id(fn)), shape, dtype,
+                    len(meta) or 1, modules.get(id(fn)), children))
         signature = (tuple(root_info), tuple(raw))
         graph = None if self.saved else self._cache.get(signature)
         if graph is None:
