@@ -244,7 +244,7 @@ def test_dot_backend_pipes_source_to_dot(monkeypatch):
     with mock.patch.object(engine.subprocess, "run", autospec=True, return_value=completed) as run:
         assert engine.render_dot("digraph { ä }", fmt="json", engine="dot") == b"<svg>ok</svg>"
     run.assert_called_once_with(
-        [FAKE_DOT_PATH, "-Tjson"], input="digraph { ä }".encode(), capture_output=True, check=False
+        [FAKE_DOT_PATH, "-Tjson"], input="digraph { ä }".encode(), capture_output=True, check=False, timeout=600.0
     )
     assert engine.calls("dot") == 1
 
@@ -281,3 +281,16 @@ def test_auto_uses_dot_executable_when_on_path():
     assert engine.resolve_engine(None) == "dot"
     engine.render_dot(SIMPLE_DOT)
     assert engine.calls("dot") == 1
+
+
+def test_dot_that_runs_too_long_is_a_layout_error(monkeypatch):
+    monkeypatch.setattr(engine.shutil, "which", lambda name: FAKE_DOT_PATH)
+    monkeypatch.setenv(engine.DOT_TIMEOUT_ENV_VAR, "2.5")
+
+    def too_slow(*args, **kwargs):
+        assert kwargs["timeout"] == 2.5
+        raise engine.subprocess.TimeoutExpired(args[0], kwargs["timeout"])
+
+    monkeypatch.setattr(engine.subprocess, "run", too_slow)
+    with pytest.raises(LayoutError, match=r"longer than 2\.5 s .*VIZGRAD_DOT_TIMEOUT"):
+        engine.render_dot("digraph { a }", engine="dot")

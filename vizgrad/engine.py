@@ -145,7 +145,13 @@ def _render_with_dot_executable(source: str, fmt: str) -> bytes:
             input=source.encode("utf-8"),
             capture_output=True,
             check=False,
+            timeout=_dot_timeout(),
         )
+    except subprocess.TimeoutExpired:
+        raise LayoutError(
+            f"Graphviz dot took longer than {_dot_timeout():g} s to lay the graph out; render fewer nodes, "
+            f"use engine='wasm', or raise {DOT_TIMEOUT_ENV_VAR}"
+        ) from None
     except FileNotFoundError:  # removed between which() and run()
         raise ExecutableNotFound(_no_dot_message()) from None
     except OSError as error:  # e.g. not executable by this user
@@ -156,6 +162,19 @@ def _render_with_dot_executable(source: str, fmt: str) -> bytes:
             f"Graphviz dot failed with exit code {completed.returncode}: {stderr or 'no message'}"
         )
     return completed.stdout
+
+
+#: Environment variable with the most seconds one system ``dot`` run may take (default 600).
+DOT_TIMEOUT_ENV_VAR = "VIZGRAD_DOT_TIMEOUT"
+
+
+def _dot_timeout() -> float:
+    """Seconds a ``dot`` run may take: a pathological layout must not hang the CLI forever."""
+    text = os.environ.get(DOT_TIMEOUT_ENV_VAR, "").strip()
+    try:
+        return float(text) if text else 600.0
+    except ValueError:
+        raise UsageError(f"{DOT_TIMEOUT_ENV_VAR} must be a number of seconds, got {text!r}") from None
 
 
 def _no_dot_message() -> str:

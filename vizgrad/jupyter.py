@@ -207,7 +207,8 @@ def live(*, every: int = 1, interval: float = 0.5, engine: str | None = None, he
         The :class:`~vizgrad.Run` being recorded.
     """
     view = LiveView(every=every, interval=interval, engine=engine, height=height)
-    callbacks = [*record_options.pop("on_step", ()), view.update]
+    extra = record_options.pop("on_step", ())
+    callbacks = [*([extra] if callable(extra) else extra), view.update]
     try:
         with record(on_step=callbacks, **record_options) as run:
             yield run

@@ -210,6 +210,7 @@ class Report:
             layout = cache.get(step.graph)
             page.add(step, layout, frames.paint(step, scale))
 
+        payload_params = self._params(steps)
         payload = {
             "title": self.title,
             "flags": list(FLAGS),
@@ -220,30 +221,34 @@ class Report:
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
             "layouts": page.layouts,
             "frames": page.records,
-            "params": self._params(steps),
+            "params": payload_params,
             "panels": [panel.spec(self.run, self.selected) for panel in self.run.panels],
             "summary": {
                 "steps": len(self.run.steps),
                 "shown": len(steps),
                 "nodes": max(len(meta["nodes"]) for meta in page.layouts),
                 "layouts": len(page.layouts),
-                "params": len(self.run.param_names()),
+                "params": len(payload_params),
                 "engine": _engine_name(self.engine),
             },
         }
         return payload, page.svgs
 
     def _params(self, steps: Sequence[Any]) -> list[dict[str, Any]]:
-        """Trajectory of every parameter: its value when scalar, else its norm."""
+        """Trajectory of every parameter over the shown steps: its value when scalar, else its norm.
+
+        The rule of :meth:`Run.param_series`, read from the shown steps only
+        (a saved run is not read again per parameter).
+        """
+        names: dict[str, None] = {}
+        for step in steps:
+            names.update(dict.fromkeys(step.params))
         out = []
-        positions = self.selected
-        for name in self.run.param_names():
-            series = self.run.param_series(name)
-            # As param_series decides: the summary's element count, known also when no value was kept.
-            scalar = next((summary.numel == 1 for summary in (step.summaries.get(("param", name)) for step in steps)
-                           if summary is not None), False)
-            out.append({"name": name, "scalar": bool(scalar),
-                        "values": [round_sig(series[i], 6) for i in positions]})
+        for name in names:
+            summaries = [step.summaries.get(("param", name)) for step in steps]
+            scalar = next((summary.numel == 1 for summary in summaries if summary is not None), False)
+            values = [None if s is None else round_sig(s.mean if s.numel == 1 else s.norm, 6) for s in summaries]
+            out.append({"name": name, "scalar": bool(scalar), "values": values})
         return out
 
 
