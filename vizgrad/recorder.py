@@ -128,17 +128,18 @@ class Recorder:
         if not tracked:  # let torch raise its own, well-known error
             return original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
         as_roots(tracked)
-        scope = naming.caller_scope()
+        # The user's scope is read only when a name is missing: a new leaf, or a new
+        # graph whose intermediates need variable names. A loop's later steps skip it.
+        scope = _LazyScope()
         names: Any = self._explicit_names
         if names is None:
             names = self._inferred_names
             names.begin_step(scope)
         try:
-            fn_names, root_names = naming.variable_names(scope, tracked)
-            graph, live = self.tracer.trace(tracked, names, fn_names, root_names=root_names)
+            graph, live = self.tracer.trace(tracked, names, lambda: naming.variable_names(scope.items(), tracked))
         finally:
             self._inferred_names.end_step()
-            del scope
+            scope.clear()
         graph = self._dedupe(graph, live)
         captured: dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
         handles = []
@@ -236,6 +237,25 @@ class Recorder:
         self._live_steps.append(step)
         while len(self._live_steps) > self.live_steps:
             self._live_steps.popleft().release()
+
+
+class _LazyScope:
+    """The calling user code's variables, read from its frames on first use only."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, Any]] | None = None
+
+    def items(self) -> list[tuple[str, Any]]:
+        if self._items is None:
+            self._items = naming.caller_scope()
+        return self._items
+
+    def __iter__(self) -> Any:
+        return iter(self.items())
+
+    def clear(self) -> None:
+        """Drops the references to user objects."""
+        self._items = None
 
 
 def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | None:

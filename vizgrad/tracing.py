@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -107,9 +107,8 @@ class Tracer:
         self,
         roots: Sequence[torch.Tensor],
         names: Mapping[int, str] | None = None,
-        fn_names: Mapping[int, str] | None = None,
+        variable_names: Callable[[], tuple[Mapping[int, str], Sequence[str | None]]] | None = None,
         modules: Mapping[int, str] | None = None,
-        root_names: Sequence[str | None] | None = None,
     ) -> tuple[Graph, LiveMap]:
         """Traces ``roots`` into a graph and the live map of its nodes.
 
@@ -118,9 +117,16 @@ class Tracer:
         so ids are the same for the same program on every step and every run.
         A training loop builds the same graph every step, so the graph is looked
         up by a signature of what was read and only built when it is new.
+
+        Args:
+            roots: Tensors to trace from.
+            names: Leaf tensor id -> name (parameters).
+            variable_names: Called only when a new graph is built: returns
+                ``(id(grad_fn) -> variable name, root variable names)`` for
+                naming intermediates. A loop's later steps reuse those names.
+            modules: ``id(grad_fn)`` -> module path, when known.
         """
         names = names or {}
-        fn_names = fn_names or {}
         modules = modules or {}
         position: dict[int, int] = {}  # id(fn) -> node position (its id is f"n{position}")
         fns: list[Any] = []
@@ -147,9 +153,8 @@ class Tracer:
             if base is not None:
                 base_info = (count, tuple(base.shape), base.dtype, names.get(id(base)))
                 count += 1
-            root_name = (root_names[i] if root_names else None) or names.get(id(root))
             root_info.append((root_pos, position[id(gradient_edge.node)], gradient_edge.output_nr,
-                              tuple(root.shape), root.dtype, root_name, base_info))
+                              tuple(root.shape), root.dtype, names.get(id(root)), base_info))
 
         raw: list[tuple[Any, ...]] = []
         append = raw.append
@@ -167,11 +172,17 @@ class Tracer:
                 shape, dtype = tuple(first.shape), first.dtype
             else:
                 shape = dtype = None
-            append((op, "custom" if isinstance(fn, custom_type) else "op", fn_names.get(id(fn)), shape, dtype,
+            append((op, "custom" if isinstance(fn, custom_type) else "op", None, shape, dtype,
                     len(meta) or 1, modules.get(id(fn)), children))
         signature = (tuple(root_info), tuple(raw))
         graph = None if self.saved else self._cache.get(signature)
         if graph is None:
+            if variable_names is not None:
+                fn_names, root_names = variable_names()
+                raw = [entry if entry[1] == "leaf" else (entry[0], entry[1], fn_names.get(id(fn)), *entry[3:])
+                       for fn, entry in zip(fns, raw)]
+                root_info = [info if info[5] is not None or root_names[i] is None else (*info[:5], root_names[i], info[6])
+                             for i, info in enumerate(root_info)]
             graph = self._build(root_info, raw, count)
             if self.saved:
                 graph = self._with_saved(graph, fns, position)
@@ -290,5 +301,5 @@ def trace(
         fn_names, root_names = naming.variable_names(scope, root_tuple)
     finally:
         del scope
-    graph, _ = Tracer(saved=saved).trace(root_tuple, names, fn_names, root_names=root_names)
+    graph, _ = Tracer(saved=saved).trace(root_tuple, names, lambda: (fn_names, root_names))
     return graph
