@@ -115,7 +115,7 @@ class InferredLeafNames:
     """
 
     def __init__(self) -> None:
-        self._known: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
+        self._known: dict[int, tuple[weakref.ref[torch.Tensor], str | None]] = {}
         self._scope: Sequence[tuple[str, Any]] | None = None
 
     def begin_step(self, scope: Sequence[tuple[str, Any]]) -> None:
@@ -130,7 +130,7 @@ class InferredLeafNames:
         """The name of the leaf tensor with ``id`` ``key``, or ``default``."""
         entry = self._known.get(key)
         if entry is not None and entry[0]() is not None:
-            return entry[1]
+            return default if entry[1] is None else entry[1]
         if self._scope is not None:
             scope, self._scope = self._scope, None
             self._known = {k: (weakref.ref(t), name) for k, (t, name) in _scan_leaves(scope).items()}
@@ -138,6 +138,11 @@ class InferredLeafNames:
             if entry is not None:
                 return entry[1]
         return default
+
+    def remember_unnamed(self, tensor: torch.Tensor) -> None:
+        """Notes that ``tensor`` has no name in scope, so later steps do not scan for it again."""
+        if id(tensor) not in self._known:
+            self._known[id(tensor)] = (weakref.ref(tensor), None)
 
 
 def variable_names(scope: Sequence[tuple[str, Any]], roots: Sequence[torch.Tensor]) -> tuple[dict[int, str], list[str | None]]:

@@ -54,7 +54,8 @@ class Recorder:
         self._explicit_names = naming.explicit_names(params) if params is not None else None
         self._inferred_names = naming.InferredLeafNames()
         self._graphs: dict[str, list[Graph]] = {}
-        self._key_tables: dict[int, tuple[Graph, dict[str, Any]]] = {}
+        self._key_tables: dict[int, tuple[Graph, dict[Any, Any]]] = {}
+        self._ones: dict[tuple[Any, ...], torch.Tensor] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
         self._original_backward: Callable[..., Any] | None = None
         self._in_step = False
@@ -191,12 +192,12 @@ class Recorder:
                         tensors.append(grad)
                     index[value_key] = at
         # A root's incoming gradient is the one backward() started with (ones for a scalar).
-        for root_id, root, seed in zip(graph.roots, roots, _root_gradients(roots, grad_tensors)):
+        for root_id, root, seed in zip(graph.roots, roots, self._root_gradients(roots, grad_tensors)):
             (node_key,), (edge_key,) = keys[root_id]
             add(("value", root_id), root)
             add(node_key, seed)
             add(edge_key, seed)
-        for name, param in self._named_leaves(graph, live):
+        for name, param in self._named_leaves(keys[None], live):
             add(("param", name), param)
             add(("param_grad", name), param.grad)
         batch = summarize(tensors, self.keep)
@@ -210,27 +211,48 @@ class Recorder:
         for callback in self.on_step:
             callback(step)
 
-    def _key_table(self, graph: Graph) -> dict[str, tuple[tuple[tuple, ...], tuple[tuple, ...]]]:
+    def _key_table(self, graph: Graph) -> dict[str, Any]:
         """Node id -> (keys of its outputs' gradients, keys of its edges' gradients), made once per graph.
 
         Every step of a loop shares the key tuples, so a long run keeps one set
         of them instead of allocating (and garbage-collecting) new ones per step.
+        The entry under ``None`` maps named leaves' node ids to their names.
         """
         entry = self._key_tables.get(id(graph))
         if entry is None or entry[0] is not graph:
-            table = {node.id: (tuple(("node", node.id, k) for k in range(max(node.outputs, 1))),
-                               tuple(("edge", node.id, slot) for slot in range(max(node.inputs, 1))))
-                     for node in graph.nodes}
+            table: dict[Any, Any] = {
+                node.id: (tuple(("node", node.id, k) for k in range(max(node.outputs, 1))),
+                          tuple(("edge", node.id, slot) for slot in range(max(node.inputs, 1))))
+                for node in graph.nodes}
+            table[None] = {node.id: node.name for node in graph.nodes if node.kind == "leaf" and node.name is not None}
             entry = self._key_tables[id(graph)] = (graph, table)
         return entry[1]
 
-    def _named_leaves(self, graph: Graph, live: LiveMap) -> list[tuple[str, torch.Tensor]]:
-        """Named leaves in this graph (with their live tensors), in node order."""
+    def _root_gradients(self, roots: Sequence[torch.Tensor], grad_tensors: Any) -> list[torch.Tensor | None]:
+        """The gradient each root starts with: the one given, or ones for a scalar root."""
+        if isinstance(grad_tensors, torch.Tensor):
+            grad_tensors = (grad_tensors,)
+        given = list(grad_tensors) if grad_tensors is not None else [None] * len(roots)
+        given += [None] * (len(roots) - len(given))
+        return [g if isinstance(g, torch.Tensor) else self._ones_like(r) if r.numel() == 1 else None
+                for r, g in zip(roots, given)]
+
+    def _ones_like(self, root: torch.Tensor) -> torch.Tensor:
+        """A ones tensor like the scalar ``root``, made once per shape, dtype and device (it is only read)."""
+        key = (root.shape, root.dtype, root.device)
+        ones = self._ones.get(key)
+        if ones is None:
+            ones = self._ones[key] = torch.ones_like(root, memory_format=torch.contiguous_format).detach()
+        return ones
+
+    @staticmethod
+    def _named_leaves(named: Mapping[str, str], live: LiveMap) -> list[tuple[str, torch.Tensor]]:
+        """Named leaves of this step's graph with their live tensors, in node order."""
         found = []
         for fn, node_id in live.by_fn.values():
-            node = graph.by_id[node_id]
-            if node.kind == "leaf" and node.name is not None:
-                found.append((node.name, fn.variable))
+            name = named.get(node_id)
+            if name is not None:
+                found.append((name, fn.variable))
         return found
 
     def _retire_live(self, step: Step) -> None:
@@ -267,16 +289,6 @@ def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | Non
             return None
         total += batch.scalar(at)
     return total
-
-
-def _root_gradients(roots: Sequence[torch.Tensor], grad_tensors: Any) -> list[torch.Tensor | None]:
-    """The gradient each root starts with: the one given, or ones for a scalar root."""
-    if isinstance(grad_tensors, torch.Tensor):
-        grad_tensors = (grad_tensors,)
-    given = list(grad_tensors) if grad_tensors is not None else [None] * len(roots)
-    given += [None] * (len(roots) - len(given))
-    return [g if isinstance(g, torch.Tensor) else (torch.ones_like(r) if r.numel() == 1 else None)
-            for r, g in zip(roots, given)]
 
 
 def _capture_into(captured: dict[int, Any], key: int) -> Callable[[Any, Any], None]:

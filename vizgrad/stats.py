@@ -250,54 +250,55 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         A :class:`Batch` aligned with ``tensors``.
     """
     count = len(tensors)
+    numels = [t.numel() for t in tensors]
     rows = np.zeros((count, 7), dtype=np.float64)
+    rows[:, 6] = numels
     kept: list[Any] = [None] * count
     buffers: list[torch.Tensor] = []
     pending: list[tuple[int, list[int], list[int]]] = []
     limit = math.inf if keep is None else keep
-    by_device: dict[torch.device, list[int]] = {}
+    by_device: dict[Any, list[int]] = {}
     for i, t in enumerate(tensors):
-        numel = t.numel()
-        rows[i, 6] = numel
-        if numel == 0:
+        if numels[i] == 0:
             rows[i, :6] = _empty_row()[:6]
             kept[i] = t.detach().to("cpu", copy=True)
         else:
-            by_device.setdefault(t.device, []).append(i)
+            by_device.setdefault("cpu" if t.is_cpu else t.device, []).append(i)  # no device object for the CPU
     for device, indices in by_device.items():
-        packed = device.type != "cpu" if packed_devices is None else device.type in packed_devices
+        device_type = "cpu" if device == "cpu" else device.type
+        packed = device_type != "cpu" if packed_devices is None else device_type in packed_devices
         if packed:
             _summarize_packed(tensors, indices, rows, kept, buffers, pending, limit)
         else:
-            _summarize_on_cpu(tensors, indices, rows, kept, buffers, pending, limit)
+            _summarize_on_cpu(tensors, indices, numels, rows, kept, buffers, pending, limit)
     return Batch(rows, buffers, kept, pending)
 
 
-def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], rows: np.ndarray, kept: list[Any],
-                      buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
+def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int], rows: np.ndarray,
+                      kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
                       limit: float) -> None:
     groups: dict[torch.dtype, list[int]] = {}
     big: list[int] = []
     for i in indices:
         t = tensors[i]
-        if t.layout == torch.strided and rows[i, 6] <= SEGMENT_LIMIT:
+        if numels[i] <= SEGMENT_LIMIT and not t.is_sparse:
             groups.setdefault(t.dtype, []).append(i)
         else:
             big.append(i)
     for group in groups.values():
-        kept_indices = [i for i in group if rows[i, 6] <= limit]
+        kept_indices = [i for i in group if numels[i] <= limit]
         if kept_indices:
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
             _keep_flat(_flatten([tensors[i] for i in kept_indices]), kept_indices, tensors, rows, kept, buffers,
-                       pending)
-        other = [i for i in group if rows[i, 6] > limit]
+                       pending, [numels[i] for i in kept_indices])
+        other = [i for i in group if numels[i] > limit]
         if other:
             flat = _flatten([tensors[i] for i in other])
-            rows[other, :6] = _segment_rows(_host_numpy(flat), rows[other, 6].astype(np.int64))
+            rows[other, :6] = _segment_rows(_host_numpy(flat), np.array([numels[i] for i in other], dtype=np.int64))
     if big:
         _store_big_rows(tensors, big, torch.stack([_big_row(tensors[i]) for i in big]).numpy(), rows)
         for i in big:
-            if rows[i, 6] <= limit:
+            if numels[i] <= limit:
                 kept[i] = _dense_copy(tensors[i])
 
 
@@ -340,9 +341,11 @@ def _padded_bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def _keep_flat(host: torch.Tensor, group: list[int], tensors: Sequence[torch.Tensor], rows: np.ndarray,
-               kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]]) -> None:
+               kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
+               counts: list[int] | None = None) -> None:
     """Registers a host buffer of kept values, to be summarised on first access."""
-    counts = [int(rows[i, 6]) for i in group]
+    if counts is None:
+        counts = [int(rows[i, 6]) for i in group]
     buffer = len(buffers)
     offset = 0
     for i, n in zip(group, counts):

@@ -136,8 +136,12 @@ class Tracer:
         for i, root in enumerate(roots):
             root_pos = count
             count += 1
-            gradient_edge = torch.autograd.graph.get_gradient_edge(root)
-            stack = [gradient_edge.node]
+            if root.grad_fn is not None:  # the common case, without get_gradient_edge's checks
+                root_fn, output_nr = root.grad_fn, root.output_nr
+            else:
+                gradient_edge = torch.autograd.graph.get_gradient_edge(root)
+                root_fn, output_nr = gradient_edge.node, gradient_edge.output_nr
+            stack = [root_fn]
             while stack:
                 fn = stack.pop()
                 if id(fn) in position:
@@ -151,20 +155,24 @@ class Tracer:
             base = root._base if root._is_view() else None
             base_info = None
             if base is not None:
-                base_info = (count, tuple(base.shape), base.dtype, names.get(id(base)))
+                base_info = (count, tuple(base.shape), base.dtype, names.get(id(base)) if base.is_leaf else None)
                 count += 1
-            root_info.append((root_pos, position[id(gradient_edge.node)], gradient_edge.output_nr,
-                              tuple(root.shape), root.dtype, names.get(id(root)), base_info))
+            root_info.append((root_pos, position[id(root_fn)], output_nr,
+                              tuple(root.shape), root.dtype, names.get(id(root)) if root.is_leaf else None, base_info))
 
         raw: list[tuple[Any, ...]] = []
         append = raw.append
+        remember_unnamed = getattr(names, "remember_unnamed", None)
         custom_type = torch.autograd.function.BackwardCFunction
         for fn, next_functions in zip(fns, nexts):  # runs for every node of every step: kept lean
             op = fn.name()
             children = tuple([(position[id(nxt)], nr) if nxt is not None else None for nxt, nr in next_functions])
             if op == _ACCUMULATE:
                 var = fn.variable
-                append((op, "leaf", names.get(id(var)), tuple(var.shape), var.dtype, 1, None, children))
+                name = names.get(id(var))
+                if name is None and remember_unnamed is not None:
+                    remember_unnamed(var)
+                append((op, "leaf", name, tuple(var.shape), var.dtype, 1, None, children))
                 continue
             meta = _output_metadata(fn)
             if meta:
