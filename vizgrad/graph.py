@@ -160,7 +160,8 @@ class Graph:
         """
         live = getattr(self, "_live", None)
         if live is None:
-            raise LookupError("this graph holds no live tensors (it was loaded or its step is old); look nodes up by id")
+            raise LookupError("this graph holds no live tensors (it was loaded, or its step is old); "
+                              "look nodes up by id")
         return self.node(live.node_id_of(tensor))
 
     # -- identity ----------------------------------------------------------------

@@ -58,7 +58,9 @@ def _visible(name: str) -> bool:
     return not name.startswith("_") and name not in ("In", "Out")
 
 
-def explicit_names(params: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | torch.nn.Module) -> dict[int, str]:
+def explicit_names(
+    params: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | torch.nn.Module,
+) -> dict[int, str]:
     """Tensor id -> name from ``params``: a mapping, ``named_parameters()`` pairs or a module."""
     if isinstance(params, torch.nn.Module):
         pairs: Iterable[tuple[str, Any]] = params.named_parameters()
@@ -145,7 +147,9 @@ class InferredLeafNames:
             self._known[id(tensor)] = (weakref.ref(tensor), None)
 
 
-def variable_names(scope: Sequence[tuple[str, Any]], roots: Sequence[torch.Tensor]) -> tuple[dict[int, str], list[str | None]]:
+def variable_names(
+    scope: Sequence[tuple[str, Any]], roots: Sequence[torch.Tensor],
+) -> tuple[dict[int, str], list[str | None]]:
     """Names of intermediate tensors in scope, by ``id(grad_fn)``, and the roots' variable names."""
     fn_names: dict[int, str] = {}
     by_tensor: dict[int, str] = {}

@@ -189,8 +189,8 @@ class Tracer:
                 fn_names, root_names = variable_names()
                 raw = [entry if entry[1] == "leaf" else (entry[0], entry[1], fn_names.get(id(fn)), *entry[3:])
                        for fn, entry in zip(fns, raw)]
-                root_info = [info if info[5] is not None or root_names[i] is None else (*info[:5], root_names[i], info[6])
-                             for i, info in enumerate(root_info)]
+                root_info = [info if info[5] is not None or name is None else (*info[:5], name, info[6])
+                             for info, name in zip(root_info, root_names)]
             graph = self._build(root_info, raw, count)
             if self.saved:
                 graph = self._with_saved(graph, fns, position)
