@@ -21,7 +21,6 @@ EXIT_INTERRUPTED = 130
 #: Suffixes that mark a run file even before its content is checked.
 _RUN_SUFFIXES = (".vizgrad", ".db", ".sqlite", ".sqlite3")
 _SCRIPT_SUFFIXES = (".py", ".pyw")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 class CommandError(click.ClickException):
@@ -124,10 +123,10 @@ def _is_run_target(target: Path) -> bool:
 
     if target.suffix.lower() in _SCRIPT_SUFFIXES:
         return False
-    with contextlib.suppress(OSError):  # unreadable: check_script below says so
-        with open(target, "rb") as handle:
-            if handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC:
-                return True
+    from vizgrad.store import is_sqlite_file
+
+    if is_sqlite_file(target):  # a foreign database too: load() then says what it is
+        return True
     if target.suffix.lower() in _RUN_SUFFIXES:
         return True
     check_script(target)  # neither: it must at least be a script (missing, binary... fail here)

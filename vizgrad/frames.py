@@ -341,10 +341,6 @@ class Layout:
     dot: str = dataclasses.field(default="", repr=False)
     _template: _Template | None = dataclasses.field(default=None, repr=False, compare=False)
 
-    @property
-    def node_ids(self) -> list[str]:
-        """Ids of the nodes drawn in this layout."""
-        return list(self._template.nodes) if self._template else []
 
 
 def _slot(values: list[str], default: str) -> str:

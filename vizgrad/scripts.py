@@ -40,11 +40,6 @@ class ScriptOutcome:
     aborted: bool = False
     exit_status: int = 0
 
-    @property
-    def ok(self) -> bool:
-        """True when the script ran to its end (or exited with status 0)."""
-        return self.error is None and not self.interrupted and self.exit_status == 0
-
 
 def check_script(path: str | os.PathLike[str]) -> Path:
     """Checks that ``path`` is a readable Python script that compiles.

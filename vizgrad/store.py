@@ -33,6 +33,7 @@ __all__ = [
     "load",
     "open_for_recording",
     "is_run_file",
+    "is_sqlite_file",
     "RunStore",
     "StoredRun",
     "StoredStep",
@@ -140,6 +141,15 @@ def _read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, str]:
     except sqlite3.OperationalError as error:
         raise _damaged(path, error) from None
     return meta
+
+
+def is_sqlite_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` starts like a SQLite database (a run file, or someone else's)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(_SQLITE_MAGIC)) == _SQLITE_MAGIC
+    except OSError:
+        return False
 
 
 def is_run_file(path: str | os.PathLike[str]) -> bool:
@@ -588,11 +598,6 @@ class RunStore:
                 graph = self._graph(graph_id)
                 found.setdefault(graph.structural_hash, graph)
         return found
-
-    def graph_count(self) -> int:
-        """How many distinct graphs the run file holds."""
-        with self._lock, self._error_context("read"):
-            return self._connection.execute("SELECT count(*) FROM graphs").fetchone()[0]
 
     def meta(self) -> dict[str, str]:
         """The raw ``meta`` table."""

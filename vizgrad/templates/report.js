@@ -669,9 +669,7 @@
     const svg = svgEl("svg", { width: width, height: height, role: "img", "aria-label": "colour scale of gradient norms" }, box);
     const grad = svgEl("linearGradient", { id: "vg-colorbar-gradient", x1: 0, x2: 1, y1: 0, y2: 0 }, svgEl("defs", {}, svg));
     const stops = bar.stops || [];
-    stops.forEach((s, i) => {
-      const offset = Array.isArray(s) ? s[0] : typeof s === "object" ? s.offset : i / Math.max(1, stops.length - 1);
-      const color = Array.isArray(s) ? s[1] : typeof s === "object" ? s.color : s;
+    stops.forEach(([offset, color]) => {   // [offset, colour] pairs from colors.colorbar()
       svgEl("stop", { offset: String(offset), "stop-color": color }, grad);
     });
     svgEl("rect", { x: 4, y: 2, width: width - 8, height: 10, rx: 2, fill: "url(#vg-colorbar-gradient)", stroke: "#d1d9e0" }, svg);
@@ -684,8 +682,8 @@
         [1, fmt(Number(Math.pow(10, bar.hi).toPrecision(2)))]];
     }
     ticks.forEach((t) => {
-      const at = Array.isArray(t) ? t[0] : (t.offset !== undefined ? t.offset : t.pos);
-      let label = String(Array.isArray(t) ? t[1] : t.label);
+      const at = t[0];   // [offset, label] pairs
+      let label = String(t[1]);
       const decade = /^1e([+-]?\d+)$/.exec(label);
       if (decade) label = decadeLabel(Number(decade[1]));
       const x = 4 + clamp(Number(at), 0, 1) * (width - 8);
