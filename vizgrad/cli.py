@@ -13,6 +13,7 @@ import click
 
 from vizgrad import __version__
 from vizgrad.errors import OutputError, UsageError, VizgradError
+from vizgrad.graph import format_shape
 
 __all__ = ["main", "cli", "CommandError", "EXIT_INTERRUPTED"]
 
@@ -338,4 +339,4 @@ def _param_shapes(graphs: Sequence[Any]) -> dict[str, Any]:
 
 
 def _shape(shape: Any) -> str:
-    return "(?)" if shape is None else "(" + ", ".join(str(size) for size in shape) + ")"
+    return format_shape(shape) or "(?)"

@@ -16,7 +16,7 @@ import graphviz
 
 from vizgrad.colors import FLAG_COLORS, ColorScale, colorbar, scale_for, text_color_for
 from vizgrad.errors import LayoutError, UsageError
-from vizgrad.graph import Graph, Node
+from vizgrad.graph import Graph, Node, format_shape, short_op
 
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.run import Run, Step
@@ -118,23 +118,21 @@ def _placeholders(node: Node) -> list[str]:
 
 
 def _shape_text(shape: tuple[int, ...] | None, dtype: str | None = None) -> str | None:
-    if shape is None:
+    text = format_shape(shape)
+    if text is None:
         return None
-    text = "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
     if dtype and dtype != "float32":
         text += f" {dtype}"
     return text
 
 
-def _op_title(op: str) -> str:
-    return op.removeprefix("torch::autograd::")
 
 
 def _label_lines(node: Node) -> list[str]:
     """The fixed text of a node's label (title, name, shape), before the value lines."""
     lines: list[str] = []
     if node.kind in ("op", "custom"):
-        lines.append(_op_title(node.op))
+        lines.append(short_op(node.op))
         if node.name:
             lines.append(node.name)
         shape = _shape_text(node.shape)
@@ -157,7 +155,7 @@ def _label_lines(node: Node) -> list[str]:
 
 
 def _tooltip(node: Node) -> str:
-    parts = [_op_title(node.op) if node.kind in ("op", "custom", "leaf") else node.kind]
+    parts = [short_op(node.op) if node.kind in ("op", "custom", "leaf") else node.kind]
     if node.name:
         parts.append(node.name)
     if node.module:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["NODE_KINDS", "EDGE_KINDS", "Node", "Edge", "Graph"]
+__all__ = ["NODE_KINDS", "EDGE_KINDS", "Node", "Edge", "Graph", "format_shape", "short_op"]
 
 #: ``op``: a backward function (``grad_fn``); ``custom``: the backward of a user
 #: ``torch.autograd.Function``; ``leaf``: an ``AccumulateGrad`` (a parameter or
@@ -25,6 +25,20 @@ NODE_KINDS = ("op", "custom", "leaf", "root", "saved", "base")
 #: feeds its ``grad_fn``; ``saved``: a saved tensor belongs to an op;
 #: ``view``: a view root's base.
 EDGE_KINDS = ("grad", "root", "saved", "view")
+
+
+def format_shape(shape: Iterable[int] | None) -> str | None:
+    """A shape as Python writes a tuple: ``(8, 1)``, ``(3,)``, ``()``; ``None`` when unknown.
+
+    >>> format_shape((8, 1)), format_shape([3]), format_shape(())
+    ('(8, 1)', '(3,)', '()')
+    """
+    return None if shape is None else str(tuple(shape))
+
+
+def short_op(op: str) -> str:
+    """An op name without the C++ namespace: ``AccumulateGrad`` for ``torch::autograd::AccumulateGrad``."""
+    return op.removeprefix("torch::autograd::")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ import jinja2
 from markupsafe import Markup
 
 from vizgrad import frames, stats
+from vizgrad.graph import format_shape, short_op
 from vizgrad.colors import FLAG_COLORS
 from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.panels import round_sig
@@ -293,7 +294,7 @@ class _FrameData:
                 "key": layout.key,
                 "w": round(layout.width, 2),
                 "h": round(layout.height, 2),
-                "nodes": [[n.id, n.op.removeprefix("torch::autograd::"), n.kind, n.name, _shape_text(n.shape),
+                "nodes": [[n.id, short_op(n.op), n.kind, n.name, format_shape(n.shape),
                            n.module] for n in step.graph.nodes],
                 "painted": node_ids,
                 "edges": edge_keys,
@@ -332,11 +333,6 @@ class _FrameData:
             else:
                 edge_paint += (self._colour(entry[0]), entry[1], _FLAG_INDEX.get(entry[2], 0))
         self.records.append([index, node_paint, edge_paint, stats])
-
-
-def _shape_text(shape: Sequence[int] | None) -> str | None:
-    """A shape as Python writes a tuple: ``(8, 1)``, ``(3,)``, ``()``."""
-    return None if shape is None else str(tuple(shape))
 
 
 def _legend() -> list[dict[str, Any]]:
