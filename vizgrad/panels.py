@@ -62,7 +62,10 @@ def round_sig(value: Any, digits: int = DIGITS) -> float | None:
         return None
     if not math.isfinite(number):
         return None
-    return float(f"{number:.{digits}g}")
+    if number == 0.0:
+        return 0.0
+    # round() to a number of decimals is exact decimal rounding, like f"{number:.{digits}g}", and faster.
+    return round(number, digits - 1 - math.floor(math.log10(abs(number))))
 
 
 def _numbers(values: Any, what: str) -> list[float | None]:

@@ -10,7 +10,6 @@ charts are all inline.
 from __future__ import annotations
 
 import json
-import math
 import xml.etree.ElementTree as ElementTree
 from functools import cached_property
 from importlib import resources
@@ -109,10 +108,7 @@ def _number(value: Any, digits: int = DIGITS) -> float | int | str | None:
     value = float(value)
     if value - value != 0.0:  # NaN or an infinity
         return "NaN" if value != value else "Inf" if value > 0 else "-Inf"
-    if value == 0.0:
-        return 0
-    # round() to a number of decimals is exact decimal rounding, like f"{value:.{digits}g}", and faster.
-    rounded = round(value, digits - 1 - math.floor(math.log10(abs(value))))
+    rounded = round_sig(value, digits)
     return int(rounded) if rounded.is_integer() and abs(rounded) < 1e15 else rounded  # "1" is shorter than "1.0"
 
 
