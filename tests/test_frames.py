@@ -201,6 +201,46 @@ def test_paint_is_json_with_fixed_width_lines(seed_run):
         assert color == scale.color(norm) and width == scale.width(norm) and 1 <= width <= 6 and flag == ""
 
 
+def _assert_segments_equal_paint(run: vizgrad.Run) -> None:
+    """frames.paint_segment (the report's columns) says what frames.paint says, step by step."""
+    steps = list(run.steps)
+    scale = frames.scale_for(steps)
+    groups: dict[int, list] = {}
+    for step in steps:
+        groups.setdefault(id(step.graph), []).append(step)
+    for group in groups.values():
+        segment = frames.paint_segment(group, scale)
+        for i, step in enumerate(group):
+            one = frames.paint(step, scale)
+            assert list(one["n"]) == list(segment["nodes"]) and list(one["e"]) == list(segment["edges"])
+            for node_id, (fill, lines, flag, _ink) in one["n"].items():
+                column = segment["nodes"][node_id]
+                assert (frames.PALETTE[column["fill"][i]], [line[i] for line in column["lines"]],
+                        frames.FLAGS[column["flag"][i]]) == (fill, lines, flag), (step.index, node_id)
+            for edge_key, (color, width, flag) in one["e"].items():
+                column = segment["edges"][edge_key]
+                assert (frames.PALETTE[column["color"][i]], column["width"][i],
+                        frames.FLAGS[column["flag"][i]]) == (color, width, flag), (step.index, edge_key)
+
+
+def test_painting_a_segment_of_steps_equals_painting_each_step(seed_run):
+    _assert_segments_equal_paint(seed_run)
+    with vizgrad.record(keep=None) as flagged:  # NaN, Inf and zero gradients, a split, a one-element NaN
+        for i in range(5):
+            x = torch.randn(6, requires_grad=True)
+            a, b, c = x.split(2)
+            loss = (a * float("nan") if i == 1 else a).sum() + (b * 0).sum() + (c.exp() * (1e39 if i == 2 else 1)).sum()
+            loss.backward()
+            (x[:1] * float("nan")).sum().backward()
+    _assert_segments_equal_paint(flagged)
+    w = torch.randn(3, requires_grad=True)
+    with vizgrad.record() as several_roots:  # two roots, and a non-scalar root with no loss
+        for _ in range(3):
+            torch.autograd.backward([(w * 2).sum(), (w ** 2).mean()])
+            (w * torch.randn(3)).backward(torch.ones(3))
+    _assert_segments_equal_paint(several_roots)
+
+
 def test_nan_and_zero_gradients_are_flagged():
     w = torch.ones(3, requires_grad=True)
     z = torch.ones(2, requires_grad=True)

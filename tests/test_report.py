@@ -25,6 +25,36 @@ def page_data(text: str) -> dict:
     return json.loads(match.group(1))
 
 
+def frames_of(data: dict) -> list:
+    """Per-step records ``[layout, node_paint, edge_paint, stats]``, rebuilt from the columns as report.js does."""
+    out = []
+    for segment in data["segments"]:
+        nodes = segment["nodes"]
+
+        def column(node: dict, field: str):  # a number: the same column as that earlier node's
+            return nodes[node[field]][field] if isinstance(node[field], int) else node[field]
+
+        for i in range(segment["count"]):
+            node_paint, edge_paint, stats = [], [], []
+            for node in nodes:
+                if node is None:
+                    node_paint += [None, 0, None]
+                    stats.append(None)
+                    continue
+                node_paint += [node["fill"][i], node["flag"][i], [lines[i] for lines in column(node, "lines")]]
+                columns = column(node, "stats")
+                if columns["norm"][i] is None:
+                    stats.append(None)
+                elif columns["one"][i]:
+                    stats.append(columns["mean"][i])
+                else:
+                    stats.append([columns[k][i] for k in ("norm", "mean", "min", "max")])
+            for edge in segment["edges"]:
+                edge_paint += [None, None, 0] if edge is None else [edge["color"][i], edge["width"][i], edge["flag"][i]]
+            out.append([segment["layout"], node_paint, edge_paint, stats])
+    return out
+
+
 @pytest.fixture(scope="module")
 def seed_report(seed_run: vizgrad.Run) -> Report:
     return seed_run.report()
@@ -71,7 +101,7 @@ def test_report_embeds_each_layout_once_and_data_per_step(seed_run: vizgrad.Run,
     data = page_data(seed_html)
     assert seed_html.count('<template id="vg-layout-') == 1
     assert len(re.findall(r'<g [^>]*class="node vg-node', seed_html)) == len(seed_run.steps[0].graph.nodes)
-    assert len(data["frames"]) == len(seed_run.steps) == 50
+    assert len(frames_of(data)) == len(seed_run.steps) == 50
     assert data["index"] == list(range(50))
     assert data["loss"][0] == pytest.approx(seed_run.steps[0].loss, rel=1e-5)
     assert data["loss"][-1] == pytest.approx(seed_run.steps[-1].loss, rel=1e-5)
@@ -84,7 +114,7 @@ def test_report_embeds_each_layout_once_and_data_per_step(seed_run: vizgrad.Run,
     assert {"SumBackward0", "MmBackward0", "AccumulateGrad"} <= ops
     # The root's value line shows this step's loss.
     root = layout["painted"].index(seed_run.steps[0].graph.roots[0])
-    lines = data["frames"][-1][1][3 * root + 2]
+    lines = frames_of(data)[-1][1][3 * root + 2]
     assert lines[0].startswith("loss") and float(lines[0].split()[1]) == pytest.approx(seed_run.steps[-1].loss, 1e-4)
 
 
@@ -92,7 +122,7 @@ def test_inspector_stats_match_the_recorded_summaries(seed_run: vizgrad.Run, see
     data = page_data(seed_html)
     layout = data["layouts"][0]
     step = seed_run.steps[7]
-    record = data["frames"][7][3]
+    record = frames_of(data)[7][3]
     for position, node_id in enumerate(layout["painted"]):
         summary = step.stats(node_id)
         entry = record[position]
@@ -144,7 +174,7 @@ def test_report_of_a_run_with_two_topologies(tmp_path):
     data = page_data(text)
     assert len(data["layouts"]) == 2
     assert text.count('<template id="vg-layout-') == 2
-    assert [frame[0] for frame in data["frames"]] == [0, 1, 0, 1, 0, 1]
+    assert [frame[0] for frame in frames_of(data)] == [0, 1, 0, 1, 0, 1]
     assert len(data["layouts"][0]["painted"]) != len(data["layouts"][1]["painted"])
     assert "2 graph shapes" in text
 
@@ -259,5 +289,5 @@ def test_run_demo_works_without_a_system_graphviz(tmp_path, monkeypatch):
     text = path.read_text(encoding="utf-8")
     assert "layout by Graphviz (wasm)" in text
     data = page_data(text)
-    assert len(data["frames"]) == 40
+    assert len(frames_of(data)) == 40
     assert data["panels"][0]["kind"] == "scatter_line" and len(data["panels"][0]["lines"]) == 40

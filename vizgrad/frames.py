@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Sequence
 
 import graphviz
+import numpy as np
 
-from vizgrad.colors import FLAG_COLORS, ColorScale, colorbar, scale_for, text_color_for
+from vizgrad.colors import FLAG_COLORS, VIRIDIS, ColorScale, colorbar, scale_for, text_color_for
 from vizgrad.errors import LayoutError, UsageError
 from vizgrad.graph import Graph, Node, format_shape, short_op
 
@@ -651,6 +652,14 @@ def paint(step: Step, scale: ColorScale) -> dict[str, Any]:
     return {"n": nodes, "e": edges}
 
 
+def _param_lines(data: np.ndarray, present: np.ndarray, slot: int) -> list[tuple[str, str]]:
+    """:func:`_param_line` of one parameter for every step: ``(line, flag)`` pairs."""
+    if slot < 0:
+        return [_param_line(None)] * len(data)
+    rows, found = data[:, slot].tolist(), present[:, slot].tolist()
+    return [_param_line(row if is_found else None) for row, is_found in zip(rows, found)]
+
+
 def _param_line(row: Sequence[float] | None) -> tuple[str, str]:
     """The value line of a parameter (from its value's summary row) and a flag for a NaN/Inf value."""
     if row is None:
@@ -858,3 +867,213 @@ class FrameRenderer:
             found.setdefault(layout.key, layout)
         return list(found.values())
 
+
+
+# -- painting many steps at once (the report) ---------------------------------------------------------
+#: Every colour a columnar paint uses, by index: reversed viridis, then flag and edge greys.
+PALETTE: tuple[str, ...] = (*reversed(VIRIDIS), FLAG_COLORS["nan"], FLAG_COLORS["inf"], FLAG_COLORS["zero"],
+                            FLAG_COLORS["none"], _NO_GRAD_EDGE[0], _ZERO_EDGE_COLOR)
+_FLAG_COLOR_INDEX = {flag: len(VIRIDIS) + k for k, flag in enumerate(("nan", "inf", "zero", "none"))}
+_NO_GRAD_INDEX = len(VIRIDIS) + 4
+_ZERO_EDGE_INDEX = len(VIRIDIS) + 5
+_FLAG_CODE = {flag: code for code, flag in enumerate(FLAGS)}
+_FLAG_FILL = np.array([0] + [_FLAG_COLOR_INDEX[flag] for flag in FLAGS[1:]])  # flag code -> fill index
+
+
+def paint_segment(steps: Sequence[Step], scale: ColorScale) -> dict[str, Any]:
+    """The paint of consecutive steps sharing one graph, as columns over the steps.
+
+    What :func:`paint` gives step by step, computed a node at a time across
+    all steps (numpy for colours, widths and flags), so a report of thousands
+    of steps pays per node, not per node and step. Colours are indices into
+    :data:`PALETTE`, flags into :data:`FLAGS`.
+
+    Returns:
+        ``{"nodes": {node_id: {"fill", "flag", "lines", "stats"}}, "edges":
+        {"src:slot": {"color", "width", "flag"}}}``: each leaf value a list
+        with one entry per step; ``lines`` a list of columns (one per value
+        line); ``stats`` the gradient summary of output 0 for the inspector:
+        ``norm, mean, min, max`` rounded to 4 digits (``None`` where no
+        gradient flowed, ``"NaN"``/``"Inf"``/``"-Inf"`` where not finite),
+        ``one`` (a one-element finite gradient: show its value) and, only when
+        some step has them, ``nan`` and ``inf`` counts.
+    """
+    plan = _plan_for(steps[0].graph)
+    keys: dict[tuple, int] = {}
+    output_slots = [[keys.setdefault(k, len(keys)) for k in output_keys] for _, _, output_keys, _ in plan.nodes]
+    param_slots = [keys.setdefault(p, len(keys)) if p else -1 for _, _, _, p in plan.nodes]
+    edge_slots = [keys.setdefault(k, len(keys)) for _, k in plan.edges]
+    data, present = _gather_rows(steps, list(keys))
+    losses = [step.loss for step in steps]
+    nodes: dict[str, dict[str, Any]] = {}
+    stats_by_content: dict[bytes, dict[str, Any]] = {}
+    grads_by_content: dict[bytes, list[str]] = {}
+    for (node_id, kind, _keys, _param), slots, param_slot in zip(plan.nodes, output_slots, param_slots):
+        norm, nan, inf, numel, mean, has_scalar, found = _merged_columns(data, present, slots)
+        flags = _flag_codes(norm, nan, inf, numel, found)
+        grads_key = norm.tobytes() + mean.tobytes() + has_scalar.tobytes() + found.tobytes()
+        grads = grads_by_content.get(grads_key)
+        if grads is None:
+            grads = grads_by_content[grads_key] = _grad_column(norm, mean, has_scalar, found)
+        if kind == "leaf":
+            values = _param_lines(data, present, param_slot)
+            value_flags = np.array([_FLAG_CODE[flag] for _, flag in values])
+            flags = np.where((value_flags > 0) & np.isin(flags, (0, 3, 4)), value_flags, flags)
+            lines = [[line for line, _ in values], grads]
+        elif kind == "root" and plan.single_root:
+            loss_lines = [grads[s] if loss is None else _line("loss", _number(loss)) for s, loss in enumerate(losses)]
+            for s, loss in enumerate(losses):
+                if loss is not None and not math.isfinite(loss):
+                    flags[s] = 1 if math.isnan(loss) else 2
+            lines = [loss_lines]
+        else:
+            lines = [grads]
+        fill = np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
+        # The inspector shows output 0; ops along a chain share that gradient, so equal columns are made once.
+        rows, rows_found = data[:, slots[0]], present[:, slots[0]]
+        stats_key = rows.tobytes() + rows_found.tobytes()
+        if stats_key not in stats_by_content:
+            stats_by_content[stats_key] = _stats_columns(rows, rows_found)
+        nodes[node_id] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines,
+                          "stats": stats_by_content[stats_key]}
+    edges: dict[str, dict[str, Any]] = {}
+    for (edge_key, _key), slot in zip(plan.edges, edge_slots):
+        row, found = data[:, slot], present[:, slot]
+        norm = row[:, 0]
+        flags = _flag_codes(norm, row[:, 4], row[:, 5], row[:, 6], found)
+        t = _positions(norm, scale)
+        color = np.where(np.isnan(t), _ZERO_EDGE_INDEX, _viridis_index(t))
+        width = np.where(np.isnan(t), 1.0, np.round(1.0 + 5.0 * np.nan_to_num(t), 1))
+        color = np.select([flags == 4, (flags == 1) | (flags == 2), flags == 3],
+                          [_NO_GRAD_INDEX, np.where(flags == 1, _FLAG_COLOR_INDEX["nan"], _FLAG_COLOR_INDEX["inf"]),
+                           _ZERO_EDGE_INDEX], color)
+        width = np.select([flags == 4, (flags == 1) | (flags == 2), flags == 3],
+                          [_NO_GRAD_EDGE[1], _FLAG_EDGE_WIDTH, 1.0], width)
+        edges[edge_key] = {"color": color.tolist(), "width": width.tolist(), "flag": flags.tolist()}
+    return {"nodes": nodes, "edges": edges}
+
+
+def _flag_codes(norm: np.ndarray, nan: np.ndarray, inf: np.ndarray, numel: np.ndarray,
+                found: np.ndarray) -> np.ndarray:
+    """:func:`_flag` for every step, as indices into :data:`FLAGS`."""
+    with np.errstate(invalid="ignore"):
+        return np.select([~found, (nan > 0) | np.isnan(norm), (inf > 0) | np.isinf(norm), (numel > 0) & (norm == 0.0)],
+                         [_FLAG_CODE["none"], _FLAG_CODE["nan"], _FLAG_CODE["inf"], _FLAG_CODE["zero"]],
+                         _FLAG_CODE[""])
+
+
+def _grad_column(norm: np.ndarray, mean: np.ndarray, has_scalar: np.ndarray, found: np.ndarray) -> list[str]:
+    """:func:`_grad_line` for every step."""
+    missing = _line("grad", _number(None))
+    return [missing if not f else _line("grad", _number(m)) if h else _line("|g|", _number(n, signed=False))
+            for n, m, h, f in zip(norm.tolist(), mean.tolist(), has_scalar.tolist(), found.tolist())]
+
+
+def _positions(norm: np.ndarray, scale: ColorScale) -> np.ndarray:
+    """:meth:`ColorScale.position` of every norm; NaN where it has none (zero, negative, NaN, Inf)."""
+    span = scale.hi - scale.lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        valid = (norm > 0) & (norm < np.inf)
+        t = (np.log10(np.where(valid, norm, 1.0)) - scale.lo) / span if span > 0 else np.full(norm.shape, 0.5)
+    return np.where(valid, np.clip(t, 0.0, 1.0), np.nan)
+
+
+def _viridis_index(t: np.ndarray) -> np.ndarray:
+    """Palette index of positions in ``[0, 1]`` (``round`` like :meth:`ColorScale.color`: half to even)."""
+    return np.rint(np.nan_to_num(t) * (len(VIRIDIS) - 1)).astype(np.int64)
+
+
+def _color_indices(norm: np.ndarray, scale: ColorScale) -> np.ndarray:
+    """Palette index of every norm's colour, the zero grey where it has no position."""
+    t = _positions(norm, scale)
+    return np.where(np.isnan(t), _FLAG_COLOR_INDEX["zero"], _viridis_index(t))
+
+
+def _stats_columns(rows: np.ndarray, found: np.ndarray) -> dict[str, Any]:
+    """The inspector's columns for one node: rounded ``norm, mean, min, max``, ``one``, ``nan``/``inf``."""
+    columns: dict[str, Any] = {name: _stat_column(rows[:, k], found)
+                               for k, name in enumerate(("norm", "mean", "min", "max"))}
+    nan, inf = rows[:, 4], rows[:, 5]
+    columns["one"] = (found & (rows[:, 6] == 1) & (nan == 0) & (inf == 0)).astype(np.int8).tolist()
+    if np.any(np.nan_to_num(nan) > 0) or np.any(np.nan_to_num(inf) > 0):
+        columns["nan"] = np.nan_to_num(nan).astype(np.int64).tolist()
+        columns["inf"] = np.nan_to_num(inf).astype(np.int64).tolist()
+    return columns
+
+
+def _stat_column(values: np.ndarray, found: np.ndarray) -> list[float | str | None]:
+    """Statistics for the page: 4 significant digits; ``NaN``/``Inf`` as strings; ``None`` when absent."""
+    out: list[float | str | None] = [float(f"{v:.4g}") for v in values.tolist()]
+    for i in np.flatnonzero(~found | ~np.isfinite(values)).tolist():  # rare: fix up one by one
+        value = values[i]
+        out[i] = None if not found[i] else "NaN" if value != value else "Inf" if value > 0 else "-Inf"
+    return out
+
+
+def _gather_rows(steps: Sequence[Step], keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, keys, 7)`` summary rows (NaN where missing) and the ``(steps, keys)`` mask of present ones."""
+    stacked = _stacked_rows(steps, keys)
+    if stacked is not None:
+        return stacked
+    data = np.full((len(steps), len(keys), 7), np.nan)
+    present = np.zeros((len(steps), len(keys)), dtype=bool)
+    for s, step in enumerate(steps):
+        summaries = step.summaries
+        index = getattr(summaries, "index", None)
+        if index is not None:
+            at = np.array([index.get(k, -1) if k[0] != "value" else -1 for k in keys], dtype=np.int64)
+            found = at >= 0
+            data[s, found] = summaries.rows[at[found]]
+            present[s] = found
+        else:
+            for j, key in enumerate(keys):
+                summary = summaries.get(key)
+                if summary is not None:
+                    data[s, j] = summary
+                    present[s, j] = True
+    return data, present
+
+
+def _stacked_rows(steps: Sequence[Step], keys: list[tuple]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fast path of :func:`_gather_rows`: a loop's steps lay their summary rows out the same way.
+
+    When every step's key -> row index equals the first one's, all rows stack
+    into one array and each key is one column of it. ``None`` otherwise.
+    """
+    first = getattr(steps[0].summaries, "index", None)
+    if first is None:
+        return None
+    tables = []
+    for step in steps:
+        summaries = step.summaries
+        index = getattr(summaries, "index", None)
+        if index is not first and index != first:
+            return None
+        tables.append(summaries.rows)
+    if len({table.shape for table in tables}) != 1:
+        return None
+    at = np.array([first.get(k, -1) if k[0] != "value" else -1 for k in keys], dtype=np.int64)
+    found = at >= 0
+    data = np.full((len(steps), len(keys), 7), np.nan)
+    data[:, found] = np.stack(tables)[:, at[found]]
+    return data, np.broadcast_to(found, (len(steps), len(keys))).copy()
+
+
+def _merged_columns(data: np.ndarray, present: np.ndarray, slots: list[int]) -> tuple[np.ndarray, ...]:
+    """:func:`_merged` over a node's output slots for every step.
+
+    Returns ``norm, nan, inf, numel, mean, has_scalar, found``: ``mean`` is
+    the node's value where ``has_scalar`` (one output present, one element).
+    """
+    mask = present[:, slots]
+    rows = data[:, slots]
+    found_count = mask.sum(axis=1)
+    first = rows[np.arange(len(rows)), mask.argmax(axis=1)]  # the one present row, where there is one
+    merged = np.where(mask[..., None], rows, 0.0)
+    one = found_count == 1
+    norm = np.where(one, first[:, 0], np.sqrt((merged[..., 0] ** 2).sum(axis=1)))
+    norm = np.where(found_count == 0, np.nan, norm)
+    nan = np.where(one, first[:, 4], merged[..., 4].sum(axis=1))
+    inf = np.where(one, first[:, 5], merged[..., 5].sum(axis=1))
+    numel = np.where(one, first[:, 6], merged[..., 6].sum(axis=1))
+    return norm, nan, inf, numel, first[:, 1], one & (first[:, 6] == 1), found_count > 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import itertools
 import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -13,6 +12,7 @@ import torch
 
 from vizgrad import naming
 from vizgrad.errors import RecordingError
+from vizgrad.gcpause import paused_gc
 from vizgrad.graph import Graph
 from vizgrad.run import Run, Step, SummaryMap, ValueMap
 from vizgrad.stats import Batch, summarize
@@ -112,15 +112,9 @@ class Recorder:
         if self._in_step:  # backward() called from inside a hook of ours: not a new step
             return original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
         # A step allocates thousands of short-lived objects (hooks, handles, tuples)
-        # that reference counting frees; pausing the cyclic GC meanwhile keeps it
-        # from scanning the user's heap several times per step.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        # that reference counting frees: no GC pass over the user's heap meanwhile.
+        with paused_gc():
             return self._record_step(original, tensors, grad_tensors, retain_graph, create_graph, inputs)
-        finally:
-            if collecting:
-                gc.enable()
 
     def _record_step(self, original: Callable[..., Any], tensors: Any, grad_tensors: Any, retain_graph: Any,
                      create_graph: bool, inputs: Any) -> None:

@@ -20,6 +20,8 @@ import jinja2
 from markupsafe import Markup
 
 from vizgrad import frames, stats
+from vizgrad.colors import text_color_for
+from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
 from vizgrad.colors import FLAG_COLORS
 from vizgrad.errors import LayoutError, OutputError, UsageError
@@ -30,7 +32,6 @@ __all__ = ["Report", "FLAGS", "embed_json", "sanitize_svg"]
 #: Flags a painted node or edge can carry; the page adds class ``vg-flag-<flag>``.
 FLAGS = frames.FLAGS
 
-_FLAG_INDEX = {flag: index for index, flag in enumerate(FLAGS)}
 
 #: Significant digits of statistics and losses in the report.
 DIGITS = 4
@@ -182,7 +183,8 @@ class Report:
     # -- building ------------------------------------------------------------------------------
     @cached_property
     def _html(self) -> str:
-        payload, layouts = self._payload()
+        with paused_gc():  # tens of thousands of small lists: no GC pass over the run meanwhile
+            payload, layouts = self._payload()
         template = _environment().get_template("report.html.j2")
         return template.render(
             title=self.title,
@@ -203,21 +205,20 @@ class Report:
         cache = frames.LayoutCache(self.engine)
         scale = frames.scale_for(steps)
         page = _FrameData()
-        for step in steps:
-            layout = cache.get(step.graph)
-            page.add(step, layout, frames.paint(step, scale))
+        for group in _runs_of_one_graph(steps):
+            page.add_segment(group, cache.get(group[0].graph), scale)
 
         payload_params = self._params(steps)
         payload = {
             "title": self.title,
             "flags": list(FLAGS),
-            "palette": list(page.palette),
-            "ink": page.ink,
+            "palette": list(frames.PALETTE),
+            "ink": [text_color_for(colour) for colour in frames.PALETTE],
             "colorbar": frames.colorbar(scale),
             "index": [step.index for step in steps],
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
             "layouts": page.layouts,
-            "frames": page.records,
+            "segments": page.segments,
             "params": payload_params,
             "panels": [panel.spec(self.run, self.selected) for panel in self.run.panels],
             "summary": {
@@ -250,85 +251,76 @@ class Report:
 
 
 class _FrameData:
-    """The per-step part of the page data, built step by step in its compact form.
+    """The per-step part of the page data, in columns: one segment per run of steps sharing a graph.
 
-    Per step: ``[layout, node_paint, edge_paint, stats]`` where ``node_paint``
-    holds, per painted node of the layout, ``fill, flag, lines`` (``fill`` an
-    index into :attr:`palette`, ``flag`` into :data:`FLAGS`, ``lines`` the
-    value lines or the position of an earlier node with the same lines);
-    ``edge_paint`` holds ``colour, width, flag`` per painted edge; ``stats``
-    the inspector's statistics per painted node (see :func:`_stats_entry`).
-    Ops along a chain often pass on the very same gradient, hence the
-    references to earlier nodes.
+    A segment is ``{"layout", "count", "nodes", "edges"}``: per painted node of
+    the layout the columns of :func:`frames.paint_segment` (``fill`` indexes
+    :data:`frames.PALETTE`, ``flag`` :data:`FLAGS`, ``lines`` the value lines,
+    ``stats`` the inspector's numbers; either may be the position of an
+    earlier node with the same column), ``None`` for a node this graph lacks;
+    likewise per painted edge. The page rebuilds each step's record from them.
     """
 
     def __init__(self) -> None:
-        self.palette: dict[str, int] = {}
-        self.ink: list[str | None] = []  # text colour on each palette colour (None: an edge colour)
         self.layouts: list[dict[str, Any]] = []
         self.svgs: list[str] = []
-        self.records: list[list[Any]] = []
+        self.segments: list[dict[str, Any]] = []
         self._layout_index: dict[str, int] = {}
         self._orders: list[tuple[list[str], list[str]]] = []
 
-    def _colour(self, value: str, text: str | None = None) -> int:
-        index = self.palette.setdefault(value, len(self.palette))
-        if index == len(self.ink):
-            self.ink.append(text)
-        elif text is not None and self.ink[index] is None:
-            self.ink[index] = text
-        return index
-
-    def _layout(self, step: Any, layout: Any, paint: dict[str, Any]) -> int:
+    def _layout(self, graph: Any, layout: Any, node_ids: list[str], edge_keys: list[str]) -> int:
         index = self._layout_index.get(layout.key)
         if index is None:
             index = self._layout_index[layout.key] = len(self.layouts)
             # One layout is one DOT source, so every step drawn with it paints the same keys.
-            node_ids, edge_keys = list(paint["n"]), list(paint["e"])
             self._orders.append((node_ids, edge_keys))
             self.layouts.append({
                 "key": layout.key,
                 "w": round(layout.width, 2),
                 "h": round(layout.height, 2),
                 "nodes": [[n.id, short_op(n.op), n.kind, n.name, format_shape(n.shape),
-                           n.module] for n in step.graph.nodes],
+                           n.module] for n in graph.nodes],
                 "painted": node_ids,
                 "edges": edge_keys,
             })
             self.svgs.append(sanitize_svg(layout.svg))
         return index
 
-    def add(self, step: Any, layout: Any, paint: dict[str, Any]) -> None:
-        """Appends the record of one step, painted by :func:`frames.paint`."""
-        index = self._layout(step, layout, paint)
+    def add_segment(self, steps: Sequence[Any], layout: Any, scale: Any) -> None:
+        """Appends consecutive steps that share one graph, painted by :func:`frames.paint_segment`."""
+        painted = frames.paint_segment(steps, scale)
+        index = self._layout(steps[0].graph, layout, list(painted["nodes"]), list(painted["edges"]))
         node_ids, edge_keys = self._orders[index]
-        painted_nodes, painted_edges = paint["n"], paint["e"]
-        summary_of = frames.row_lookup(step.summaries)
-        node_paint: list[Any] = []
-        stats: list[Any] = []
-        seen_lines: dict[tuple[str, ...], int] = {}
-        seen_stats: dict[Any, int] = {}  # summary row (a tuple: equal values, equal keys) -> position
-        for position, node_id in enumerate(node_ids):
-            entry = painted_nodes.get(node_id)
-            if entry is None:
-                node_paint += (None, 0, None)
-            else:
-                fill, lines = entry[0], tuple(entry[1])
-                text = entry[3] if len(entry) > 3 else None
-                same = seen_lines.setdefault(lines, position)
-                node_paint += (self._colour(fill, text), _FLAG_INDEX.get(entry[2], 0),
-                               same if same != position else list(lines))
-            summary = summary_of(("node", node_id, 0))
-            same = position if summary is None else seen_stats.setdefault(summary, position)
-            stats.append(_stats_entry(summary) if same == position else [same])
-        edge_paint: list[Any] = []
-        for edge_key in edge_keys:
-            entry = painted_edges.get(edge_key)
-            if entry is None:
-                edge_paint += (None, None, 0)
-            else:
-                edge_paint += (self._colour(entry[0]), entry[1], _FLAG_INDEX.get(entry[2], 0))
-        self.records.append([index, node_paint, edge_paint, stats])
+        nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
+        # Ops along a chain pass on the very same gradient: a column equal to an
+        # earlier node's is sent as that node's position instead.
+        for field in ("lines", "stats"):
+            seen: list[tuple[Any, int]] = []
+            for position, node in enumerate(nodes):
+                if node is None:
+                    continue
+                same = next((earlier for column, earlier in seen if column == node[field]), None)
+                if same is None:
+                    seen.append((node[field], position))
+                else:
+                    node[field] = same
+        self.segments.append({
+            "layout": index,
+            "count": len(steps),
+            "nodes": nodes,
+            "edges": [painted["edges"].get(edge_key) for edge_key in edge_keys],
+        })
+
+
+def _runs_of_one_graph(steps: Sequence[Any]) -> list[list[Any]]:
+    """``steps`` cut into runs of consecutive steps that share one graph object, in order."""
+    runs: list[list[Any]] = []
+    for step in steps:
+        if runs and runs[-1][0].graph is step.graph:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return runs
 
 
 def _legend() -> list[dict[str, Any]]:
@@ -347,26 +339,6 @@ def _legend() -> list[dict[str, Any]]:
         entries.append({"label": label, "fill": FLAG_COLORS[flag], "stroke": stroke, "width": width, "dash": dash,
                         "rounded": True})
     return entries
-
-
-def _stats_entry(row: Any) -> float | int | str | list[Any] | None:
-    """A node's gradient statistics for the inspector, as short as they can be.
-
-    ``row`` is a summary row ``norm, mean, min, max, nan, inf, numel`` (or
-    ``None``). ``None`` when no gradient flowed; a single number for a
-    one-element gradient (its value: norm, mean, min and max follow from it);
-    ``[norm, mean, min, max]``, with ``nan, inf`` counts appended when not zero.
-    (In the page data, ``[k]`` stands for "the same as painted node ``k``".)
-    """
-    if row is None:
-        return None
-    norm, mean, lo, hi, nan, inf, numel = row
-    if numel == 1 and nan == 0 and inf == 0:
-        return _number(mean)
-    entry = [_number(norm), _number(mean), _number(lo), _number(hi)]
-    if nan or inf:
-        entry += [int(nan), int(inf)]
-    return entry
 
 
 def _engine_name(engine: str | None) -> str:

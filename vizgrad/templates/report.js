@@ -5,7 +5,42 @@
 
   const DATA = JSON.parse(document.getElementById("vg-data").textContent);
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const FRAMES = DATA.frames;
+  const FRAMES = framesOf(DATA.segments);
+
+  /** Per-step records [layout, nodePaint, edgePaint, stats] rebuilt from the page's columns:
+      one segment per run of steps sharing a graph, one column per painted node or edge. */
+  function framesOf(segments) {
+    const out = [];
+    for (const seg of segments) {
+      // A number instead of a column: the same column as that earlier node's.
+      const linesOf = seg.nodes.map((n) => (n === null ? null : typeof n.lines === "number" ? seg.nodes[n.lines].lines : n.lines));
+      const statsOf = seg.nodes.map((n) => (n === null ? null : typeof n.stats === "number" ? seg.nodes[n.stats].stats : n.stats));
+      for (let i = 0; i < seg.count; i++) {
+        const np = [], ep = [], stats = [];
+        seg.nodes.forEach((n, k) => {
+          if (n === null) { np.push(null, 0, null); stats.push(null); return; }
+          np.push(n.fill[i], n.flag[i], linesOf[k].map((column) => column[i]));
+          stats.push(statsEntry(statsOf[k], i));
+        });
+        for (const e of seg.edges) {
+          if (e === null) ep.push(null, null, 0);
+          else ep.push(e.color[i], e.width[i], e.flag[i]);
+        }
+        out.push([seg.layout, np, ep, stats]);
+      }
+    }
+    return out;
+  }
+
+  /** The inspector's statistics of one node at step i: null, the value of a one-element gradient,
+      or [norm, mean, min, max] (+ NaN and Inf counts when there are any). */
+  function statsEntry(st, i) {
+    if (st.norm[i] === null) return null;
+    if (st.one[i]) return st.mean[i];
+    const entry = [st.norm[i], st.mean[i], st.min[i], st.max[i]];
+    if (st.nan && (st.nan[i] || st.inf[i])) entry.push(st.nan[i], st.inf[i]);
+    return entry;
+  }
   const COUNT = FRAMES.length;
   const XS = DATA.index;                      // the run's step index of every frame
   const SERIES_COLORS = ["#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e", "#0e7490", "#9a6700", "#6e7781"];
