@@ -20,18 +20,16 @@ import jinja2
 from markupsafe import Markup
 
 from vizgrad import frames, stats
-from vizgrad.colors import text_color_for
+from vizgrad.colors import FLAG_COLORS, ColorScale, text_color_for
+from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
-from vizgrad.colors import FLAG_COLORS
-from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.panels import round_sig
 
 __all__ = ["Report", "FLAGS", "embed_json", "sanitize_svg"]
 
 #: Flags a painted node or edge can carry; the page adds class ``vg-flag-<flag>``.
 FLAGS = frames.FLAGS
-
 
 #: Significant digits of statistics and losses in the report.
 DIGITS = 4
@@ -286,7 +284,7 @@ class _FrameData:
             self.svgs.append(sanitize_svg(layout.svg))
         return index
 
-    def add_segment(self, steps: Sequence[Any], layout: Any, scale: Any) -> None:
+    def add_segment(self, steps: Sequence[Any], layout: Any, scale: ColorScale) -> None:
         """Appends consecutive steps that share one graph, painted by :func:`frames.paint_segment`."""
         painted = frames.paint_segment(steps, scale)
         index = self._layout(steps[0].graph, layout, list(painted["nodes"]), list(painted["edges"]))

@@ -13,14 +13,15 @@
     const out = [];
     for (const seg of segments) {
       // A number instead of a column: the same column as that earlier node's.
-      const linesOf = seg.nodes.map((n) => (n === null ? null : typeof n.lines === "number" ? seg.nodes[n.lines].lines : n.lines));
-      const statsOf = seg.nodes.map((n) => (n === null ? null : typeof n.stats === "number" ? seg.nodes[n.stats].stats : n.stats));
+      const column = (n, field) => (n === null ? null : typeof n[field] === "number" ? seg.nodes[n[field]][field] : n[field]);
+      const lineColumns = seg.nodes.map((n) => column(n, "lines"));
+      const statColumns = seg.nodes.map((n) => column(n, "stats"));
       for (let i = 0; i < seg.count; i++) {
         const np = [], ep = [], stats = [];
         seg.nodes.forEach((n, k) => {
           if (n === null) { np.push(null, 0, null); stats.push(null); return; }
-          np.push(n.fill[i], n.flag[i], linesOf[k].map((column) => column[i]));
-          stats.push(statsEntry(statsOf[k], i));
+          np.push(n.fill[i], n.flag[i], lineColumns[k].map((lines) => lines[i]));
+          stats.push(statsEntry(statColumns[k], i));
         });
         for (const e of seg.edges) {
           if (e === null) ep.push(null, null, 0);
@@ -41,6 +42,7 @@
     if (st.nan && (st.nan[i] || st.inf[i])) entry.push(st.nan[i], st.inf[i]);
     return entry;
   }
+
   const COUNT = FRAMES.length;
   const XS = DATA.index;                      // the run's step index of every frame
   const SERIES_COLORS = ["#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e", "#0e7490", "#9a6700", "#6e7781"];
