@@ -21,7 +21,6 @@ from vizgrad.graph import Graph, Node, format_shape, short_op
 
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.run import Run, Step
-    from vizgrad.stats import Summary
 
 __all__ = [
     "FONT_FAMILY",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, MutableSequence, Sequence
 
 import torch
@@ -304,7 +303,3 @@ class Run:
 
         return Report(self, **options)
 
-
-def finite_or_none(value: float | None) -> float | None:
-    """``value`` when it is a finite float, else ``None`` (for plots and JSON)."""
-    return value if value is not None and math.isfinite(value) else None

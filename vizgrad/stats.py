@@ -63,8 +63,9 @@ def _json_float(value: float) -> float | str:
 
 
 def _empty_row() -> list[float]:
+    """``norm, mean, min, max, nan, inf`` of a tensor with no elements."""
     nan = float("nan")
-    return [0.0, nan, nan, nan, 0.0, 0.0, 0.0]
+    return [0.0, nan, nan, nan, 0.0, 0.0]
 
 
 def _stat_dtype(t: torch.Tensor) -> torch.Tensor:
@@ -159,11 +160,6 @@ class Batch:
             self._rows[indices, :6] = _segment_rows(_host_numpy(self.buffers[buffer]), np.array(counts, dtype=np.int64))
         self._pending = []
         return self._rows
-
-    @property
-    def resolved(self) -> bool:
-        """True when :attr:`rows` is complete (no summary left to compute)."""
-        return not self._pending
 
     def numel(self, index: int) -> int:
         """Element count of tensor ``index`` (never needs the summaries)."""
@@ -260,7 +256,7 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
     by_device: dict[Any, list[int]] = {}
     for i, t in enumerate(tensors):
         if numels[i] == 0:
-            rows[i, :6] = _empty_row()[:6]
+            rows[i, :6] = _empty_row()
             kept[i] = t.detach().to("cpu", copy=True)
         else:
             by_device.setdefault("cpu" if t.is_cpu else t.device, []).append(i)  # no device object for the CPU
