@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vizgrad.stats import SEGMENT_LIMIT, Summary, summarize
+from vizgrad.stats import SEGMENT_LIMIT, Summary, summarize, summarize_distinct
 
 
 def expected_summary(t: torch.Tensor) -> dict[str, float | int]:
@@ -149,3 +149,27 @@ def test_packed_single_transfer_path_matches_cpu_path():
             assert a.dtype == b.dtype and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
     assert packed.value(1) is None  # over keep: summarised only
     assert torch.equal(packed.value(0), tensors[0])
+
+
+def test_distinct_values_are_summarised_once_and_none_has_no_row():
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 4), torch.randn(5)
+    batch, positions = summarize_distinct([a, None, b, a, None, b], keep=None)
+    assert positions == [0, -1, 1, 0, -1, 1]
+    assert len(batch.kept) == 2
+    assert_summary(batch.summary(0), a)
+    assert torch.equal(batch.value(1), b)
+    assert summarize_distinct([], keep=None)[1] == []
+
+
+@pytest.mark.parametrize("keep", [None, 0])
+def test_views_of_the_same_memory_share_a_summary_and_keep_their_own_values(keep):
+    """A transpose or reshape covers the same elements: reduced once, still right; strided views are not aliases."""
+    torch.manual_seed(0)
+    base = torch.randn(16, 8)
+    views = [base.t(), base, base.reshape(-1), base[:, ::2], base.t()[2:], base.t().contiguous()]
+    batch = summarize(views, keep=keep)
+    for i, view in enumerate(views):
+        assert_summary(batch.summary(i), view, rel=1e-5)
+        if keep is None:
+            assert torch.equal(batch.value(i), view)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import math
+import operator
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["Summary", "Batch", "summarize", "resolve", "row_summary", "kept_value"]
+__all__ = ["Summary", "Batch", "summarize", "summarize_distinct", "resolve", "row_summary", "kept_value"]
 
 #: Tensors up to this many elements are summarised together in one flat buffer;
 #: bigger ones get their own reductions (still on their device, still one sync).
@@ -231,7 +233,9 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
     On the CPU, small dense tensors of one dtype are flattened into one buffer
     in a single call (a copy, so later in-place updates of the originals cannot
     change what was kept) and reduced segment by segment with numpy; large and
-    sparse tensors get three torch reductions each. On an accelerator every
+    sparse tensors get three torch reductions each. Views that cover exactly
+    the elements of another tensor in the batch (a transpose, a reshape) share
+    its summary instead of being reduced again. On an accelerator every
     reduction runs on the device and the results and kept values travel to
     the host packed into one byte buffer: one synchronisation per device per
     step, not one per tensor (plus one more only when a tensor holds NaN/Inf).
@@ -246,20 +250,24 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         A :class:`Batch` aligned with ``tensors``.
     """
     count = len(tensors)
-    numels = [t.numel() for t in tensors]
+    numels = list(map(torch.Tensor.numel, tensors))  # map(): one C loop, this runs for every gradient
     rows = np.zeros((count, 7), dtype=np.float64)
     rows[:, 6] = numels
     kept: list[Any] = [None] * count
     buffers: list[torch.Tensor] = []
     pending: list[tuple[int, list[int], list[int]]] = []
     limit = math.inf if keep is None else keep
-    by_device: dict[Any, list[int]] = {}
-    for i, t in enumerate(tensors):
-        if numels[i] == 0:
-            rows[i, :6] = _empty_row()
-            kept[i] = t.detach().to("cpu", copy=True)
-        else:
-            by_device.setdefault("cpu" if t.is_cpu else t.device, []).append(i)  # no device object for the CPU
+    on_cpu = list(map(_is_cpu, tensors))
+    if count and 0 not in numels and False not in on_cpu:  # the common case: every tensor on the CPU, none empty
+        by_device: dict[Any, list[int]] = {"cpu": list(range(count))}
+    else:
+        by_device = {}
+        for i, t in enumerate(tensors):
+            if numels[i] == 0:
+                rows[i, :6] = _empty_row()
+                kept[i] = t.detach().to("cpu", copy=True)
+            else:
+                by_device.setdefault("cpu" if on_cpu[i] else t.device, []).append(i)  # no device object for the CPU
     for device, indices in by_device.items():
         device_type = "cpu" if device == "cpu" else device.type
         packed = device_type != "cpu" if packed_devices is None else device_type in packed_devices
@@ -270,32 +278,111 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
     return Batch(rows, buffers, kept, pending)
 
 
+def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None = 64, *,
+                       packed_devices: Sequence[str] | None = None) -> tuple[Batch, list[int]]:
+    """Summarises each distinct tensor among ``values`` once.
+
+    ``values`` may hold the same tensor several times (a gradient that is both
+    what one node passes on and what the next receives) and ``None``\\ s.
+
+    Returns:
+        The :class:`Batch` of the distinct tensors, in first-seen order, and
+        for each value its position in the batch (``-1`` for ``None``).
+    """
+    count = len(values)
+    if not count:
+        return summarize([], keep, packed_devices=packed_devices), []
+    ids = np.fromiter(map(id, values), dtype=np.uint64, count=count)
+    distinct_ids, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # batch positions in first-seen order
+    none_at = np.searchsorted(distinct_ids, np.uint64(id(None)))
+    has_none = none_at < len(distinct_ids) and distinct_ids[none_at] == id(None)
+    if has_none:
+        order = order[order != none_at]
+    position = np.full(len(distinct_ids), -1, dtype=np.int64)
+    position[order] = np.arange(len(order))
+    tensors = [values[i] for i in first[order].tolist()]
+    return summarize(tensors, keep, packed_devices=packed_devices), position[inverse.reshape(-1)].tolist()
+
+
+_is_cpu = operator.attrgetter("is_cpu")
+_layout = operator.attrgetter("layout")
+_dtype = operator.attrgetter("dtype")
+
+
 def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int], rows: np.ndarray,
                       kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
                       limit: float) -> None:
     groups: dict[torch.dtype, list[int]] = {}
     big: list[int] = []
-    for i in indices:
-        t = tensors[i]
-        if numels[i] <= SEGMENT_LIMIT and not t.is_sparse:
-            groups.setdefault(t.dtype, []).append(i)
-        else:
-            big.append(i)
+    group_tensors = [tensors[i] for i in indices]
+    layouts = list(map(_layout, group_tensors))
+    dtypes = list(map(_dtype, group_tensors))
+    if layouts.count(torch.strided) == len(indices) and dtypes.count(dtypes[0]) == len(indices) \
+            and max(map(numels.__getitem__, indices)) <= SEGMENT_LIMIT:  # the common case: one flat group
+        groups[dtypes[0]] = indices
+    else:
+        for i, layout, dtype in zip(indices, layouts, dtypes):
+            if numels[i] <= SEGMENT_LIMIT and layout == torch.strided:
+                groups.setdefault(dtype, []).append(i)
+            else:
+                big.append(i)
     for group in groups.values():
         kept_indices = [i for i in group if numels[i] <= limit]
         if kept_indices:
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
             _keep_flat(_flatten([tensors[i] for i in kept_indices]), kept_indices, tensors, rows, kept, buffers,
                        pending, [numels[i] for i in kept_indices])
-        other = [i for i in group if numels[i] > limit]
+        other = [i for i in group if numels[i] > limit] if kept_indices else group
         if other:
-            flat = _flatten([tensors[i] for i in other])
-            rows[other, :6] = _segment_rows(_host_numpy(flat), np.array([numels[i] for i in other], dtype=np.int64))
+            own, aliases = _distinct_memory(tensors, other, numels)
+            flat = _flatten([tensors[i] for i in own])
+            rows[own, :6] = _segment_rows(_host_numpy(flat), np.array([numels[i] for i in own], dtype=np.int64))
+            if aliases:
+                rows[list(aliases), :6] = rows[list(aliases.values()), :6]
     if big:
         _store_big_rows(tensors, big, torch.stack([_big_row(tensors[i]) for i in big]).numpy(), rows)
         for i in big:
             if numels[i] <= limit:
                 kept[i] = _dense_copy(tensors[i])
+
+
+def _distinct_memory(tensors: Sequence[torch.Tensor], indices: list[int],
+                     numels: list[int]) -> tuple[list[int], dict[int, int]]:
+    """Splits dense tensors into those to reduce and aliases: ``{index: index of a tensor with the same elements}``.
+
+    Two dense tensors of one dtype that start at the same address and hold as
+    many elements cover the same memory, so their norm, mean, min, max and
+    counts agree (a gradient and its transpose, say). Contiguous ones are
+    preferred as the one to reduce: they flatten without an extra copy.
+    """
+    group = [tensors[i] for i in indices]
+    pointers = list(map(torch.Tensor.data_ptr, group))
+    starts = collections.Counter(pointers)
+    if len(starts) == len(pointers):
+        return indices, {}  # no two tensors start at one address
+    sharing = [k for k, pointer in enumerate(pointers) if starts[pointer] > 1]
+    contiguous = [group[k].is_contiguous() for k in sharing]
+    ranked = [k for k, c in zip(sharing, contiguous) if c] + [k for k, c in zip(sharing, contiguous) if not c
+                                                              and _dense(group[k])]
+    owner: dict[tuple[int, int], int] = {}
+    aliases: dict[int, int] = {}
+    for k in ranked:
+        i = indices[k]
+        first = owner.setdefault((pointers[k], numels[i]), i)
+        if first != i:
+            aliases[i] = first
+    return [i for i in indices if i not in aliases], aliases
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """True when ``t``'s elements fill one gap-free block of memory in some order (a permuted contiguous tensor)."""
+    expected = 1
+    for stride, size in sorted(zip(t.stride(), t.shape)):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 def _summarize_packed(tensors: Sequence[torch.Tensor], indices: list[int], rows: np.ndarray, kept: list[Any],
