@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import operator
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -14,6 +14,7 @@ __all__ = ["trace", "Tracer", "LiveMap", "as_roots"]
 
 _ACCUMULATE = "torch::autograd::AccumulateGrad"
 _SAVED_PREFIX = "_saved_"
+_name = operator.methodcaller("name")
 # dir() on a backward node is slow; its saved attributes depend only on its class.
 _saved_names_by_type: dict[type, tuple[str, ...]] = {}
 
@@ -35,6 +36,54 @@ def _dtype_str(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
+def _read_nodes(fns: list[Any], nexts: list[tuple[Any, ...]], position: Mapping[int, int],
+                names: Mapping[int, str]) -> tuple[list[str], list[int], list[Any], list[Any], tuple[Any, ...]]:
+    """What a step's graph is made of, read column by column (this runs for every node of every step).
+
+    Returns the op names; each node's number of inputs; its children
+    ``(position, output_nr)`` (``None`` for an input that needs no gradient),
+    all nodes' end to end; ``(shape, dtype, outputs)`` of each node's first
+    output; and ``(index, name, shape, dtype)`` of each leaf.
+    """
+    ops = list(map(_name, fns))
+    arity = list(map(len, nexts))
+    children = [(position[id(nxt)], nr) if nxt is not None else None for entries in nexts for nxt, nr in entries]
+    try:
+        metadata = [fn._input_metadata for fn in fns]
+    except (AttributeError, RuntimeError):  # some node hides it: read each one on its own
+        metadata = [_output_metadata(fn) for fn in fns]
+    meta = [(tuple(m[0].shape), m[0].dtype, len(m)) if m else None for m in metadata]
+    leaves = []
+    remember_unnamed = getattr(names, "remember_unnamed", None)
+    for at in [at for at, op in enumerate(ops) if op == _ACCUMULATE]:
+        var = fns[at].variable
+        name = names.get(id(var))
+        if name is None and remember_unnamed is not None:
+            remember_unnamed(var)
+        leaves.append((at, name, var.shape, var.dtype))
+    return ops, arity, children, meta, tuple(leaves)
+
+
+def _rows(fns: list[Any], ops: list[str], arity: list[int], children: list[Any], meta: list[Any],
+          leaves: Mapping[int, tuple[Any, ...]], modules: Mapping[int, str]) -> list[tuple[Any, ...]]:
+    """One row per node for :meth:`Tracer._build`, from the columns of :func:`_read_nodes`."""
+    custom_type = torch.autograd.function.BackwardCFunction
+    rows = []
+    start = 0
+    for at, (fn, op, inputs, first) in enumerate(zip(fns, ops, arity, meta)):
+        node_children = tuple(children[start:start + inputs])
+        start += inputs
+        leaf = leaves.get(at)
+        if leaf is not None:
+            name, shape, dtype = leaf
+            rows.append((op, "leaf", name, tuple(shape), dtype, 1, None, node_children))
+            continue
+        shape, dtype, outputs = first if first is not None else (None, None, 1)
+        rows.append((op, "custom" if isinstance(fn, custom_type) else "op", None, shape, dtype, outputs,
+                     modules.get(id(fn)), node_children))
+    return rows
+
+
 def _output_metadata(fn: Any) -> tuple[Any, ...]:
     """Metadata (shape, dtype) of a backward node's forward outputs; empty where torch hides it."""
     try:
@@ -43,17 +92,33 @@ def _output_metadata(fn: Any) -> tuple[Any, ...]:
         return ()
 
 
-@dataclasses.dataclass
 class LiveMap:
     """Maps live autograd objects of one traced graph to node ids.
 
     It holds strong references to the backward nodes (they cannot be weakly
     referenced); after ``backward()`` those no longer hold saved tensors, so the
     cost is small, and the recorder keeps only the latest few.
+
+    Attributes:
+        fns: The backward nodes in traversal order (ascending node position).
+        positions: Each node's position: its id is ``f"n{position}"``.
+        root_ids: ``id(root tensor)`` -> root node id.
     """
 
-    by_fn: dict[int, tuple[Any, str]]
-    root_ids: dict[int, str]
+    __slots__ = ("fns", "positions", "root_ids", "_by_fn")
+
+    def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str]) -> None:
+        self.fns = fns
+        self.positions = positions
+        self.root_ids = root_ids
+        self._by_fn: dict[int, tuple[Any, str]] | None = None
+
+    @property
+    def by_fn(self) -> dict[int, tuple[Any, str]]:
+        """``id(node)`` -> ``(node, node id)``, built on first use (a training step never needs it)."""
+        if self._by_fn is None:
+            self._by_fn = {id(fn): (fn, f"n{pos}") for fn, pos in zip(self.fns, self.positions)}
+        return self._by_fn
 
     def node_id_of(self, tensor: torch.Tensor) -> str:
         """Node id of a tensor: its ``grad_fn`` node, or its accumulator when it is a leaf."""
@@ -130,6 +195,7 @@ class Tracer:
         modules = modules or {}
         position: dict[int, int] = {}  # id(fn) -> node position (its id is f"n{position}")
         fns: list[Any] = []
+        positions: list[int] = []
         nexts: list[tuple[Any, ...]] = []
         root_info: list[tuple[Any, ...]] = []
         count = 0
@@ -147,6 +213,7 @@ class Tracer:
                 if id(fn) in position:
                     continue
                 position[id(fn)] = count
+                positions.append(count)
                 count += 1
                 fns.append(fn)
                 next_functions = fn.next_functions
@@ -160,31 +227,12 @@ class Tracer:
             root_info.append((root_pos, position[id(root_fn)], output_nr,
                               tuple(root.shape), root.dtype, names.get(id(root)) if root.is_leaf else None, base_info))
 
-        raw: list[tuple[Any, ...]] = []
-        append = raw.append
-        remember_unnamed = getattr(names, "remember_unnamed", None)
-        custom_type = torch.autograd.function.BackwardCFunction
-        for fn, next_functions in zip(fns, nexts):  # runs for every node of every step: kept lean
-            op = fn.name()
-            children = tuple([(position[id(nxt)], nr) if nxt is not None else None for nxt, nr in next_functions])
-            if op == _ACCUMULATE:
-                var = fn.variable
-                name = names.get(id(var))
-                if name is None and remember_unnamed is not None:
-                    remember_unnamed(var)
-                append((op, "leaf", name, tuple(var.shape), var.dtype, 1, None, children))
-                continue
-            meta = _output_metadata(fn)
-            if meta:
-                first = meta[0]
-                shape, dtype = tuple(first.shape), first.dtype
-            else:
-                shape = dtype = None
-            append((op, "custom" if isinstance(fn, custom_type) else "op", None, shape, dtype,
-                    len(meta) or 1, modules.get(id(fn)), children))
-        signature = (tuple(root_info), tuple(raw))
+        ops, arity, children, meta, leaves = _read_nodes(fns, nexts, position, names)
+        node_modules = tuple([modules.get(id(fn)) for fn in fns]) if modules else ()
+        signature = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), tuple(meta), leaves, node_modules)
         graph = None if self.saved else self._cache.get(signature)
         if graph is None:
+            raw = _rows(fns, ops, arity, children, meta, {leaf[0]: leaf[1:] for leaf in leaves}, modules)
             if variable_names is not None:
                 fn_names, root_names = variable_names()
                 raw = [entry if entry[1] == "leaf" else (entry[0], entry[1], fn_names.get(id(fn)), *entry[3:])
@@ -196,8 +244,7 @@ class Tracer:
                 graph = self._with_saved(graph, fns, position)
             else:
                 self._remember(signature, graph)
-        by_fn = {id(fn): (fn, f"n{position[id(fn)]}") for fn in fns}
-        live = LiveMap(by_fn, {id(r): graph.roots[i] for i, r in enumerate(roots)})
+        live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)})
         object.__setattr__(graph, "_live", live)
         return graph, live
 
