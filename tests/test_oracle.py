@@ -529,3 +529,25 @@ def test_nan_and_inf_counts():
     check_stats(step)
     x_grad = step.grad_of(x)
     assert torch.isnan(x_grad[0]) and torch.isinf(x_grad[1])
+
+
+def test_backward_limited_by_inputs_records_the_nodes_that_ran():
+    """``backward(inputs=...)`` runs part of the graph: its gradients are kept, the rest have none."""
+    w = torch.randn(3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    with vizgrad.record({"w": w, "b": b}, keep=None) as run:
+        h = (w * 2).sin()
+        scale = b.exp()
+        loss = (h * scale).sum()
+        dh, dw = torch.autograd.grad(loss, [h, w], retain_graph=True)
+        loss.backward(inputs=[w])
+        loss = ((w * 2).sin() * b.exp()).sum()
+        loss.backward()  # the whole graph again: every node runs
+    limited, full = run.steps
+    assert_grad(limited.grad_of(h), dh, "h")
+    assert_grad(limited.param_grad("w"), dw, "w")
+    assert limited.grad_of(scale) is None and limited.param_grad("b") is None and b.grad is not None
+    check_edges(limited)
+    assert full.param_grad("b") is not None
+    check_edges(full)
+    check_stats(full)

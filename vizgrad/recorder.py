@@ -11,11 +11,12 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 
 from vizgrad import naming
+from vizgrad.capture import NodeCapture
 from vizgrad.errors import RecordingError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import Graph
 from vizgrad.run import Run, Step, SummaryMap, ValueMap
-from vizgrad.stats import Batch, summarize
+from vizgrad.stats import Batch, summarize_distinct
 from vizgrad.tracing import LiveMap, Tracer, as_roots
 
 __all__ = ["record", "Recorder"]
@@ -54,7 +55,7 @@ class Recorder:
         self._explicit_names = naming.explicit_names(params) if params is not None else None
         self._inferred_names = naming.InferredLeafNames()
         self._graphs: dict[str, list[Graph]] = {}
-        self._key_tables: dict[int, tuple[Graph, dict[Any, Any]]] = {}
+        self._layouts: dict[int, _Layout] = {}
         self._ones: dict[tuple[Any, ...], torch.Tensor] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
         self._original_backward: Callable[..., Any] | None = None
@@ -136,18 +137,16 @@ class Recorder:
             self._inferred_names.end_step()
             scope.clear()
         graph = self._dedupe(graph, live)
-        captured: dict[int, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
-        handles = []
+        capture = NodeCapture()
         self._in_step = True
         try:
-            for key, (fn, _node_id) in live.by_fn.items():
-                handles.append(fn.register_hook(_capture_into(captured, key)))
+            capture.attach(live.fns)
             original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
         finally:
-            for handle in handles:
-                handle.remove()
+            capture.detach()
             self._in_step = False
-        self._finish_step(graph, live, tracked, grad_tensors if len(roots) == len(tracked) else None, captured)
+        self._finish_step(graph, live, tracked, grad_tensors if len(roots) == len(tracked) else None,
+                          capture.captured)
 
     def _dedupe(self, graph: Graph, live: LiveMap) -> Graph:
         """Reuses an equal graph seen before, so a long run holds each topology once."""
@@ -160,41 +159,28 @@ class Recorder:
         return graph
 
     def _finish_step(self, graph: Graph, live: LiveMap, roots: Sequence[torch.Tensor], grad_tensors: Any,
-                     captured: Mapping[int, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
-        tensors: list[torch.Tensor] = []
-        index: dict[tuple, int] = {}  # value key -> position in tensors
-        position: dict[int, int] = {}  # id(tensor) -> position, so each tensor is summarised once
-
-        def add(key: tuple, tensor: Any) -> None:
-            if tensor is None:
-                return
-            at = position.get(id(tensor))
-            if at is None:
-                at = position[id(tensor)] = len(tensors)
-                tensors.append(tensor)
-            index[key] = at
-
-        keys = self._key_table(graph)
-        by_fn = live.by_fn
-        for key, (grad_inputs, grad_outputs) in captured.items():  # hot: add() inlined
-            node_keys, edge_keys = keys[by_fn[key][1]]
-            for value_key, grad in itertools.chain(zip(node_keys, grad_outputs), zip(edge_keys, grad_inputs)):
-                if grad is not None:
-                    at = position.get(id(grad))
-                    if at is None:
-                        at = position[id(grad)] = len(tensors)
-                        tensors.append(grad)
-                    index[value_key] = at
-        # A root's incoming gradient is the one backward() started with (ones for a scalar).
-        for root_id, root, seed in zip(graph.roots, roots, self._root_gradients(roots, grad_tensors)):
-            (node_key,), (edge_key,) = keys[root_id]
-            add(("value", root_id), root)
-            add(node_key, seed)
-            add(edge_key, seed)
-        for name, param in self._named_leaves(keys[None], live):
-            add(("param", name), param)
-            add(("param_grad", name), param.grad)
-        batch = summarize(tensors, self.keep)
+                     captured: Mapping[Any, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+        layout = self._layout(graph)
+        fns = live.fns
+        pairs = list(map(captured.get, fns))  # (grad_inputs, grad_outputs) per node, None where it did not run
+        static = None not in pairs and list(map(len, itertools.chain.from_iterable(pairs))) == layout.lengths
+        if static:  # every node ran with its usual arity: the value keys are the graph's, made once
+            keys: list[tuple] = layout.keys
+            values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
+        else:
+            keys, values = self._keys_and_values(live, pairs)
+        for root, seed in zip(roots, self._root_gradients(roots, grad_tensors)):
+            values += (root, seed, seed)
+        for at in layout.named_leaves:
+            variable = fns[at].variable
+            values += (variable, variable.grad)
+        batch, positions = summarize_distinct(values, self.keep)
+        if static and positions == layout.positions:  # tensors shared as in the last step: same index
+            index = layout.index
+        else:
+            index = {key: at for key, at in zip(itertools.chain(keys, layout.extra_keys), positions) if at >= 0}
+            if static:
+                layout.positions, layout.index = positions, index
         step = Step(len(self.run.steps), _loss(graph, index, batch), graph, SummaryMap(index, batch),
                     ValueMap(index, batch), _live=live)
         if self.run._pending_data:
@@ -205,22 +191,28 @@ class Recorder:
         for callback in self.on_step:
             callback(step)
 
-    def _key_table(self, graph: Graph) -> dict[str, Any]:
-        """Node id -> (keys of its outputs' gradients, keys of its edges' gradients), made once per graph.
+    def _layout(self, graph: Graph) -> _Layout:
+        """The graph's :class:`_Layout`, made once per graph."""
+        layout = self._layouts.get(id(graph))
+        if layout is None or layout.graph is not graph:
+            layout = self._layouts[id(graph)] = _Layout(graph)
+        return layout
 
-        Every step of a loop shares the key tuples, so a long run keeps one set
-        of them instead of allocating (and garbage-collecting) new ones per step.
-        The entry under ``None`` maps named leaves' node ids to their names.
-        """
-        entry = self._key_tables.get(id(graph))
-        if entry is None or entry[0] is not graph:
-            table: dict[Any, Any] = {
-                node.id: (tuple(("node", node.id, k) for k in range(max(node.outputs, 1))),
-                          tuple(("edge", node.id, slot) for slot in range(max(node.inputs, 1))))
-                for node in graph.nodes}
-            table[None] = {node.id: node.name for node in graph.nodes if node.kind == "leaf" and node.name is not None}
-            entry = self._key_tables[id(graph)] = (graph, table)
-        return entry[1]
+    @staticmethod
+    def _keys_and_values(live: LiveMap, pairs: list[Any]) -> tuple[list[tuple], list[Any]]:
+        """Value keys and gradients node by node, for a step where a node did not run or had another arity."""
+        keys: list[tuple] = []
+        values: list[Any] = []
+        for pos, pair in zip(live.positions, pairs):
+            if pair is None:
+                continue
+            grad_inputs, grad_outputs = pair
+            node_id = f"n{pos}"
+            keys += [("edge", node_id, slot) for slot in range(len(grad_inputs))]
+            keys += [("node", node_id, k) for k in range(len(grad_outputs))]
+            values += grad_inputs
+            values += grad_outputs
+        return keys, values
 
     def _root_gradients(self, roots: Sequence[torch.Tensor], grad_tensors: Any) -> list[torch.Tensor | None]:
         """The gradient each root starts with: the one given, or ones for a scalar root."""
@@ -239,20 +231,47 @@ class Recorder:
             ones = self._ones[key] = torch.ones_like(root, memory_format=torch.contiguous_format).detach()
         return ones
 
-    @staticmethod
-    def _named_leaves(named: Mapping[str, str], live: LiveMap) -> list[tuple[str, torch.Tensor]]:
-        """Named leaves of this step's graph with their live tensors, in node order."""
-        found = []
-        for fn, node_id in live.by_fn.values():
-            name = named.get(node_id)
-            if name is not None:
-                found.append((name, fn.variable))
-        return found
-
     def _retire_live(self, step: Step) -> None:
         self._live_steps.append(step)
         while len(self._live_steps) > self.live_steps:
             self._live_steps.popleft().release()
+
+
+class _Layout:
+    """Where each gradient of a graph's steps goes: made once per graph, shared by all its steps.
+
+    A step's gradients arrive as ``(grad_inputs, grad_outputs)`` per node, in
+    traversal order; laid end to end they line up with :attr:`keys`. The
+    roots' values and seeds and the named leaves' values and ``.grad`` follow,
+    under :attr:`extra_keys`.
+
+    Attributes:
+        keys: The value key of each gradient, node by node: its edges, then its outputs.
+        lengths: ``len(grad_inputs), len(grad_outputs)`` of each node, to check a step against.
+        extra_keys: Keys of the root and parameter values after them.
+        named_leaves: Traversal positions of the named leaves (in :attr:`extra_keys` order).
+        positions: Batch position of each value in the last step, with ``index``,
+            the key -> position map made from them (reused while steps agree).
+    """
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.keys: list[tuple] = []
+        self.lengths: list[int] = []
+        self.named_leaves: list[int] = []
+        self.extra_keys: list[tuple] = []
+        for root_id in graph.roots:
+            self.extra_keys += [("value", root_id), ("node", root_id, 0), ("edge", root_id, 0)]
+        traversed = [node for node in graph.nodes if node.kind in ("op", "leaf", "custom")]
+        for at, node in enumerate(traversed):
+            self.keys += [("edge", node.id, slot) for slot in range(node.inputs)]
+            self.keys += [("node", node.id, k) for k in range(node.outputs)]
+            self.lengths += [node.inputs, node.outputs]
+            if node.kind == "leaf" and node.name is not None:
+                self.named_leaves.append(at)
+                self.extra_keys += [("param", node.name), ("param_grad", node.name)]
+        self.positions: list[int] | None = None
+        self.index: dict[tuple, int] = {}
 
 
 class _LazyScope:
@@ -283,13 +302,6 @@ def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | Non
             return None
         total += batch.scalar(at)
     return total
-
-
-def _capture_into(captured: dict[int, Any], key: int) -> Callable[[Any, Any], None]:
-    def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-        captured[key] = (grad_inputs, grad_outputs)
-
-    return hook
 
 
 @contextlib.contextmanager
