@@ -292,3 +292,23 @@ def test_deep_chain_is_recorded():
     node_grads = [key for key in step.summaries if key[0] == "node"]
     assert len(node_grads) == 20_003  # every node, the root included
     assert seconds < 20
+
+
+def test_a_graph_found_by_structure_gets_the_shapes_of_its_step():
+    """Steps of one structure with other shapes (a smaller last batch, a new dtype) show their own shapes."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    batches = [torch.randn(8, 3), torch.randn(8, 3), torch.randn(5, 3), torch.randn(8, 3)]
+    expected = []
+    with vizgrad.record(model) as run:
+        for x in batches:
+            loss = model(x).pow(2).mean()
+            expected.append(vizgrad.trace(loss, model.named_parameters()))
+            loss.backward()
+    assert [step.graph for step in run.steps] == expected
+    assert run.steps[2].graph != run.steps[1].graph and run.steps[3].graph is run.steps[1].graph
+    shapes = {node.shape for node in run.steps[2].graph.nodes if node.op == "TanhBackward0"}
+    assert shapes == {(5, 4)}
+    for step, x in zip(run.steps, batches):
+        tanh = next(node for node in step.graph.nodes if node.op == "TanhBackward0")
+        assert step.grad(tanh.id).shape == (len(x), 4)

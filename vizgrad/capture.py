@@ -24,7 +24,8 @@ class NodeCapture:
     """Collects ``(grad_inputs, grad_outputs)`` of each hooked node while one ``backward()`` runs.
 
     ``attach(fns)`` hooks the nodes, ``detach()`` removes every hook (call it
-    in ``finally``), and ``captured`` maps each node that ran to its pair.
+    in ``finally``), and ``captured`` maps each node that ran to its pair
+    (clear it before the next ``attach``: one capture serves many steps).
 
     The fast path adds one shared hook to each node's hook dict under a key of
     its own and finds the node that fired through the engine's current node:
@@ -44,6 +45,7 @@ class NodeCapture:
             captured[current()] = (grad_inputs, grad_outputs)  # type: ignore[misc]
 
         self._hook = hook
+        self._register: Any = None  # made on first use, then reused by every attach()
 
     def attach(self, fns: Sequence[Any]) -> None:
         """Adds a post-hook to every node in ``fns``."""
@@ -53,11 +55,24 @@ class NodeCapture:
             self._attach_per_node(fns)
 
     def _attach_fast(self, fns: Sequence[Any]) -> None:
-        hook, key, dicts = self._hook, self._key, self._dicts
-        append = dicts.append
         original = getattr(_function._HookMixin, _REGISTER)
+        if self._register is None:
+            self._register = staticmethod(self._lean_register(original))
+        with _patch_lock:
+            setattr(_function._HookMixin, _REGISTER, self._register)
+            try:
+                hook = self._hook
+                for fn in fns:
+                    fn.register_hook(hook)
+            finally:
+                setattr(_function._HookMixin, _REGISTER, staticmethod(original))
+
+    def _lean_register(self, original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], tuple[Any, Any]]:
+        """A stand-in for torch's ``_register_hook`` that adds our hook without making a handle."""
+        key, append = self._key, self._dicts.append
 
         def register(backward_hooks: Any, new_hook: Any) -> tuple[Any, Any]:
+            hook = self._hook
             if new_hook is not hook:  # someone else's hook, registered meanwhile from another thread
                 return original(backward_hooks, new_hook)
             if backward_hooks is None:
@@ -66,13 +81,7 @@ class NodeCapture:
             append(backward_hooks)
             return backward_hooks, None
 
-        with _patch_lock:
-            setattr(_function._HookMixin, _REGISTER, staticmethod(register))
-            try:
-                for fn in fns:
-                    fn.register_hook(hook)
-            finally:
-                setattr(_function._HookMixin, _REGISTER, staticmethod(original))
+        return register
 
     def _attach_per_node(self, fns: Sequence[Any]) -> None:
         captured = self.captured

@@ -56,6 +56,7 @@ class Recorder:
         self._inferred_names = naming.InferredLeafNames()
         self._graphs: dict[str, list[Graph]] = {}
         self._layouts: dict[int, _Layout] = {}
+        self._capture = NodeCapture()
         self._ones: dict[tuple[Any, ...], torch.Tensor] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
         self._original_backward: Callable[..., Any] | None = None
@@ -132,12 +133,13 @@ class Recorder:
             names = self._inferred_names
             names.begin_step(scope)
         try:
-            graph, live = self.tracer.trace(tracked, names, lambda: naming.variable_names(scope.items(), tracked))
+            graph, live = self.tracer.trace(tracked, names, lambda: naming.variable_names(scope.items(), tracked),
+                                            shapes_later=True)
         finally:
             self._inferred_names.end_step()
             scope.clear()
         graph = self._dedupe(graph, live)
-        capture = NodeCapture()
+        capture = self._capture
         self._in_step = True
         try:
             capture.attach(live.fns)
@@ -145,8 +147,11 @@ class Recorder:
         finally:
             capture.detach()
             self._in_step = False
-        self._finish_step(graph, live, tracked, grad_tensors if len(roots) == len(tracked) else None,
-                          capture.captured)
+        try:
+            self._finish_step(graph, live, tracked, grad_tensors if len(roots) == len(tracked) else None,
+                              capture.captured)
+        finally:
+            capture.captured.clear()  # the step holds what it needs; drop the gradients
 
     def _dedupe(self, graph: Graph, live: LiveMap) -> Graph:
         """Reuses an equal graph seen before, so a long run holds each topology once."""
@@ -169,6 +174,11 @@ class Recorder:
             values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
         else:
             keys, values = self._keys_and_values(live, pairs)
+        if live.structure is not None and not (static and layout.shapes_match(values)):
+            # The graph was found by structure; its ops' shapes differ from (or cannot be
+            # checked against) the gradients that flowed: read them from the nodes.
+            graph = self._dedupe(self.tracer.with_read_shapes(graph, live), live)
+            layout = self._layout(graph)
         for root, seed in zip(roots, self._root_gradients(roots, grad_tensors)):
             values += (root, seed, seed)
         for at in layout.named_leaves:
@@ -272,6 +282,24 @@ class _Layout:
                 self.extra_keys += [("param", node.name), ("param_grad", node.name)]
         self.positions: list[int] | None = None
         self.index: dict[tuple, int] = {}
+        self._expected: tuple[list[int], list[tuple[Any, ...]]] | None = None
+
+    def shapes_match(self, values: Sequence[Any]) -> bool:
+        """Whether each op's incoming gradient has the shape and dtype the graph gives the op.
+
+        The engine checks every gradient against the op's output metadata, so
+        a match vouches for the graph's shapes without reading that metadata.
+        """
+        if self._expected is None:
+            position = {key: at for at, key in enumerate(self.keys)}
+            checked = [node for node in self.graph.nodes if node.kind in ("op", "custom") and node.shape is not None]
+            self._expected = ([position[("node", node.id, 0)] for node in checked],
+                              [(node.shape, getattr(torch, node.dtype)) for node in checked])
+        at, expected = self._expected
+        try:
+            return [(g.shape, g.dtype) if g is not None else None for g in map(values.__getitem__, at)] == expected
+        except (RuntimeError, TypeError):  # e.g. a nested tensor has no plain shape: read the nodes instead
+            return False
 
 
 class _LazyScope:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import math
 import operator
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -15,6 +14,8 @@ __all__ = ["Summary", "Batch", "summarize", "summarize_distinct", "resolve", "ro
 #: Tensors up to this many elements are summarised together in one flat buffer;
 #: bigger ones get their own reductions (still on their device, still one sync).
 SEGMENT_LIMIT = 1 << 16
+#: Up to this many values, :func:`summarize_distinct` finds repeats with a dict; above, with numpy.
+_SMALL_DEDUPE = 256
 
 
 class Summary(NamedTuple):
@@ -290,18 +291,28 @@ def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None =
         for each value its position in the batch (``-1`` for ``None``).
     """
     count = len(values)
-    if not count:
-        return summarize([], keep, packed_devices=packed_devices), []
+    if count <= _SMALL_DEDUPE:  # a dict beats numpy's sorting for a small graph
+        first: dict[int, int] = {}
+        tensors: list[torch.Tensor] = []
+        positions: list[int] = []
+        for value in values:
+            if value is None:
+                positions.append(-1)
+                continue
+            at = first.setdefault(id(value), len(tensors))
+            if at == len(tensors):
+                tensors.append(value)
+            positions.append(at)
+        return summarize(tensors, keep, packed_devices=packed_devices), positions
     ids = np.fromiter(map(id, values), dtype=np.uint64, count=count)
-    distinct_ids, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")  # batch positions in first-seen order
+    distinct_ids, first_at, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    order = np.argsort(first_at, kind="stable")  # batch positions in first-seen order
     none_at = np.searchsorted(distinct_ids, np.uint64(id(None)))
-    has_none = none_at < len(distinct_ids) and distinct_ids[none_at] == id(None)
-    if has_none:
+    if none_at < len(distinct_ids) and distinct_ids[none_at] == id(None):
         order = order[order != none_at]
     position = np.full(len(distinct_ids), -1, dtype=np.int64)
     position[order] = np.arange(len(order))
-    tensors = [values[i] for i in first[order].tolist()]
+    tensors = [values[i] for i in first_at[order].tolist()]
     return summarize(tensors, keep, packed_devices=packed_devices), position[inverse.reshape(-1)].tolist()
 
 
@@ -328,18 +339,21 @@ def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numel
             else:
                 big.append(i)
     for group in groups.values():
-        kept_indices = [i for i in group if numels[i] <= limit]
-        if kept_indices:
+        at = np.asarray(group, dtype=np.int64)
+        sizes = rows[at, 6]
+        small = sizes <= limit
+        if small.any():
+            kept_indices = at[small].tolist()
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
             _keep_flat(_flatten([tensors[i] for i in kept_indices]), kept_indices, tensors, rows, kept, buffers,
-                       pending, [numels[i] for i in kept_indices])
-        other = [i for i in group if numels[i] > limit] if kept_indices else group
-        if other:
-            own, aliases = _distinct_memory(tensors, other, numels)
-            flat = _flatten([tensors[i] for i in own])
-            rows[own, :6] = _segment_rows(_host_numpy(flat), np.array([numels[i] for i in own], dtype=np.int64))
-            if aliases:
-                rows[list(aliases), :6] = rows[list(aliases.values()), :6]
+                       pending, sizes[small].astype(np.int64).tolist())
+        other = at[~small] if small.any() else at
+        if len(other):
+            own, aliases, targets = _distinct_memory(tensors, other, sizes[~small])
+            flat = _flatten([tensors[i] for i in own.tolist()])
+            rows[own, :6] = _segment_rows(_host_numpy(flat), rows[own, 6].astype(np.int64))
+            if len(aliases):
+                rows[aliases, :6] = rows[targets, :6]
     if big:
         _store_big_rows(tensors, big, torch.stack([_big_row(tensors[i]) for i in big]).numpy(), rows)
         for i in big:
@@ -347,32 +361,45 @@ def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numel
                 kept[i] = _dense_copy(tensors[i])
 
 
-def _distinct_memory(tensors: Sequence[torch.Tensor], indices: list[int],
-                     numels: list[int]) -> tuple[list[int], dict[int, int]]:
-    """Splits dense tensors into those to reduce and aliases: ``{index: index of a tensor with the same elements}``.
+def _distinct_memory(tensors: Sequence[torch.Tensor], indices: np.ndarray,
+                     sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Splits dense tensors into those to reduce and aliases of them: ``(own, aliases, their targets)``.
 
     Two dense tensors of one dtype that start at the same address and hold as
     many elements cover the same memory, so their norm, mean, min, max and
     counts agree (a gradient and its transpose, say). Contiguous ones are
     preferred as the one to reduce: they flatten without an extra copy.
     """
-    group = [tensors[i] for i in indices]
-    pointers = list(map(torch.Tensor.data_ptr, group))
-    starts = collections.Counter(pointers)
-    if len(starts) == len(pointers):
-        return indices, {}  # no two tensors start at one address
-    sharing = [k for k, pointer in enumerate(pointers) if starts[pointer] > 1]
-    contiguous = [group[k].is_contiguous() for k in sharing]
-    ranked = [k for k, c in zip(sharing, contiguous) if c] + [k for k, c in zip(sharing, contiguous) if not c
-                                                              and _dense(group[k])]
+    no_aliases = np.empty(0, dtype=np.int64)
+    index_list = indices.tolist()
+    group = [tensors[i] for i in index_list]
+    pointer_list = list(map(torch.Tensor.data_ptr, group))
+    pointers = np.array(pointer_list, dtype=np.uint64)
+    order = np.argsort(pointers, kind="stable")
+    repeats = pointers[order[1:]] == pointers[order[:-1]]
+    if not repeats.any():
+        return indices, no_aliases, no_aliases  # no two tensors start at one address
+    sharing = np.zeros(len(indices), dtype=bool)
+    sharing[order[1:][repeats]] = True
+    sharing[order[:-1][repeats]] = True
+    candidates = np.flatnonzero(sharing).tolist()
+    contiguous = [group[k].is_contiguous() for k in candidates]
+    ranked = [k for k, c in zip(candidates, contiguous) if c]
+    ranked += [k for k, c in zip(candidates, contiguous) if not c and _dense(group[k])]
+    size_list = sizes.tolist()
     owner: dict[tuple[int, int], int] = {}
-    aliases: dict[int, int] = {}
+    aliases: list[int] = []
+    targets: list[int] = []
     for k in ranked:
-        i = indices[k]
-        first = owner.setdefault((pointers[k], numels[i]), i)
+        i = index_list[k]
+        first = owner.setdefault((pointer_list[k], size_list[k]), i)
         if first != i:
-            aliases[i] = first
-    return [i for i in indices if i not in aliases], aliases
+            aliases.append(i)
+            targets.append(first)
+    if not aliases:
+        return indices, no_aliases, no_aliases
+    alias_array = np.asarray(aliases, dtype=np.int64)
+    return indices[~np.isin(indices, alias_array)], alias_array, np.asarray(targets, dtype=np.int64)
 
 
 def _dense(t: torch.Tensor) -> bool:

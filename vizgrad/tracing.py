@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -37,22 +38,16 @@ def _dtype_str(dtype: torch.dtype | None) -> str | None:
 
 
 def _read_nodes(fns: list[Any], nexts: list[tuple[Any, ...]], position: Mapping[int, int],
-                names: Mapping[int, str]) -> tuple[list[str], list[int], list[Any], list[Any], tuple[Any, ...]]:
-    """What a step's graph is made of, read column by column (this runs for every node of every step).
+                names: Mapping[int, str]) -> tuple[list[str], list[int], list[Any], tuple[Any, ...]]:
+    """How a step's graph is connected, read column by column (this runs for every node of every step).
 
     Returns the op names; each node's number of inputs; its children
     ``(position, output_nr)`` (``None`` for an input that needs no gradient),
-    all nodes' end to end; ``(shape, dtype, outputs)`` of each node's first
-    output; and ``(index, name, shape, dtype)`` of each leaf.
+    all nodes' end to end; and ``(index, name, shape, dtype)`` of each leaf.
     """
     ops = list(map(_name, fns))
     arity = list(map(len, nexts))
     children = [(position[id(nxt)], nr) if nxt is not None else None for entries in nexts for nxt, nr in entries]
-    try:
-        metadata = [fn._input_metadata for fn in fns]
-    except (AttributeError, RuntimeError):  # some node hides it: read each one on its own
-        metadata = [_output_metadata(fn) for fn in fns]
-    meta = [(tuple(m[0].shape), m[0].dtype, len(m)) if m else None for m in metadata]
     leaves = []
     remember_unnamed = getattr(names, "remember_unnamed", None)
     for at in [at for at, op in enumerate(ops) if op == _ACCUMULATE]:
@@ -61,7 +56,16 @@ def _read_nodes(fns: list[Any], nexts: list[tuple[Any, ...]], position: Mapping[
         if name is None and remember_unnamed is not None:
             remember_unnamed(var)
         leaves.append((at, name, var.shape, var.dtype))
-    return ops, arity, children, meta, tuple(leaves)
+    return ops, arity, children, tuple(leaves)
+
+
+def _read_metadata(fns: Sequence[Any]) -> list[tuple[tuple[int, ...], torch.dtype, int] | None]:
+    """``(shape, dtype, outputs)`` of each node's first output, ``None`` where torch hides it."""
+    try:
+        metadata = [fn._input_metadata for fn in fns]
+    except (AttributeError, RuntimeError):  # some node hides it: read each one on its own
+        metadata = [_output_metadata(fn) for fn in fns]
+    return [(tuple(m[0].shape), m[0].dtype, len(m)) if m else None for m in metadata]
 
 
 def _rows(fns: list[Any], ops: list[str], arity: list[int], children: list[Any], meta: list[Any],
@@ -103,14 +107,18 @@ class LiveMap:
         fns: The backward nodes in traversal order (ascending node position).
         positions: Each node's position: its id is ``f"n{position}"``.
         root_ids: ``id(root tensor)`` -> root node id.
+        structure: The structural key when the graph was found by structure
+            alone (``Tracer.trace(shapes_later=True)``): its op shapes are unchecked.
     """
 
-    __slots__ = ("fns", "positions", "root_ids", "_by_fn")
+    __slots__ = ("fns", "positions", "root_ids", "structure", "_by_fn")
 
-    def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str]) -> None:
+    def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str],
+                 structure: tuple[Any, ...] | None = None) -> None:
         self.fns = fns
         self.positions = positions
         self.root_ids = root_ids
+        self.structure = structure
         self._by_fn: dict[int, tuple[Any, str]] | None = None
 
     @property
@@ -167,6 +175,7 @@ class Tracer:
         self.saved = saved
         self.cache_size = cache_size
         self._cache: dict[tuple[Any, ...], Graph] = {}
+        self._structures: dict[tuple[Any, ...], Graph] = {}  # for shapes_later: shapes not in the key
 
     def trace(
         self,
@@ -174,6 +183,7 @@ class Tracer:
         names: Mapping[int, str] | None = None,
         variable_names: Callable[[], tuple[Mapping[int, str], Sequence[str | None]]] | None = None,
         modules: Mapping[int, str] | None = None,
+        shapes_later: bool = False,
     ) -> tuple[Graph, LiveMap]:
         """Traces ``roots`` into a graph and the live map of its nodes.
 
@@ -190,6 +200,11 @@ class Tracer:
                 ``(id(grad_fn) -> variable name, root variable names)`` for
                 naming intermediates. A loop's later steps reuse those names.
             modules: ``id(grad_fn)`` -> module path, when known.
+            shapes_later: Look the graph up by its structure alone, without
+                reading each op's output metadata (the costliest read). The
+                returned ``live.structure`` is then set, and the caller must
+                check the ops' shapes, e.g. against the gradients that flowed,
+                and call :meth:`with_read_shapes` when they differ.
         """
         names = names or {}
         modules = modules or {}
@@ -227,8 +242,17 @@ class Tracer:
             root_info.append((root_pos, position[id(root_fn)], output_nr,
                               tuple(root.shape), root.dtype, names.get(id(root)) if root.is_leaf else None, base_info))
 
-        ops, arity, children, meta, leaves = _read_nodes(fns, nexts, position, names)
+        ops, arity, children, leaves = _read_nodes(fns, nexts, position, names)
         node_modules = tuple([modules.get(id(fn)) for fn in fns]) if modules else ()
+        structure = None
+        if shapes_later and not self.saved:
+            structure = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), leaves, node_modules)
+            graph = self._structures.get(structure)
+            if graph is not None:
+                live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure)
+                object.__setattr__(graph, "_live", live)
+                return graph, live
+        meta = _read_metadata(fns)
         signature = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), tuple(meta), leaves, node_modules)
         graph = None if self.saved else self._cache.get(signature)
         if graph is None:
@@ -243,15 +267,41 @@ class Tracer:
             if self.saved:
                 graph = self._with_saved(graph, fns, position)
             else:
-                self._remember(signature, graph)
+                self._remember(self._cache, signature, graph)
+        if structure is not None:
+            self._remember(self._structures, structure, graph)
         live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)})
         object.__setattr__(graph, "_live", live)
         return graph, live
 
-    def _remember(self, signature: tuple[Any, ...], graph: Graph) -> None:
-        self._cache[signature] = graph
-        while len(self._cache) > self.cache_size:
-            self._cache.pop(next(iter(self._cache)))
+    def with_read_shapes(self, graph: Graph, live: LiveMap) -> Graph:
+        """``graph`` with every op's shape, dtype and output count read from its live node (after a lookup by structure).
+
+        Returns ``graph`` itself when they agree; otherwise the corrected graph,
+        which later steps of the same structure start from.
+        """
+        nodes = list(graph.nodes)
+        changed = False
+        for pos, first in zip(live.positions, _read_metadata(live.fns)):
+            node = nodes[pos]
+            if node.kind == "leaf":
+                continue
+            shape, dtype, outputs = first if first is not None else (None, None, 1)
+            update = {"shape": shape, "dtype": _dtype_str(dtype), "outputs": max(outputs, node.outputs)}
+            if any(getattr(node, field) != value for field, value in update.items()):
+                nodes[pos] = dataclasses.replace(node, **update)
+                changed = True
+        if not changed:
+            return graph
+        corrected = Graph(tuple(nodes), graph.edges, graph.roots)
+        if live.structure is not None:
+            self._remember(self._structures, live.structure, corrected)
+        return corrected
+
+    def _remember(self, cache: dict[tuple[Any, ...], Graph], key: tuple[Any, ...], graph: Graph) -> None:
+        cache[key] = graph
+        while len(cache) > self.cache_size:
+            cache.pop(next(iter(cache)))
 
     @staticmethod
     def _build(root_info: list[tuple[Any, ...]], raw: list[tuple[Any, ...]], count: int) -> Graph:
