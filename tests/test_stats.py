@@ -173,3 +173,18 @@ def test_views_of_the_same_memory_share_a_summary_and_keep_their_own_values(keep
         assert_summary(batch.summary(i), view, rel=1e-5)
         if keep is None:
             assert torch.equal(batch.value(i), view)
+
+
+def test_memo_of_shared_memory_is_checked_before_it_is_reused():
+    torch.manual_seed(0)
+    memo: dict = {}
+    base = torch.randn(16, 8)
+    batch = summarize([base, base.t()], keep=0, memo=memo)
+    assert_summary(batch.summary(1), base.t(), rel=1e-5)
+    other, unrelated = torch.randn(16, 8), torch.randn(16, 8).t()  # laid out alike, no longer one memory
+    batch = summarize([other, unrelated], keep=0, memo=memo)
+    assert_summary(batch.summary(0), other, rel=1e-5)
+    assert_summary(batch.summary(1), unrelated, rel=1e-5)
+    again = torch.randn(16, 8)
+    batch = summarize([again, again.t()], keep=0, memo=memo)
+    assert_summary(batch.summary(1), again.t(), rel=1e-5)

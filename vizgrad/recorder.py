@@ -184,7 +184,7 @@ class Recorder:
         for at in layout.named_leaves:
             variable = fns[at].variable
             values += (variable, variable.grad)
-        batch, positions = summarize_distinct(values, self.keep)
+        batch, positions = summarize_distinct(values, self.keep, memo=layout.summary_memo)
         if static and positions == layout.positions:  # tensors shared as in the last step: same index
             index = layout.index
         else:
@@ -283,6 +283,7 @@ class _Layout:
         self.positions: list[int] | None = None
         self.index: dict[tuple, int] = {}
         self._expected: tuple[list[int], list[tuple[Any, ...]]] | None = None
+        self.summary_memo: dict[Any, Any] = {}  # for stats.summarize_distinct
 
     def shapes_match(self, values: Sequence[Any]) -> bool:
         """Whether each op's incoming gradient has the shape and dtype the graph gives the op.

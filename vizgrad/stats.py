@@ -228,7 +228,7 @@ def kept_value(buffers: Sequence[torch.Tensor], locator: Any) -> torch.Tensor | 
 
 @torch.no_grad()
 def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
-              packed_devices: Sequence[str] | None = None) -> Batch:
+              packed_devices: Sequence[str] | None = None, memo: dict[Any, Any] | None = None) -> Batch:
     """Summarises every tensor, and keeps a host copy of those with at most ``keep`` elements.
 
     On the CPU, small dense tensors of one dtype are flattened into one buffer
@@ -246,6 +246,9 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         keep: Keep full values of tensors up to this many elements (``None``: all).
         packed_devices: Device types that use the packed single-transfer path
             (default: every type but ``cpu``; tests pass ``["cpu"]``).
+        memo: A dict kept between calls on tensors laid out alike (a training
+            loop's steps): which views shared memory last time is checked
+            there first instead of being searched for again.
 
     Returns:
         A :class:`Batch` aligned with ``tensors``.
@@ -275,16 +278,18 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         if packed:
             _summarize_packed(tensors, indices, rows, kept, buffers, pending, limit)
         else:
-            _summarize_on_cpu(tensors, indices, numels, rows, kept, buffers, pending, limit)
+            _summarize_on_cpu(tensors, indices, numels, rows, kept, buffers, pending, limit, memo)
     return Batch(rows, buffers, kept, pending)
 
 
 def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None = 64, *,
-                       packed_devices: Sequence[str] | None = None) -> tuple[Batch, list[int]]:
+                       packed_devices: Sequence[str] | None = None,
+                       memo: dict[Any, Any] | None = None) -> tuple[Batch, list[int]]:
     """Summarises each distinct tensor among ``values`` once.
 
     ``values`` may hold the same tensor several times (a gradient that is both
     what one node passes on and what the next receives) and ``None``\\ s.
+    ``packed_devices`` and ``memo`` are as for :func:`summarize`.
 
     Returns:
         The :class:`Batch` of the distinct tensors, in first-seen order, and
@@ -303,7 +308,7 @@ def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None =
             if at == len(tensors):
                 tensors.append(value)
             positions.append(at)
-        return summarize(tensors, keep, packed_devices=packed_devices), positions
+        return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), positions
     ids = np.fromiter(map(id, values), dtype=np.uint64, count=count)
     distinct_ids, first_at, inverse = np.unique(ids, return_index=True, return_inverse=True)
     order = np.argsort(first_at, kind="stable")  # batch positions in first-seen order
@@ -313,7 +318,7 @@ def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None =
     position = np.full(len(distinct_ids), -1, dtype=np.int64)
     position[order] = np.arange(len(order))
     tensors = [values[i] for i in first_at[order].tolist()]
-    return summarize(tensors, keep, packed_devices=packed_devices), position[inverse.reshape(-1)].tolist()
+    return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), position[inverse.reshape(-1)].tolist()
 
 
 _is_cpu = operator.attrgetter("is_cpu")
@@ -323,7 +328,7 @@ _dtype = operator.attrgetter("dtype")
 
 def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int], rows: np.ndarray,
                       kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
-                      limit: float) -> None:
+                      limit: float, memo: dict[Any, Any] | None = None) -> None:
     groups: dict[torch.dtype, list[int]] = {}
     big: list[int] = []
     group_tensors = [tensors[i] for i in indices]
@@ -338,21 +343,18 @@ def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numel
                 groups.setdefault(dtype, []).append(i)
             else:
                 big.append(i)
-    for group in groups.values():
-        at = np.asarray(group, dtype=np.int64)
-        sizes = rows[at, 6]
-        small = sizes <= limit
-        if small.any():
-            kept_indices = at[small].tolist()
+    for dtype, group in groups.items():
+        kept_indices = [i for i in group if numels[i] <= limit]
+        if kept_indices:
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
             _keep_flat(_flatten([tensors[i] for i in kept_indices]), kept_indices, tensors, rows, kept, buffers,
-                       pending, sizes[small].astype(np.int64).tolist())
-        other = at[~small] if small.any() else at
-        if len(other):
-            own, aliases, targets = _distinct_memory(tensors, other, sizes[~small])
-            flat = _flatten([tensors[i] for i in own.tolist()])
+                       pending, [numels[i] for i in kept_indices])
+        other = [i for i in group if numels[i] > limit] if kept_indices else group
+        if other:
+            own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
+            flat = _flatten([tensors[i] for i in own])
             rows[own, :6] = _segment_rows(_host_numpy(flat), rows[own, 6].astype(np.int64))
-            if len(aliases):
+            if aliases:
                 rows[aliases, :6] = rows[targets, :6]
     if big:
         _store_big_rows(tensors, big, torch.stack([_big_row(tensors[i]) for i in big]).numpy(), rows)
@@ -361,8 +363,30 @@ def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numel
                 kept[i] = _dense_copy(tensors[i])
 
 
-def _distinct_memory(tensors: Sequence[torch.Tensor], indices: np.ndarray,
-                     sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _distinct_memory_memo(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int],
+                          memo: dict[Any, Any] | None, key: Any) -> tuple[list[int], list[int], list[int]]:
+    """:func:`_distinct_memory`, first trying last call's answer from ``memo``.
+
+    Last answer holds when the same positions are summarised and each alias
+    still starts where its target does, with its old shape and strides (so
+    it is still dense) and as many elements.
+    """
+    if memo is None:
+        return _distinct_memory(tensors, indices, numels)
+    last = memo.get(key)
+    if last is not None and last[0] == indices:
+        _, own, aliases, targets, layouts = last
+        if all(numels[a] == numels[t] and tensors[a].data_ptr() == tensors[t].data_ptr()
+               and (tensors[a].shape, tensors[a].stride()) == layout
+               for a, t, layout in zip(aliases, targets, layouts)):
+            return own, aliases, targets
+    own, aliases, targets = _distinct_memory(tensors, indices, numels)
+    memo[key] = (indices, own, aliases, targets, [(tensors[a].shape, tensors[a].stride()) for a in aliases])
+    return own, aliases, targets
+
+
+def _distinct_memory(tensors: Sequence[torch.Tensor], indices: list[int],
+                     numels: list[int]) -> tuple[list[int], list[int], list[int]]:
     """Splits dense tensors into those to reduce and aliases of them: ``(own, aliases, their targets)``.
 
     Two dense tensors of one dtype that start at the same address and hold as
@@ -370,15 +394,13 @@ def _distinct_memory(tensors: Sequence[torch.Tensor], indices: np.ndarray,
     counts agree (a gradient and its transpose, say). Contiguous ones are
     preferred as the one to reduce: they flatten without an extra copy.
     """
-    no_aliases = np.empty(0, dtype=np.int64)
-    index_list = indices.tolist()
-    group = [tensors[i] for i in index_list]
+    group = [tensors[i] for i in indices]
     pointer_list = list(map(torch.Tensor.data_ptr, group))
+    if len(set(pointer_list)) == len(pointer_list):
+        return indices, [], []  # no two tensors start at one address
     pointers = np.array(pointer_list, dtype=np.uint64)
     order = np.argsort(pointers, kind="stable")
     repeats = pointers[order[1:]] == pointers[order[:-1]]
-    if not repeats.any():
-        return indices, no_aliases, no_aliases  # no two tensors start at one address
     sharing = np.zeros(len(indices), dtype=bool)
     sharing[order[1:][repeats]] = True
     sharing[order[:-1][repeats]] = True
@@ -386,20 +408,19 @@ def _distinct_memory(tensors: Sequence[torch.Tensor], indices: np.ndarray,
     contiguous = [group[k].is_contiguous() for k in candidates]
     ranked = [k for k, c in zip(candidates, contiguous) if c]
     ranked += [k for k, c in zip(candidates, contiguous) if not c and _dense(group[k])]
-    size_list = sizes.tolist()
     owner: dict[tuple[int, int], int] = {}
     aliases: list[int] = []
     targets: list[int] = []
     for k in ranked:
-        i = index_list[k]
-        first = owner.setdefault((pointer_list[k], size_list[k]), i)
+        i = indices[k]
+        first = owner.setdefault((pointer_list[k], numels[i]), i)
         if first != i:
             aliases.append(i)
             targets.append(first)
     if not aliases:
-        return indices, no_aliases, no_aliases
-    alias_array = np.asarray(aliases, dtype=np.int64)
-    return indices[~np.isin(indices, alias_array)], alias_array, np.asarray(targets, dtype=np.int64)
+        return indices, [], []
+    aliased = set(aliases)
+    return [i for i in indices if i not in aliased], aliases, targets
 
 
 def _dense(t: torch.Tensor) -> bool:
