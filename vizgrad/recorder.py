@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
+import operator
 import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -22,6 +23,7 @@ from vizgrad.tracing import LiveMap, Tracer, as_roots
 __all__ = ["record", "Recorder"]
 
 _active_lock = threading.Lock()
+_shape_and_dtype = operator.attrgetter("shape", "dtype")
 _active: list[Recorder] = []
 
 
@@ -298,8 +300,8 @@ class _Layout:
                               [(node.shape, getattr(torch, node.dtype)) for node in checked])
         at, expected = self._expected
         try:
-            return [(g.shape, g.dtype) if g is not None else None for g in map(values.__getitem__, at)] == expected
-        except (RuntimeError, TypeError):  # e.g. a nested tensor has no plain shape: read the nodes instead
+            return list(map(_shape_and_dtype, map(values.__getitem__, at))) == expected
+        except (AttributeError, RuntimeError, TypeError):  # a None (no gradient) or a nested tensor: read the nodes
             return False
 
 

@@ -37,7 +37,7 @@ def _dtype_str(dtype: torch.dtype | None) -> str | None:
     return None if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def _read_nodes(fns: list[Any], nexts: list[tuple[Any, ...]], position: Mapping[int, int],
+def _read_nodes(fns: list[Any], nexts: list[tuple[Any, ...]], position: Mapping[Any, int],
                 names: Mapping[int, str]) -> tuple[list[str], list[int], list[Any], tuple[Any, ...]]:
     """How a step's graph is connected, read column by column (this runs for every node of every step).
 
@@ -47,7 +47,7 @@ def _read_nodes(fns: list[Any], nexts: list[tuple[Any, ...]], position: Mapping[
     """
     ops = list(map(_name, fns))
     arity = list(map(len, nexts))
-    children = [(position[id(nxt)], nr) if nxt is not None else None for entries in nexts for nxt, nr in entries]
+    children = [(position[nxt], nr) if nxt is not None else None for entries in nexts for nxt, nr in entries]
     leaves = []
     remember_unnamed = getattr(names, "remember_unnamed", None)
     for at in [at for at, op in enumerate(ops) if op == _ACCUMULATE]:
@@ -208,7 +208,7 @@ class Tracer:
         """
         names = names or {}
         modules = modules or {}
-        position: dict[int, int] = {}  # id(fn) -> node position (its id is f"n{position}")
+        position: dict[Any, int] = {}  # backward node -> its position (its id is f"n{position}")
         fns: list[Any] = []
         positions: list[int] = []
         nexts: list[tuple[Any, ...]] = []
@@ -222,24 +222,27 @@ class Tracer:
             else:
                 gradient_edge = torch.autograd.graph.get_gradient_edge(root)
                 root_fn, output_nr = gradient_edge.node, gradient_edge.output_nr
-            stack = [root_fn]
+            # Hot: runs for every node of every step. The stack holds (node, input_nr) pairs as
+            # next_functions gives them, pushed in reverse so slot 0 is visited first.
+            stack = [(root_fn, output_nr)]
+            pop, push = stack.pop, stack.extend
             while stack:
-                fn = stack.pop()
-                if id(fn) in position:
+                fn = pop()[0]
+                if fn is None or fn in position:
                     continue
-                position[id(fn)] = count
+                position[fn] = count
                 positions.append(count)
                 count += 1
                 fns.append(fn)
                 next_functions = fn.next_functions
                 nexts.append(next_functions)
-                stack.extend([nxt for nxt, _ in reversed(next_functions) if nxt is not None])
+                push(reversed(next_functions))
             base = root._base if root._is_view() else None
             base_info = None
             if base is not None:
                 base_info = (count, tuple(base.shape), base.dtype, names.get(id(base)) if base.is_leaf else None)
                 count += 1
-            root_info.append((root_pos, position[id(root_fn)], output_nr,
+            root_info.append((root_pos, position[root_fn], output_nr,
                               tuple(root.shape), root.dtype, names.get(id(root)) if root.is_leaf else None, base_info))
 
         ops, arity, children, leaves = _read_nodes(fns, nexts, position, names)
@@ -336,13 +339,13 @@ class Tracer:
                               inputs=len(children), outputs=max(outputs, outputs_seen[pos], 1), module=module)
         return Graph(tuple(nodes), tuple(edges), tuple(f"n{info[0]}" for info in root_info))  # type: ignore[arg-type]
 
-    def _with_saved(self, graph: Graph, fns: list[Any], position: Mapping[int, int]) -> Graph:
+    def _with_saved(self, graph: Graph, fns: list[Any], position: Mapping[Any, int]) -> Graph:
         """``graph`` plus the tensors each op saved for backward, as ``saved`` nodes."""
         nodes = list(graph.nodes)
         edges = list(graph.edges)
         extra: list[Node] = []
         for fn in fns:
-            self._add_saved(fn, f"n{position[id(fn)]}", nodes, extra, edges)
+            self._add_saved(fn, f"n{position[fn]}", nodes, extra, edges)
         return Graph(tuple(nodes + extra), tuple(edges), graph.roots)
 
     @staticmethod
