@@ -7,7 +7,7 @@ import contextlib
 import itertools
 import operator
 import threading
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -141,16 +141,18 @@ class Recorder:
             self._inferred_names.end_step()
             scope.clear()
         graph = self._dedupe(graph, live)
+        layout = self._layout(graph)
+        hooked = list(itertools.compress(live.fns, layout.hooked)) if layout.aliases else live.fns
         capture = self._capture
         self._in_step = True
         try:
-            capture.attach(live.fns)
+            capture.attach(hooked)
             original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
         finally:
             capture.detach()
             self._in_step = False
         try:
-            self._finish_step(graph, live, tracked, grad_tensors if len(roots) == len(tracked) else None,
+            self._finish_step(graph, live, hooked, tracked, grad_tensors if len(roots) == len(tracked) else None,
                               capture.captured)
         finally:
             capture.captured.clear()  # the step holds what it needs; drop the gradients
@@ -165,17 +167,17 @@ class Recorder:
         same_hash.append(graph)
         return graph
 
-    def _finish_step(self, graph: Graph, live: LiveMap, roots: Sequence[torch.Tensor], grad_tensors: Any,
-                     captured: Mapping[Any, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
+    def _finish_step(self, graph: Graph, live: LiveMap, hooked: Sequence[Any], roots: Sequence[torch.Tensor],
+                     grad_tensors: Any, captured: Mapping[Any, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
         layout = self._layout(graph)
         fns = live.fns
-        pairs = list(map(captured.get, fns))  # (grad_inputs, grad_outputs) per node, None where it did not run
+        pairs = list(map(captured.get, hooked))  # (grad_inputs, grad_outputs) per node, None where it did not run
         static = None not in pairs and list(map(len, itertools.chain.from_iterable(pairs))) == layout.lengths
         if static:  # every node ran with its usual arity: the value keys are the graph's, made once
             keys: list[tuple] = layout.keys
             values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
         else:
-            keys, values = self._keys_and_values(live, pairs)
+            keys, values = self._keys_and_values(itertools.compress(live.positions, layout.hooked), pairs)
         if live.structure is not None and not (static and layout.shapes_match(values)):
             # The graph was found by structure; its ops' shapes differ from (or cannot be
             # checked against) the gradients that flowed: read them from the nodes.
@@ -190,7 +192,8 @@ class Recorder:
         if static and positions == layout.positions:  # tensors shared as in the last step: same index
             index = layout.index
         else:
-            index = {key: at for key, at in zip(itertools.chain(keys, layout.extra_keys), positions) if at >= 0}
+            index = layout.with_aliases({key: at for key, at in zip(itertools.chain(keys, layout.extra_keys), positions)
+                                         if at >= 0})
             if static:
                 layout.positions, layout.index = positions, index
         step = Step(len(self.run.steps), _loss(graph, index, batch), graph, SummaryMap(index, batch),
@@ -211,11 +214,11 @@ class Recorder:
         return layout
 
     @staticmethod
-    def _keys_and_values(live: LiveMap, pairs: list[Any]) -> tuple[list[tuple], list[Any]]:
+    def _keys_and_values(positions: Iterable[int], pairs: list[Any]) -> tuple[list[tuple], list[Any]]:
         """Value keys and gradients node by node, for a step where a node did not run or had another arity."""
         keys: list[tuple] = []
         values: list[Any] = []
-        for pos, pair in zip(live.positions, pairs):
+        for pos, pair in zip(positions, pairs):
             if pair is None:
                 continue
             grad_inputs, grad_outputs = pair
@@ -252,14 +255,22 @@ class Recorder:
 class _Layout:
     """Where each gradient of a graph's steps goes: made once per graph, shared by all its steps.
 
-    A step's gradients arrive as ``(grad_inputs, grad_outputs)`` per node, in
-    traversal order; laid end to end they line up with :attr:`keys`. The
-    roots' values and seeds and the named leaves' values and ``.grad`` follow,
-    under :attr:`extra_keys`.
+    A step's gradients arrive as ``(grad_inputs, grad_outputs)`` per hooked
+    node, in traversal order; laid end to end they line up with :attr:`keys`.
+    The roots' values and seeds and the named leaves' values and ``.grad``
+    follow, under :attr:`extra_keys`.
+
+    Not every node needs a hook. A node whose every incoming gradient arrives
+    along a lone edge from a hooked node, and whose every outgoing gradient is
+    the lone input of a hooked node, shows all its gradients in its
+    neighbours' hooks: the same tensors. Such nodes are left unhooked (no two
+    of them adjacent) and their keys are :attr:`aliases` of their neighbours'.
 
     Attributes:
-        keys: The value key of each gradient, node by node: its edges, then its outputs.
-        lengths: ``len(grad_inputs), len(grad_outputs)`` of each node, to check a step against.
+        hooked: Per traversed node, whether it gets a hook.
+        keys: The value key of each gradient, hooked node by hooked node: its edges, then its outputs.
+        lengths: ``len(grad_inputs), len(grad_outputs)`` of each hooked node, to check a step against.
+        aliases: ``(key, key it equals)`` for the unhooked nodes' gradients.
         extra_keys: Keys of the root and parameter values after them.
         named_leaves: Traversal positions of the named leaves (in :attr:`extra_keys` order).
         positions: Batch position of each value in the last step, with ``index``,
@@ -274,11 +285,17 @@ class _Layout:
         self.extra_keys: list[tuple] = []
         for root_id in graph.roots:
             self.extra_keys += [("value", root_id), ("node", root_id, 0), ("edge", root_id, 0)]
-        traversed = [node for node in graph.nodes if node.kind in ("op", "leaf", "custom")]
+        traversed = [node for node in graph.nodes if node.kind in _TRAVERSED]
+        unhooked = _unhooked_nodes(graph, traversed)
+        self.hooked = [node.id not in unhooked for node in traversed]
+        self.aliases: list[tuple[tuple, tuple]] = []
         for at, node in enumerate(traversed):
-            self.keys += [("edge", node.id, slot) for slot in range(node.inputs)]
-            self.keys += [("node", node.id, k) for k in range(node.outputs)]
-            self.lengths += [node.inputs, node.outputs]
+            if node.id in unhooked:
+                self.aliases += unhooked[node.id]
+            else:
+                self.keys += [("edge", node.id, slot) for slot in range(node.inputs)]
+                self.keys += [("node", node.id, k) for k in range(node.outputs)]
+                self.lengths += [node.inputs, node.outputs]
             if node.kind == "leaf" and node.name is not None:
                 self.named_leaves.append(at)
                 self.extra_keys += [("param", node.name), ("param_grad", node.name)]
@@ -287,6 +304,14 @@ class _Layout:
         self._expected: tuple[list[int], list[tuple[Any, ...]]] | None = None
         self.summary_memo: dict[Any, Any] = {}  # for stats.summarize_distinct
 
+    def with_aliases(self, index: dict[tuple, int]) -> dict[tuple, int]:
+        """``index`` plus the unhooked nodes' keys, at their neighbours' positions."""
+        for key, source in self.aliases:
+            at = index.get(source)
+            if at is not None:
+                index[key] = at
+        return index
+
     def shapes_match(self, values: Sequence[Any]) -> bool:
         """Whether each op's incoming gradient has the shape and dtype the graph gives the op.
 
@@ -294,7 +319,7 @@ class _Layout:
         a match vouches for the graph's shapes without reading that metadata.
         """
         if self._expected is None:
-            position = {key: at for at, key in enumerate(self.keys)}
+            position = self.with_aliases({key: at for at, key in enumerate(self.keys)})
             checked = [node for node in self.graph.nodes if node.kind in ("op", "custom") and node.shape is not None]
             self._expected = ([position[("node", node.id, 0)] for node in checked],
                               [(node.shape, getattr(torch, node.dtype)) for node in checked])
@@ -303,6 +328,36 @@ class _Layout:
             return list(map(_shape_and_dtype, map(values.__getitem__, at))) == expected
         except (AttributeError, RuntimeError, TypeError):  # a None (no gradient) or a nested tensor: read the nodes
             return False
+
+
+_TRAVERSED = ("op", "leaf", "custom")  # node kinds with a live backward node
+
+
+def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tuple[tuple, tuple]]]:
+    """Nodes that need no hook of their own: node id -> ``(key, key it equals)`` for its gradients.
+
+    Chosen greedily in traversal order, so no two of them are adjacent: every
+    neighbour of one is hooked and reports the gradients they share.
+    """
+    edges = [edge for edge in graph.edges if edge.kind in ("grad", "root")]
+    feeds = collections.Counter((edge.dst, edge.output) for edge in edges)
+    into: dict[str, list[Any]] = collections.defaultdict(list)
+    out_of: dict[str, list[Any]] = collections.defaultdict(list)
+    for edge in edges:
+        into[edge.dst].append(edge)
+        out_of[edge.src].append(edge)
+    kinds = {node.id: node.kind for node in graph.nodes}
+    unhooked: dict[str, list[tuple[tuple, tuple]]] = {}
+    for node in traversed:
+        incoming, outgoing = into[node.id], out_of[node.id]
+        if incoming and all(kinds[edge.src] in _TRAVERSED and edge.src not in unhooked
+                            and feeds[edge.dst, edge.output] == 1 for edge in incoming) \
+                and all(kinds[edge.dst] in _TRAVERSED and edge.dst not in unhooked
+                        and feeds[edge.dst, edge.output] == 1 for edge in outgoing):
+            unhooked[node.id] = ([(("node", node.id, edge.output), ("edge", edge.src, edge.slot)) for edge in incoming]
+                                 + [(("edge", node.id, edge.slot), ("node", edge.dst, edge.output))
+                                    for edge in outgoing])
+    return unhooked
 
 
 class _LazyScope:
