@@ -114,7 +114,7 @@ class LiveMap:
     __slots__ = ("fns", "positions", "root_ids", "structure", "_by_fn")
 
     def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str],
-                 structure: tuple[Any, ...] | None = None) -> None:
+                 structure: Any = None) -> None:
         self.fns = fns
         self.positions = positions
         self.root_ids = root_ids
@@ -161,6 +161,22 @@ def as_roots(roots: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor
     return roots
 
 
+class _Key:
+    """A tuple as a dict key whose hash is computed once (a graph's key has thousands of entries)."""
+
+    __slots__ = ("value", "_hash")
+
+    def __init__(self, value: tuple[Any, ...]) -> None:
+        self.value = value
+        self._hash = hash(value)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (isinstance(other, _Key) and self._hash == other._hash and self.value == other.value)
+
+
 class Tracer:
     """Builds graphs; remembers names of leaves and variables between traces.
 
@@ -175,7 +191,8 @@ class Tracer:
         self.saved = saved
         self.cache_size = cache_size
         self._cache: dict[tuple[Any, ...], Graph] = {}
-        self._structures: dict[tuple[Any, ...], Graph] = {}  # for shapes_later: shapes not in the key
+        self._structures: dict[Any, Graph] = {}  # for shapes_later: shapes not in the key
+        self._last_structure: tuple[list[Any], _Key | None] = ([], None)  # the last key, with the lists it was made of
 
     def trace(
         self,
@@ -249,7 +266,11 @@ class Tracer:
         node_modules = tuple([modules.get(id(fn)) for fn in fns]) if modules else ()
         structure = None
         if shapes_later and not self.saved:
-            structure = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), leaves, node_modules)
+            columns = [root_info, ops, arity, children, leaves, node_modules]
+            last_columns, structure = self._last_structure
+            if columns != last_columns:  # a loop repeats its structure: compare lists before hashing tuples
+                structure = _Key((tuple(root_info), tuple(ops), tuple(arity), tuple(children), leaves, node_modules))
+                self._last_structure = (columns, structure)
             graph = self._structures.get(structure)
             if graph is not None:
                 live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure)
@@ -301,7 +322,7 @@ class Tracer:
             self._remember(self._structures, live.structure, corrected)
         return corrected
 
-    def _remember(self, cache: dict[tuple[Any, ...], Graph], key: tuple[Any, ...], graph: Graph) -> None:
+    def _remember(self, cache: dict[Any, Graph], key: Any, graph: Graph) -> None:
         cache[key] = graph
         while len(cache) > self.cache_size:
             cache.pop(next(iter(cache)))
