@@ -188,3 +188,17 @@ def test_memo_of_shared_memory_is_checked_before_it_is_reused():
     again = torch.randn(16, 8)
     batch = summarize([again, again.t()], keep=0, memo=memo)
     assert_summary(batch.summary(1), again.t(), rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.bfloat16])
+def test_many_tensors_of_one_size_are_reduced_as_a_block(dtype):
+    """Ten tensors of one size (a block), three loose sizes, and a block holding NaN and Inf."""
+    torch.manual_seed(0)
+    tensors = [torch.randn(3, 30).to(dtype) for _ in range(10)] + [torch.randn(n).to(dtype) for n in (70, 80, 90)]
+    odd = [torch.randn(50).to(dtype) for _ in range(9)]
+    odd[4][[3, 7]] = torch.tensor([math.nan, math.inf]).to(dtype)
+    batch = summarize(tensors + odd, keep=0)
+    rel = 1e-2 if dtype == torch.bfloat16 else 1e-6
+    for i, t in enumerate(tensors + odd):
+        assert_summary(batch.summary(i), t, rel=rel)
+    assert (batch.summary(len(tensors) + 4).nan, batch.summary(len(tensors) + 4).inf) == (1, 1)

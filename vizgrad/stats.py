@@ -133,6 +133,54 @@ def _segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return rows
 
 
+#: A size shared by at least this many tensors is reduced as one 2-d block with torch.
+_BLOCK_RUN = 8
+
+
+def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: list[int]) -> None:
+    """Fills ``rows[indices, :6]`` for dense tensors of one dtype, flattened into one buffer.
+
+    Tensors of a size many of them share (a loop's repeated layers) are laid
+    out as 2-d blocks and reduced along rows by torch's vectorised kernels;
+    the rest go through numpy's segment reductions. Both sum in float64.
+    """
+    at = np.asarray(indices, dtype=np.int64)
+    sizes = rows[at, 6].astype(np.int64)
+    _, inverse, counts = np.unique(sizes, return_inverse=True, return_counts=True)
+    in_block = counts[inverse.reshape(-1)] >= _BLOCK_RUN
+    if not in_block.any():
+        rows[at, :6] = _segment_rows(_host_numpy(_flatten([tensors[i] for i in indices])), sizes)
+        return
+    order = np.lexsort((sizes, in_block))  # the loose ones first, then block by block
+    at, sizes = at[order], sizes[order]
+    flat = _flatten([tensors[i] for i in at.tolist()])
+    loose = int(np.count_nonzero(~in_block))
+    start = int(sizes[:loose].sum())
+    if loose:
+        rows[at[:loose], :6] = _segment_rows(_host_numpy(flat[:start]), sizes[:loose])
+    first = loose
+    while first < len(at):
+        size = int(sizes[first])
+        last = first + int(np.searchsorted(sizes[first:], size, side="right"))
+        block = flat[start:start + size * (last - first)].view(last - first, size)
+        rows[at[first:last], :6] = _block_rows(block)
+        start += size * (last - first)
+        first = last
+
+
+def _block_rows(block: torch.Tensor) -> np.ndarray:
+    """Rows ``[norm, mean, min, max, nan, inf]`` of each row of a 2-d block (the slow exact path on NaN/Inf)."""
+    values = _stat_dtype(block)
+    out = np.zeros((values.shape[0], 6), dtype=np.float64)
+    out[:, 0] = torch.linalg.vector_norm(values, dim=1).numpy()
+    if not np.isfinite(out[:, 0]).all():  # NaN or Inf somewhere (or squares beyond float32)
+        return _segment_rows(_host_numpy(block.reshape(-1)), np.full(block.shape[0], block.shape[1]))
+    out[:, 1] = values.sum(1, dtype=torch.float64).numpy() / values.shape[1]
+    out[:, 2] = values.amin(1).numpy()
+    out[:, 3] = values.amax(1).numpy()
+    return out
+
+
 def _host_numpy(flat: torch.Tensor) -> np.ndarray:
     # numpy has no bfloat16 or float8; widen every float narrower than 32 bits.
     if flat.dtype.is_floating_point and flat.dtype.itemsize < 4:
@@ -352,8 +400,7 @@ def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numel
         other = [i for i in group if numels[i] > limit] if kept_indices else group
         if other:
             own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
-            flat = _flatten([tensors[i] for i in own])
-            rows[own, :6] = _segment_rows(_host_numpy(flat), rows[own, 6].astype(np.int64))
+            _reduce_into(rows, tensors, own)
             if aliases:
                 rows[aliases, :6] = rows[targets, :6]
     if big:
