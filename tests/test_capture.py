@@ -11,15 +11,17 @@ from torch.autograd import function as autograd_function
 from vizgrad import capture as capture_module
 from vizgrad.capture import NodeCapture
 
+from test_tracing import Cube
+
 ORIGINAL_REGISTER = autograd_function._HookMixin._register_hook
 
 
 def small_graph():
-    """A graph with a shared input, a multi-output op and a leaf: ``(loss, nodes, x)``."""
+    """A graph with a shared input, a multi-output op, a custom Function and a leaf: ``(loss, nodes, x)``."""
     torch.manual_seed(0)
     x = torch.randn(4, 6, requires_grad=True)
     a, b = (x * 3).split(3, dim=1)
-    loss = (a.sin() * b + a).sum()
+    loss = (a.sin() * Cube.apply(b) + a).sum()
     nodes, stack, seen = [], [loss.grad_fn], set()
     while stack:
         fn = stack.pop()
@@ -64,11 +66,13 @@ def test_every_node_is_captured_as_torch_reports_it(path):
     want = reference_pairs(loss, nodes)
     capture = NodeCapture()
     capture.attach(nodes)
+    # The fast path registered every node without torch's handles, custom Function and accumulator too.
+    assert (capture._handles == []) == (path == "fast")
     try:
         loss.backward(retain_graph=True)
     finally:
         capture.detach()
-    assert len(nodes) == 7  # sum, add, mul, sin, split, mul, x's accumulator
+    assert len(nodes) == 8  # sum, add, mul, sin, cube, split, mul, x's accumulator
     assert_same_pairs(capture.captured, want)
 
 

@@ -61,9 +61,11 @@ class NodeCapture:
         with _patch_lock:
             setattr(_function._HookMixin, _REGISTER, self._register)
             try:
-                hook = self._hook
+                hook, handles = self._hook, self._handles
                 for fn in fns:
-                    fn.register_hook(hook)
+                    handle = fn.register_hook(hook)
+                    if handle is not None:  # this node went through torch's own registration after all
+                        handles.append(handle)
             finally:
                 setattr(_function._HookMixin, _REGISTER, staticmethod(original))
 
