@@ -133,39 +133,40 @@ def _segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return rows
 
 
-#: A size shared by at least this many tensors is reduced as one 2-d block with torch.
+#: A shape shared by at least this many tensors is reduced as one 2-d block with torch.
 _BLOCK_RUN = 8
+_shape = operator.attrgetter("shape")
 
 
-def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: list[int]) -> None:
-    """Fills ``rows[indices, :6]`` for dense tensors of one dtype, flattened into one buffer.
+def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: list[int],
+                 memo: dict[Any, Any] | None = None, key: Any = None) -> None:
+    """Fills ``rows[indices, :6]`` for dense tensors of one dtype.
 
-    Tensors of a size many of them share (a loop's repeated layers) are laid
-    out as 2-d blocks and reduced along rows by torch's vectorised kernels;
-    the rest go through numpy's segment reductions. Both sum in float64.
+    Tensors of a shape many of them share (a loop's repeated layers) are
+    concatenated shape by shape into 2-d blocks, one row per tensor, and
+    reduced along rows by torch's vectorised kernels; the rest are flattened
+    into one buffer for numpy's segment reductions. Both sum in float64.
+    ``memo`` keeps last call's grouping by shape, reused while shapes agree.
     """
-    at = np.asarray(indices, dtype=np.int64)
-    sizes = rows[at, 6].astype(np.int64)
-    _, inverse, counts = np.unique(sizes, return_inverse=True, return_counts=True)
-    in_block = counts[inverse.reshape(-1)] >= _BLOCK_RUN
-    if not in_block.any():
-        rows[at, :6] = _segment_rows(_host_numpy(_flatten([tensors[i] for i in indices])), sizes)
-        return
-    order = np.lexsort((sizes, in_block))  # the loose ones first, then block by block
-    at, sizes = at[order], sizes[order]
-    flat = _flatten([tensors[i] for i in at.tolist()])
-    loose = int(np.count_nonzero(~in_block))
-    start = int(sizes[:loose].sum())
+    shapes = list(map(_shape, [tensors[i] for i in indices]))
+    last = memo.get(key) if memo is not None else None
+    if last is not None and last[0] == indices and last[1] == shapes:
+        blocks, loose = last[2], last[3]
+    else:
+        by_shape: dict[Any, list[int]] = {}
+        for i, shape in zip(indices, shapes):
+            by_shape.setdefault(shape, []).append(i)
+        blocks = [members for shape, members in by_shape.items() if len(members) >= _BLOCK_RUN and len(shape)]
+        loose = [i for shape, members in by_shape.items() if len(members) < _BLOCK_RUN or not len(shape)
+                 for i in members]
+        if memo is not None:
+            memo[key] = (indices, shapes, blocks, loose)
+    for members in blocks:
+        block = torch.cat([tensors[i] for i in members])  # one copy; each tensor's elements stay together
+        rows[members, :6] = _block_rows(block.view(len(members), -1))
     if loose:
-        rows[at[:loose], :6] = _segment_rows(_host_numpy(flat[:start]), sizes[:loose])
-    first = loose
-    while first < len(at):
-        size = int(sizes[first])
-        last = first + int(np.searchsorted(sizes[first:], size, side="right"))
-        block = flat[start:start + size * (last - first)].view(last - first, size)
-        rows[at[first:last], :6] = _block_rows(block)
-        start += size * (last - first)
-        first = last
+        flat = _flatten([tensors[i] for i in loose])
+        rows[loose, :6] = _segment_rows(_host_numpy(flat), rows[loose, 6].astype(np.int64))
 
 
 def _block_rows(block: torch.Tensor) -> np.ndarray:
@@ -400,7 +401,7 @@ def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numel
         other = [i for i in group if numels[i] > limit] if kept_indices else group
         if other:
             own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
-            _reduce_into(rows, tensors, own)
+            _reduce_into(rows, tensors, own, memo, ("shapes", dtype))
             if aliases:
                 rows[aliases, :6] = rows[targets, :6]
     if big:
