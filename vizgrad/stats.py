@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -303,13 +304,21 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         A :class:`Batch` aligned with ``tensors``.
     """
     count = len(tensors)
-    numels = list(map(torch.Tensor.numel, tensors))  # map(): one C loop, this runs for every gradient
-    rows = np.zeros((count, 7), dtype=np.float64)
-    rows[:, 6] = numels
+    limit = math.inf if keep is None else keep
     kept: list[Any] = [None] * count
     buffers: list[torch.Tensor] = []
     pending: list[tuple[int, list[int], list[int]]] = []
-    limit = math.inf if keep is None else keep
+    if memo is not None and count and (packed_devices is None or "cpu" not in packed_devices):
+        plan = _cpu_plan(tensors, limit, memo)
+        if plan is not None:  # every tensor on the CPU, laid out as in the last call: its split holds
+            rows = np.zeros((count, 7), dtype=np.float64)
+            rows[:, 6] = plan.numels
+            _summarize_groups(tensors, plan.groups, plan.big, plan.numels, rows, kept, buffers, pending, limit,
+                              memo)
+            return Batch(rows, buffers, kept, pending)
+    numels = list(map(torch.Tensor.numel, tensors))  # map(): one C loop, this runs for every gradient
+    rows = np.zeros((count, 7), dtype=np.float64)
+    rows[:, 6] = numels
     on_cpu = list(map(_is_cpu, tensors))
     if count and 0 not in numels and False not in on_cpu:  # the common case: every tensor on the CPU, none empty
         by_device: dict[Any, list[int]] = {"cpu": list(range(count))}
@@ -327,8 +336,36 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         if packed:
             _summarize_packed(tensors, indices, rows, kept, buffers, pending, limit)
         else:
-            _summarize_on_cpu(tensors, indices, numels, rows, kept, buffers, pending, limit, memo)
+            groups, big = _cpu_groups(tensors, indices, numels, limit)
+            _summarize_groups(tensors, groups, big, numels, rows, kept, buffers, pending, limit, memo)
     return Batch(rows, buffers, kept, pending)
+
+
+class _CpuPlan(NamedTuple):
+    """How :func:`summarize` splits tensors of given shapes, dtypes and layouts, all on the CPU."""
+
+    props: list[tuple[Any, ...]]
+    limit: float
+    numels: list[int]
+    groups: list[tuple[torch.dtype, list[int], list[int]]]
+    big: list[int]
+
+
+_props = operator.attrgetter("shape", "dtype", "layout", "is_cpu")
+
+
+def _cpu_plan(tensors: Sequence[torch.Tensor], limit: float, memo: dict[Any, Any]) -> _CpuPlan | None:
+    """The split of ``tensors`` for the CPU path, remembered in ``memo``; ``None`` when it does not apply."""
+    props = list(map(_props, tensors))
+    plan = memo.get("plan")
+    if plan is not None and plan.limit == limit and plan.props == props:
+        return plan
+    numels = [math.prod(shape) for shape, _, _, _ in props]
+    if 0 in numels or any(not on_cpu for _, _, _, on_cpu in props):
+        return None
+    groups, big = _cpu_groups(tensors, list(range(len(tensors))), numels, limit)
+    plan = memo["plan"] = _CpuPlan(props, limit, numels, groups, big)
+    return plan
 
 
 def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None = 64, *,
@@ -345,29 +382,44 @@ def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None =
         for each value its position in the batch (``-1`` for ``None``).
     """
     count = len(values)
+    if memo is not None:
+        last = memo.get("distinct")
+        if last is not None and len(last[0]) == count:
+            representatives, first_at, positions = last
+            padded = list(values)
+            padded.append(None)  # what a None value's representative points at
+            # Each value must still be the very object its representative is, and no representative None.
+            if all(map(operator.is_, values, map(padded.__getitem__, representatives))):
+                tensors = list(map(values.__getitem__, first_at))
+                if not any(map(operator.is_, tensors, itertools.repeat(None))):
+                    return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), positions
     if count <= _SMALL_DEDUPE:  # a dict beats numpy's sorting for a small graph
-        first: dict[int, int] = {}
-        tensors: list[torch.Tensor] = []
-        positions: list[int] = []
-        for value in values:
+        seen: dict[int, int] = {}
+        first_at = []
+        positions = []
+        for at, value in enumerate(values):
             if value is None:
                 positions.append(-1)
                 continue
-            at = first.setdefault(id(value), len(tensors))
-            if at == len(tensors):
-                tensors.append(value)
-            positions.append(at)
-        return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), positions
-    ids = np.fromiter(map(id, values), dtype=np.uint64, count=count)
-    distinct_ids, first_at, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    order = np.argsort(first_at, kind="stable")  # batch positions in first-seen order
-    none_at = np.searchsorted(distinct_ids, np.uint64(id(None)))
-    if none_at < len(distinct_ids) and distinct_ids[none_at] == id(None):
-        order = order[order != none_at]
-    position = np.full(len(distinct_ids), -1, dtype=np.int64)
-    position[order] = np.arange(len(order))
-    tensors = [values[i] for i in first_at[order].tolist()]
-    return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), position[inverse.reshape(-1)].tolist()
+            position = seen.setdefault(id(value), len(first_at))
+            if position == len(first_at):
+                first_at.append(at)
+            positions.append(position)
+    else:
+        ids = np.fromiter(map(id, values), dtype=np.uint64, count=count)
+        distinct_ids, first_seen, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        order = np.argsort(first_seen, kind="stable")  # batch positions in first-seen order
+        none_at = np.searchsorted(distinct_ids, np.uint64(id(None)))
+        if none_at < len(distinct_ids) and distinct_ids[none_at] == id(None):
+            order = order[order != none_at]
+        position_of = np.full(len(distinct_ids), -1, dtype=np.int64)
+        position_of[order] = np.arange(len(order))
+        first_at = first_seen[order].tolist()
+        positions = position_of[inverse.reshape(-1)].tolist()
+    if memo is not None:
+        memo["distinct"] = ([first_at[p] if p >= 0 else count for p in positions], first_at, positions)
+    tensors = [values[i] for i in first_at]
+    return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), positions
 
 
 _is_cpu = operator.attrgetter("is_cpu")
@@ -375,9 +427,9 @@ _layout = operator.attrgetter("layout")
 _dtype = operator.attrgetter("dtype")
 
 
-def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int], rows: np.ndarray,
-                      kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
-                      limit: float, memo: dict[Any, Any] | None = None) -> None:
+def _cpu_groups(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int],
+                limit: float) -> tuple[list[tuple[torch.dtype, list[int], list[int]]], list[int]]:
+    """Splits CPU tensors into ``(dtype, kept ones, other ones)`` flat groups and the big or sparse ones."""
     groups: dict[torch.dtype, list[int]] = {}
     big: list[int] = []
     group_tensors = [tensors[i] for i in indices]
@@ -392,13 +444,20 @@ def _summarize_on_cpu(tensors: Sequence[torch.Tensor], indices: list[int], numel
                 groups.setdefault(dtype, []).append(i)
             else:
                 big.append(i)
-    for dtype, group in groups.items():
-        kept_indices = [i for i in group if numels[i] <= limit]
+    return [(dtype, [i for i in group if numels[i] <= limit], [i for i in group if numels[i] > limit])
+            for dtype, group in groups.items()], big
+
+
+def _summarize_groups(tensors: Sequence[torch.Tensor], groups: list[tuple[torch.dtype, list[int], list[int]]],
+                      big: list[int], numels: list[int], rows: np.ndarray, kept: list[Any],
+                      buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]], limit: float,
+                      memo: dict[Any, Any] | None) -> None:
+    """Summarises CPU tensors split by :func:`_cpu_groups`."""
+    for dtype, kept_indices, other in groups:
         if kept_indices:
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
             _keep_flat(_flatten([tensors[i] for i in kept_indices]), kept_indices, tensors, rows, kept, buffers,
                        pending, [numels[i] for i in kept_indices])
-        other = [i for i in group if numels[i] > limit] if kept_indices else group
         if other:
             own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
             _reduce_into(rows, tensors, own, memo, ("shapes", dtype))
