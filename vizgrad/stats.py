@@ -140,31 +140,34 @@ _shape = operator.attrgetter("shape")
 
 
 def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: list[int],
-                 memo: dict[Any, Any] | None = None, key: Any = None) -> None:
+                 memo: dict[Any, Any] | None = None, key: Any = None, layouts: Any = None) -> None:
     """Fills ``rows[indices, :6]`` for dense tensors of one dtype.
 
     Tensors of a shape many of them share (a loop's repeated layers) are
     concatenated shape by shape into 2-d blocks, one row per tensor, and
     reduced along rows by torch's vectorised kernels; the rest are flattened
     into one buffer for numpy's segment reductions. Both sum in float64.
-    ``memo`` keeps last call's grouping by shape, reused while shapes agree.
+    ``memo`` keeps last call's grouping by shape, reused while the shapes
+    agree: checked here, or vouched for by ``layouts``, the very list of
+    ``(shape, ...)`` per tensor that last call had too.
     """
-    shapes = list(map(_shape, [tensors[i] for i in indices]))
     last = memo.get(key) if memo is not None else None
-    if last is not None and last[0] == indices and last[1] == shapes:
+    if last is not None and layouts is not None and last[1] is layouts and last[0] == indices:
         blocks, loose = last[2], last[3]
     else:
+        shapes = list(map(_shape, [tensors[i] for i in indices]))
         by_shape: dict[Any, list[int]] = {}
         for i, shape in zip(indices, shapes):
             by_shape.setdefault(shape, []).append(i)
-        blocks = [members for shape, members in by_shape.items() if len(members) >= _BLOCK_RUN and len(shape)]
+        blocks = [(members, np.asarray(members, dtype=np.int64)) for shape, members in by_shape.items()
+                  if len(members) >= _BLOCK_RUN and len(shape)]
         loose = [i for shape, members in by_shape.items() if len(members) < _BLOCK_RUN or not len(shape)
                  for i in members]
         if memo is not None:
-            memo[key] = (indices, shapes, blocks, loose)
-    for members in blocks:
+            memo[key] = (indices, layouts, blocks, loose)
+    for members, at in blocks:
         block = torch.cat([tensors[i] for i in members])  # one copy; each tensor's elements stay together
-        rows[members, :6] = _block_rows(block.view(len(members), -1))
+        rows[at, :6] = _block_rows(block.view(len(members), -1))
     if loose:
         flat = _flatten([tensors[i] for i in loose])
         rows[loose, :6] = _segment_rows(_host_numpy(flat), rows[loose, 6].astype(np.int64))
@@ -314,7 +317,7 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
             rows = np.zeros((count, 7), dtype=np.float64)
             rows[:, 6] = plan.numels
             _summarize_groups(tensors, plan.groups, plan.big, plan.numels, rows, kept, buffers, pending, limit,
-                              memo)
+                              memo, plan.props)
             return Batch(rows, buffers, kept, pending)
     numels = list(map(torch.Tensor.numel, tensors))  # map(): one C loop, this runs for every gradient
     rows = np.zeros((count, 7), dtype=np.float64)
@@ -451,8 +454,8 @@ def _cpu_groups(tensors: Sequence[torch.Tensor], indices: list[int], numels: lis
 def _summarize_groups(tensors: Sequence[torch.Tensor], groups: list[tuple[torch.dtype, list[int], list[int]]],
                       big: list[int], numels: list[int], rows: np.ndarray, kept: list[Any],
                       buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]], limit: float,
-                      memo: dict[Any, Any] | None) -> None:
-    """Summarises CPU tensors split by :func:`_cpu_groups`."""
+                      memo: dict[Any, Any] | None, layouts: Any = None) -> None:
+    """Summarises CPU tensors split by :func:`_cpu_groups` (``layouts``: the plan's, when one applies)."""
     for dtype, kept_indices, other in groups:
         if kept_indices:
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
@@ -460,7 +463,7 @@ def _summarize_groups(tensors: Sequence[torch.Tensor], groups: list[tuple[torch.
                        pending, [numels[i] for i in kept_indices])
         if other:
             own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
-            _reduce_into(rows, tensors, own, memo, ("shapes", dtype))
+            _reduce_into(rows, tensors, own, memo, ("shapes", dtype), layouts)
             if aliases:
                 rows[aliases, :6] = rows[targets, :6]
     if big:
