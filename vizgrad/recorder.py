@@ -336,8 +336,11 @@ _TRAVERSED = ("op", "leaf", "custom")  # node kinds with a live backward node
 def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tuple[tuple, tuple]]]:
     """Nodes that need no hook of their own: node id -> ``(key, key it equals)`` for its gradients.
 
-    Chosen greedily in traversal order, so no two of them are adjacent: every
-    neighbour of one is hooked and reports the gradients they share.
+    A node qualifies when each gradient into it comes along a lone edge from a
+    traversed node and each gradient out of it is the lone input of one. No
+    two chosen nodes are adjacent, so a hooked neighbour reports every
+    gradient they share; among qualifying nodes those with the fewest
+    qualifying neighbours go first (the usual greedy independent set).
     """
     edges = [edge for edge in graph.edges if edge.kind in ("grad", "root")]
     feeds = collections.Counter((edge.dst, edge.output) for edge in edges)
@@ -347,17 +350,23 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tu
         into[edge.dst].append(edge)
         out_of[edge.src].append(edge)
     kinds = {node.id: node.kind for node in graph.nodes}
-    unhooked: dict[str, list[tuple[tuple, tuple]]] = {}
-    for node in traversed:
-        incoming, outgoing = into[node.id], out_of[node.id]
-        if incoming and all(kinds[edge.src] in _TRAVERSED and edge.src not in unhooked
-                            and feeds[edge.dst, edge.output] == 1 for edge in incoming) \
-                and all(kinds[edge.dst] in _TRAVERSED and edge.dst not in unhooked
-                        and feeds[edge.dst, edge.output] == 1 for edge in outgoing):
-            unhooked[node.id] = ([(("node", node.id, edge.output), ("edge", edge.src, edge.slot)) for edge in incoming]
-                                 + [(("edge", node.id, edge.slot), ("node", edge.dst, edge.output))
-                                    for edge in outgoing])
-    return unhooked
+    qualifying = [node.id for node in traversed
+                  if into[node.id]
+                  and all(kinds[edge.src] in _TRAVERSED and feeds[edge.dst, edge.output] == 1 for edge in into[node.id])
+                  and all(kinds[edge.dst] in _TRAVERSED and feeds[edge.dst, edge.output] == 1
+                          for edge in out_of[node.id])]
+    candidates = set(qualifying)
+    neighbours = {node_id: {edge.src for edge in into[node_id]} | {edge.dst for edge in out_of[node_id]}
+                  for node_id in qualifying}
+    order = sorted(range(len(qualifying)), key=lambda k: (len(neighbours[qualifying[k]] & candidates), k))
+    chosen: set[str] = set()
+    for k in order:
+        node_id = qualifying[k]
+        if not neighbours[node_id] & chosen:
+            chosen.add(node_id)
+    return {node_id: [(("node", node_id, edge.output), ("edge", edge.src, edge.slot)) for edge in into[node_id]]
+            + [(("edge", node_id, edge.slot), ("node", edge.dst, edge.output)) for edge in out_of[node_id]]
+            for node_id in qualifying if node_id in chosen}
 
 
 class _LazyScope:
