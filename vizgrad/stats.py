@@ -180,7 +180,8 @@ def _block_rows(block: torch.Tensor) -> np.ndarray:
     out[:, 0] = torch.linalg.vector_norm(values, dim=1).numpy()
     if not np.isfinite(out[:, 0]).all():  # NaN or Inf somewhere (or squares beyond float32)
         return _segment_rows(_host_numpy(block.reshape(-1)), np.full(block.shape[0], block.shape[1]))
-    out[:, 1] = values.sum(1, dtype=torch.float64).numpy() / values.shape[1]
+    # numpy casts to float64 in small buffers; torch would first copy the whole block to float64.
+    out[:, 1] = np.add.reduce(values.numpy(), axis=1, dtype=np.float64) / values.shape[1]
     out[:, 2] = values.amin(1).numpy()
     out[:, 3] = values.amax(1).numpy()
     return out
