@@ -317,6 +317,24 @@ def test_a_graph_found_by_structure_gets_the_shapes_of_its_step():
         assert step.grad(tanh.id).shape == (len(x), 4)
 
 
+def test_shapes_stay_right_when_steps_switch_back_and_forth():
+    """Runs of steps with one shape, then another, then a dtype change: each step's graph fits its gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    sizes = [8, 8, 8, 5, 5, 8, 8, 5, 8, 5, 5, 5]
+    with vizgrad.record(model) as run:
+        for size in sizes:
+            model(torch.randn(size, 3)).pow(2).mean().backward()
+        model.double()
+        for size in (8, 8, 5):
+            model(torch.randn(size, 3, dtype=torch.float64)).pow(2).mean().backward()
+    for step, size in zip(run.steps, sizes + [8, 8, 5]):
+        for node in step.graph.nodes:
+            if node.op == "TanhBackward0":
+                assert node.shape == (size, 4) and step.grad(node.id).shape == (size, 4)
+                assert node.dtype == str(step.grad(node.id).dtype).removeprefix("torch.")
+
+
 def _programs():
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))

@@ -178,17 +178,21 @@ class Recorder:
             values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
         else:
             keys, values = self._keys_and_values(itertools.compress(live.positions, layout.hooked), pairs)
-        if live.structure is not None and not (static and layout.shapes_match(values)):
-            # The graph was found by structure; its ops' shapes differ from (or cannot be
-            # checked against) the gradients that flowed: read them from the nodes.
-            graph = self._dedupe(self.tracer.with_read_shapes(graph, live), live)
-            layout = self._layout(graph)
         for root, seed in zip(roots, self._root_gradients(roots, grad_tensors)):
             values += (root, seed, seed)
         for at in layout.named_leaves:
             variable = fns[at].variable
             values += (variable, variable.grad)
-        batch, positions = summarize_distinct(values, self.keep, memo=layout.summary_memo)
+        memo = layout.summary_memo
+        batch, positions = summarize_distinct(values, self.keep, memo=memo)
+        if live.structure is not None and not (static and self._shapes_hold(layout, values, positions)):
+            # The graph was found by structure; its ops' shapes differ from (or cannot be
+            # checked against) the gradients that flowed: read them from the nodes.
+            memo.pop("vouched", None)
+            graph = self._dedupe(self.tracer.with_read_shapes(graph, live), live)
+            layout = self._layout(graph)
+        elif memo.get("used_plan") is not None:
+            memo["vouched"] = (memo["used_plan"], positions)
         if static and positions == layout.positions:  # tensors shared as in the last step: same index
             index = layout.index
         else:
@@ -205,6 +209,21 @@ class Recorder:
         self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
         for callback in self.on_step:
             callback(step)
+
+    @staticmethod
+    def _shapes_hold(layout: _Layout, values: Sequence[Any], positions: list[int]) -> bool:
+        """Whether the gradients fit the shapes and dtypes of the layout's graph.
+
+        When they are shared out exactly as in an earlier step that fitted
+        (the same ``positions`` object) and every distinct tensor has that
+        step's shape, dtype and layout (the same summary plan), they fit
+        again without being looked at one by one.
+        """
+        vouched = layout.summary_memo.get("vouched")
+        used = layout.summary_memo.get("used_plan")
+        if vouched is not None and used is not None and vouched[0] is used and vouched[1] is positions:
+            return True
+        return layout.shapes_match(values)
 
     def _layout(self, graph: Graph) -> _Layout:
         """The graph's :class:`_Layout`, made once per graph."""

@@ -301,8 +301,11 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         packed_devices: Device types that use the packed single-transfer path
             (default: every type but ``cpu``; tests pass ``["cpu"]``).
         memo: A dict kept between calls on tensors laid out alike (a training
-            loop's steps): which views shared memory last time is checked
-            there first instead of being searched for again.
+            loop's steps): how they split and which views shared memory last
+            time is checked there first instead of being worked out again.
+            ``memo["used_plan"]`` is then the split this call used: the same
+            object as last call's when every tensor had the same shape,
+            dtype, layout and device (``None`` off the CPU path).
 
     Returns:
         A :class:`Batch` aligned with ``tensors``.
@@ -312,8 +315,10 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
     kept: list[Any] = [None] * count
     buffers: list[torch.Tensor] = []
     pending: list[tuple[int, list[int], list[int]]] = []
-    if memo is not None and count and (packed_devices is None or "cpu" not in packed_devices):
-        plan = _cpu_plan(tensors, limit, memo)
+    if memo is not None:
+        plan = _cpu_plan(tensors, limit, memo) if count and (packed_devices is None or "cpu" not in packed_devices) \
+            else None
+        memo["used_plan"] = plan  # callers may tell by its identity that shapes, dtypes and layouts repeat
         if plan is not None:  # every tensor on the CPU, laid out as in the last call: its split holds
             rows = np.zeros((count, 7), dtype=np.float64)
             rows[:, 6] = plan.numels
