@@ -285,12 +285,14 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
               packed_devices: Sequence[str] | None = None, memo: dict[Any, Any] | None = None) -> Batch:
     """Summarises every tensor, and keeps a host copy of those with at most ``keep`` elements.
 
-    On the CPU, small dense tensors of one dtype are flattened into one buffer
-    in a single call (a copy, so later in-place updates of the originals cannot
-    change what was kept) and reduced segment by segment with numpy; large and
-    sparse tensors get three torch reductions each. Views that cover exactly
-    the elements of another tensor in the batch (a transpose, a reshape) share
-    its summary instead of being reduced again. On an accelerator every
+    On the CPU, the small dense tensors that are kept are flattened into one
+    buffer in a single call (a copy, so later in-place updates of the
+    originals cannot change what was kept) and reduced from it, segment by
+    segment with numpy, when first asked. Other small dense tensors are copied
+    into 2-d blocks of one shape (or one flat buffer) and reduced row by row
+    at once; large and sparse tensors get three torch reductions each. Views
+    that cover exactly the elements of another tensor in the batch (a
+    transpose, a reshape) share its summary instead of being reduced again. On an accelerator every
     reduction runs on the device and the results and kept values travel to
     the host packed into one byte buffer: one synchronisation per device per
     step, not one per tensor (plus one more only when a tensor holds NaN/Inf).
