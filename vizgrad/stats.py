@@ -493,13 +493,18 @@ def _distinct_memory_memo(tensors: Sequence[torch.Tensor], indices: list[int], n
         return _distinct_memory(tensors, indices, numels)
     last = memo.get(key)
     if last is not None and last[0] == indices:
-        _, own, aliases, targets, layouts = last
-        if all(numels[a] == numels[t] and tensors[a].data_ptr() == tensors[t].data_ptr()
-               and (tensors[a].shape, tensors[a].stride()) == layout
-               for a, t, layout in zip(aliases, targets, layouts)):
+        _, own, aliases, targets, (shapes, strides, counts) = last
+        alias_tensors = [tensors[a] for a in aliases]
+        if list(map(torch.Tensor.data_ptr, alias_tensors)) == list(
+                map(torch.Tensor.data_ptr, [tensors[t] for t in targets])) \
+                and list(map(_shape, alias_tensors)) == shapes and list(map(torch.Tensor.stride, alias_tensors)) \
+                == strides and [numels[t] for t in targets] == counts:
             return own, aliases, targets
     own, aliases, targets = _distinct_memory(tensors, indices, numels)
-    memo[key] = (indices, own, aliases, targets, [(tensors[a].shape, tensors[a].stride()) for a in aliases])
+    alias_tensors = [tensors[a] for a in aliases]
+    memo[key] = (indices, own, aliases, targets, (list(map(_shape, alias_tensors)),
+                                                  list(map(torch.Tensor.stride, alias_tensors)),
+                                                  [numels[a] for a in aliases]))
     return own, aliases, targets
 
 
