@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import itertools
 import operator
 import threading
@@ -358,8 +359,8 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tu
     A node qualifies when each gradient into it comes along a lone edge from a
     traversed node and each gradient out of it is the lone input of one. No
     two chosen nodes are adjacent, so a hooked neighbour reports every
-    gradient they share; among qualifying nodes those with the fewest
-    qualifying neighbours go first (the usual greedy independent set).
+    gradient they share. They are picked by the minimum-degree greedy rule
+    for independent sets.
     """
     edges = [edge for edge in graph.edges if edge.kind in ("grad", "root")]
     feeds = collections.Counter((edge.dst, edge.output) for edge in edges)
@@ -375,14 +376,27 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tu
                   and all(kinds[edge.dst] in _TRAVERSED and feeds[edge.dst, edge.output] == 1
                           for edge in out_of[node.id])]
     candidates = set(qualifying)
-    neighbours = {node_id: {edge.src for edge in into[node_id]} | {edge.dst for edge in out_of[node_id]}
+    neighbours = {node_id: ({edge.src for edge in into[node_id]} | {edge.dst for edge in out_of[node_id]}) & candidates
                   for node_id in qualifying}
-    order = sorted(range(len(qualifying)), key=lambda k: (len(neighbours[qualifying[k]] & candidates), k))
+    # Minimum-degree greedy: take a node with the fewest qualifying neighbours left, drop those
+    # neighbours, update the degrees around them, repeat (traversal order breaks ties).
+    rank = {node_id: k for k, node_id in enumerate(qualifying)}
+    degree = {node_id: len(neighbours[node_id]) for node_id in qualifying}
+    heap = [(degree[node_id], rank[node_id], node_id) for node_id in qualifying]
+    heapq.heapify(heap)
     chosen: set[str] = set()
-    for k in order:
-        node_id = qualifying[k]
-        if not neighbours[node_id] & chosen:
-            chosen.add(node_id)
+    gone: set[str] = set()
+    while heap:
+        left, _, node_id = heapq.heappop(heap)
+        if node_id in gone or left != degree[node_id]:
+            continue  # taken, dropped, or an outdated entry
+        chosen.add(node_id)
+        gone.add(node_id)
+        for neighbour in neighbours[node_id] - gone:
+            gone.add(neighbour)
+            for other in neighbours[neighbour] - gone:
+                degree[other] -= 1
+                heapq.heappush(heap, (degree[other], rank[other], other))
     return {node_id: [(("node", node_id, edge.output), ("edge", edge.src, edge.slot)) for edge in into[node_id]]
             + [(("edge", node_id, edge.slot), ("node", edge.dst, edge.output)) for edge in out_of[node_id]]
             for node_id in qualifying if node_id in chosen}
