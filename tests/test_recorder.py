@@ -374,3 +374,30 @@ def test_unhooked_nodes_get_the_gradients_a_hook_would_have_seen(program, monkey
     for key in expected:
         assert lean_step.summaries[key] == full_step.summaries[key], key
         assert torch.equal(lean_step.values[key], full_step.values[key]), key
+
+
+def test_a_multi_output_op_whose_first_output_is_unused():
+    """split() with its first piece unused: nothing flows into output 0, on every step."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, requires_grad=True)
+    with vizgrad.record({"x": x}, keep=None) as run:
+        for _ in range(3):
+            _, b = (x * 2).split([2, 4])
+            (b.sin() * 3).sum().backward()
+    for count, step in enumerate(run.steps, 1):
+        split = next(node for node in step.graph.nodes if node.op == "SplitWithSizesBackward0")
+        assert step.grad(split.id, 0) is None
+        torch.testing.assert_close(step.grad(split.id, 1), 3 * (2 * x[2:]).cos().detach())
+        torch.testing.assert_close(step.param_grad("x"), x.grad * count / 3)  # .grad accumulates
+
+
+def test_an_unused_first_output_when_shapes_change():
+    w = torch.randn(1, 6, requires_grad=True)
+    with vizgrad.record({"w": w}, keep=None) as run:
+        for rows in (3, 3, 5, 3):
+            _, b = (torch.randn(rows, 6) * w).split([2, 4], dim=1)
+            (b.sin() * 3).sum().backward()
+    for step, rows in zip(run.steps, (3, 3, 5, 3)):
+        split = next(node for node in step.graph.nodes if node.op == "SplitWithSizesBackward0")
+        assert split.shape == (rows, 2) and step.grad(split.id, 0) is None
+        assert step.grad(split.id, 1).shape == (rows, 4)

@@ -357,7 +357,8 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tu
     """Nodes that need no hook of their own: node id -> ``(key, key it equals)`` for its gradients.
 
     A node qualifies when each gradient into it comes along a lone edge from a
-    traversed node and each gradient out of it is the lone input of one. No
+    traversed node, one of them into its first output, and each gradient out
+    of it is the lone input of one. No
     two chosen nodes are adjacent, so a hooked neighbour reports every
     gradient they share. They are picked by the minimum-degree greedy rule
     for independent sets.
@@ -371,7 +372,7 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tu
         out_of[edge.src].append(edge)
     kinds = {node.id: node.kind for node in graph.nodes}
     qualifying = [node.id for node in traversed
-                  if into[node.id]
+                  if any(edge.output == 0 for edge in into[node.id])  # its first output's gradient checks its shape
                   and all(kinds[edge.src] in _TRAVERSED and feeds[edge.dst, edge.output] == 1 for edge in into[node.id])
                   and all(kinds[edge.dst] in _TRAVERSED and feeds[edge.dst, edge.output] == 1
                           for edge in out_of[node.id])]
