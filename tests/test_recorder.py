@@ -15,6 +15,7 @@ from vizgrad.capture import NodeCapture
 from vizgrad.errors import RecordingError
 
 ORIGINAL_BACKWARD = torch.autograd.backward
+ORIGINAL_REGISTER_HOOK = torch.Tensor.register_hook
 
 
 @pytest.fixture
@@ -40,6 +41,7 @@ def hook_calls(monkeypatch):
 
 def assert_restored():
     assert torch.autograd.backward is ORIGINAL_BACKWARD
+    assert torch.Tensor.register_hook is ORIGINAL_REGISTER_HOOK
     assert not recorder_module._active
     with vizgrad.record():  # a new block can start: nothing is left active
         pass
@@ -90,9 +92,9 @@ def test_seed_loop_is_bit_identical_with_recording(hook_calls):
     assert run.steps[-1].param("w").item() != w_rec.item()
     assert run.steps[5].summaries.index is run.steps[6].summaries.index  # one key table for a loop's steps
     calls = hook_calls["n"]
-    # 5 of the seed graph's 9 backward nodes are hooked, once per step; their hooks
-    # also report the gradients of the other 4 (see recorder._unhooked_nodes).
-    assert calls == 300 * 5
+    # The first step hooks all 9 backward nodes (a tensor hook could predate the block);
+    # later steps hook 5, whose hooks also report the other 4's gradients.
+    assert calls == 9 + 299 * 5
     assert_restored()
 
 
@@ -134,14 +136,14 @@ def test_hooks_are_removed_after_each_step_and_after_the_block(hook_calls):
     with vizgrad.record() as run:
         loss = (w.exp() * 2).sum()  # SumBackward0, MulBackward0, ExpBackward0, AccumulateGrad
         loss.backward(retain_graph=True)
-        assert hook_calls["n"] == 2  # sum and exp: their hooks see the mul's and the accumulator's gradients too
-        assert run.steps[0].stats(run.steps[0].graph.node_of(w).id)["numel"] == 3
+        assert hook_calls["n"] == 4  # a recorder's first step hooks every node
         loss.backward(retain_graph=True)
-        assert hook_calls["n"] == 4  # not 6: the first step's hooks are gone
+        assert hook_calls["n"] == 6  # not 10: the first step's hooks are gone; sum's and exp's see all
+        assert run.steps[1].stats(run.steps[1].graph.node_of(w).id)["numel"] == 3
     assert len(run.steps) == 2
     assert_restored()
     loss.backward()  # the same graph, outside the block: no hook of ours fires
-    assert hook_calls["n"] == 4
+    assert hook_calls["n"] == 6
     torch.testing.assert_close(w.grad, 3 * 2 * w.exp().detach())
 
 
@@ -401,3 +403,27 @@ def test_an_unused_first_output_when_shapes_change():
         split = next(node for node in step.graph.nodes if node.op == "SplitWithSizesBackward0")
         assert split.shape == (rows, 2) and step.grad(split.id, 0) is None
         assert step.grad(split.id, 1).shape == (rows, 4)
+
+
+def test_tensor_hooks_that_change_gradients_are_seen_where_they_act():
+    """A hook on an intermediate (and on a parameter) changes what its node receives, not what was sent to it."""
+    torch.manual_seed(0)
+    w = torch.randn(5, requires_grad=True)
+    w.register_hook(lambda grad: grad * 10)  # before the block, on a leaf
+    with vizgrad.record({"w": w}, keep=None) as run:
+        for _ in range(3):
+            a = w * 2
+            h = a.sin()
+            h.register_hook(lambda grad: grad * 3)
+            loss = (h * h.detach() + a.exp()).sum()
+            # autograd.grad reports h's gradient as computed, before h's hook (the node runs on it
+            # later); a's gradient is what a received, built from the hooked one.
+            sent, want_a = torch.autograd.grad(loss, [h, a], retain_graph=True)
+            loss.backward()
+            step = run.steps[-1]
+            sin = step.graph.node_of(h).id
+            edge_into_sin = next(e for e in step.graph.edges if e.dst == sin)
+            torch.testing.assert_close(step.edge_grad(edge_into_sin.src, edge_into_sin.slot), sent)
+            torch.testing.assert_close(step.grad_of(h), 3 * sent)  # what the sin node received and used
+            torch.testing.assert_close(step.grad_of(a), want_a)
+            torch.testing.assert_close(step.grad(step.graph.node_of(w).id), w.grad / len(run.steps))

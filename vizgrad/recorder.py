@@ -24,6 +24,9 @@ from vizgrad.tracing import LiveMap, Tracer, as_roots
 __all__ = ["record", "Recorder"]
 
 _active_lock = threading.Lock()
+#: ``Tensor.register_hook`` calls while any recorder runs. A tensor hook may change the
+#: gradient its node receives, which a neighbour's hook then cannot stand in for.
+_tensor_hooks_registered = 0
 _shape_and_dtype = operator.attrgetter("shape", "dtype")
 _active: list[Recorder] = []
 
@@ -63,6 +66,8 @@ class Recorder:
         self._ones: dict[tuple[Any, ...], torch.Tensor] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
         self._original_backward: Callable[..., Any] | None = None
+        self._original_register_hook: Callable[..., Any] | None = None
+        self._tensor_hooks_seen = -1  # _tensor_hooks_registered at the last step; -1: no step yet
         self._in_step = False
         self.run.backward = self.backward  # type: ignore[attr-defined]
 
@@ -83,6 +88,17 @@ class Recorder:
 
         backward.__wrapped__ = self._original_backward  # type: ignore[attr-defined]
         torch.autograd.backward = backward  # type: ignore[assignment]
+        self._original_register_hook = original_register_hook = torch.Tensor.register_hook
+
+        def register_hook(tensor: torch.Tensor, hook: Callable[..., Any]) -> Any:
+            """``Tensor.register_hook``, counted by vizgrad (such hooks can change gradients)."""
+            global _tensor_hooks_registered
+            _tensor_hooks_registered += 1
+            return original_register_hook(tensor, hook)
+
+        register_hook.__wrapped__ = original_register_hook  # type: ignore[attr-defined]
+        register_hook.__doc__ = original_register_hook.__doc__
+        torch.Tensor.register_hook = register_hook  # type: ignore[method-assign]
 
     def stop(self) -> None:
         """Restores ``torch.autograd.backward`` and flushes the store."""
@@ -93,6 +109,9 @@ class Recorder:
             if self._original_backward is not None:
                 torch.autograd.backward = self._original_backward  # type: ignore[assignment]
                 self._original_backward = None
+            if self._original_register_hook is not None:
+                torch.Tensor.register_hook = self._original_register_hook  # type: ignore[method-assign]
+                self._original_register_hook = None
         finally:
             with _active_lock:
                 if self in _active:
@@ -142,7 +161,7 @@ class Recorder:
             self._inferred_names.end_step()
             scope.clear()
         graph = self._dedupe(graph, live)
-        layout = self._layout(graph)
+        layout = self._layout(graph, self._neighbours_may_stand_in(graph, live))
         hooked = list(itertools.compress(live.fns, layout.hooked)) if layout.aliases else live.fns
         capture = self._capture
         self._in_step = True
@@ -153,8 +172,8 @@ class Recorder:
             capture.detach()
             self._in_step = False
         try:
-            self._finish_step(graph, live, hooked, tracked, grad_tensors if len(roots) == len(tracked) else None,
-                              capture.captured)
+            self._finish_step(graph, live, layout, hooked, tracked,
+                              grad_tensors if len(roots) == len(tracked) else None, capture.captured)
         finally:
             capture.captured.clear()  # the step holds what it needs; drop the gradients
 
@@ -168,9 +187,9 @@ class Recorder:
         same_hash.append(graph)
         return graph
 
-    def _finish_step(self, graph: Graph, live: LiveMap, hooked: Sequence[Any], roots: Sequence[torch.Tensor],
-                     grad_tensors: Any, captured: Mapping[Any, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
-        layout = self._layout(graph)
+    def _finish_step(self, graph: Graph, live: LiveMap, layout: _Layout, hooked: Sequence[Any],
+                     roots: Sequence[torch.Tensor], grad_tensors: Any,
+                     captured: Mapping[Any, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
         fns = live.fns
         pairs = list(map(captured.get, hooked))  # (grad_inputs, grad_outputs) per node, None where it did not run
         static = None not in pairs and list(map(len, itertools.chain.from_iterable(pairs))) == layout.lengths
@@ -191,7 +210,7 @@ class Recorder:
             # checked against) the gradients that flowed: read them from the nodes.
             memo.pop("vouched", None)
             graph = self._dedupe(self.tracer.with_read_shapes(graph, live), live)
-            layout = self._layout(graph)
+            layout = self._layout(graph, layout.unhooked)
         elif memo.get("used_plan") is not None:
             memo["vouched"] = (memo["used_plan"], positions)
         if static and positions == layout.positions:  # tensors shared as in the last step: same index
@@ -226,12 +245,24 @@ class Recorder:
             return True
         return layout.shapes_match(values)
 
-    def _layout(self, graph: Graph) -> _Layout:
-        """The graph's :class:`_Layout`, made once per graph."""
-        layout = self._layouts.get(id(graph))
+    def _layout(self, graph: Graph, unhooked: bool = True) -> _Layout:
+        """The graph's :class:`_Layout` (with unhooked nodes or every node hooked), made once per graph."""
+        layout = self._layouts.get((id(graph), unhooked))
         if layout is None or layout.graph is not graph:
-            layout = self._layouts[id(graph)] = _Layout(graph)
+            layout = self._layouts[id(graph), unhooked] = _Layout(graph, unhooked)
         return layout
+
+    def _neighbours_may_stand_in(self, graph: Graph, live: LiveMap) -> bool:
+        """Whether nodes may go unhooked this step: no tensor hook can have changed what a node received.
+
+        Not on a recorder's first step (hooks may predate it), nor after a
+        ``Tensor.register_hook`` since the last step, nor when a leaf has hooks.
+        """
+        seen, self._tensor_hooks_seen = self._tensor_hooks_seen, _tensor_hooks_registered
+        if seen != _tensor_hooks_registered:
+            return False
+        fns = live.fns
+        return not any(fns[at].variable._backward_hooks for at in self._layout(graph, False).leaves)
 
     @staticmethod
     def _keys_and_values(positions: Iterable[int], pairs: list[Any]) -> tuple[list[tuple], list[Any]]:
@@ -287,7 +318,9 @@ class _Layout:
     of them adjacent) and their keys are :attr:`aliases` of their neighbours'.
 
     Attributes:
-        hooked: Per traversed node, whether it gets a hook.
+        hooked: Per traversed node, whether it gets a hook (all of them when
+            made with ``unhooked=False``).
+        leaves: Traversal positions of the leaves.
         keys: The value key of each gradient, hooked node by hooked node: its edges, then its outputs.
         lengths: ``len(grad_inputs), len(grad_outputs)`` of each hooked node, to check a step against.
         aliases: ``(key, key it equals)`` for the unhooked nodes' gradients.
@@ -297,8 +330,9 @@ class _Layout:
             the key -> position map made from them (reused while steps agree).
     """
 
-    def __init__(self, graph: Graph) -> None:
+    def __init__(self, graph: Graph, unhooked: bool = True) -> None:
         self.graph = graph
+        self.unhooked = unhooked
         self.keys: list[tuple] = []
         self.lengths: list[int] = []
         self.named_leaves: list[int] = []
@@ -306,12 +340,13 @@ class _Layout:
         for root_id in graph.roots:
             self.extra_keys += [("value", root_id), ("node", root_id, 0), ("edge", root_id, 0)]
         traversed = [node for node in graph.nodes if node.kind in _TRAVERSED]
-        unhooked = _unhooked_nodes(graph, traversed)
-        self.hooked = [node.id not in unhooked for node in traversed]
+        unhooked_nodes = _unhooked_nodes(graph, traversed) if unhooked else {}
+        self.hooked = [node.id not in unhooked_nodes for node in traversed]
+        self.leaves = [at for at, node in enumerate(traversed) if node.kind == "leaf"]
         self.aliases: list[tuple[tuple, tuple]] = []
         for at, node in enumerate(traversed):
-            if node.id in unhooked:
-                self.aliases += unhooked[node.id]
+            if node.id in unhooked_nodes:
+                self.aliases += unhooked_nodes[node.id]
             else:
                 self.keys += [("edge", node.id, slot) for slot in range(node.inputs)]
                 self.keys += [("node", node.id, k) for k in range(node.outputs)]
@@ -453,9 +488,11 @@ def record(params: Any = None, *, keep: int | None = 64, saved: bool = False, sa
     Yields:
         The :class:`Run`; ``run.steps`` grows by one per ``backward()``.
 
-    Hooks are removed at the end of every step, also on error, and
-    ``torch.autograd.backward`` is restored when the block exits. Recording
-    reads gradients and never changes them.
+    Hooks are removed at the end of every step, also on error.
+    ``torch.autograd.backward`` (to see each step) and ``Tensor.register_hook``
+    (to count hooks that may change gradients) are wrapped inside the block
+    and restored when it exits. Recording reads gradients and never changes
+    them.
     """
     store = None
     run = None
