@@ -175,9 +175,18 @@ def record_one(forward: Callable[[], Any], params: Any, backward: Callable[[Any]
     """Runs ``forward`` collecting intermediates, builds the oracle, then one recorded backward.
 
     ``params`` names the leaves: the backward runs in this helper, whose frame
-    does not see the test's variables.
+    does not see the test's variables. With ``WARM_UP["steps"]`` set, the same
+    program first runs that many recorded steps (gradients then cleared): a
+    recorder's later steps take its fast paths (nodes left unhooked, graphs
+    found by structure), which the returned run's one step then exercises.
     """
     with vizgrad.record(params, keep=None) as run:
+        for _ in range(WARM_UP["steps"]):
+            warm = forward()
+            torch.autograd.backward(warm, gradient) if backward is None else backward(warm)
+            for leaf in leaves_of(as_tuple(warm)):
+                leaf.grad = None
+            del warm
         with Intermediates() as seen:
             roots = forward()
         oracle = Oracle(roots, seen.tensors, gradient)
@@ -185,8 +194,20 @@ def record_one(forward: Callable[[], Any], params: Any, backward: Callable[[Any]
             torch.autograd.backward(roots, gradient)
         else:
             backward(roots)
-    assert len(run.steps) == 1
+    assert len(run.steps) == 1 + WARM_UP["steps"]
+    del run.steps[:WARM_UP["steps"]]
     return run, oracle, roots
+
+
+WARM_UP = {"steps": 0}
+
+
+@pytest.fixture(autouse=True, params=[0, 2], ids=["first step", "later step"])
+def _warm_up(request):
+    """Each program is checked on a recorder's first step and on a later one."""
+    WARM_UP["steps"] = request.param
+    yield
+    WARM_UP["steps"] = 0
 
 
 @pytest.fixture(autouse=True)

@@ -194,10 +194,17 @@ class Recorder:
         pairs = list(map(captured.get, hooked))  # (grad_inputs, grad_outputs) per node, None where it did not run
         static = None not in pairs and list(map(len, itertools.chain.from_iterable(pairs))) == layout.lengths
         if static:  # every node ran with its usual arity: the value keys are the graph's, made once
-            keys: list[tuple] = layout.keys
+            keys: list[tuple] = layout.all_keys
             values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
+            values += [None if grad is None else grad.t() for grad in map(values.__getitem__, layout.transpose_sources)]
         else:
             keys, values = self._keys_and_values(itertools.compress(live.positions, layout.hooked), pairs)
+            if layout.transposed:
+                position = {key: at for at, key in enumerate(keys)}
+                for key, source in layout.transposed:
+                    at = position.get(source)
+                    keys.append(key)
+                    values.append(None if at is None or values[at] is None else values[at].t())
         for root, seed in zip(roots, self._root_gradients(roots, grad_tensors)):
             values += (root, seed, seed)
         for at in layout.named_leaves:
@@ -324,6 +331,8 @@ class _Layout:
         keys: The value key of each gradient, hooked node by hooked node: its edges, then its outputs.
         lengths: ``len(grad_inputs), len(grad_outputs)`` of each hooked node, to check a step against.
         aliases: ``(key, key it equals)`` for the unhooked nodes' gradients.
+        transposed: ``(key, key it is the transpose of)`` for unhooked
+            transposes' outputs (computed each step: a view, no copy).
         extra_keys: Keys of the root and parameter values after them.
         named_leaves: Traversal positions of the named leaves (in :attr:`extra_keys` order).
         positions: Batch position of each value in the last step, with ``index``,
@@ -340,7 +349,7 @@ class _Layout:
         for root_id in graph.roots:
             self.extra_keys += [("value", root_id), ("node", root_id, 0), ("edge", root_id, 0)]
         traversed = [node for node in graph.nodes if node.kind in _TRAVERSED]
-        unhooked_nodes = _unhooked_nodes(graph, traversed) if unhooked else {}
+        unhooked_nodes, self.transposed = _unhooked_nodes(graph, traversed) if unhooked else ({}, [])
         self.hooked = [node.id not in unhooked_nodes for node in traversed]
         self.leaves = [at for at, node in enumerate(traversed) if node.kind == "leaf"]
         self.aliases: list[tuple[tuple, tuple]] = []
@@ -354,6 +363,10 @@ class _Layout:
             if node.kind == "leaf" and node.name is not None:
                 self.named_leaves.append(at)
                 self.extra_keys += [("param", node.name), ("param_grad", node.name)]
+        #: The static layout's keys: the hooked nodes' keys, then the transposes' outputs.
+        self.all_keys = self.keys + [key for key, _ in self.transposed]
+        position = {key: at for at, key in enumerate(self.keys)}
+        self.transpose_sources = [position[source] for _, source in self.transposed]
         self.positions: list[int] | None = None
         self.index: dict[tuple, int] = {}
         self._expected: tuple[list[int], list[tuple[Any, ...]]] | None = None
@@ -374,7 +387,7 @@ class _Layout:
         a match vouches for the graph's shapes without reading that metadata.
         """
         if self._expected is None:
-            position = self.with_aliases({key: at for at, key in enumerate(self.keys)})
+            position = self.with_aliases({key: at for at, key in enumerate(self.all_keys)})
             checked = [node for node in self.graph.nodes if node.kind in ("op", "custom") and node.shape is not None]
             self._expected = ([position[("node", node.id, 0)] for node in checked],
                               [(node.shape, getattr(torch, node.dtype)) for node in checked])
@@ -388,15 +401,24 @@ class _Layout:
 _TRAVERSED = ("op", "leaf", "custom")  # node kinds with a live backward node
 
 
-def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tuple[tuple, tuple]]]:
-    """Nodes that need no hook of their own: node id -> ``(key, key it equals)`` for its gradients.
+_TRANSPOSE = "TBackward0"  # its gradient out is its gradient in, transposed (``grad.t()``)
+
+
+def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]
+                    ) -> tuple[dict[str, list[tuple[tuple, tuple]]], list[tuple[tuple, tuple]]]:
+    """Nodes that need no hook of their own, and how to get their gradients without one.
 
     A node qualifies when each gradient into it comes along a lone edge from a
     traversed node, one of them into its first output, and each gradient out
-    of it is the lone input of one. No
-    two chosen nodes are adjacent, so a hooked neighbour reports every
-    gradient they share. They are picked by the minimum-degree greedy rule
-    for independent sets.
+    of it is the lone input of one. A transpose also qualifies whatever its
+    output feeds (a weight shared across a loop's steps): its gradient out is
+    its gradient in, transposed. No two chosen nodes are adjacent, so a hooked
+    neighbour reports every gradient they share. They are picked by the
+    minimum-degree greedy rule for independent sets.
+
+    Returns:
+        Node id -> ``(key, key it equals)`` for its gradients, and
+        ``(key, key it is the transpose of)`` for the transposes' outputs.
     """
     edges = [edge for edge in graph.edges if edge.kind in ("grad", "root")]
     feeds = collections.Counter((edge.dst, edge.output) for edge in edges)
@@ -406,11 +428,13 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tu
         into[edge.dst].append(edge)
         out_of[edge.src].append(edge)
     kinds = {node.id: node.kind for node in graph.nodes}
+    transposes = {node.id for node in traversed if node.op == _TRANSPOSE and node.inputs == 1}
     qualifying = [node.id for node in traversed
                   if any(edge.output == 0 for edge in into[node.id])  # its first output's gradient checks its shape
                   and all(kinds[edge.src] in _TRAVERSED and feeds[edge.dst, edge.output] == 1 for edge in into[node.id])
-                  and all(kinds[edge.dst] in _TRAVERSED and feeds[edge.dst, edge.output] == 1
-                          for edge in out_of[node.id])]
+                  and (node.id in transposes
+                       or all(kinds[edge.dst] in _TRAVERSED and feeds[edge.dst, edge.output] == 1
+                              for edge in out_of[node.id]))]
     candidates = set(qualifying)
     neighbours = {node_id: ({edge.src for edge in into[node_id]} | {edge.dst for edge in out_of[node_id]}) & candidates
                   for node_id in qualifying}
@@ -433,9 +457,13 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]) -> dict[str, list[tu
             for other in neighbours[neighbour] - gone:
                 degree[other] -= 1
                 heapq.heappush(heap, (degree[other], rank[other], other))
-    return {node_id: [(("node", node_id, edge.output), ("edge", edge.src, edge.slot)) for edge in into[node_id]]
-            + [(("edge", node_id, edge.slot), ("node", edge.dst, edge.output)) for edge in out_of[node_id]]
-            for node_id in qualifying if node_id in chosen}
+    aliases = {node_id: [(("node", node_id, edge.output), ("edge", edge.src, edge.slot)) for edge in into[node_id]]
+               + [(("edge", node_id, edge.slot), ("node", edge.dst, edge.output)) for edge in out_of[node_id]
+                  if node_id not in transposes]
+               for node_id in qualifying if node_id in chosen}
+    transposed = [(("edge", node_id, 0), ("edge", into[node_id][0].src, into[node_id][0].slot))
+                  for node_id in qualifying if node_id in chosen and node_id in transposes]
+    return aliases, transposed
 
 
 class _LazyScope:
