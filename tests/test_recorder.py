@@ -358,19 +358,20 @@ def _programs():
             "lstm": lstm, "split": split}
 
 
+@pytest.mark.parametrize("keep", [None, 4])
 @pytest.mark.parametrize("program", ["mlp", "lstm", "split"])
-def test_unhooked_nodes_get_the_gradients_a_hook_would_have_seen(program, monkeypatch):
+def test_unhooked_nodes_get_the_gradients_a_hook_would_have_seen(program, keep, monkeypatch):
     """Second steps (a recorder's first hooks every node), recorded lean and with every node hooked, agree."""
     forward = _programs()[program]
-    with vizgrad.record(keep=None) as lean:
+    with vizgrad.record(keep=keep) as lean:
         forward().backward()
         forward().backward()
-    layout = recorder_module._Layout(lean.steps[1].graph)
+    layout = recorder_module._Layout(lean.steps[1].graph, keep=keep)
     assert 0 < layout.hooked.count(False) < len(layout.hooked)  # some nodes were left unhooked
-    if program == "lstm":
-        assert len(layout.transposed) == 8  # the weights' transposes, shared by the loop's steps
+    if program == "lstm":  # the weights' transposes, shared by the loop's steps: views, or too big to keep
+        assert len(layout.transposed) == (8 if keep is None else 0)
     monkeypatch.setattr(recorder_module, "_unhooked_nodes", lambda graph, traversed: ({}, []))
-    with vizgrad.record(keep=None) as full:
+    with vizgrad.record(keep=keep) as full:
         forward().backward()
         forward().backward()
     lean_step, full_step = lean.steps[1], full.steps[1]
@@ -379,8 +380,11 @@ def test_unhooked_nodes_get_the_gradients_a_hook_would_have_seen(program, monkey
     expected = {key for key in full_step.summaries if key[0] != "edge" or key in drawn}
     assert expected <= set(lean_step.summaries)
     for key in expected:
-        assert lean_step.summaries[key] == full_step.summaries[key], key
-        assert torch.equal(lean_step.values[key], full_step.values[key]), key
+        # The same tensor may be reduced in another batch (a block here, a flat run there): equal to rounding.
+        assert tuple(lean_step.summaries[key]) == pytest.approx(tuple(full_step.summaries[key]), rel=1e-6), key
+        assert (key in lean_step.values) == (key in full_step.values), key
+        if key in full_step.values:
+            assert torch.equal(lean_step.values[key], full_step.values[key]), key
 
 
 def test_a_multi_output_op_whose_first_output_is_unused():

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import heapq
 import itertools
+import math
 import operator
 import threading
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -256,7 +257,7 @@ class Recorder:
         """The graph's :class:`_Layout` (with unhooked nodes or every node hooked), made once per graph."""
         layout = self._layouts.get((id(graph), unhooked))
         if layout is None or layout.graph is not graph:
-            layout = self._layouts[id(graph), unhooked] = _Layout(graph, unhooked)
+            layout = self._layouts[id(graph), unhooked] = _Layout(graph, unhooked, self.keep)
         return layout
 
     def _neighbours_may_stand_in(self, graph: Graph, live: LiveMap) -> bool:
@@ -332,14 +333,15 @@ class _Layout:
         lengths: ``len(grad_inputs), len(grad_outputs)`` of each hooked node, to check a step against.
         aliases: ``(key, key it equals)`` for the unhooked nodes' gradients.
         transposed: ``(key, key it is the transpose of)`` for unhooked
-            transposes' outputs (computed each step: a view, no copy).
+            transposes' outputs small enough to keep (a view made each step);
+            bigger ones are :attr:`aliases` (same summary, no value kept).
         extra_keys: Keys of the root and parameter values after them.
         named_leaves: Traversal positions of the named leaves (in :attr:`extra_keys` order).
         positions: Batch position of each value in the last step, with ``index``,
             the key -> position map made from them (reused while steps agree).
     """
 
-    def __init__(self, graph: Graph, unhooked: bool = True) -> None:
+    def __init__(self, graph: Graph, unhooked: bool = True, keep: int | None = None) -> None:
         self.graph = graph
         self.unhooked = unhooked
         self.keys: list[tuple] = []
@@ -349,10 +351,15 @@ class _Layout:
         for root_id in graph.roots:
             self.extra_keys += [("value", root_id), ("node", root_id, 0), ("edge", root_id, 0)]
         traversed = [node for node in graph.nodes if node.kind in _TRAVERSED]
-        unhooked_nodes, self.transposed = _unhooked_nodes(graph, traversed) if unhooked else ({}, [])
+        unhooked_nodes, transposed = _unhooked_nodes(graph, traversed) if unhooked else ({}, [])
+        # A transpose too big to keep needs no view: its summary is its source's.
+        sizes = {node.id: math.prod(node.shape) for node in traversed if node.shape is not None}
+        limit = math.inf if keep is None else keep
+        big = [pair for pair in transposed if sizes.get(pair[0][1], 0) > limit]
+        self.transposed = [pair for pair in transposed if sizes.get(pair[0][1], 0) <= limit]
         self.hooked = [node.id not in unhooked_nodes for node in traversed]
         self.leaves = [at for at, node in enumerate(traversed) if node.kind == "leaf"]
-        self.aliases: list[tuple[tuple, tuple]] = []
+        self.aliases: list[tuple[tuple, tuple]] = list(big)
         for at, node in enumerate(traversed):
             if node.id in unhooked_nodes:
                 self.aliases += unhooked_nodes[node.id]
