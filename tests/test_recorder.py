@@ -436,3 +436,30 @@ def test_tensor_hooks_that_change_gradients_are_seen_where_they_act():
             torch.testing.assert_close(step.grad_of(h), 3 * sent)  # what the sin node received and used
             torch.testing.assert_close(step.grad_of(a), want_a)
             torch.testing.assert_close(step.grad(step.graph.node_of(w).id), w.grad / len(run.steps))
+
+
+def test_shared_weight_transposes_on_a_step_where_some_nodes_do_not_run():
+    """A weight used three times through ``w.t()``: its transposes' gradients add up to w's, fast path or not."""
+    torch.manual_seed(0)
+    w = torch.randn(3, 3, requires_grad=True)
+    b = torch.randn(3, requires_grad=True)
+    x = torch.randn(2, 3)
+
+    def forward():
+        h = x
+        for _ in range(3):
+            h = torch.tanh(h @ w.t() + b)
+        return h.sum()
+
+    with vizgrad.record({"w": w, "b": b}, keep=None) as run:
+        for inputs in (None, None, [w], None):  # the third step leaves b's part of the graph out
+            loss = forward()
+            (want_w,) = torch.autograd.grad(loss, [w], retain_graph=True)
+            loss.backward(inputs=inputs)
+            step = run.steps[-1]
+            transposes = [node for node in step.graph.nodes if node.op == "TBackward0"]
+            assert len(transposes) == 3
+            torch.testing.assert_close(sum(step.edge_grad(node.id, 0) for node in transposes), want_w)
+            for node in transposes:
+                torch.testing.assert_close(step.edge_grad(node.id, 0), step.grad(node.id).t())
+    assert run.steps[2].param_grad("b") is not None  # .grad from the earlier steps

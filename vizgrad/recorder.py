@@ -197,15 +197,15 @@ class Recorder:
         if static:  # every node ran with its usual arity: the value keys are the graph's, made once
             keys: list[tuple] = layout.all_keys
             values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
-            values += [None if grad is None else grad.t() for grad in map(values.__getitem__, layout.transpose_sources)]
+            if layout.transpose_sources:
+                values += _transposes(map(values.__getitem__, layout.transpose_sources))
         else:
             keys, values = self._keys_and_values(itertools.compress(live.positions, layout.hooked), pairs)
             if layout.transposed:
                 position = {key: at for at, key in enumerate(keys)}
-                for key, source in layout.transposed:
-                    at = position.get(source)
-                    keys.append(key)
-                    values.append(None if at is None or values[at] is None else values[at].t())
+                keys += [key for key, _ in layout.transposed]
+                values += _transposes(None if position.get(source) is None else values[position[source]]
+                                      for _, source in layout.transposed)
         for root, seed in zip(roots, self._root_gradients(roots, grad_tensors)):
             values += (root, seed, seed)
         for at in layout.named_leaves:
@@ -490,6 +490,12 @@ class _LazyScope:
     def clear(self) -> None:
         """Drops the references to user objects."""
         self._items = None
+
+
+@torch.no_grad()  # views only: under create_graph they need no graph of their own
+def _transposes(grads: Iterable[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Each gradient transposed (``None`` stays ``None``): what an unhooked transpose passed on."""
+    return [None if grad is None else grad.t() for grad in grads]
 
 
 def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | None:
