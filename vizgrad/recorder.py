@@ -28,8 +28,8 @@ _active_lock = threading.Lock()
 #: ``Tensor.register_hook`` calls while any recorder runs. A tensor hook may change the
 #: gradient its node receives, which a neighbour's hook then cannot stand in for.
 _tensor_hooks_registered = 0
-_shape_and_dtype = operator.attrgetter("shape", "dtype")
 _active: list[Recorder] = []
+_shape_and_dtype = operator.attrgetter("shape", "dtype")
 
 
 class Recorder:
@@ -62,7 +62,7 @@ class Recorder:
         self._explicit_names = naming.explicit_names(params) if params is not None else None
         self._inferred_names = naming.InferredLeafNames()
         self._graphs: dict[str, list[Graph]] = {}
-        self._layouts: dict[int, _Layout] = {}
+        self._layouts: dict[tuple[int, bool], _Layout] = {}
         self._capture = NodeCapture()
         self._ones: dict[tuple[Any, ...], torch.Tensor] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
@@ -163,7 +163,7 @@ class Recorder:
             scope.clear()
         graph = self._dedupe(graph, live)
         layout = self._layout(graph, self._neighbours_may_stand_in(graph, live))
-        hooked = list(itertools.compress(live.fns, layout.hooked)) if layout.aliases else live.fns
+        hooked = live.fns if layout.every_node_hooked else list(itertools.compress(live.fns, layout.hooked))
         capture = self._capture
         self._in_step = True
         try:
@@ -327,7 +327,7 @@ class _Layout:
 
     Attributes:
         hooked: Per traversed node, whether it gets a hook (all of them when
-            made with ``unhooked=False``).
+            made with ``unhooked=False``); ``every_node_hooked`` when all do.
         leaves: Traversal positions of the leaves.
         keys: The value key of each gradient, hooked node by hooked node: its edges, then its outputs.
         lengths: ``len(grad_inputs), len(grad_outputs)`` of each hooked node, to check a step against.
@@ -358,6 +358,7 @@ class _Layout:
         big = [pair for pair in transposed if sizes.get(pair[0][1], 0) > limit]
         self.transposed = [pair for pair in transposed if sizes.get(pair[0][1], 0) <= limit]
         self.hooked = [node.id not in unhooked_nodes for node in traversed]
+        self.every_node_hooked = not unhooked_nodes
         self.leaves = [at for at, node in enumerate(traversed) if node.kind == "leaf"]
         self.aliases: list[tuple[tuple, tuple]] = list(big)
         for at, node in enumerate(traversed):
