@@ -211,16 +211,15 @@ class Recorder:
         for at in layout.named_leaves:
             variable = fns[at].variable
             values += (variable, variable.grad)
-        memo = layout.summary_memo
-        batch, positions = summarize_distinct(values, self.keep, memo=memo)
-        if live.structure is not None and not (static and self._shapes_hold(layout, values, positions)):
+        batch, positions = summarize_distinct(values, self.keep, memo=layout.summary_memo)
+        if live.structure is not None and not (static and layout.shapes_fit(values, positions)):
             # The graph was found by structure; its ops' shapes differ from (or cannot be
             # checked against) the gradients that flowed: read them from the nodes.
-            memo.pop("vouched", None)
+            layout.fitted = None
             graph = self._dedupe(self.tracer.with_read_shapes(graph, live), live)
             layout = self._layout(graph, layout.unhooked)
-        elif memo.get("used_plan") is not None:
-            memo["vouched"] = (memo["used_plan"], positions)
+        else:
+            layout.remember_fit(positions)
         if static and positions == layout.positions:  # tensors shared as in the last step: same index
             index = layout.index
         else:
@@ -237,21 +236,6 @@ class Recorder:
         self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
         for callback in self.on_step:
             callback(step)
-
-    @staticmethod
-    def _shapes_hold(layout: _Layout, values: Sequence[Any], positions: list[int]) -> bool:
-        """Whether the gradients fit the shapes and dtypes of the layout's graph.
-
-        When they are shared out exactly as in an earlier step that fitted
-        (the same ``positions`` object) and every distinct tensor has that
-        step's shape, dtype and layout (the same summary plan), they fit
-        again without being looked at one by one.
-        """
-        vouched = layout.summary_memo.get("vouched")
-        used = layout.summary_memo.get("used_plan")
-        if vouched is not None and used is not None and vouched[0] is used and vouched[1] is positions:
-            return True
-        return layout.shapes_match(values)
 
     def _layout(self, graph: Graph, unhooked: bool = True) -> _Layout:
         """The graph's :class:`_Layout` (with unhooked nodes or every node hooked), made once per graph."""
@@ -379,6 +363,8 @@ class _Layout:
         self.index: dict[tuple, int] = {}
         self._expected: tuple[list[int], list[tuple[Any, ...]]] | None = None
         self.summary_memo: dict[Any, Any] = {}  # for stats.summarize_distinct
+        #: ``(summary plan, positions)`` of the last step whose gradients fitted the graph.
+        self.fitted: tuple[Any, list[int]] | None = None
 
     def with_aliases(self, index: dict[tuple, int]) -> dict[tuple, int]:
         """``index`` plus the unhooked nodes' keys, at their neighbours' positions."""
@@ -387,6 +373,24 @@ class _Layout:
             if at is not None:
                 index[key] = at
         return index
+
+    def shapes_fit(self, values: Sequence[Any], positions: list[int]) -> bool:
+        """Whether the gradients fit the shapes and dtypes of the graph.
+
+        When they are shared out exactly as in an earlier step that fitted
+        (the same ``positions`` object) and every distinct tensor has that
+        step's shape, dtype and layout (the same summary plan), they fit
+        again without being looked at one by one.
+        """
+        plan = self.summary_memo.get("used_plan")
+        if self.fitted is not None and plan is not None and self.fitted[0] is plan and self.fitted[1] is positions:
+            return True
+        return self.shapes_match(values)
+
+    def remember_fit(self, positions: list[int]) -> None:
+        """Notes that this step's gradients fit the graph, for :meth:`shapes_fit` to vouch by."""
+        plan = self.summary_memo.get("used_plan")
+        self.fitted = None if plan is None else (plan, positions)
 
     def shapes_match(self, values: Sequence[Any]) -> bool:
         """Whether each op's incoming gradient has the shape and dtype the graph gives the op.
