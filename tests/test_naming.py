@@ -120,3 +120,16 @@ def test_explicit_names_validates_its_input():
         naming.explicit_names([w])
     with pytest.raises(TypeError, match=r"params\['w'\] is a int"):
         naming.explicit_names({"w": 3})
+
+
+def test_caller_scope_says_which_frame_holds_each_name():
+    def inner():
+        local_only = 1  # noqa: F841
+        return naming.caller_scope()
+
+    outer_only = 2  # noqa: F841
+    scope = inner()
+    assert scope[0] == ("local_only", 1, "inner")  # nearest first
+    where = {b.name: b.where for b in scope if b.name in ("local_only", "outer_only", "GLOBAL_WEIGHT")}
+    assert where == {"local_only": "inner", "outer_only": "test_caller_scope_says_which_frame_holds_each_name",
+                     "GLOBAL_WEIGHT": __name__}

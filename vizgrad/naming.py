@@ -6,11 +6,11 @@ import os
 import sys
 import types
 import weakref
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 
-__all__ = ["caller_scope", "leaf_names", "variable_names", "explicit_names", "InferredLeafNames"]
+__all__ = ["Binding", "caller_scope", "leaf_names", "variable_names", "explicit_names", "InferredLeafNames"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -25,13 +25,31 @@ def _is_internal(frame: types.FrameType) -> bool:
     return filename.startswith((_TORCH_DIR, "<frozen ")) or os.path.abspath(filename) in _CAPTURE_FILES
 
 
-def caller_scope(depth: int = 4) -> list[tuple[str, Any]]:
-    """``(name, value)`` pairs visible to user code, nearest first.
+class Binding(NamedTuple):
+    """A name visible to user code, its value, and where it lives (a function, or a module for globals)."""
+
+    name: str
+    value: Any
+    where: str
+
+
+def _frame_owner(frame: types.FrameType) -> str:
+    """What holds a frame's locals: its function's name, or its module's for module-level code."""
+    code_name = frame.f_code.co_name
+    if code_name == "<module>":
+        return str(frame.f_globals.get("__name__") or "globals")
+    return code_name.strip("<>")  # <lambda>, <listcomp>: no brackets in a name
+
+
+def caller_scope(depth: int = 4) -> list[Binding]:
+    """The :class:`Binding`\\ s visible to user code, nearest first.
 
     The nearest user frame is the first one outside torch and vizgrad's
     capture modules, so this works from inside a patched ``Tensor.backward``.
     Its locals come first, then the locals of up to ``depth - 1`` user frames
     that called it (a ``train(model)`` called from ``main()``), then its globals.
+    Each binding says where it was found: the function whose frame holds it
+    (``main``), or the module's ``__name__`` for globals (``__main__``).
     """
     frame = sys._getframe(1)
     try:
@@ -40,14 +58,16 @@ def caller_scope(depth: int = 4) -> list[tuple[str, Any]]:
         if frame is None:
             return []
         nearest_globals = frame.f_globals
-        scope: list[tuple[str, Any]] = []
+        scope: list[Binding] = []
         for _ in range(depth):
             if frame is None or frame.f_locals is nearest_globals:
                 break
             if not _is_internal(frame):
-                scope.extend(frame.f_locals.items())
+                where = _frame_owner(frame)
+                scope.extend(Binding(name, value, where) for name, value in frame.f_locals.items())
             frame = frame.f_back  # type: ignore[assignment]
-        scope.extend(nearest_globals.items())
+        module = str(nearest_globals.get("__name__") or "globals")
+        scope.extend(Binding(name, value, module) for name, value in nearest_globals.items())
         return scope
     finally:
         del frame  # frames in locals make reference cycles
@@ -80,7 +100,7 @@ def explicit_names(
     return names
 
 
-def leaf_names(params: Any, scope: Sequence[tuple[str, Any]]) -> dict[int, str]:
+def leaf_names(params: Any, scope: Sequence[Binding]) -> dict[int, str]:
     """Tensor id -> name for leaves: from ``params`` when given, else inferred from ``scope``.
 
     Inferred names are module parameter paths (``model.0.weight``; a module
@@ -92,16 +112,16 @@ def leaf_names(params: Any, scope: Sequence[tuple[str, Any]]) -> dict[int, str]:
     return {key: name for key, (_tensor, name) in _scan_leaves(scope).items()}
 
 
-def _scan_leaves(scope: Sequence[tuple[str, Any]]) -> dict[int, tuple[torch.Tensor, str]]:
+def _scan_leaves(scope: Sequence[Binding]) -> dict[int, tuple[torch.Tensor, str]]:
     found: dict[int, tuple[torch.Tensor, str]] = {}
     seen_modules: set[int] = set()
-    for var, value in scope:
+    for var, value, _where in scope:
         if isinstance(value, torch.nn.Module) and id(value) not in seen_modules and _visible(var):
             seen_modules.add(id(value))
             prefix = "" if var == "self" else f"{var}."
             for pname, p in value.named_parameters():
                 found.setdefault(id(p), (p, prefix + pname))
-    for var, value in scope:
+    for var, value, _where in scope:
         if isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad and _visible(var):
             found.setdefault(id(value), (value, var))
     return found
@@ -118,9 +138,9 @@ class InferredLeafNames:
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[weakref.ref[torch.Tensor], str | None]] = {}
-        self._scope: Sequence[tuple[str, Any]] | None = None
+        self._scope: Sequence[Binding] | None = None
 
-    def begin_step(self, scope: Sequence[tuple[str, Any]]) -> None:
+    def begin_step(self, scope: Sequence[Binding]) -> None:
         """Makes ``scope`` available for one rescan during this step."""
         self._scope = scope
 
@@ -148,12 +168,12 @@ class InferredLeafNames:
 
 
 def variable_names(
-    scope: Sequence[tuple[str, Any]], roots: Sequence[torch.Tensor],
+    scope: Sequence[Binding], roots: Sequence[torch.Tensor],
 ) -> tuple[dict[int, str], list[str | None]]:
     """Names of intermediate tensors in scope, by ``id(grad_fn)``, and the roots' variable names."""
     fn_names: dict[int, str] = {}
     by_tensor: dict[int, str] = {}
-    for var, value in scope:
+    for var, value, _where in scope:
         if isinstance(value, torch.Tensor) and value.grad_fn is not None and _visible(var):
             by_tensor.setdefault(id(value), var)
             # Only output 0 names the node: a split's pieces share one grad_fn.
