@@ -6,7 +6,7 @@ import os
 import sys
 import types
 import weakref
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Container, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -101,30 +101,68 @@ def explicit_names(
 
 
 def leaf_names(params: Any, scope: Sequence[Binding]) -> dict[int, str]:
-    """Tensor id -> name for leaves: from ``params`` when given, else inferred from ``scope``.
+    """Tensor id -> name for leaves: from ``params`` when given (exactly as given), else inferred from ``scope``.
 
     Inferred names are module parameter paths (``model.0.weight``; a module
-    bound to ``self`` contributes ``layer.weight``) and then the names of
-    variables that hold leaf tensors (``w``, ``b``).
+    bound to ``self`` contributes ``layer.weight``) and else the names of
+    variables that hold leaf tensors (``w``, ``b``). Names are unique: they
+    are claimed in scope order, so the nearest frame's name wins as is, and a
+    different tensor found under a name already taken is qualified by where
+    it was found (``main.w`` for the caller ``main``'s ``w``,
+    ``__main__.w`` for a shadowed global), then numbered (``main.w#2``) if
+    that is taken too.
+
+    >>> import torch
+    >>> near, far = torch.ones(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    >>> names = leaf_names(None, [Binding("w", near, "train"), Binding("w", far, "main")])
+    >>> names[id(near)], names[id(far)]
+    ('w', 'main.w')
     """
     if params is not None:
         return explicit_names(params)
-    return {key: name for key, (_tensor, name) in _scan_leaves(scope).items()}
+    taken: set[str] = set()
+    names: dict[int, str] = {}
+    for tensor, base, where in _candidates(scope):
+        names[id(tensor)] = name = _unique_name(base, where, taken)
+        taken.add(name)
+    return names
 
 
-def _scan_leaves(scope: Sequence[Binding]) -> dict[int, tuple[torch.Tensor, str]]:
-    found: dict[int, tuple[torch.Tensor, str]] = {}
+def _candidates(scope: Sequence[Binding]) -> list[tuple[torch.Tensor, str, str]]:
+    """Each leaf in scope once, as ``(tensor, name, where)``, in the order names are claimed.
+
+    A tensor's name is its first module parameter path if it has one (however
+    near a variable holding it is), else its first variable name; it claims
+    that name at the position in scope of the binding that gave it.
+    """
+    by_path: dict[int, tuple[tuple[int, int], torch.Tensor, str, str]] = {}
+    by_variable: dict[int, tuple[tuple[int, int], torch.Tensor, str, str]] = {}
     seen_modules: set[int] = set()
-    for var, value, _where in scope:
-        if isinstance(value, torch.nn.Module) and id(value) not in seen_modules and _visible(var):
+    for at, (var, value, where) in enumerate(scope):
+        if not _visible(var):
+            continue
+        if isinstance(value, torch.nn.Module) and id(value) not in seen_modules:
             seen_modules.add(id(value))
             prefix = "" if var == "self" else f"{var}."
-            for pname, p in value.named_parameters():
-                found.setdefault(id(p), (p, prefix + pname))
-    for var, value, _where in scope:
-        if isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad and _visible(var):
-            found.setdefault(id(value), (value, var))
-    return found
+            for order, (pname, p) in enumerate(value.named_parameters()):
+                by_path.setdefault(id(p), ((at, order), p, prefix + pname, where))
+        elif isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad:
+            by_variable.setdefault(id(value), ((at, 0), value, var, where))
+    chosen = {**by_variable, **by_path}
+    return [(tensor, name, where) for _, tensor, name, where in sorted(chosen.values(), key=lambda c: c[0])]
+
+
+def _unique_name(base: str, where: str | None, taken: Container[str]) -> str:
+    """``base`` if not taken, else qualified by ``where`` (``main.w``), else numbered (``main.w#2``)."""
+    if base not in taken:
+        return base
+    name = f"{where}.{base}" if where else base
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name}#{number}" in taken:
+        number += 1
+    return f"{name}#{number}"
 
 
 class InferredLeafNames:
@@ -155,7 +193,12 @@ class InferredLeafNames:
             return default if entry[1] is None else entry[1]
         if self._scope is not None:
             scope, self._scope = self._scope, None
-            self._known = {k: (weakref.ref(t), name) for k, (t, name) in _scan_leaves(scope).items()}
+            self._known = {}
+            taken: set[str] = set()
+            for tensor, base, where in _candidates(scope):
+                name = _unique_name(base, where, taken)
+                taken.add(name)
+                self._known[id(tensor)] = (weakref.ref(tensor), name)
             entry = self._known.get(key)
             if entry is not None:
                 return entry[1]
