@@ -255,6 +255,39 @@ def test_two_modules_with_the_same_parameter_paths_are_both_recorded():
     torch.testing.assert_close(step.param(f"{caller}.model.bias"), model.bias)
 
 
+def test_a_new_leaf_does_not_take_the_name_of_a_leaf_still_in_use():
+    w = torch.ones(2, requires_grad=True)
+    with vizgrad.record() as run:
+        (w * 2).sum().backward()
+        first, w = w, torch.full((2,), 3.0, requires_grad=True)
+        (first * w).sum().backward()
+    qualified = "test_a_new_leaf_does_not_take_the_name_of_a_leaf_still_in_use.w"
+    assert run.steps[0].params == ["w"]
+    step = run.steps[1]
+    assert sorted(step.params) == sorted(["w", qualified])  # the first w's series goes on under "w"
+    torch.testing.assert_close(step.param("w"), first)
+    torch.testing.assert_close(step.param(qualified), w)
+
+
+@pytest.mark.parametrize("old_first", [True, False])
+def test_a_leaf_out_of_sight_but_still_used_keeps_a_name_of_its_own(old_first):
+    history = []
+    with vizgrad.record() as run:
+        w = torch.ones(2, requires_grad=True)
+        (w * 2).sum().backward()
+        history.append(w)
+        w = torch.full((2,), 3.0, requires_grad=True)
+        (history[0] * w if old_first else w * history[0]).sum().backward()
+    step = run.steps[1]
+    if old_first:  # asked first, the old w is in use when the new one is named: it keeps "w"
+        names = {"w": history[0], "test_a_leaf_out_of_sight_but_still_used_keeps_a_name_of_its_own.w": w}
+    else:  # the new w (the user's ``w`` now) takes "w"; the old one, asked after, is numbered
+        names = {"w": w, "w#2": history[0]}
+    assert sorted(step.params) == sorted(names)
+    for name, tensor in names.items():
+        torch.testing.assert_close(step.param(name), tensor)
+
+
 def leaf(value: float = 1.0) -> torch.Tensor:
     """A new leaf tensor that requires grad."""
     return torch.full((1,), value, requires_grad=True)
@@ -292,3 +325,47 @@ def test_leaf_names_a_nearer_variable_wins_over_a_farther_modules_path():
     outer.w = nn.Parameter(torch.ones(1))
     scope = [naming.Binding("w", w, "step"), naming.Binding("self", outer, "fit")]
     assert naming.leaf_names(None, scope) == {id(w): "w", id(outer.w): "fit.w"}
+
+
+def inferred_step(names: naming.InferredLeafNames, scope: list[naming.Binding],
+                  leaves: list[torch.Tensor]) -> list[str | None]:
+    """One step's leaf names, asked in order, as the tracer asks them."""
+    names.begin_step(scope)
+    try:
+        return [names.get(id(t)) for t in leaves]
+    finally:
+        names.end_step()
+
+
+def test_inferred_names_pass_a_dead_holders_name_on():
+    names = naming.InferredLeafNames()
+    old = leaf()
+    assert inferred_step(names, [naming.Binding("w", old, "fit")], [old]) == ["w"]
+    del old
+    new = leaf(2.0)
+    assert inferred_step(names, [naming.Binding("w", new, "fit")], [new]) == ["w"]
+
+
+def test_inferred_names_keep_a_name_while_its_holder_is_in_scope():
+    names = naming.InferredLeafNames()
+    old, new = leaf(), leaf(2.0)
+    assert inferred_step(names, [naming.Binding("w", old, "fit")], [old]) == ["w"]
+    scope = [naming.Binding("w", new, "fit"), naming.Binding("w_prev", old, "fit")]
+    assert inferred_step(names, scope, [new, old]) == ["fit.w", "w"]
+    assert inferred_step(names, scope, [old, new]) == ["w", "fit.w"]  # remembered: no rescan, same names
+
+
+def test_inferred_names_a_live_holder_out_of_sight_passes_its_name_on_and_is_numbered():
+    names = naming.InferredLeafNames()
+    old, new = leaf(), leaf(2.0)
+    assert inferred_step(names, [naming.Binding("w", old, "fit")], [old]) == ["w"]
+    assert inferred_step(names, [naming.Binding("w", new, "fit")], [new, old]) == ["w", "w#2"]
+    assert inferred_step(names, [naming.Binding("w", new, "fit")], [old, new]) == ["w#2", "w"]
+
+
+def test_inferred_names_never_give_a_new_leaf_a_name_used_in_the_step():
+    names = naming.InferredLeafNames()
+    old, new = leaf(), leaf(2.0)
+    assert inferred_step(names, [naming.Binding("w", old, "fit")], [old]) == ["w"]
+    # old is asked first, out of sight: it was used this step, so it keeps "w".
+    assert inferred_step(names, [naming.Binding("w", new, "fit")], [old, new]) == ["w", "fit.w"]

@@ -172,42 +172,84 @@ class InferredLeafNames:
     scanned again only when a leaf is asked for that is not known yet (and at
     most once per step). Entries hold weak references, so a dead tensor whose
     id is reused is not mistaken for the new one.
+
+    Names stay unique among the leaves named, and with their tensors: a leaf
+    keeps its name while it lives, and a new leaf never gets a name held by a
+    leaf in use (one in scope, or one already asked for this step); it gets
+    a qualified name as in :func:`leaf_names`. A name whose holder is dead or
+    out of use passes to a new tensor found under it, so a ``w`` rebuilt every
+    step keeps one series (the recorder's recent steps keep old leaves alive:
+    alive alone is not in use). A holder out of sight that turns up again
+    after its name passed on gets its old name numbered (``w#2``).
     """
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[weakref.ref[torch.Tensor], str | None]] = {}
+        self._holders: dict[str, weakref.ref[torch.Tensor]] = {}  # name -> the (known entry's) ref holding it
+        self._asked: set[int] = set()  # leaves asked for this step: in use
         self._scope: Sequence[Binding] | None = None
 
     def begin_step(self, scope: Sequence[Binding]) -> None:
         """Makes ``scope`` available for one rescan during this step."""
         self._scope = scope
+        self._asked.clear()
 
     def end_step(self) -> None:
         """Drops the step's scope (it references user objects)."""
         self._scope = None
+        self._asked.clear()
 
     def get(self, key: int, default: str | None = None) -> str | None:
         """The name of the leaf tensor with ``id`` ``key``, or ``default``."""
         entry = self._known.get(key)
-        if entry is not None and entry[0]() is not None:
-            return default if entry[1] is None else entry[1]
-        if self._scope is not None:
+        if (entry is None or entry[0]() is None) and self._scope is not None:
             scope, self._scope = self._scope, None
-            self._known = {}
-            taken: set[str] = set()
-            for tensor, base, where in _candidates(scope):
-                name = _unique_name(base, where, taken)
-                taken.add(name)
-                self._known[id(tensor)] = (weakref.ref(tensor), name)
+            self._rescan(scope)
             entry = self._known.get(key)
-            if entry is not None:
-                return entry[1]
-        return default
+        if entry is None or entry[0]() is None:
+            return default
+        self._asked.add(key)
+        ref, name = entry
+        if name is None:
+            return default
+        holder = self._holders.get(name)
+        if holder is not ref:
+            if holder is not None and holder() is not None:  # its name passed on while it was out of sight
+                return self._rename(key, ref, name)
+            self._holders[name] = ref
+        return name
 
     def remember_unnamed(self, tensor: torch.Tensor) -> None:
         """Notes that ``tensor`` has no name in scope, so later steps do not scan for it again."""
-        if id(tensor) not in self._known:
+        entry = self._known.get(id(tensor))
+        if entry is None or entry[0]() is None:
             self._known[id(tensor)] = (weakref.ref(tensor), None)
+
+    def _rescan(self, scope: Sequence[Binding]) -> None:
+        """Names the leaves in ``scope`` not named yet; the names of leaves in use are not theirs to take."""
+        # Dead entries go: their ids may be reused and their names are free.
+        self._known = {key: entry for key, entry in self._known.items() if entry[0]() is not None}
+        self._holders = {name: ref for name, ref in self._holders.items() if ref() is not None}
+        candidates = _candidates(scope)
+        in_use = self._asked | {id(tensor) for tensor, _, _ in candidates}
+        taken = {name for name, ref in self._holders.items() if id(ref()) in in_use}
+        for tensor, base, where in candidates:
+            entry = self._known.get(id(tensor))
+            if entry is not None and entry[1] is not None:
+                continue  # named before: it keeps its name
+            name = _unique_name(base, where, taken)
+            taken.add(name)
+            ref = weakref.ref(tensor)
+            self._known[id(tensor)] = (ref, name)
+            self._holders[name] = ref  # taken over from a holder out of use, if there was one
+
+    def _rename(self, key: int, ref: weakref.ref[torch.Tensor], name: str) -> str:
+        """A new name for a leaf whose name another live leaf holds now: ``name`` numbered."""
+        held = {held_name for held_name, holder in self._holders.items() if holder() is not None}
+        new_name = _unique_name(name, None, held)
+        self._known[key] = (ref, new_name)
+        self._holders[new_name] = ref
+        return new_name
 
 
 def variable_names(
