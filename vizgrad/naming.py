@@ -6,11 +6,11 @@ import os
 import sys
 import types
 import weakref
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Container, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 
-__all__ = ["caller_scope", "leaf_names", "variable_names", "explicit_names", "InferredLeafNames"]
+__all__ = ["Binding", "caller_scope", "leaf_names", "variable_names", "explicit_names", "InferredLeafNames"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -25,13 +25,31 @@ def _is_internal(frame: types.FrameType) -> bool:
     return filename.startswith((_TORCH_DIR, "<frozen ")) or os.path.abspath(filename) in _CAPTURE_FILES
 
 
-def caller_scope(depth: int = 4) -> list[tuple[str, Any]]:
-    """``(name, value)`` pairs visible to user code, nearest first.
+class Binding(NamedTuple):
+    """A name visible to user code, its value, and where it lives (a function, or a module for globals)."""
+
+    name: str
+    value: Any
+    where: str
+
+
+def _frame_owner(frame: types.FrameType) -> str:
+    """What holds a frame's locals: its function's name, or its module's for module-level code."""
+    code_name = frame.f_code.co_name
+    if code_name == "<module>":
+        return str(frame.f_globals.get("__name__") or "globals")
+    return code_name.strip("<>")  # <lambda>, <listcomp>: no brackets in a name
+
+
+def caller_scope(depth: int = 4) -> list[Binding]:
+    """The :class:`Binding`\\ s visible to user code, nearest first.
 
     The nearest user frame is the first one outside torch and vizgrad's
     capture modules, so this works from inside a patched ``Tensor.backward``.
     Its locals come first, then the locals of up to ``depth - 1`` user frames
     that called it (a ``train(model)`` called from ``main()``), then its globals.
+    Each binding says where it was found: the function whose frame holds it
+    (``main``), or the module's ``__name__`` for globals (``__main__``).
     """
     frame = sys._getframe(1)
     try:
@@ -40,14 +58,16 @@ def caller_scope(depth: int = 4) -> list[tuple[str, Any]]:
         if frame is None:
             return []
         nearest_globals = frame.f_globals
-        scope: list[tuple[str, Any]] = []
+        scope: list[Binding] = []
         for _ in range(depth):
             if frame is None or frame.f_locals is nearest_globals:
                 break
             if not _is_internal(frame):
-                scope.extend(frame.f_locals.items())
+                where = _frame_owner(frame)
+                scope.extend(Binding(name, value, where) for name, value in frame.f_locals.items())
             frame = frame.f_back  # type: ignore[assignment]
-        scope.extend(nearest_globals.items())
+        module = str(nearest_globals.get("__name__") or "globals")
+        scope.extend(Binding(name, value, module) for name, value in nearest_globals.items())
         return scope
     finally:
         del frame  # frames in locals make reference cycles
@@ -80,31 +100,69 @@ def explicit_names(
     return names
 
 
-def leaf_names(params: Any, scope: Sequence[tuple[str, Any]]) -> dict[int, str]:
-    """Tensor id -> name for leaves: from ``params`` when given, else inferred from ``scope``.
+def leaf_names(params: Any, scope: Sequence[Binding]) -> dict[int, str]:
+    """Tensor id -> name for leaves: from ``params`` when given (exactly as given), else inferred from ``scope``.
 
     Inferred names are module parameter paths (``model.0.weight``; a module
-    bound to ``self`` contributes ``layer.weight``) and then the names of
-    variables that hold leaf tensors (``w``, ``b``).
+    bound to ``self`` contributes ``layer.weight``) and else the names of
+    variables that hold leaf tensors (``w``, ``b``). Names are unique: they
+    are claimed in scope order, so the nearest frame's name wins as is, and a
+    different tensor found under a name already taken is qualified by where
+    it was found (``main.w`` for the caller ``main``'s ``w``,
+    ``__main__.w`` for a shadowed global), then numbered (``main.w#2``) if
+    that is taken too.
+
+    >>> import torch
+    >>> near, far = torch.ones(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    >>> names = leaf_names(None, [Binding("w", near, "train"), Binding("w", far, "main")])
+    >>> names[id(near)], names[id(far)]
+    ('w', 'main.w')
     """
     if params is not None:
         return explicit_names(params)
-    return {key: name for key, (_tensor, name) in _scan_leaves(scope).items()}
+    taken: set[str] = set()
+    names: dict[int, str] = {}
+    for tensor, base, where in _candidates(scope):
+        names[id(tensor)] = name = _unique_name(base, where, taken)
+        taken.add(name)
+    return names
 
 
-def _scan_leaves(scope: Sequence[tuple[str, Any]]) -> dict[int, tuple[torch.Tensor, str]]:
-    found: dict[int, tuple[torch.Tensor, str]] = {}
+def _candidates(scope: Sequence[Binding]) -> list[tuple[torch.Tensor, str, str]]:
+    """Each leaf in scope once, as ``(tensor, name, where)``, in the order names are claimed.
+
+    A tensor's name is its first module parameter path if it has one (however
+    near a variable holding it is), else its first variable name; it claims
+    that name at the position in scope of the binding that gave it.
+    """
+    by_path: dict[int, tuple[tuple[int, int], torch.Tensor, str, str]] = {}
+    by_variable: dict[int, tuple[tuple[int, int], torch.Tensor, str, str]] = {}
     seen_modules: set[int] = set()
-    for var, value in scope:
-        if isinstance(value, torch.nn.Module) and id(value) not in seen_modules and _visible(var):
+    for at, (var, value, where) in enumerate(scope):
+        if not _visible(var):
+            continue
+        if isinstance(value, torch.nn.Module) and id(value) not in seen_modules:
             seen_modules.add(id(value))
             prefix = "" if var == "self" else f"{var}."
-            for pname, p in value.named_parameters():
-                found.setdefault(id(p), (p, prefix + pname))
-    for var, value in scope:
-        if isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad and _visible(var):
-            found.setdefault(id(value), (value, var))
-    return found
+            for order, (pname, p) in enumerate(value.named_parameters()):
+                by_path.setdefault(id(p), ((at, order), p, prefix + pname, where))
+        elif isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad:
+            by_variable.setdefault(id(value), ((at, 0), value, var, where))
+    chosen = {**by_variable, **by_path}
+    return [(tensor, name, where) for _, tensor, name, where in sorted(chosen.values(), key=lambda c: c[0])]
+
+
+def _unique_name(base: str, where: str | None, taken: Container[str]) -> str:
+    """``base`` if not taken, else qualified by ``where`` (``main.w``), else numbered (``main.w#2``)."""
+    if base not in taken:
+        return base
+    name = f"{where}.{base}" if where else base
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name}#{number}" in taken:
+        number += 1
+    return f"{name}#{number}"
 
 
 class InferredLeafNames:
@@ -114,46 +172,93 @@ class InferredLeafNames:
     scanned again only when a leaf is asked for that is not known yet (and at
     most once per step). Entries hold weak references, so a dead tensor whose
     id is reused is not mistaken for the new one.
+
+    Names stay unique among the leaves named, and with their tensors: a leaf
+    keeps its name while it lives, and a new leaf never gets a name held by a
+    leaf in use (one in scope, or one already asked for this step); it gets
+    a qualified name as in :func:`leaf_names`. A name whose holder is dead or
+    out of use passes to a new tensor found under it, so a ``w`` rebuilt every
+    step keeps one series (the recorder's recent steps keep old leaves alive:
+    alive alone is not in use). A holder out of sight that turns up again
+    after its name passed on gets its old name numbered (``w#2``).
     """
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[weakref.ref[torch.Tensor], str | None]] = {}
-        self._scope: Sequence[tuple[str, Any]] | None = None
+        self._holders: dict[str, weakref.ref[torch.Tensor]] = {}  # name -> the (known entry's) ref holding it
+        self._asked: set[int] = set()  # leaves asked for this step: in use
+        self._scope: Sequence[Binding] | None = None
 
-    def begin_step(self, scope: Sequence[tuple[str, Any]]) -> None:
+    def begin_step(self, scope: Sequence[Binding]) -> None:
         """Makes ``scope`` available for one rescan during this step."""
         self._scope = scope
+        self._asked.clear()
 
     def end_step(self) -> None:
         """Drops the step's scope (it references user objects)."""
         self._scope = None
+        self._asked.clear()
 
     def get(self, key: int, default: str | None = None) -> str | None:
         """The name of the leaf tensor with ``id`` ``key``, or ``default``."""
         entry = self._known.get(key)
-        if entry is not None and entry[0]() is not None:
-            return default if entry[1] is None else entry[1]
-        if self._scope is not None:
+        if (entry is None or entry[0]() is None) and self._scope is not None:
             scope, self._scope = self._scope, None
-            self._known = {k: (weakref.ref(t), name) for k, (t, name) in _scan_leaves(scope).items()}
+            self._rescan(scope)
             entry = self._known.get(key)
-            if entry is not None:
-                return entry[1]
-        return default
+        if entry is None or entry[0]() is None:
+            return default
+        self._asked.add(key)
+        ref, name = entry
+        if name is None:
+            return default
+        holder = self._holders.get(name)
+        if holder is not ref:
+            if holder is not None and holder() is not None:  # its name passed on while it was out of sight
+                return self._rename(key, ref, name)
+            self._holders[name] = ref
+        return name
 
     def remember_unnamed(self, tensor: torch.Tensor) -> None:
         """Notes that ``tensor`` has no name in scope, so later steps do not scan for it again."""
-        if id(tensor) not in self._known:
+        entry = self._known.get(id(tensor))
+        if entry is None or entry[0]() is None:
             self._known[id(tensor)] = (weakref.ref(tensor), None)
+
+    def _rescan(self, scope: Sequence[Binding]) -> None:
+        """Names the leaves in ``scope`` not named yet; the names of leaves in use are not theirs to take."""
+        # Dead entries go: their ids may be reused and their names are free.
+        self._known = {key: entry for key, entry in self._known.items() if entry[0]() is not None}
+        self._holders = {name: ref for name, ref in self._holders.items() if ref() is not None}
+        candidates = _candidates(scope)
+        in_use = self._asked | {id(tensor) for tensor, _, _ in candidates}
+        taken = {name for name, ref in self._holders.items() if id(ref()) in in_use}
+        for tensor, base, where in candidates:
+            entry = self._known.get(id(tensor))
+            if entry is not None and entry[1] is not None:
+                continue  # named before: it keeps its name
+            name = _unique_name(base, where, taken)
+            taken.add(name)
+            ref = weakref.ref(tensor)
+            self._known[id(tensor)] = (ref, name)
+            self._holders[name] = ref  # taken over from a holder out of use, if there was one
+
+    def _rename(self, key: int, ref: weakref.ref[torch.Tensor], name: str) -> str:
+        """A new name for a leaf whose name another live leaf holds now: ``name`` numbered."""
+        held = {held_name for held_name, holder in self._holders.items() if holder() is not None}
+        new_name = _unique_name(name, None, held)
+        self._known[key] = (ref, new_name)
+        self._holders[new_name] = ref
+        return new_name
 
 
 def variable_names(
-    scope: Sequence[tuple[str, Any]], roots: Sequence[torch.Tensor],
+    scope: Sequence[Binding], roots: Sequence[torch.Tensor],
 ) -> tuple[dict[int, str], list[str | None]]:
     """Names of intermediate tensors in scope, by ``id(grad_fn)``, and the roots' variable names."""
     fn_names: dict[int, str] = {}
     by_tensor: dict[int, str] = {}
-    for var, value in scope:
+    for var, value, _where in scope:
         if isinstance(value, torch.Tensor) and value.grad_fn is not None and _visible(var):
             by_tensor.setdefault(id(value), var)
             # Only output 0 names the node: a split's pieces share one grad_fn.
