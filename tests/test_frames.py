@@ -14,6 +14,8 @@ import pytest
 import torch
 
 import vizgrad
+from vizgrad.graph import Graph, Node
+from vizgrad.run import Step
 from vizgrad import engine, frames
 from vizgrad.colors import VIRIDIS, ColorScale, colorbar, colormap, scale_for, text_color_for
 from vizgrad.errors import UsageError
@@ -342,10 +344,10 @@ def test_color_scale_is_log_and_robust():
 
 
 def test_scale_for_ignores_zero_nan_inf_and_falls_back():
-    class FakeStep:
-        def __init__(self, norms):
-            self.summaries = {("node", f"n{i}", 0): vizgrad.Summary(v, 0, 0, 0, 0, 0, 1) for i, v in enumerate(norms)}
-            self.summaries[("param", "w")] = vizgrad.Summary(1e9, 0, 0, 0, 0, 0, 1)  # not a gradient
+    def FakeStep(norms):  # a hand-built step: its summaries become its gradient table
+        summaries = {("node", f"n{i}", 0): vizgrad.Summary(v, 0, 0, 0, 0, 0, 1) for i, v in enumerate(norms)}
+        summaries[("param", "w")] = vizgrad.Summary(1e9, 0, 0, 0, 0, 0, 1)  # not a gradient
+        return Step(0, None, Graph((Node("n0", "root", "root"),), (), ("n0",)), summaries)
 
     scale = scale_for([FakeStep([0.0, 1e-2, math.nan]), FakeStep([math.inf, 1e2])])
     assert (scale.lo, scale.hi) == pytest.approx((-2.0, 2.0))

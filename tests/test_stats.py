@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vizgrad.stats import SEGMENT_LIMIT, Summary, summarize, summarize_distinct
+from vizgrad.stats import SEGMENT_LIMIT, Summary, SummaryMemo, summarize, summarize_distinct
 
 
 def expected_summary(t: torch.Tensor) -> dict[str, float | int]:
@@ -177,7 +177,7 @@ def test_views_of_the_same_memory_share_a_summary_and_keep_their_own_values(keep
 
 def test_memo_of_shared_memory_is_checked_before_it_is_reused():
     torch.manual_seed(0)
-    memo: dict = {}
+    memo = SummaryMemo()
     base = torch.randn(16, 8)
     batch = summarize([base, base.t()], keep=0, memo=memo)
     assert_summary(batch.summary(1), base.t(), rel=1e-5)
@@ -188,6 +188,20 @@ def test_memo_of_shared_memory_is_checked_before_it_is_reused():
     again = torch.randn(16, 8)
     batch = summarize([again, again.t()], keep=0, memo=memo)
     assert_summary(batch.summary(1), again.t(), rel=1e-5)
+
+
+def test_memo_of_shared_memory_checks_the_targets_layout_too():
+    """Defect 3: a strided slice starting where the alias starts is not the memory the alias covers."""
+    torch.manual_seed(0)
+    memo = SummaryMemo()
+    base = torch.randn(16, 8)
+    summarize([base, base.t()], keep=0, memo=memo)  # base.t() is remembered as an alias of base
+    storage = torch.randn(16 * 16)
+    dense = storage[:128].view(16, 8)  # the alias's memory
+    strided = storage.view(16, 16)[:, ::2]  # same start, shape and count, other elements
+    batch = summarize([strided, dense.t()], keep=0, memo=memo)
+    assert_summary(batch.summary(0), strided, rel=1e-5)
+    assert_summary(batch.summary(1), dense.t(), rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.bfloat16])
@@ -202,3 +216,20 @@ def test_many_tensors_of_one_size_are_reduced_as_a_block(dtype):
     for i, t in enumerate(tensors + odd):
         assert_summary(batch.summary(i), t, rel=rel)
     assert (batch.summary(len(tensors) + 4).nan, batch.summary(len(tensors) + 4).inf) == (1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64])
+@pytest.mark.parametrize("path", ["flat", "block", "big"])
+def test_every_summary_holds_to_1e_5_at_any_size_and_dtype(dtype, path):
+    """Defect 4: sums accumulate in float64 (by chunks) whatever the size, so constants do not drift."""
+    torch.manual_seed(0)
+    if path == "flat":
+        tensors = [torch.full((5000,), 0.1), torch.randn(3000) + 3]
+    elif path == "block":  # eight of one shape, rows longer than a chunk
+        tensors = [torch.full((60, 1000), 0.1) for _ in range(4)] + [torch.randn(60, 1000) + 3 for _ in range(4)]
+    else:
+        tensors = [torch.full((4096, 4096), 0.1), torch.randn(300_001) + 3]
+    tensors = [t.to(dtype) for t in tensors]
+    batch = summarize(tensors, keep=0)
+    for i, t in enumerate(tensors):
+        assert_summary(batch.summary(i), t, rel=1e-5)

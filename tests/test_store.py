@@ -349,7 +349,8 @@ def test_newer_schema(tmp_path):
     connection.execute("UPDATE meta SET value = '9.0' WHERE key = 'vizgrad_version'")
     connection.commit()
     connection.close()
-    _expect_error(path, "written by a newer vizgrad (9.0, run file schema 2)", "pip install -U vizgrad")
+    _expect_error(path, f"written by a newer vizgrad (9.0, run file schema {store.SCHEMA_VERSION + 1})",
+                  "pip install -U vizgrad")
 
 
 def test_truncated_file(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import threading
 from typing import Any, Callable, Sequence
 
@@ -23,9 +24,10 @@ _fast_path_works: bool | None = None  # probed once: None until known
 class NodeCapture:
     """Collects ``(grad_inputs, grad_outputs)`` of each hooked node while one ``backward()`` runs.
 
-    ``attach(fns)`` hooks the nodes, ``detach()`` removes every hook (call it
-    in ``finally``), and ``captured`` maps each node that ran to its pair
-    (clear it before the next ``attach``: one capture serves many steps).
+    ``attach(fns, reduce)`` hooks the nodes, ``detach()`` removes every hook
+    (call it in ``finally``), and ``captured`` maps each node that ran to its
+    pair. Nodes marked in ``reduce`` pass their pair through ``reducer`` first
+    (which replaces big gradients by their summaries, so autograd can free them).
 
     The fast path adds one shared hook to each node's hook dict under a key of
     its own and finds the node that fired through the engine's current node:
@@ -33,7 +35,7 @@ class NodeCapture:
     support that, it falls back to ``register_hook`` with a closure per node.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reducer: Callable[[tuple[Any, ...]], tuple[Any, ...]] | None = None) -> None:
         self.captured: dict[Any, tuple[tuple[Any, ...], tuple[Any, ...]]] = {}
         self._dicts: list[Any] = []
         self._handles: list[Any] = []
@@ -44,25 +46,37 @@ class NodeCapture:
         def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
             captured[current()] = (grad_inputs, grad_outputs)  # type: ignore[misc]
 
+        def reducing_hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+            captured[current()] = (reduce(grad_inputs), reduce(grad_outputs))  # type: ignore[misc]
+
+        reduce = reducer if reducer is not None else _unchanged
         self._hook = hook
+        self._reducing_hook = reducing_hook
+        self._reducer = reducer
         self._register: Any = None  # made on first use, then reused by every attach()
 
-    def attach(self, fns: Sequence[Any]) -> None:
-        """Adds a post-hook to every node in ``fns``."""
+    def attach(self, fns: Sequence[Any], reduce: Sequence[bool] | None = None) -> None:
+        """Adds a post-hook to every node in ``fns``; the reducing one where ``reduce`` says so."""
         if fns and _fast_path_available():
-            self._attach_fast(fns)
+            self._attach_fast(fns, reduce)
         else:
-            self._attach_per_node(fns)
+            self._attach_per_node(fns, reduce)
 
-    def _attach_fast(self, fns: Sequence[Any]) -> None:
+    def _hooks_for(self, fns: Sequence[Any], reduce: Sequence[bool] | None) -> Any:
+        if reduce is None or self._reducer is None:
+            return zip(fns, itertools.repeat(self._hook))
+        plain, reducing = self._hook, self._reducing_hook
+        return zip(fns, [reducing if flag else plain for flag in reduce])
+
+    def _attach_fast(self, fns: Sequence[Any], reduce: Sequence[bool] | None = None) -> None:
         original = getattr(_function._HookMixin, _REGISTER)
         if self._register is None:
             self._register = staticmethod(self._lean_register(original))
         with _patch_lock:
             setattr(_function._HookMixin, _REGISTER, self._register)
             try:
-                hook, handles = self._hook, self._handles
-                for fn in fns:
+                handles = self._handles
+                for fn, hook in self._hooks_for(fns, reduce):
                     handle = fn.register_hook(hook)
                     if handle is not None:  # this node went through torch's own registration after all
                         handles.append(handle)
@@ -74,20 +88,21 @@ class NodeCapture:
         key, append = self._key, self._dicts.append
 
         def register(backward_hooks: Any, new_hook: Any) -> tuple[Any, Any]:
-            hook = self._hook
-            if new_hook is not hook:  # someone else's hook, registered meanwhile from another thread
-                return original(backward_hooks, new_hook)
+            if new_hook is not self._hook and new_hook is not self._reducing_hook:
+                return original(backward_hooks, new_hook)  # someone else's hook, registered meanwhile
             if backward_hooks is None:
                 backward_hooks = collections.OrderedDict()  # what torch makes: weakly referenceable for handles
-            backward_hooks[key] = hook
+            backward_hooks[key] = new_hook
             append(backward_hooks)
             return backward_hooks, None
 
         return register
 
-    def _attach_per_node(self, fns: Sequence[Any]) -> None:
+    def _attach_per_node(self, fns: Sequence[Any], reduce: Sequence[bool] | None = None) -> None:
         captured = self.captured
-        self._handles = [fn.register_hook(_store_into(captured, fn)) for fn in fns]
+        self._handles = [fn.register_hook(_store_into(captured, fn, self._reducer if hook is self._reducing_hook
+                                                      else None))
+                         for fn, hook in self._hooks_for(fns, reduce)]
 
     def detach(self) -> None:
         """Removes every hook this capture added."""
@@ -100,9 +115,17 @@ class NodeCapture:
         self._handles = []
 
 
-def _store_into(captured: dict[Any, Any], fn: Any) -> Callable[[Any, Any], None]:
-    def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-        captured[fn] = (grad_inputs, grad_outputs)
+def _unchanged(grads: tuple[Any, ...]) -> tuple[Any, ...]:
+    return grads
+
+
+def _store_into(captured: dict[Any, Any], fn: Any, reduce: Any = None) -> Callable[[Any, Any], None]:
+    if reduce is None:
+        def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+            captured[fn] = (grad_inputs, grad_outputs)
+    else:
+        def hook(grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
+            captured[fn] = (reduce(grad_inputs), reduce(grad_outputs))
 
     return hook
 

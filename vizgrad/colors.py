@@ -7,6 +7,8 @@ import functools
 import math
 from typing import Any, Iterable
 
+import numpy as np
+
 __all__ = [
     "VIRIDIS",
     "FLAG_COLORS",
@@ -166,20 +168,19 @@ def scale_for(steps: Iterable[Any]) -> ColorScale:
     Returns:
         The :class:`ColorScale`.
     """
-    return scale_between(norm_range(steps))
+    return scale_between(norm_range(step.table for step in steps))
 
 
-def norm_range(steps: Iterable[Any]) -> tuple[float, float] | None:
-    """The smallest and largest finite, non-zero node and edge gradient norm of these steps; ``None`` if none."""
+def norm_range(tables: Iterable[Any]) -> tuple[float, float] | None:
+    """The smallest and largest finite, non-zero node and edge gradient norm of these gradient tables; ``None`` if none."""
     lo = math.inf
     hi = -math.inf
-    for step in steps:
-        for norm in _gradient_norms(step.summaries):
-            if math.isfinite(norm) and norm > 0:
-                if norm < lo:
-                    lo = norm
-                if norm > hi:
-                    hi = norm
+    for table in tables:
+        norms = table.rows[table.index.gradient_rows, 0]
+        norms = norms[np.isfinite(norms) & (norms > 0)]
+        if norms.size:
+            lo = min(lo, float(norms.min()))
+            hi = max(hi, float(norms.max()))
     return None if lo > hi else (lo, hi)
 
 
@@ -195,16 +196,6 @@ def scale_between(norms: tuple[float, float] | None) -> ColorScale:
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     return ColorScale(low, high)
-
-
-def _gradient_norms(summaries: Any) -> Iterable[float]:
-    """Norms of a step's node and edge gradients; straight from the rows when the map has them."""
-    index = getattr(summaries, "index", None)
-    if index is not None:
-        rows = summaries.rows
-        picked = [at for key, at in index.items() if key[0] in ("node", "edge")]
-        return rows[picked, 0].tolist() if picked else []
-    return [summary.norm for key, summary in summaries.items() if key[0] in ("node", "edge")]
 
 
 def colorbar(scale: ColorScale, stops: int = 16) -> dict[str, Any]:

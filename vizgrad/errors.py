@@ -13,6 +13,7 @@ __all__ = [
     "RecordingError",
     "OutputError",
     "ScriptError",
+    "RecordingWarning",
 ]
 
 
@@ -67,4 +68,11 @@ class ScriptError(VizgradError, RuntimeError):
     """A script given to ``vizgrad render`` cannot be run, failed, or recorded nothing.
 
     The message names the script (and the line, for a syntax error).
+    """
+
+
+class RecordingWarning(UserWarning):
+    """Recording met a problem it worked around: a step was recorded as far as possible, or not at all.
+
+    The training itself is never affected: numbers stay what they would be without vizgrad.
     """

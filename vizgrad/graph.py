@@ -168,15 +168,23 @@ class Graph:
     def node_of(self, tensor: torch.Tensor) -> Node:
         """The node of a live tensor: a non-leaf's ``grad_fn`` node, a leaf's accumulator.
 
+        It searches the live steps of this graph, newest first (a step owns
+        its live tensors; the graph only refers to them).
+
         Raises:
             LookupError: The tensor is not part of this graph, or the graph's
-                tensors are gone (the step was recorded long ago).
+                tensors are gone (its steps are old, or it was loaded).
         """
-        live = getattr(self, "_live", None)
-        if live is None:
-            raise LookupError("this graph holds no live tensors (it was loaded, or its step is old); "
+        maps = [live for live in map(lambda ref: ref(), self.__dict__.get("_live_refs", ())) if live is not None]
+        if not maps:
+            raise LookupError("this graph holds no live tensors (it was loaded, or its steps are old); "
                               "look nodes up by id")
-        return self.node(live.node_id_of(tensor))
+        for live in maps:
+            try:
+                return self.node(live.node_id_of(tensor))
+            except LookupError:
+                continue
+        raise LookupError("this tensor is not part of the graph's live steps (or it does not require grad)")
 
     # -- identity ----------------------------------------------------------------
     @functools.cached_property

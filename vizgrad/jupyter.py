@@ -166,7 +166,7 @@ class LiveView:
 
     def _widen_norms(self, step: Step) -> None:
         """Grows the colour scale's range with this step's gradient norms (every step counts)."""
-        found = norm_range([step])
+        found = norm_range([step.table])
         if found is not None and self._norms is not None:
             found = (min(found[0], self._norms[0]), max(found[1], self._norms[1]))
         self._norms = found or self._norms

@@ -89,11 +89,14 @@ def explicit_names(
     else:
         pairs = params
     names: dict[int, str] = {}
+    usage = "params must map names to tensors, e.g. {'w': w} or model.named_parameters()"
+    if isinstance(pairs, (str, bytes, torch.Tensor)) or not isinstance(pairs, Iterable):
+        raise TypeError(f"{usage}; got {type(params).__name__}")
     for pair in pairs:
         try:
             name, tensor = pair
         except (TypeError, ValueError):
-            raise TypeError("params must map names to tensors, e.g. {'w': w} or model.named_parameters()") from None
+            raise TypeError(usage) from None
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"params[{name!r}] is a {type(tensor).__name__}, not a torch.Tensor")
         names.setdefault(id(tensor), str(name))

@@ -8,28 +8,198 @@ import heapq
 import itertools
 import math
 import operator
+import os
+import sys
 import threading
+import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
+from torch.autograd import function as _function
 
 from vizgrad import naming
 from vizgrad.capture import NodeCapture
-from vizgrad.errors import RecordingError
+from vizgrad.errors import RecordingWarning, UsageError
 from vizgrad.gcpause import paused_gc
+from vizgrad.gradtable import GradIndex, GradTable
 from vizgrad.graph import Graph
-from vizgrad.run import Run, Step, SummaryMap, ValueMap
-from vizgrad.stats import Batch, summarize_distinct
+from vizgrad.run import Run, Step
+from vizgrad.stats import SEGMENT_LIMIT, Batch, Reduced, Reducer, SummaryMemo, summarize, summarize_distinct
 from vizgrad.tracing import LiveMap, Tracer, as_roots
 
-__all__ = ["record", "Recorder"]
+__all__ = ["record", "Recorder", "DEFAULT_HOLD"]
 
-_active_lock = threading.Lock()
-#: ``Tensor.register_hook`` calls while any recorder runs. A tensor hook may change the
-#: gradient its node receives, which a neighbour's hook then cannot stand in for.
-_tensor_hooks_registered = 0
-_active: list[Recorder] = []
+#: Default ``hold``: the newest step holds its gradients up to this many elements.
+DEFAULT_HOLD = SEGMENT_LIMIT
+#: Graph plans a recorder keeps (least recently used ones go): a graph whose
+#: topology changes every step must not grow the heap.
+_PLANS_KEPT = 32
+_GRAPHS_KEPT = 64
+
+_LIBRARY_DIRS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(torch.__file__) + os.sep)
 _shape_and_dtype = operator.attrgetter("shape", "dtype")
+_sequence_nr = operator.methodcaller("_sequence_nr")
+_REGISTER = "_register_hook"
+
+
+# -- watching hook registrations ------------------------------------------------------------------------------
+def _sequence_counter() -> int:
+    """This thread's autograd sequence number now: every backward node made later gets a larger one."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return (torch.empty((), requires_grad=True) * 1).grad_fn._sequence_nr()
+
+
+class _HookWatch:
+    """When hooks that may change gradients were registered: per thread, that thread's sequence number then.
+
+    Autograd numbers backward nodes per thread in creation order. A node
+    created after the last hook registration of its thread (and after
+    recording started watching that thread) cannot carry a tensor hook, a
+    pre-hook or a post-hook added by anyone but vizgrad: no registration
+    happened since it exists. Whatever the order of registration, a node not
+    known to be clean so is hooked itself.
+    """
+
+    def __init__(self) -> None:
+        self.event = 0  # registrations seen, all threads
+        self.last_event: dict[int, int] = {}  # thread -> its latest registration's event number
+        self.mark: dict[int, int] = {}  # thread -> sequence number at its latest registration
+        self.quiet = threading.local()  # set while vizgrad registers hooks of its own
+
+    def note(self) -> None:
+        """Records a registration in the calling thread (vizgrad's own are not counted)."""
+        if getattr(self.quiet, "on", False):
+            return
+        thread = threading.get_ident()
+        self.mark[thread] = _sequence_counter()
+        self.event += 1
+        self.last_event[thread] = self.event
+
+
+_watch = _HookWatch()
+
+
+class _Patches:
+    """torch's ``backward`` and hook registration, wrapped once while any recorder is active.
+
+    Recorders may start and stop in any order (two threads' blocks may
+    overlap any way): the originals come back when the last one stops.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.recorders: list[Recorder] = []
+        self.originals: dict[str, Any] = {}
+
+    def add(self, recorder: Recorder) -> None:
+        with self.lock:
+            if not self.recorders:
+                self._install()
+            self.recorders.append(recorder)
+
+    def remove(self, recorder: Recorder) -> None:
+        with self.lock:
+            if recorder in self.recorders:
+                self.recorders.remove(recorder)
+                if not self.recorders:
+                    self._restore()
+
+    def original_backward(self) -> Callable[..., Any]:
+        """torch's own ``torch.autograd.backward``."""
+        backward = self.originals.get("backward", torch.autograd.backward)
+        return getattr(backward, "__wrapped__", backward)
+
+    def _install(self) -> None:
+        original_backward = torch.autograd.backward
+        original_register_hook = torch.Tensor.register_hook
+        original_node_register = getattr(_function._HookMixin, _REGISTER)
+        self.originals = {"backward": original_backward, "register_hook": original_register_hook,
+                          "node_register": original_node_register}
+        patches = self
+
+        def backward(tensors: Any, grad_tensors: Any = None, retain_graph: Any = None, create_graph: bool = False,
+                     grad_variables: Any = None, inputs: Any = None) -> None:
+            """``torch.autograd.backward``, recorded by vizgrad as one step."""
+            def run_torch() -> None:
+                original_backward(tensors, grad_tensors, retain_graph, create_graph, grad_variables, inputs=inputs)
+
+            seeds = grad_tensors if grad_tensors is not None else grad_variables  # torch reads either
+            run = run_torch
+            for recorder in list(patches.recorders):  # each one wraps the ones that started before it
+                run = _bind(recorder, run, tensors, seeds, create_graph)
+            return run()
+
+        def register_hook(tensor: torch.Tensor, hook: Callable[..., Any]) -> Any:
+            """``Tensor.register_hook``, noted by vizgrad (such hooks can change gradients)."""
+            _watch.note()
+            return original_register_hook(tensor, hook)
+
+        def node_register(backward_hooks: Any, hook: Any) -> Any:
+            """torch's registration of node pre- and post-hooks, noted by vizgrad (they can change gradients)."""
+            _watch.note()
+            return original_node_register(backward_hooks, hook)
+
+        backward.__wrapped__ = original_backward  # type: ignore[attr-defined]
+        register_hook.__wrapped__ = original_register_hook  # type: ignore[attr-defined]
+        register_hook.__doc__ = original_register_hook.__doc__
+        torch.autograd.backward = backward  # type: ignore[assignment]
+        torch.Tensor.register_hook = register_hook  # type: ignore[method-assign]
+        setattr(_function._HookMixin, _REGISTER, staticmethod(node_register))
+
+    def _restore(self) -> None:
+        torch.autograd.backward = self.originals["backward"]  # type: ignore[assignment]
+        torch.Tensor.register_hook = self.originals["register_hook"]  # type: ignore[method-assign]
+        setattr(_function._HookMixin, _REGISTER, staticmethod(self.originals["node_register"]))
+        self.originals = {}
+
+
+def _bind(recorder: Recorder, run: Callable[[], None], tensors: Any, seeds: Any,
+          create_graph: bool) -> Callable[[], None]:
+    return lambda: recorder._backward(run, tensors, seeds, create_graph)
+
+
+_patches = _Patches()
+#: The recorders now active, in the order they started (read by tests and tools).
+_active = _patches.recorders
+
+
+# -- arguments ----------------------------------------------------------------------------------------------------
+def _check_size(name: str, value: Any, *, none: bool) -> None:
+    """A size argument must be a whole number >= 0 (or ``None`` where that means "no limit")."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        allowed = "a whole number >= 0 or None" if none else "a whole number >= 0"
+        raise TypeError(f"record({name}=...) must be {allowed}, got {value!r} ({type(value).__name__})")
+    if value < 0:
+        raise UsageError(f"record({name}={value}) must not be negative; use 0 for none"
+                         + (" or None for no limit" if none else ""))
+
+
+def _check_arguments(keep: Any, hold: Any, live_steps: Any, saved: Any, on_step: Any) -> None:
+    _check_size("keep", keep, none=True)
+    _check_size("hold", hold, none=True)
+    _check_size("live_steps", live_steps, none=False)
+    if not isinstance(saved, bool):
+        raise TypeError(f"record(saved=...) must be True or False, got {saved!r}")
+    try:
+        callbacks = list(on_step) if not isinstance(on_step, (str, bytes)) and not callable(on_step) else None
+    except TypeError:
+        callbacks = None
+    if callbacks is None or not all(callable(callback) for callback in callbacks):
+        raise TypeError(f"record(on_step=...) must be a list of callables, each taking the new step; got {on_step!r}")
+
+
+class _StepWork:
+    """One step in flight: what was traced and hooked before ``backward()``, for the bookkeeping after."""
+
+    __slots__ = ("graph", "live", "plan", "hooked", "roots", "seeds", "capture", "reducer")
+
+    def __init__(self, graph: Graph, live: LiveMap, plan: _GraphPlan, hooked: Sequence[Any],
+                 roots: Sequence[torch.Tensor], seeds: Any, capture: NodeCapture, reducer: Reducer | None) -> None:
+        self.graph, self.live, self.plan, self.hooked = graph, live, plan, hooked
+        self.roots, self.seeds, self.capture, self.reducer = roots, seeds, capture, reducer
 
 
 class Recorder:
@@ -40,6 +210,9 @@ class Recorder:
             module); inferred from the calling code when ``None``.
         keep: Keep full gradient values of tensors up to this many elements
             (``None``: keep all); summaries are always kept.
+        hold: The newest step holds its gradients up to this many elements in
+            full (``None``: all) until the next step is recorded; bigger ones
+            are summarised as they flow, so autograd frees them as usual.
         saved: Also show tensors saved for backward in the graph.
         live_steps: How many recent steps keep their live tensors for
             ``step.grad_of(tensor)`` (older ones release them to save memory).
@@ -50,10 +223,12 @@ class Recorder:
     """
 
     def __init__(self, params: Any = None, keep: int | None = 64, saved: bool = False, live_steps: int = 4,
-                 store: Any = None, run: Run | None = None,
-                 on_step: Sequence[Callable[[Step], None]] = ()) -> None:
+                 store: Any = None, run: Run | None = None, on_step: Sequence[Callable[[Step], None]] = (),
+                 hold: int | None = DEFAULT_HOLD) -> None:
+        _check_arguments(keep, hold, live_steps, saved, on_step)
         self.params = params
         self.keep = keep
+        self.hold = hold
         self.tracer = Tracer(saved=saved)
         self.live_steps = live_steps
         self.store = store
@@ -61,216 +236,293 @@ class Recorder:
         self.on_step = list(on_step)
         self._explicit_names = naming.explicit_names(params) if params is not None else None
         self._inferred_names = naming.InferredLeafNames()
-        self._graphs: dict[str, list[Graph]] = {}
-        self._layouts: dict[tuple[int, bool], _Layout] = {}
-        self._capture = NodeCapture()
+        self._keep_limit = math.inf if keep is None else keep
+        # Gradients bigger than both limits are neither kept nor held: summarise them as they flow.
+        self._reduce_limit = max(self._keep_limit, math.inf if hold is None else hold)
+        self._graphs: collections.OrderedDict[str, list[Graph]] = collections.OrderedDict()
+        self._plans: collections.OrderedDict[tuple[int, bool], _GraphPlan] = collections.OrderedDict()
         self._ones: dict[tuple[Any, ...], torch.Tensor] = {}
         self._live_steps: collections.deque[Step] = collections.deque()
-        self._original_backward: Callable[..., Any] | None = None
-        self._original_register_hook: Callable[..., Any] | None = None
-        self._tensor_hooks_seen = -1  # _tensor_hooks_registered at the last step; -1: no step yet
-        self._in_step = False
+        self._lock = threading.RLock()  # the caches and the run: steps of two threads may overlap
+        self._local = threading.local()  # per thread: inside one of this recorder's steps
+        self._baselines: dict[int, int] = {}  # thread -> its sequence number when first watched
+        self._started_event = 0
         self.run.backward = self.backward  # type: ignore[attr-defined]
 
-    # -- patching ----------------------------------------------------------------------
+    def use_store(self, run: Run, store: Any) -> None:
+        """Records into ``run``, backed by the run file writer ``store`` (closed when recording stops)."""
+        self.run, self.store = run, store
+        run.backward = self.backward  # type: ignore[attr-defined]
+
+    # -- patching ----------------------------------------------------------------------------------------
     def start(self) -> None:
         """Routes ``torch.autograd.backward`` (and so ``Tensor.backward``) through the recorder."""
         # Blocks may nest (a script that records itself, run by ``vizgrad render``):
-        # the inner recorder wraps the outer one, so both record every step.
-        with _active_lock:
-            _active.append(self)
-        self._original_backward = torch.autograd.backward
-        recorder = self
-
-        def backward(tensors: Any, grad_tensors: Any = None, retain_graph: Any = None, create_graph: bool = False,
-                     grad_variables: Any = None, inputs: Any = None) -> None:
-            """``torch.autograd.backward``, recorded by vizgrad as one step."""
-            return recorder._backward(tensors, grad_tensors, retain_graph, create_graph, inputs)
-
-        backward.__wrapped__ = self._original_backward  # type: ignore[attr-defined]
-        torch.autograd.backward = backward  # type: ignore[assignment]
-        self._original_register_hook = original_register_hook = torch.Tensor.register_hook
-
-        def register_hook(tensor: torch.Tensor, hook: Callable[..., Any]) -> Any:
-            """``Tensor.register_hook``, counted by vizgrad (such hooks can change gradients)."""
-            global _tensor_hooks_registered
-            _tensor_hooks_registered += 1
-            return original_register_hook(tensor, hook)
-
-        register_hook.__wrapped__ = original_register_hook  # type: ignore[attr-defined]
-        register_hook.__doc__ = original_register_hook.__doc__
-        torch.Tensor.register_hook = register_hook  # type: ignore[method-assign]
+        # each active recorder wraps the backward() of the ones before it, so all record every step.
+        self._started_event = _watch.event
+        self._baselines[threading.get_ident()] = _sequence_counter()
+        _patches.add(self)
 
     def stop(self) -> None:
-        """Restores ``torch.autograd.backward`` and flushes the store."""
-        with _active_lock:
-            if self in _active and _active[-1] is not self:
-                raise RecordingError("nested vizgrad.record() blocks must end in the reverse order they started")
+        """Restores ``torch.autograd.backward`` (when no other recorder is active) and flushes the store."""
         try:
-            if self._original_backward is not None:
-                torch.autograd.backward = self._original_backward  # type: ignore[assignment]
-                self._original_backward = None
-            if self._original_register_hook is not None:
-                torch.Tensor.register_hook = self._original_register_hook  # type: ignore[method-assign]
-                self._original_register_hook = None
+            _patches.remove(self)
         finally:
-            with _active_lock:
-                if self in _active:
-                    _active.remove(self)
             if self.store is not None:
                 self.store.close()
 
-    # -- one step -------------------------------------------------------------------------
+    # -- one step -------------------------------------------------------------------------------------------
     def backward(self, tensors: Any, gradient: Any = None, retain_graph: bool | None = None,
                  create_graph: bool = False, inputs: Any = None) -> None:
         """Runs ``backward()`` on ``tensors`` as one recorded step (like ``torch.autograd.backward``)."""
-        self._backward(tensors, gradient, retain_graph, create_graph, inputs)
+        original = _patches.original_backward()
+        self._backward(lambda: original(tensors, gradient, retain_graph, create_graph, inputs=inputs), tensors,
+                       gradient, create_graph)
 
-    def _original(self) -> Callable[..., Any]:
-        if self._original_backward is not None:
-            return self._original_backward
-        backward = torch.autograd.backward
-        return getattr(backward, "__wrapped__", backward)
+    def _backward(self, run_backward: Callable[[], None], tensors: Any, seeds: Any, create_graph: bool) -> None:
+        if getattr(self._local, "in_step", False):  # backward() called inside one of this thread's steps
+            return run_backward()
+        # A step allocates thousands of short-lived objects (hooks, tuples) that reference
+        # counting frees: no GC pass over the user's heap meanwhile.
+        self._local.in_step = True
+        try:
+            with paused_gc():
+                return self._record_step(run_backward, tensors, seeds, create_graph)
+        finally:
+            self._local.in_step = False
 
-    def _backward(self, tensors: Any, grad_tensors: Any, retain_graph: Any, create_graph: bool, inputs: Any) -> None:
-        original = self._original()
-        if self._in_step:  # backward() called from inside a hook of ours: not a new step
-            return original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
-        # A step allocates thousands of short-lived objects (hooks, handles, tuples)
-        # that reference counting frees: no GC pass over the user's heap meanwhile.
-        with paused_gc():
-            return self._record_step(original, tensors, grad_tensors, retain_graph, create_graph, inputs)
-
-    def _record_step(self, original: Callable[..., Any], tensors: Any, grad_tensors: Any, retain_graph: Any,
-                     create_graph: bool, inputs: Any) -> None:
-        roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+    def _record_step(self, run_backward: Callable[[], None], tensors: Any, seeds: Any, create_graph: bool) -> None:
+        roots = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors) \
+            if isinstance(tensors, (tuple, list)) else ()
         tracked = tuple(r for r in roots if isinstance(r, torch.Tensor) and r.requires_grad)
-        if not tracked:  # let torch raise its own, well-known error
-            return original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
+        if not tracked:  # let torch raise its own, well-known error (or run what it accepts)
+            return run_backward()
+        try:
+            work = self._prepare(tracked, seeds if len(roots) == len(tracked) else None)
+        except Exception as error:  # recording must never break the user's backward()
+            _warn(f"vizgrad could not trace this backward() and did not record it ({_describe(error)})")
+            return run_backward()
+        capture = work.capture
+        try:
+            _watch.quiet.on = True
+            try:
+                capture.attach(work.hooked, work.plan.reduce)
+            finally:
+                _watch.quiet.on = False
+            run_backward()
+        except BaseException:
+            capture.detach()
+            capture.captured.clear()
+            raise
+        capture.detach()
+        try:
+            self._finish(work)
+        finally:
+            capture.captured.clear()  # the step holds what it needs; drop the gradients
+            if work.reducer is not None:
+                work.reducer.clear()
+
+    def _prepare(self, tracked: tuple[torch.Tensor, ...], seeds: Any) -> _StepWork:
+        """Traces the graph and chooses the nodes to hook, before ``backward()`` runs."""
         as_roots(tracked)
         # The user's scope is read only when a name is missing: a new leaf, or a new
         # graph whose intermediates need variable names. A loop's later steps skip it.
         scope = _LazyScope()
-        names: Any = self._explicit_names
-        if names is None:
-            names = self._inferred_names
-            names.begin_step(scope)
-        try:
-            graph, live = self.tracer.trace(tracked, names, lambda: naming.variable_names(scope.items(), tracked),
-                                            shapes_later=True)
-        finally:
-            self._inferred_names.end_step()
-            scope.clear()
-        graph = self._dedupe(graph, live)
-        layout = self._layout(graph, self._neighbours_may_stand_in(graph, live))
-        hooked = live.fns if layout.every_node_hooked else list(itertools.compress(live.fns, layout.hooked))
-        capture = self._capture
-        self._in_step = True
-        try:
-            capture.attach(hooked)
-            original(tensors, grad_tensors, retain_graph, create_graph, inputs=inputs)
-        finally:
-            capture.detach()
-            self._in_step = False
-        try:
-            self._finish_step(graph, live, layout, hooked, tracked,
-                              grad_tensors if len(roots) == len(tracked) else None, capture.captured)
-        finally:
-            capture.captured.clear()  # the step holds what it needs; drop the gradients
+        with self._lock:
+            names: Any = self._explicit_names
+            if names is None:
+                names = self._inferred_names
+                names.begin_step(scope)
+            try:
+                graph, live = self.tracer.trace(tracked, names,
+                                                lambda: naming.variable_names(scope.items(), tracked),
+                                                shapes_later=True)
+            finally:
+                self._inferred_names.end_step()
+                scope.clear()
+            graph = self._dedupe(graph)
+            plan = self._plan(graph, self._neighbours_may_stand_in(graph, live))
+        hooked = live.fns if plan.every_node_hooked else list(itertools.compress(live.fns, plan.hooked))
+        reducer = Reducer(self._reduce_limit) if self._reduce_limit < math.inf else None
+        return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer)
 
-    def _dedupe(self, graph: Graph, live: LiveMap) -> Graph:
-        """Reuses an equal graph seen before, so a long run holds each topology once."""
-        same_hash = self._graphs.setdefault(graph.structural_hash, [])
+    def _dedupe(self, graph: Graph) -> Graph:
+        """Reuses an equal graph seen before, so a long run holds each topology once (recent ones remembered)."""
+        same_hash = self._graphs.get(graph.structural_hash)
+        if same_hash is None:
+            same_hash = self._graphs[graph.structural_hash] = []
+            while len(self._graphs) > _GRAPHS_KEPT:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(graph.structural_hash)
         for known in same_hash:
             if known is graph or known == graph:
-                object.__setattr__(known, "_live", live)
                 return known
         same_hash.append(graph)
         return graph
 
-    def _finish_step(self, graph: Graph, live: LiveMap, layout: _Layout, hooked: Sequence[Any],
-                     roots: Sequence[torch.Tensor], grad_tensors: Any,
-                     captured: Mapping[Any, tuple[tuple[Any, ...], tuple[Any, ...]]]) -> None:
-        fns = live.fns
-        pairs = list(map(captured.get, hooked))  # (grad_inputs, grad_outputs) per node, None where it did not run
-        static = None not in pairs and list(map(len, itertools.chain.from_iterable(pairs))) == layout.lengths
-        if static:  # every node ran with its usual arity: the value keys are the graph's, made once
-            keys: list[tuple] = layout.all_keys
-            values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
-            if layout.transpose_sources:
-                values += _transposes(map(values.__getitem__, layout.transpose_sources))
-        else:
-            keys, values = self._keys_and_values(itertools.compress(live.positions, layout.hooked), pairs)
-            if layout.transposed:
-                position = {key: at for at, key in enumerate(keys)}
-                keys += [key for key, _ in layout.transposed]
-                values += _transposes(None if position.get(source) is None else values[position[source]]
-                                      for _, source in layout.transposed)
-        for root, seed in zip(roots, self._root_gradients(roots, grad_tensors)):
-            values += (root, seed, seed)
-        for at in layout.named_leaves:
-            variable = fns[at].variable
-            values += (variable, variable.grad)
-        batch, positions = summarize_distinct(values, self.keep, memo=layout.summary_memo)
-        if live.structure is not None and not (static and layout.shapes_fit(values, positions)):
-            # The graph was found by structure; its ops' shapes differ from (or cannot be
-            # checked against) the gradients that flowed: read them from the nodes.
-            layout.fitted = None
-            graph = self._dedupe(self.tracer.with_read_shapes(graph, live), live)
-            layout = self._layout(graph, layout.unhooked)
-        else:
-            layout.remember_fit(positions)
-        if static and positions == layout.positions:  # tensors shared as in the last step: same index
-            index = layout.index
-        else:
-            index = layout.with_aliases({key: at for key, at in zip(itertools.chain(keys, layout.extra_keys), positions)
-                                         if at >= 0})
-            if static:
-                layout.positions, layout.index = positions, index
-        step = Step(len(self.run.steps), _loss(graph, index, batch), graph, SummaryMap(index, batch),
-                    ValueMap(index, batch), _live=live)
-        if self.run._pending_data:
-            step.data.update(self.run._pending_data)
-            self.run._pending_data.clear()
-        self._retire_live(step)
-        self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
+    def _finish(self, work: _StepWork) -> None:
+        """Turns what the hooks saw into a step; on an internal error, records what it can and warns."""
+        with self._lock:
+            try:
+                step = self._build_step(work)
+            except Exception as error:  # never raise inside the user's backward()
+                step = self._build_step_safely(work, error)
+            self._append(step)
         for callback in self.on_step:
             callback(step)
 
-    def _layout(self, graph: Graph, unhooked: bool = True) -> _Layout:
-        """The graph's :class:`_Layout` (with unhooked nodes or every node hooked), made once per graph."""
-        layout = self._layouts.get((id(graph), unhooked))
-        if layout is None or layout.graph is not graph:
-            layout = self._layouts[id(graph), unhooked] = _Layout(graph, unhooked, self.keep)
-        return layout
+    def _build_step(self, work: _StepWork) -> Step:
+        graph, live, plan, hooked = work.graph, work.live, work.plan, work.hooked
+        captured, fns = work.capture.captured, live.fns
+        pairs = list(map(captured.get, hooked))  # (grad_inputs, grad_outputs) per node, None where it did not run
+        static = None not in pairs and list(map(len, itertools.chain.from_iterable(pairs))) == plan.lengths
+        if static:  # every node ran with its usual arity: the value keys are the graph's, made once
+            keys: list[tuple] = plan.all_keys
+            values = list(itertools.chain.from_iterable(itertools.chain.from_iterable(pairs)))
+            if plan.transpose_sources:
+                values += self._transposes(map(values.__getitem__, plan.transpose_sources))
+        else:
+            keys, values = _keys_and_values(itertools.compress(live.positions, plan.hooked), pairs)
+            if plan.transposed:
+                position = {key: at for at, key in enumerate(keys)}
+                keys += [key for key, _ in plan.transposed]
+                values += self._transposes(None if position.get(source) is None else values[position[source]]
+                                           for _, source in plan.transposed)
+        self._add_extra_values(values, work, plan)
+        batch, positions = summarize_distinct(values, self.keep, memo=plan.summary_memo)
+        if live.structure is not None and not (static and plan.shapes_fit(batch, positions, values)):
+            # The graph was found by structure; its ops' shapes differ from (or cannot be
+            # checked against) the gradients that flowed: read them from the nodes.
+            plan.fitted = None
+            graph = self._dedupe(self.tracer.with_read_shapes(graph, live))
+            plan = self._plan(graph, plan.unhooked)
+        elif static:
+            plan.fitted = (batch.plan, positions) if batch.plan is not None else None
+        if static and positions == plan.positions:  # tensors shared as in the last step: same index
+            index = plan.index
+        else:
+            index = GradIndex(plan.with_aliases({key: at for key, at in
+                                                 zip(itertools.chain(keys, plan.extra_keys), positions) if at >= 0}))
+            if static:
+                plan.positions, plan.index = positions, index
+        table = batch.to_table(index, self._held(batch, index, plan, work.reducer))
+        return Step(len(self.run.steps), _loss(graph, table), graph, table=table, live=live,
+                    limits=(self.keep, self.hold))
+
+    def _add_extra_values(self, values: list[Any], work: _StepWork, plan: _GraphPlan) -> None:
+        """Appends the roots' values and seeds and the named leaves' values and ``.grad`` (as ``plan.extra_keys``)."""
+        for root, seed in zip(work.roots, self._root_gradients(work.roots, work.seeds)):
+            values += (root, seed, seed)
+        fns, lookup = work.live.fns, (work.reducer.lookup if work.reducer is not None else None)
+        for at in plan.named_leaves:
+            variable = fns[at].variable
+            grad = variable.grad
+            values += (variable, grad if lookup is None else lookup(grad))
+
+    def _held(self, batch: Batch, index: GradIndex, plan: _GraphPlan, reducer: Reducer | None) -> list[Any] | None:
+        """The gradients the newest step holds in full: every summarised tensor but the stand-ins and parameters."""
+        if self.live_steps == 0 or self.hold == 0:
+            return None
+        tensors = batch.tensors
+        if reducer is not None and reducer.count:  # bigger than hold (and keep): summarised where it flowed
+            held = [None if type(t) is Reduced else t for t in tensors]
+        else:
+            held = list(tensors)
+        # Not gradients: the optimizer changes parameters in place, so only kept copies tell the truth.
+        for key in plan.unheld_keys:
+            at = index.get(key)
+            if at is not None:
+                held[at] = None
+        return held
+
+    def _build_step_safely(self, work: _StepWork, error: Exception) -> Step:
+        """A step from whatever can be summarised one tensor at a time, after the fast path failed."""
+        _warn(f"vizgrad hit an internal error summarising step {len(self.run.steps)} ({_describe(error)}); "
+              "the step is recorded as far as possible")
+        live, plan = work.live, work.plan
+        pairs = list(map(work.capture.captured.get, work.hooked))
+        keys, values = _keys_and_values(itertools.compress(live.positions, plan.hooked), pairs)
+        start = len(values)
+        try:
+            self._add_extra_values(values, work, plan)
+            keys += plan.extra_keys[:len(values) - start]
+        except Exception:  # leaves or roots unreadable: the gradients alone
+            del values[start:]
+        rows, locators, index = [], [], {}
+        for key, value in zip(keys, values):
+            if value is None:
+                continue
+            try:
+                one = summarize([value], self.keep)
+                rows.append(one.rows[0])
+                locators.append(one.value(0))
+            except Exception:
+                continue
+            index[key] = len(rows) - 1
+        index = plan.with_aliases(index)
+        table = GradTable(GradIndex(index), np.array(rows, dtype=np.float64).reshape(-1, 7), kept=locators)
+        try:
+            loss = _loss(work.graph, table)
+        except Exception:
+            loss = None
+        return Step(len(self.run.steps), loss, work.graph, table=table, live=live, limits=(self.keep, self.hold))
+
+    def _append(self, step: Step) -> None:
+        if self.run._pending_data:
+            step.data.update(self.run._pending_data)
+            self.run._pending_data.clear()
+        if self._live_steps:
+            self._live_steps[-1].release_values()  # only the newest step holds full gradients
+        self._live_steps.append(step)
+        while len(self._live_steps) > self.live_steps:
+            self._live_steps.popleft().release()
+        self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
+
+    def _transposes(self, grads: Iterable[Any]) -> list[Any]:
+        """What unhooked transposes passed on: each gradient transposed (a view), ``None`` staying ``None``.
+
+        A gradient too big to keep or hold needs no view: its summary is the
+        same (same elements), so the transpose shares it.
+        """
+        limit = max(self._reduce_limit, SEGMENT_LIMIT)
+        with torch.no_grad():  # views only: under create_graph they need no graph of their own
+            return [grad if grad is None or type(grad) is Reduced or grad.numel() > limit else grad.t()
+                    for grad in grads]
+
+    def _plan(self, graph: Graph, unhooked: bool = True) -> _GraphPlan:
+        """The graph's :class:`_GraphPlan` (with unhooked nodes or every node hooked), made once per graph."""
+        key = (id(graph), unhooked)
+        plan = self._plans.get(key)
+        if plan is None or plan.graph is not graph:
+            plan = self._plans[key] = _GraphPlan(graph, unhooked, self._reduce_limit)
+            while len(self._plans) > _PLANS_KEPT:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return plan
 
     def _neighbours_may_stand_in(self, graph: Graph, live: LiveMap) -> bool:
-        """Whether nodes may go unhooked this step: no tensor hook can have changed what a node received.
+        """Whether nodes may go unhooked this step: no hook but vizgrad's can have changed what a node received.
 
-        Not on a recorder's first step (hooks may predate it), nor after a
-        ``Tensor.register_hook`` since the last step, nor when a leaf has hooks.
+        Every backward node must be newer than the last hook registration of
+        its thread and than the start of watching that thread (see
+        :class:`_HookWatch`), and no leaf may have tensor hooks.
         """
-        seen, self._tensor_hooks_seen = self._tensor_hooks_seen, _tensor_hooks_registered
-        if seen != _tensor_hooks_registered:
+        thread = threading.get_ident()
+        baseline = self._baselines.get(thread)
+        if baseline is None:  # a thread first seen now: its older nodes are unknown
+            self._baselines[thread] = _sequence_counter()
             return False
+        if any(event > self._started_event for other, event in _watch.last_event.items() if other != thread):
+            return False  # another thread registered hooks: its sequence numbers are not comparable
+        clean_above = baseline
+        if _watch.last_event.get(thread, 0) > self._started_event:
+            clean_above = max(baseline, _watch.mark[thread])
         fns = live.fns
-        return not any(fns[at].variable._backward_hooks for at in self._layout(graph, False).leaves)
-
-    @staticmethod
-    def _keys_and_values(positions: Iterable[int], pairs: list[Any]) -> tuple[list[tuple], list[Any]]:
-        """Value keys and gradients node by node, for a step where a node did not run or had another arity."""
-        keys: list[tuple] = []
-        values: list[Any] = []
-        for pos, pair in zip(positions, pairs):
-            if pair is None:
-                continue
-            grad_inputs, grad_outputs = pair
-            node_id = f"n{pos}"
-            keys += [("edge", node_id, slot) for slot in range(len(grad_inputs))]
-            keys += [("node", node_id, k) for k in range(len(grad_outputs))]
-            values += grad_inputs
-            values += grad_outputs
-        return keys, values
+        if min(map(_sequence_nr, fns)) <= clean_above:
+            return False
+        return not any(fns[at].variable._backward_hooks for at in self._plan(graph, False).leaves)
 
     def _root_gradients(self, roots: Sequence[torch.Tensor], grad_tensors: Any) -> list[torch.Tensor | None]:
         """The gradient each root starts with: the one given, or ones for a scalar root."""
@@ -289,14 +541,38 @@ class Recorder:
             ones = self._ones[key] = torch.ones_like(root, memory_format=torch.contiguous_format).detach()
         return ones
 
-    def _retire_live(self, step: Step) -> None:
-        self._live_steps.append(step)
-        while len(self._live_steps) > self.live_steps:
-            self._live_steps.popleft().release()
+
+def _keys_and_values(positions: Iterable[int], pairs: list[Any]) -> tuple[list[tuple], list[Any]]:
+    """Value keys and gradients node by node, for a step where a node did not run or had another arity."""
+    keys: list[tuple] = []
+    values: list[Any] = []
+    for pos, pair in zip(positions, pairs):
+        if pair is None:
+            continue
+        grad_inputs, grad_outputs = pair
+        node_id = f"n{pos}"
+        keys += [("edge", node_id, slot) for slot in range(len(grad_inputs))]
+        keys += [("node", node_id, k) for k in range(len(grad_outputs))]
+        values += grad_inputs
+        values += grad_outputs
+    return keys, values
 
 
-class _Layout:
-    """Where each gradient of a graph's steps goes: made once per graph, shared by all its steps.
+def _warn(message: str) -> None:
+    """Issues a :class:`RecordingWarning` pointing at the user's line that called ``backward()``."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    del frame
+    warnings.warn(message, RecordingWarning, stacklevel=level)
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0]
+
+
+class _GraphPlan:
+    """Where each gradient of a graph's steps goes, and what was checked: made once per graph, shared by its steps.
 
     A step's gradients arrive as ``(grad_inputs, grad_outputs)`` per hooked
     node, in traversal order; laid end to end they line up with :attr:`keys`.
@@ -309,23 +585,30 @@ class _Layout:
     neighbours' hooks: the same tensors. Such nodes are left unhooked (no two
     of them adjacent) and their keys are :attr:`aliases` of their neighbours'.
 
+    All per-graph state of the recorder lives here (and goes when the plan is
+    evicted): the key index of the last static step, the summary memo, the
+    last summary plan the gradients fitted.
+
     Attributes:
         hooked: Per traversed node, whether it gets a hook (all of them when
             made with ``unhooked=False``); ``every_node_hooked`` when all do.
+        reduce: Per hooked node, whether its hook summarises big gradients
+            where they flow (one may exceed the reduce limit, or its size is unknown).
         leaves: Traversal positions of the leaves.
         keys: The value key of each gradient, hooked node by hooked node: its edges, then its outputs.
         lengths: ``len(grad_inputs), len(grad_outputs)`` of each hooked node, to check a step against.
         aliases: ``(key, key it equals)`` for the unhooked nodes' gradients.
-        transposed: ``(key, key it is the transpose of)`` for unhooked
-            transposes' outputs small enough to keep (a view made each step);
-            bigger ones are :attr:`aliases` (same summary, no value kept).
+        transposed: ``(key, key it is the transpose of)`` for unhooked transposes' outputs.
         extra_keys: Keys of the root and parameter values after them.
         named_leaves: Traversal positions of the named leaves (in :attr:`extra_keys` order).
-        positions: Batch position of each value in the last step, with ``index``,
-            the key -> position map made from them (reused while steps agree).
+        unheld_keys: The keys of root and parameter values and ``.grad``: not gradients, never held.
+        positions: Batch position of each value in the last static step, with
+            ``index``, the :class:`GradIndex` made from them (reused while steps agree).
+        fitted: ``(summary plan, positions)`` of the last step whose gradients
+            fitted the graph's shapes: a step with equal ones fits too.
     """
 
-    def __init__(self, graph: Graph, unhooked: bool = True, keep: int | None = None) -> None:
+    def __init__(self, graph: Graph, unhooked: bool = True, reduce_limit: float = math.inf) -> None:
         self.graph = graph
         self.unhooked = unhooked
         self.keys: list[tuple] = []
@@ -335,16 +618,11 @@ class _Layout:
         for root_id in graph.roots:
             self.extra_keys += [("value", root_id), ("node", root_id, 0), ("edge", root_id, 0)]
         traversed = [node for node in graph.nodes if node.kind in _TRAVERSED]
-        unhooked_nodes, transposed = _unhooked_nodes(graph, traversed) if unhooked else ({}, [])
-        # A transpose too big to keep needs no view: its summary is its source's.
-        sizes = {node.id: math.prod(node.shape) for node in traversed if node.shape is not None}
-        limit = math.inf if keep is None else keep
-        big = [pair for pair in transposed if sizes.get(pair[0][1], 0) > limit]
-        self.transposed = [pair for pair in transposed if sizes.get(pair[0][1], 0) <= limit]
+        unhooked_nodes, self.transposed = _unhooked_nodes(graph, traversed) if unhooked else ({}, [])
         self.hooked = [node.id not in unhooked_nodes for node in traversed]
         self.every_node_hooked = not unhooked_nodes
         self.leaves = [at for at, node in enumerate(traversed) if node.kind == "leaf"]
-        self.aliases: list[tuple[tuple, tuple]] = list(big)
+        self.aliases: list[tuple[tuple, tuple]] = []
         for at, node in enumerate(traversed):
             if node.id in unhooked_nodes:
                 self.aliases += unhooked_nodes[node.id]
@@ -355,15 +633,17 @@ class _Layout:
             if node.kind == "leaf" and node.name is not None:
                 self.named_leaves.append(at)
                 self.extra_keys += [("param", node.name), ("param_grad", node.name)]
+        self.unheld_keys = [key for key in self.extra_keys if key[0] in ("value", "param", "param_grad")]
+        hooked_nodes = [node for node, hooked in zip(traversed, self.hooked) if hooked]
+        self.reduce = _reduce_flags(graph, hooked_nodes, reduce_limit) if reduce_limit < math.inf else None
         #: The static layout's keys: the hooked nodes' keys, then the transposes' outputs.
         self.all_keys = self.keys + [key for key, _ in self.transposed]
         position = {key: at for at, key in enumerate(self.keys)}
         self.transpose_sources = [position[source] for _, source in self.transposed]
         self.positions: list[int] | None = None
-        self.index: dict[tuple, int] = {}
+        self.index: GradIndex | None = None
         self._expected: tuple[list[int], list[tuple[Any, ...]]] | None = None
-        self.summary_memo: dict[Any, Any] = {}  # for stats.summarize_distinct
-        #: ``(summary plan, positions)`` of the last step whose gradients fitted the graph.
+        self.summary_memo = SummaryMemo()
         self.fitted: tuple[Any, list[int]] | None = None
 
     def with_aliases(self, index: dict[tuple, int]) -> dict[tuple, int]:
@@ -374,23 +654,18 @@ class _Layout:
                 index[key] = at
         return index
 
-    def shapes_fit(self, values: Sequence[Any], positions: list[int]) -> bool:
+    def shapes_fit(self, batch: Batch, positions: list[int], values: Sequence[Any]) -> bool:
         """Whether the gradients fit the shapes and dtypes of the graph.
 
-        When they are shared out exactly as in an earlier step that fitted
-        (the same ``positions`` object) and every distinct tensor has that
-        step's shape, dtype and layout (the same summary plan), they fit
-        again without being looked at one by one.
+        When they are shared out as in an earlier step that fitted (equal
+        ``positions``) and every distinct tensor has that step's shape, dtype,
+        layout and device kind (an equal summary plan), they fit again without
+        being looked at one by one.
         """
-        plan = self.summary_memo.get("used_plan")
-        if self.fitted is not None and plan is not None and self.fitted[0] is plan and self.fitted[1] is positions:
+        if self.fitted is not None and batch.plan is not None and self.fitted[0] == batch.plan \
+                and self.fitted[1] == positions:
             return True
         return self.shapes_match(values)
-
-    def remember_fit(self, positions: list[int]) -> None:
-        """Notes that this step's gradients fit the graph, for :meth:`shapes_fit` to vouch by."""
-        plan = self.summary_memo.get("used_plan")
-        self.fitted = None if plan is None else (plan, positions)
 
     def shapes_match(self, values: Sequence[Any]) -> bool:
         """Whether each op's incoming gradient has the shape and dtype the graph gives the op.
@@ -414,6 +689,22 @@ _TRAVERSED = ("op", "leaf", "custom")  # node kinds with a live backward node
 
 
 _TRANSPOSE = "TBackward0"  # its gradient out is its gradient in, transposed (``grad.t()``)
+
+
+def _reduce_flags(graph: Graph, hooked: Sequence[Any], limit: float) -> list[bool]:
+    """Per hooked node: whether a gradient it sees or sends may exceed ``limit`` elements (or has no known size)."""
+    by_id = graph.by_id
+    sizes: dict[str, list[float]] = {node.id: [math.inf] * max(node.outputs, 1) for node in hooked}
+    for node in graph.nodes:
+        if node.id in sizes and node.shape is not None:
+            sizes[node.id][0] = math.prod(node.shape)
+    sends: dict[str, list[float]] = collections.defaultdict(list)
+    for edge in graph.edges:
+        if edge.kind == "grad" and edge.src in sizes:
+            target = by_id[edge.dst]
+            known = edge.output == 0 and target.shape is not None
+            sends[edge.src].append(math.prod(target.shape) if known else math.inf)
+    return [max(sizes[node.id] + sends.get(node.id, [])) > limit for node in hooked]
 
 
 def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]
@@ -497,26 +788,21 @@ class _LazyScope:
         self._items = None
 
 
-@torch.no_grad()  # views only: under create_graph they need no graph of their own
-def _transposes(grads: Iterable[torch.Tensor | None]) -> list[torch.Tensor | None]:
-    """Each gradient transposed (``None`` stays ``None``): what an unhooked transpose passed on."""
-    return [None if grad is None else grad.t() for grad in grads]
-
-
-def _loss(graph: Graph, index: Mapping[tuple, int], batch: Batch) -> float | None:
+def _loss(graph: Graph, table: GradTable) -> float | None:
     """The loss: the root's value when every root is a scalar (their sum for several), else ``None``."""
     total = 0.0
     for root_id in graph.roots:
-        at = index[("value", root_id)]
-        if batch.numel(at) != 1:
+        key = ("value", root_id)
+        if table.numel(key) != 1:
             return None
-        total += batch.scalar(at)
+        total += table.scalar(key)
     return total
 
 
 @contextlib.contextmanager
-def record(params: Any = None, *, keep: int | None = 64, saved: bool = False, save: str | None = None,
-           live_steps: int = 4, on_step: Sequence[Callable[[Step], None]] = ()) -> Iterator[Run]:
+def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFAULT_HOLD, saved: bool = False,
+           save: str | os.PathLike[str] | None = None, live_steps: int = 4,
+           on_step: Sequence[Callable[[Step], None]] = ()) -> Iterator[Run]:
     """Records every ``backward()`` inside the block as one step of a :class:`Run`.
 
     Args:
@@ -524,8 +810,13 @@ def record(params: Any = None, *, keep: int | None = 64, saved: bool = False, sa
             or a module. When ``None``, names come from the calling code:
             parameters of ``nn.Module``\\ s in scope (``model.0.weight``) and
             variables holding leaf tensors (``w``, ``b``).
-        keep: Keep full values of gradients up to this many elements
-            (``None``: all). Summaries are kept for every gradient.
+        keep: Keep full values of gradients up to this many elements in every
+            step (``None``: all); saved in run files. Summaries are kept for
+            every gradient.
+        hold: The newest step also holds its gradients up to this many
+            elements in full (``None``: all) until the next step is recorded,
+            so ``step.grad_of(tensor)`` returns them. Bigger ones are
+            summarised as they flow and freed, as autograd would free them.
         saved: Also draw the tensors each op saved for backward.
         save: Path of a run file to write step by step as the run goes.
         live_steps: How many recent steps answer ``step.grad_of(tensor)``.
@@ -534,20 +825,24 @@ def record(params: Any = None, *, keep: int | None = 64, saved: bool = False, sa
     Yields:
         The :class:`Run`; ``run.steps`` grows by one per ``backward()``.
 
+    Raises:
+        TypeError, UsageError: An argument has the wrong type or value (checked here, before any step).
+
     Hooks are removed at the end of every step, also on error.
-    ``torch.autograd.backward`` (to see each step) and ``Tensor.register_hook``
-    (to count hooks that may change gradients) are wrapped inside the block
-    and restored when it exits. Recording reads gradients and never changes
-    them.
+    ``torch.autograd.backward`` (to see each step) and hook registration
+    (``Tensor.register_hook`` and node hooks, which may change gradients) are
+    wrapped inside the block and restored when the last active block exits.
+    Recording reads gradients and never changes them; an internal error
+    records the step as far as it can and issues a :class:`RecordingWarning`.
     """
-    store = None
-    run = None
-    if save is not None:
+    _check_arguments(keep, hold, live_steps, saved, on_step)
+    if save is not None and not isinstance(save, (str, os.PathLike)):
+        raise TypeError(f"record(save=...) must be a file path, got {save!r}")
+    recorder = Recorder(params, keep=keep, hold=hold, saved=saved, live_steps=live_steps, on_step=on_step)
+    if save is not None:  # after the arguments are known good: a bad call leaves no file behind
         from vizgrad import store as run_store
 
-        run, store = run_store.open_for_recording(save)
-    recorder = Recorder(params, keep=keep, saved=saved, live_steps=live_steps, store=store, run=run,
-                        on_step=on_step)
+        recorder.use_store(*run_store.open_for_recording(save))
     recorder.start()
     try:
         yield recorder.run

@@ -19,8 +19,9 @@ from typing import Any, Sequence
 import jinja2
 from markupsafe import Markup
 
-from vizgrad import frames, stats
-from vizgrad.colors import FLAG_COLORS, ColorScale, text_color_for
+from vizgrad import frames, gradtable
+from vizgrad.colors import FLAG_COLORS, ColorScale
+from vizgrad.paint import INK
 from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
@@ -199,11 +200,11 @@ class Report:
         """The page's data (JSON-able) and the sanitized SVG of each distinct layout."""
         steps = [self.run[i] for i in self.selected]
         # Summaries the recorder left to compute: all steps in one vectorised pass.
-        stats.resolve(batch for batch in (getattr(step.summaries, "batch", None) for step in steps) if batch)
+        gradtable.resolve(step.table for step in steps)
         cache = frames.LayoutCache(self.engine)
-        scale = frames.scale_for(steps)
+        scale = frames.run_scale(self.run)  # the whole run's, as frame exports use: the same fills for a step
         page = _FrameData()
-        for group in _runs_of_one_graph(steps):
+        for group in frames.segments(steps):
             page.add_segment(group, cache.get(group[0].graph), scale)
 
         payload_params = self._params(steps)
@@ -211,7 +212,7 @@ class Report:
             "title": self.title,
             "flags": list(FLAGS),
             "palette": list(frames.PALETTE),
-            "ink": [text_color_for(colour) for colour in frames.PALETTE],
+            "ink": list(INK),
             "colorbar": frames.colorbar(scale),
             "index": [step.index for step in steps],
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
@@ -308,17 +309,6 @@ class _FrameData:
             "nodes": nodes,
             "edges": [painted["edges"].get(edge_key) for edge_key in edge_keys],
         })
-
-
-def _runs_of_one_graph(steps: Sequence[Any]) -> list[list[Any]]:
-    """``steps`` cut into runs of consecutive steps that share one graph object, in order."""
-    runs: list[list[Any]] = []
-    for step in steps:
-        if runs and runs[-1][0].graph is step.graph:
-            runs[-1].append(step)
-        else:
-            runs.append([step])
-    return runs
 
 
 def _legend() -> list[dict[str, Any]]:

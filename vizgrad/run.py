@@ -2,219 +2,173 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, MutableSequence, Sequence
 
-import torch
-
+from vizgrad.gradtable import GradTable, NotKeptError, Summary, SummaryMap, ValueKey, ValueMap
 from vizgrad.graph import Graph
-from vizgrad.stats import Batch, Summary, row_summary
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from vizgrad.tracing import LiveMap
 
-__all__ = ["Step", "Run", "ValueKey", "SummaryMap", "ValueMap"]
-
-#: Keys of kept values and summaries: ``("node", node_id, output)`` for the
-#: gradient flowing into a node's output, ``("edge", src_id, slot)`` for the
-#: gradient ``src`` passes along ``slot``, ``("param", name)`` and
-#: ``("param_grad", name)`` for parameter values and their ``.grad``.
-ValueKey = tuple
+__all__ = ["Step", "Run", "ValueKey", "SummaryMap", "ValueMap", "NotKeptError"]
 
 
-class SummaryMap(Mapping[tuple, Summary]):
-    """Read-only ``ValueKey -> Summary`` view over a step's summary rows (objects made on access).
-
-    ``rows`` is the ``(n, 7)`` array, or the :class:`~vizgrad.stats.Batch`
-    that computes it on first access.
-    """
-
-    __slots__ = ("_index", "_source", "_cache", "_table")
-
-    def __init__(self, index: Mapping[tuple, int], rows: Any) -> None:
-        self._index = index
-        self._source = rows
-        self._cache: dict[tuple, tuple[float, ...] | None] = {}  # rows, upgraded to Summary when asked
-        self._table: list[list[float]] | None = None
-
-    @property
-    def index(self) -> Mapping[tuple, int]:
-        """``ValueKey`` -> row number in :attr:`rows`."""
-        return self._index
-
-    @property
-    def batch(self) -> Batch | None:
-        """The batch that computes the rows on first access, or ``None`` once they are plain rows."""
-        return self._source if isinstance(self._source, Batch) else None
-
-    @property
-    def rows(self) -> Any:
-        """The ``(n, 7)`` float64 rows ``norm, mean, min, max, nan, inf, numel``."""
-        source = self._source
-        return source.rows if isinstance(source, Batch) else source
-
-    def __getitem__(self, key: tuple) -> Summary:
-        if key[0] == "value":
-            raise KeyError(key)
-        row = self.row(key)
-        if row is None:
-            raise KeyError(key)
-        return row if type(row) is Summary else self._summary(key, row)
-
-    def _summary(self, key: tuple, row: tuple[float, ...]) -> Summary:
-        summary = self._cache[key] = row_summary(row)  # a Summary is a row tuple too
-        return summary
-
-    def row(self, key: tuple) -> tuple[float, ...] | None:
-        """The summary under ``key`` as a plain tuple (``Summary`` field order), or ``None``; cached."""
-        cache = self._cache
-        if key in cache:
-            return cache[key]
-        at = self._index.get(key)
-        if at is None or key[0] == "value":
-            row = None
-        else:
-            table = self._table
-            if table is None:  # one conversion of the whole array beats one per row
-                table = self._table = self.rows.tolist()
-            row = tuple(table[at])
-        cache[key] = row
-        return row
-
-    def get(self, key: tuple, default: Any = None) -> Any:
-        """The summary under ``key``, or ``default`` (faster than the generic ``Mapping.get``)."""
-        if key in self._index and key[0] != "value":
-            return self[key]
-        return default
-
-    def __iter__(self) -> Iterator[tuple]:
-        return (key for key in self._index if key[0] != "value")
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._index and key[0] != "value"  # type: ignore[index]
-
-
-class ValueMap(Mapping[tuple, torch.Tensor]):
-    """Read-only ``ValueKey -> tensor`` view over the values a step kept (views made on access)."""
-
-    __slots__ = ("_index", "_batch")
-
-    def __init__(self, index: Mapping[tuple, int], batch: Batch) -> None:
-        self._index = index
-        self._batch = batch
-
-    @property
-    def index(self) -> Mapping[tuple, int]:
-        """``ValueKey`` -> position in :attr:`batch`."""
-        return self._index
-
-    @property
-    def batch(self) -> Batch:
-        """The :class:`~vizgrad.stats.Batch` holding the kept values."""
-        return self._batch
-
-    def __getitem__(self, key: tuple) -> torch.Tensor:
-        value = self._batch.value(self._index[key]) if key[0] != "value" else None
-        if value is None:
-            raise KeyError(key)
-        return value
-
-    def __iter__(self) -> Iterator[tuple]:
-        kept = self._batch.kept
-        return (key for key, at in self._index.items() if key[0] != "value" and kept[at] is not None)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def __contains__(self, key: object) -> bool:
-        at = self._index.get(key)  # type: ignore[call-overload]
-        return at is not None and key[0] != "value" and self._batch.kept[at] is not None  # type: ignore[index]
-
-
-@dataclasses.dataclass(eq=False)
 class Step:
     """One ``backward()``: the graph, the loss and the gradients it produced.
 
-    Attributes:
+    Args:
         index: 0-based position in the run.
         loss: The root's value when the roots are scalars (their sum for
             several), else ``None``.
-        graph: The autograd graph this ``backward()`` ran through.
-        summaries: ``ValueKey`` -> :class:`Summary` for every gradient captured.
-        values: ``ValueKey`` -> full value (CPU tensor) for the small ones.
+        graph: The autograd graph this ``backward()`` ran through (shared by
+            the steps of one topology; it holds no live tensor).
+        summaries: For a step built by hand: ``ValueKey`` -> :class:`Summary`.
+        values: For a step built by hand: ``ValueKey`` -> tensor to keep.
         data: JSON-able values the user logged for this step (``run.log``).
+        table: The step's :class:`~vizgrad.gradtable.GradTable` (instead of
+            ``summaries`` and ``values``).
+        live: The live autograd objects of the step (the recorder's), for
+            :meth:`grad_of` and ``graph.node_of`` while the step is recent.
+        limits: ``(keep, hold)`` the step was recorded with, for messages.
+
+    ``summaries`` and ``values`` read the table: every gradient's summary, and
+    the full values kept (a copy on each access, so changing one leaves the
+    record as it was).
     """
 
-    index: int
-    loss: float | None
-    graph: Graph
-    summaries: Mapping[ValueKey, Summary]
-    values: Mapping[ValueKey, torch.Tensor]
-    data: dict[str, Any] = dataclasses.field(default_factory=dict)
-    _live: LiveMap | None = dataclasses.field(default=None, repr=False)
+    def __init__(self, index: int, loss: float | None, graph: Graph,
+                 summaries: Mapping[ValueKey, Summary] | None = None,
+                 values: Mapping[ValueKey, torch.Tensor] | None = None, data: dict[str, Any] | None = None, *,
+                 table: GradTable | None = None, live: LiveMap | None = None,
+                 limits: tuple[int | None, int | None] | None = None) -> None:
+        self.index = index
+        self.loss = loss
+        self.graph = graph
+        self.data: dict[str, Any] = data if data is not None else {}
+        if table is None and (summaries is not None or values is not None):
+            table = GradTable.from_mappings(summaries or {}, values or {})
+        self._table = table
+        self._live = live
+        self._limits = limits
+        if live is not None:
+            live.attach(graph)
+
+    def __repr__(self) -> str:
+        return f"<vizgrad.Step {self.index} loss={self.loss!r} nodes={len(self.graph.nodes)}>"
+
+    @property
+    def table(self) -> GradTable:
+        """The step's gradients: index, summary rows and kept values."""
+        if self._table is None:
+            self._table = GradTable.from_mappings({}, {})
+        return self._table
+
+    @property
+    def summaries(self) -> SummaryMap:
+        """``ValueKey`` -> :class:`Summary` for every gradient captured."""
+        return self.table.summaries
+
+    @property
+    def values(self) -> ValueMap:
+        """``ValueKey`` -> full value (CPU tensor, a copy) for the ones kept or held."""
+        return self.table.values
 
     # -- gradients by node ------------------------------------------------------------
     def grad(self, node_id: str, output: int = 0) -> torch.Tensor | None:
-        """The gradient that flowed into output ``output`` of node ``node_id``, if it was kept."""
+        """The gradient that flowed into output ``output`` of node ``node_id``, if its value was kept (a copy)."""
         self.graph.node(node_id)  # KeyError for unknown ids
-        return self.values.get(("node", node_id, output))
+        return self.table.value(("node", node_id, output))
 
     def stats(self, node_id: str, output: int = 0) -> dict[str, float | int] | None:
         """Summary dict (``norm, mean, min, max, nan, inf, numel``) of that gradient, or ``None`` when none flowed."""
         self.graph.node(node_id)
-        summary = self.summaries.get(("node", node_id, output))
+        summary = self.table.summary(("node", node_id, output))
         return None if summary is None else summary.as_dict()
 
     def edge_grad(self, src: str, slot: int) -> torch.Tensor | None:
-        """The gradient ``src`` passed along its input ``slot`` (``grad_inputs[slot]``), if kept."""
-        return self.values.get(("edge", src, slot))
+        """The gradient ``src`` passed along its input ``slot`` (``grad_inputs[slot]``), if kept (a copy)."""
+        return self.table.value(("edge", src, slot))
 
     def edge_stats(self, src: str, slot: int) -> dict[str, float | int] | None:
         """Summary dict of :meth:`edge_grad`, or ``None`` when no gradient went that way."""
-        summary = self.summaries.get(("edge", src, slot))
+        summary = self.table.summary(("edge", src, slot))
         return None if summary is None else summary.as_dict()
 
     # -- gradients by live tensor ---------------------------------------------------------
     def grad_of(self, tensor: torch.Tensor) -> torch.Tensor | None:
-        """Gradient of the loss with respect to ``tensor`` in this step, while the tensor lives.
+        """Gradient of the loss with respect to ``tensor`` in this step, while the tensor lives (a copy).
 
         For a leaf it is the gradient this ``backward()`` delivered (not the
         accumulated ``.grad``); for an intermediate, the sum of every gradient
-        that reached it. ``None`` when it was too large to keep (see ``keep``).
+        that reached it. ``None`` means no gradient flowed into it.
+
+        Raises:
+            LookupError: The step's live tensors are gone (an old or loaded
+                step), or ``tensor`` is not part of its graph.
+            NotKeptError: A gradient flowed but its full value was not kept
+                (a :class:`LookupError` whose message says how to keep it).
         """
         if self._live is None:
-            raise LookupError("this step's live tensors are gone (old or loaded step); use step.grad(node_id)")
-        fn, output = self._live.gradient_edge(tensor)
-        entry = self._live.by_fn.get(id(fn))
-        if entry is None or entry[0] is not fn:
-            raise LookupError("this tensor is not part of this step's graph")
-        return self.values.get(("node", entry[1], output))
+            raise LookupError(f"step {self.index}'s live tensors are gone (an old or loaded step); "
+                              "use step.grad(node_id), or record(live_steps=N) to keep more steps live")
+        node_id, output = self._live.locate(tensor)
+        key = ("node", node_id, output)
+        table = self.table
+        if not table.has(key):
+            return None
+        value = table.value(key)
+        if value is None:
+            raise NotKeptError(self._not_kept(key))
+        return value
+
+    def _not_kept(self, key: ValueKey) -> str:
+        """Why the full value under ``key`` is not there, and how to keep such values."""
+        keep, hold = self._limits if self._limits is not None else (None, None)
+        numel = self.table.numel(key)
+        kept = "no full values" if keep == 0 else f"full values up to keep={keep} elements"
+        if self.table.holding:
+            why = f"the newest step holds gradients up to hold={hold} elements"
+        else:
+            why = "it is no longer the newest step, which holds bigger ones"
+        return (f"step {self.index} kept only a summary of this gradient ({numel:,} elements): it keeps {kept} "
+                f"and {why}; record(keep=None) keeps every gradient in full (at their memory cost), "
+                f"or read step.stats({key[1]!r})")
 
     # -- parameters -------------------------------------------------------------------------
     @property
     def params(self) -> list[str]:
         """Names of the parameters recorded in this step."""
-        return [key[1] for key in self.summaries if key[0] == "param"]
+        return [key[1] for key in self.table.index if key[0] == "param"]
 
     def param(self, name: str) -> torch.Tensor | None:
-        """Value of parameter ``name`` when this step's ``backward()`` ran, if kept."""
-        return self.values.get(("param", name))
+        """Value of parameter ``name`` when this step's ``backward()`` ran, if kept (a copy)."""
+        return self.table.value(("param", name))
 
     def param_grad(self, name: str) -> torch.Tensor | None:
-        """The parameter's ``.grad`` right after this step's ``backward()``, if kept."""
-        return self.values.get(("param_grad", name))
+        """The parameter's ``.grad`` right after this step's ``backward()``, if kept (a copy)."""
+        return self.table.value(("param_grad", name))
 
     def param_stats(self, name: str) -> dict[str, float | int] | None:
         """Summary of the parameter's value."""
-        summary = self.summaries.get(("param", name))
+        summary = self.table.summary(("param", name))
         return None if summary is None else summary.as_dict()
 
+    @property
+    def live(self) -> bool:
+        """Whether this step still answers :meth:`grad_of` (it holds its live autograd objects)."""
+        return self._live is not None
+
+    def release_values(self) -> None:
+        """Drops the full gradients a newest step holds (done when a newer step is recorded)."""
+        if self._table is not None:
+            self._table.release()
+
     def release(self) -> None:
-        """Drops references to live autograd objects (done for old steps automatically)."""
+        """Drops references to live autograd objects and held gradients (done for old steps automatically)."""
         self._live = None
+        self.release_values()
 
 
 class Run:
@@ -276,12 +230,18 @@ class Run:
         """A scalar parameter's value over the steps (exactly: the mean of one element); a tensor's norm."""
         series: list[float | None] = []
         for step in self.steps:
-            summary = step.summaries.get(("param", name))
+            summary = step.table.summary(("param", name))
             if summary is None:
                 series.append(None)
             else:
                 series.append(summary.mean if summary.numel == 1 else summary.norm)
         return series
+
+    def norm_range(self) -> tuple[float, float] | None:
+        """The smallest and largest finite, non-zero node and edge gradient norm of every step; ``None`` if none."""
+        from vizgrad.colors import norm_range
+
+        return norm_range(step.table for step in self.steps)
 
     def graphs(self) -> dict[str, Graph]:
         """Distinct graphs of the run, keyed by structural hash, in first-seen order."""
@@ -302,4 +262,3 @@ class Run:
         from vizgrad.report import Report
 
         return Report(self, **options)
-

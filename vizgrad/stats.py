@@ -1,107 +1,123 @@
-"""Gradient summaries (norm, mean, min, max, NaN and Inf counts), computed in batches with one host sync."""
+"""Gradient summaries (norm, mean, min, max, NaN and Inf counts), computed in batches with one host sync.
+
+Big gradients are summarised where they flow (inside their node's hook, by a
+:class:`Reducer`) so autograd can free them as it would without vizgrad; the
+rest are summarised together when the step ends.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import operator
-from typing import Any, Iterable, NamedTuple, Sequence
+import weakref
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["Summary", "Batch", "summarize", "summarize_distinct", "resolve", "row_summary", "kept_value"]
+from vizgrad.gradtable import GradIndex, GradTable, Summary, host_numpy, row_summary, segment_rows
 
-#: Tensors up to this many elements are summarised together in one flat buffer;
-#: bigger ones get their own reductions (still on their device, still one sync).
+__all__ = ["Summary", "Batch", "Reduced", "Reducer", "SummaryMemo", "SummaryPlan", "summarize",
+           "summarize_distinct", "SEGMENT_LIMIT", "CHUNK"]
+
+#: Tensors up to this many elements are summarised together (flat buffers, 2-d
+#: blocks) when the step ends; bigger ones get reductions of their own.
 SEGMENT_LIMIT = 1 << 16
+#: Long reductions run as rows of this many elements, each summed in the
+#: tensor's precision, the rows' partial sums then added in float64: as fast as
+#: one float32 pass, and within 1e-6 of a float64 sum at any length.
+CHUNK = 1024
 #: Up to this many values, :func:`summarize_distinct` finds repeats with a dict; above, with numpy.
 _SMALL_DEDUPE = 256
+#: A shape shared by at least this many tensors is reduced as one 2-d block with torch.
+_BLOCK_RUN = 8
+
+_shape = operator.attrgetter("shape")
+_props = operator.attrgetter("shape", "dtype", "layout", "is_cpu")
+_numel = operator.methodcaller("numel")
+_is_cpu = operator.attrgetter("is_cpu")
+_layout = operator.attrgetter("layout")
+_dtype = operator.attrgetter("dtype")
 
 
-class Summary(NamedTuple):
-    """Summary of one tensor.
-
-    A named tuple (cheap to make: a report reads tens of thousands of them).
-    ``min`` and ``max`` ignore NaNs (NaNs are counted in ``nan``); ``norm`` and
-    ``mean`` propagate them. For complex tensors ``mean``, ``min`` and ``max``
-    are of the magnitudes ``|z|``. Sparse tensors count their implicit zeros.
-    """
-
-    norm: float
-    mean: float
-    min: float
-    max: float
-    nan: int
-    inf: int
-    numel: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        """The summary as a plain dict (``norm, mean, min, max, nan, inf, numel``)."""
-        return self._asdict()
-
-    def to_list(self) -> list[float | int | None]:
-        """Compact JSON form; non-finite floats become strings so JSON stays valid."""
-        return [_json_float(self.norm), _json_float(self.mean), _json_float(self.min), _json_float(self.max),
-                self.nan, self.inf, self.numel]
-
-    @classmethod
-    def from_list(cls, data: Sequence[Any]) -> Summary:
-        """Inverse of :meth:`to_list`."""
-        norm, mean, lo, hi, nan, inf, numel = data
-        return cls(float(norm), float(mean), float(lo), float(hi), int(nan), int(inf), int(numel))
-
-    @property
-    def finite(self) -> bool:
-        """True when the tensor holds no NaN and no Inf."""
-        return self.nan == 0 and self.inf == 0
-
-    @property
-    def zero(self) -> bool:
-        """True when every element is exactly zero."""
-        return self.numel > 0 and self.norm == 0.0
-
-
-def _json_float(value: float) -> float | str:
-    return value if math.isfinite(value) else str(value)
-
-
-def _empty_row() -> list[float]:
-    """``norm, mean, min, max, nan, inf`` of a tensor with no elements."""
-    nan = float("nan")
-    return [0.0, nan, nan, nan, 0.0, 0.0]
-
-
-def _stat_dtype(t: torch.Tensor) -> torch.Tensor:
-    """A detached real tensor to reduce: magnitudes for complex, float32 at least for halves."""
+# -- big tensors ---------------------------------------------------------------------------------------------
+def _real(t: torch.Tensor) -> torch.Tensor:
+    """A detached real tensor to reduce: magnitudes for complex, float32 at least for halves and float8."""
     t = t.detach()
     if t.is_complex():
         return t.abs()
-    if t.dtype in (torch.float16, torch.bfloat16):
+    if t.dtype.is_floating_point and t.dtype.itemsize < 4:
         return t.float()
+    if not t.dtype.is_floating_point:  # integer or bool gradients (rare): reduce as float64
+        return t.double()
     return t
 
 
-def _big_row(t: torch.Tensor) -> torch.Tensor:
-    """``[norm, mean, min, max]`` of one large tensor, computed on its device in three passes."""
-    if t.is_sparse:
-        t = t.coalesce()
-        values = _stat_dtype(t.values()).reshape(-1)
-    else:
-        values = _stat_dtype(t)
-    if values.numel() == 0:  # sparse tensor with no stored values: all implicit zeros
-        zero = torch.zeros((), dtype=torch.float64, device=values.device)
-        return torch.stack([zero, zero, zero, zero])
-    lo, hi = torch.aminmax(values)
-    if values.numel() < t.numel():  # a sparse tensor's implicit zeros count for min and max
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
-    mean = values.sum() / t.numel()  # over every element: a sparse tensor's implicit zeros count
-    return torch.stack([torch.linalg.vector_norm(values), mean, lo, hi]).double()
+def _expanded_base(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``t`` without its broadcast (stride 0) dimensions, and how many times each element repeats.
+
+    The gradient of a ``sum`` or ``mean`` is its input's gradient expanded to
+    the input's shape: its statistics follow from one copy, never materialised.
+    """
+    strides = t.stride()
+    if 0 not in strides:
+        return t, 1
+    kept = [(size, stride) for size, stride in zip(t.shape, strides) if stride != 0 or size == 1]
+    repeats = math.prod(size for size, stride in zip(t.shape, strides) if stride == 0)
+    sizes = [size for size, _ in kept]
+    return t.as_strided(sizes, [stride for _, stride in kept]), repeats
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """The elements of ``t`` as one 1-d tensor: a view when they fill one block of memory, else a copy."""
+    if t.is_contiguous():
+        return t.view(-1)
+    if _dense(t):  # a permuted contiguous tensor (channels_last, a transpose): the same block, in memory order
+        return t.as_strided((t.numel(),), (1,))
+    return t.reshape(-1)
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """True when ``t``'s elements fill one gap-free block of memory in some order (a permuted contiguous tensor)."""
+    expected = 1
+    for stride, size in sorted(zip(t.stride(), t.shape)):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _chunked_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of squares and sum of a 1-d real tensor, each as a float64 0-d tensor (see :data:`CHUNK`)."""
+    whole = flat.numel() - flat.numel() % CHUNK
+    parts = []
+    if whole:
+        rows = flat[:whole].view(-1, CHUNK)
+        # Per-row sums in the tensor's precision (torch's sums cascade), added up in float64.
+        parts.append((torch.linalg.vector_norm(rows, dim=1).double().square().sum(), rows.sum(dim=1).double().sum()))
+    if whole < flat.numel():
+        tail = flat[whole:].double()
+        parts.append((tail.square().sum(), tail.sum()))
+    squares = parts[0][0] if len(parts) == 1 else parts[0][0] + parts[1][0]
+    total = parts[0][1] if len(parts) == 1 else parts[0][1] + parts[1][1]
+    return squares, total
+
+
+def _fast_row(t: torch.Tensor) -> torch.Tensor:
+    """``[norm, mean, min, max]`` (float64, on ``t``'s device) of a big dense tensor; NaN/Inf propagate."""
+    base, repeats = _expanded_base(t)
+    flat = _flat(_real(base))
+    squares, total = _chunked_sums(flat)
+    lo, hi = flat.amin(), flat.amax()
+    count = flat.numel()
+    return torch.stack([(squares * repeats).sqrt(), total / count, lo.double(), hi.double()])
 
 
 def _exact_row(t: torch.Tensor) -> list[float]:
     """``[norm, mean, min, max, nan, inf]`` with NaN-ignoring min/max: the slow path for non-finite tensors."""
-    values = _stat_dtype(t.coalesce().values() if t.is_sparse else t).reshape(-1).double()
+    values = _real(t.coalesce().values() if t.is_sparse else t).reshape(-1).double()
     isnan = torch.isnan(values)
     lo = values.masked_fill(isnan, math.inf).amin() if values.numel() else torch.tensor(math.inf)
     hi = values.masked_fill(isnan, -math.inf).amax() if values.numel() else torch.tensor(-math.inf)
@@ -112,127 +128,181 @@ def _exact_row(t: torch.Tensor) -> list[float]:
     return row.tolist()
 
 
-def _segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Rows ``[norm, mean, min, max, nan, inf]`` of many small tensors laid end to end (all counts > 0)."""
-    values = np.abs(flat) if np.iscomplexobj(flat) else flat
-    starts = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    rows = np.zeros((len(counts), 6), dtype=np.float64)
-    # Sums accumulate in float64 without a float64 copy of the data.
-    rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64) / counts
-    rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
-    if np.isfinite(rows[:, 0]).all():  # the common case: no NaN, no Inf anywhere
-        rows[:, 2] = np.minimum.reduceat(values, starts)
-        rows[:, 3] = np.maximum.reduceat(values, starts)
-        return rows
-    wide = values.astype(np.float64)
-    isnan = np.isnan(wide)
-    rows[:, 2] = np.minimum.reduceat(np.where(isnan, np.inf, wide), starts)
-    rows[:, 3] = np.maximum.reduceat(np.where(isnan, -np.inf, wide), starts)
-    rows[:, 4] = np.add.reduceat(isnan, starts)
-    rows[:, 5] = np.add.reduceat(np.isinf(wide), starts)
-    return rows
+def _device_row(t: torch.Tensor) -> torch.Tensor:
+    """``[norm, mean, min, max, nan, inf]`` of a big tensor as a float64 tensor on its device (no host sync)."""
+    if t.is_sparse:
+        return _sparse_row(t)
+    row = _fast_row(t)
+    values = _real(t)
+    isnan = torch.isnan(values)
+    counts = torch.stack([isnan.sum(), torch.isinf(values).sum()]).double()
+    # Where NaNs hide the extremes, take them again over the rest (on the device, no branch on the host).
+    lo = torch.where(isnan.any(), values.masked_fill(isnan, math.inf).amin().double(), row[2])
+    hi = torch.where(isnan.any(), values.masked_fill(isnan, -math.inf).amax().double(), row[3])
+    return torch.cat([row[:2], lo.view(1), hi.view(1), counts])
 
 
-#: A shape shared by at least this many tensors is reduced as one 2-d block with torch.
-_BLOCK_RUN = 8
-_shape = operator.attrgetter("shape")
+def _sparse_row(t: torch.Tensor) -> torch.Tensor:
+    """``[norm, mean, min, max, nan, inf]`` of a sparse tensor, its implicit zeros counted."""
+    t = t.coalesce()
+    values = _real(t.values()).reshape(-1)
+    if values.numel() == 0:  # no stored values: all implicit zeros
+        return torch.zeros(6, dtype=torch.float64, device=values.device)
+    isnan = torch.isnan(values)
+    lo = values.masked_fill(isnan, math.inf).amin().double()
+    hi = values.masked_fill(isnan, -math.inf).amax().double()
+    if values.numel() < t.numel():
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    return torch.stack([torch.linalg.vector_norm(values.double()), values.double().sum() / t.numel(), lo, hi,
+                        isnan.sum().double(), torch.isinf(values).sum().double()])
 
 
-def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: list[int],
-                 memo: dict[Any, Any] | None = None, key: Any = None, layouts: Any = None) -> None:
-    """Fills ``rows[indices, :6]`` for dense tensors of one dtype.
+def big_row(t: torch.Tensor) -> list[float]:
+    """``[norm, mean, min, max, nan, inf]`` of one tensor on the CPU, exact, in float64 accumulation."""
+    if t.is_sparse:
+        return _sparse_row(t).tolist()
+    if t.numel() == 0:
+        return [0.0, math.nan, math.nan, math.nan, 0.0, 0.0]
+    row = _fast_row(t).tolist()
+    if not math.isfinite(row[0]):  # NaN or Inf somewhere (or squares beyond float64): count them
+        return _exact_row(t)
+    return [*row, 0.0, 0.0]
 
-    Tensors of a shape many of them share (a loop's repeated layers) are
-    concatenated shape by shape into 2-d blocks, one row per tensor, and
-    reduced along rows by torch's vectorised kernels; the rest are flattened
-    into one buffer for numpy's segment reductions. Both sum in float64.
-    ``memo`` keeps last call's grouping by shape, reused while the shapes
-    agree: checked here, or vouched for by ``layouts``, the very list of
-    ``(shape, ...)`` per tensor that last call had too.
+
+class Reduced:
+    """A big gradient summarised where it flowed and let go: its shape, dtype and summary row.
+
+    It stands in for the tensor among a step's values; it has what the
+    step's bookkeeping reads of a tensor (shape, dtype, layout, device kind,
+    element count) and never a value.
     """
-    last = memo.get(key) if memo is not None else None
-    if last is not None and layouts is not None and last[1] is layouts and last[0] == indices:
-        blocks, loose = last[2], last[3]
-    else:
-        shapes = list(map(_shape, [tensors[i] for i in indices]))
-        by_shape: dict[Any, list[int]] = {}
-        for i, shape in zip(indices, shapes):
-            by_shape.setdefault(shape, []).append(i)
-        blocks = [(members, np.asarray(members, dtype=np.int64)) for shape, members in by_shape.items()
-                  if len(members) >= _BLOCK_RUN and len(shape)]
-        loose = [i for shape, members in by_shape.items() if len(members) < _BLOCK_RUN or not len(shape)
-                 for i in members]
-        if memo is not None:
-            memo[key] = (indices, layouts, blocks, loose)
-    for members, at in blocks:
-        block = torch.cat([tensors[i] for i in members])  # one copy; each tensor's elements stay together
-        rows[at, :6] = _block_rows(block.view(len(members), -1))
-    if loose:
-        flat = _flatten([tensors[i] for i in loose])
-        rows[loose, :6] = _segment_rows(_host_numpy(flat), rows[loose, 6].astype(np.int64))
+
+    __slots__ = ("shape", "dtype", "is_cpu", "row", "_numel")
+    layout = "reduced"  # not a torch layout: never grouped with tensors
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.shape = t.shape
+        self.dtype = t.dtype
+        self.is_cpu = t.is_cpu
+        self._numel = t.numel()
+        # On the CPU the row is read now (no sync to save); on an accelerator it stays
+        # there until the step's one transfer.
+        self.row: Any = big_row(t) if t.is_cpu else _device_row(t)
+
+    def numel(self) -> int:
+        """Element count of the tensor it summarises."""
+        return self._numel
 
 
-def _block_rows(block: torch.Tensor) -> np.ndarray:
-    """Rows ``[norm, mean, min, max, nan, inf]`` of each row of a 2-d block (the slow exact path on NaN/Inf)."""
-    values = _stat_dtype(block)
-    out = np.zeros((values.shape[0], 6), dtype=np.float64)
-    out[:, 0] = torch.linalg.vector_norm(values, dim=1).numpy()
-    if not np.isfinite(out[:, 0]).all():  # NaN or Inf somewhere (or squares beyond float32)
-        return _segment_rows(_host_numpy(block.reshape(-1)), np.full(block.shape[0], block.shape[1]))
-    # numpy casts to float64 in small buffers; torch would first copy the whole block to float64.
-    out[:, 1] = np.add.reduce(values.numpy(), axis=1, dtype=np.float64) / values.shape[1]
-    out[:, 2] = values.amin(1).numpy()
-    out[:, 3] = values.amax(1).numpy()
-    return out
+class Reducer:
+    """Replaces the gradients bigger than ``limit`` elements by :class:`Reduced` summaries, inside node hooks.
+
+    Autograd then frees each one when it is used, as it would without
+    vizgrad. A tensor seen twice (sent by one node, received by the next) is
+    reduced once: the memo knows it by identity and version (an in-place
+    accumulation into it bumps its version), through a weak reference, so a
+    new tensor at a reused address is never taken for an old one.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.count = 0  # tokens made since the last clear()
+        self._memo: dict[int, tuple[Any, int, Reduced]] = {}
+
+    def __call__(self, grads: tuple[Any, ...]) -> tuple[Any, ...]:
+        limit = self.limit
+        out = None
+        for k, grad in enumerate(grads):
+            if grad is not None and grad.numel() > limit:
+                token = self._token(grad)
+                if token is not None:
+                    if out is None:
+                        out = list(grads)
+                    out[k] = token
+        return grads if out is None else tuple(out)
+
+    def lookup(self, t: Any) -> Any:
+        """The :class:`Reduced` made for ``t`` this step when it is unchanged since, else ``t`` itself."""
+        entry = self._memo.get(id(t)) if t is not None else None
+        if entry is not None and entry[0]() is t and entry[1] == t._version:
+            return entry[2]
+        return t
+
+    def _token(self, grad: torch.Tensor) -> Reduced | None:
+        entry = self._memo.get(id(grad))
+        if entry is not None and entry[0]() is grad and entry[1] == grad._version:
+            return entry[2]
+        try:
+            with torch.no_grad():
+                token = Reduced(grad)
+            self._memo[id(grad)] = (weakref.ref(grad), grad._version, token)
+        except Exception:  # an odd tensor (a subclass, a nested tensor): hold it, summarise it at the end
+            return None
+        self.count += 1
+        return token
+
+    def clear(self) -> None:
+        """Forgets this step's tensors."""
+        self._memo.clear()
+        self.count = 0
 
 
-def _host_numpy(flat: torch.Tensor) -> np.ndarray:
-    # numpy has no bfloat16 or float8; widen every float narrower than 32 bits.
-    if flat.dtype.is_floating_point and flat.dtype.itemsize < 4:
-        flat = flat.float()
-    return flat.numpy()
+# -- the batch -----------------------------------------------------------------------------------------------
+class SummaryPlan(NamedTuple):
+    """How :func:`summarize` split tensors of given shapes, dtypes, layouts and device kinds (all on the CPU).
+
+    ``props`` is what was checked: ``(shape, dtype, layout, is_cpu)`` of every
+    tensor. A plan holds again for tensors with equal ``props`` and ``limit``.
+    """
+
+    props: tuple[tuple[Any, ...], ...]
+    limit: float
+    numels: list[int]
+    groups: list[tuple[torch.dtype, list[int], list[int]]]
+    big: list[int]
+
+
+@dataclasses.dataclass
+class SummaryMemo:
+    """What :func:`summarize_distinct` worked out for one graph's last step, checked before reuse.
+
+    Owned by that graph's plan in the recorder, and evicted with it.
+    """
+
+    distinct: tuple[list[int], list[int], list[int]] | None = None  # representatives, first_at, positions
+    plan: SummaryPlan | None = None
+    blocks: dict[Any, Any] = dataclasses.field(default_factory=dict)  # per dtype: grouping by shape
+    aliases: dict[Any, Any] = dataclasses.field(default_factory=dict)  # per dtype: views of one memory
 
 
 class Batch:
     """The result of :func:`summarize`: summary rows and kept values of a list of tensors.
 
-    Rows are ``norm, mean, min, max, nan, inf, numel``. Tensors whose values
-    are all kept are summarised from the kept copy on first access to
-    :attr:`rows` (still in one batch), which keeps the training step cheap.
+    Rows are ``norm, mean, min, max, nan, inf, numel``. ``plan`` is the
+    :class:`SummaryPlan` the tensors were split by (``None`` off the plain CPU
+    path); ``tensors`` are what was summarised (tensors, or :class:`Reduced`).
     """
 
     def __init__(self, rows: np.ndarray, buffers: list[torch.Tensor], kept: list[Any],
-                 pending: Sequence[tuple[int, list[int], list[int]]] = ()) -> None:
-        self._rows = rows
-        self.buffers = buffers
-        #: Per tensor: ``(buffer, offset, shape)``, a tensor copy, or ``None`` (not kept).
-        self.kept = kept
-        self._pending = list(pending)
+                 pending: Sequence[tuple[int, list[int], list[int]]] = (), plan: SummaryPlan | None = None,
+                 tensors: Sequence[Any] = ()) -> None:
+        self.plan = plan
+        self.tensors = tensors
+        self._table = GradTable(GradIndex({}), rows, buffers, kept, pending)
 
     @property
     def rows(self) -> np.ndarray:
         """``(n, 7)`` float64 array of ``norm, mean, min, max, nan, inf, numel``."""
-        for buffer, indices, counts in self._pending:
-            self._rows[indices, :6] = _segment_rows(_host_numpy(self.buffers[buffer]), np.array(counts, dtype=np.int64))
-        self._pending = []
-        return self._rows
+        return self._table.rows
+
+    @property
+    def kept(self) -> list[Any]:
+        """Per tensor: ``(buffer, offset, shape)`` into the kept buffers, a tensor copy, or ``None``."""
+        return self._table.kept
 
     def numel(self, index: int) -> int:
-        """Element count of tensor ``index`` (never needs the summaries)."""
-        return int(self._rows[index, 6])
-
-    def scalar(self, index: int) -> float:
-        """The value of one-element tensor ``index`` as a float (the real part of a complex one)."""
-        locator = self.kept[index]
-        if isinstance(locator, tuple):
-            buffer = self.buffers[locator[0]]
-            if buffer.dtype in (torch.float32, torch.float64):  # the common case, without a tensor op
-                return float(buffer.numpy()[locator[1]])
-        value = self.value(index)
-        if value is None:
-            return float(self.rows[index, 1])
-        return float(value.reshape(()).real if value.is_complex() else value.reshape(()))
+        """Element count of tensor ``index`` (never needs the pending rows)."""
+        return int(self._table._rows[index, 6])
 
     def summary(self, index: int) -> Summary:
         """The :class:`Summary` of tensor ``index``."""
@@ -240,49 +310,24 @@ class Batch:
 
     def value(self, index: int) -> torch.Tensor | None:
         """The kept value of tensor ``index`` (a view into a host buffer), or ``None``."""
-        return kept_value(self.buffers, self.kept[index])
+        return self._table.kept_at(index)
+
+    def to_table(self, index: GradIndex, held: Sequence[Any] | None = None) -> GradTable:
+        """These rows and values as the :class:`GradTable` of a step whose keys ``index`` maps onto them.
+
+        ``held``: the full values the step holds while it is the newest
+        (tensors or ``None``, aligned with the rows).
+        """
+        table = self._table
+        table.index = index
+        table._held = None if held is None else list(held)
+        return table
 
 
-def resolve(batches: Iterable[Batch]) -> None:
-    """Computes the pending summaries of many batches in one numpy pass per dtype.
-
-    A report reads every step's summaries; resolving them together costs a few
-    vectorised passes instead of several numpy calls per step.
-    """
-    by_dtype: dict[torch.dtype, list[tuple[Batch, int, list[int], list[int]]]] = {}
-    for batch in batches:
-        for buffer, indices, counts in batch._pending:
-            by_dtype.setdefault(batch.buffers[buffer].dtype, []).append((batch, buffer, indices, counts))
-        batch._pending = []
-    for jobs in by_dtype.values():
-        flat = torch.cat([batch.buffers[buffer] for batch, buffer, _, _ in jobs])
-        counts = np.fromiter((n for _, _, _, group in jobs for n in group), dtype=np.int64)
-        rows = _segment_rows(_host_numpy(flat), counts)
-        at = 0
-        for batch, _, indices, group in jobs:
-            batch._rows[indices, :6] = rows[at:at + len(group)]
-            at += len(group)
-
-
-def row_summary(row: np.ndarray | Sequence[float]) -> Summary:
-    """A :class:`Summary` from a row ``norm, mean, min, max, nan, inf, numel``."""
-    norm, mean, lo, hi, nan, inf, numel = row.tolist() if isinstance(row, np.ndarray) else row
-    if nan and nan == numel:  # nothing but NaN: no meaningful min or max
-        lo = hi = float("nan")
-    return Summary(norm, mean, lo, hi, int(nan), int(inf), int(numel))
-
-
-def kept_value(buffers: Sequence[torch.Tensor], locator: Any) -> torch.Tensor | None:
-    """Resolves a kept-value locator from :class:`Batch` to a tensor."""
-    if locator is None or isinstance(locator, torch.Tensor):
-        return locator
-    buffer, offset, shape = locator
-    return buffers[buffer].narrow(0, offset, math.prod(shape)).view(shape)
-
-
+# -- summarising -----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
-              packed_devices: Sequence[str] | None = None, memo: dict[Any, Any] | None = None) -> Batch:
+def summarize(tensors: Sequence[Any], keep: int | None = 64, *, packed_devices: Sequence[str] | None = None,
+              memo: SummaryMemo | None = None) -> Batch:
     """Summarises every tensor, and keeps a host copy of those with at most ``keep`` elements.
 
     On the CPU, the small dense tensors that are kept are flattened into one
@@ -290,24 +335,22 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
     originals cannot change what was kept) and reduced from it, segment by
     segment with numpy, when first asked. Other small dense tensors are copied
     into 2-d blocks of one shape (or one flat buffer) and reduced row by row
-    at once; large and sparse tensors get three torch reductions each. Views
-    that cover exactly the elements of another tensor in the batch (a
-    transpose, a reshape) share its summary instead of being reduced again. On an accelerator every
-    reduction runs on the device and the results and kept values travel to
-    the host packed into one byte buffer: one synchronisation per device per
-    step, not one per tensor (plus one more only when a tensor holds NaN/Inf).
+    at once; large and sparse tensors get reductions of their own, in float64
+    accumulation (see :data:`CHUNK`). Views that cover exactly the elements
+    of another tensor in the batch (a transpose, a reshape) share its summary
+    instead of being reduced again. :class:`Reduced` entries bring their row.
+    On an accelerator every reduction runs on the device and the results and
+    kept values travel to the host packed into one byte buffer: one
+    synchronisation per device per step, not one per tensor.
 
     Args:
-        tensors: The tensors (gradients) to summarise.
+        tensors: The tensors (gradients) to summarise, or :class:`Reduced` stand-ins.
         keep: Keep full values of tensors up to this many elements (``None``: all).
         packed_devices: Device types that use the packed single-transfer path
             (default: every type but ``cpu``; tests pass ``["cpu"]``).
-        memo: A dict kept between calls on tensors laid out alike (a training
-            loop's steps): how they split and which views shared memory last
-            time is checked there first instead of being worked out again.
-            ``memo["used_plan"]`` is then the split this call used: the same
-            object as last call's when every tensor had the same shape,
-            dtype, layout and device (``None`` off the CPU path).
+        memo: A :class:`SummaryMemo` kept between calls on tensors laid out
+            alike (a training loop's steps): its plan is reused when every
+            tensor has the shape, dtype, layout and device kind it records.
 
     Returns:
         A :class:`Batch` aligned with ``tensors``.
@@ -317,17 +360,15 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
     kept: list[Any] = [None] * count
     buffers: list[torch.Tensor] = []
     pending: list[tuple[int, list[int], list[int]]] = []
-    if memo is not None:
-        plan = _cpu_plan(tensors, limit, memo) if count and (packed_devices is None or "cpu" not in packed_devices) \
-            else None
-        memo["used_plan"] = plan  # callers may tell by its identity that shapes, dtypes and layouts repeat
-        if plan is not None:  # every tensor on the CPU, laid out as in the last call: its split holds
+    if memo is not None and count and (packed_devices is None or "cpu" not in packed_devices):
+        plan = _cpu_plan(tensors, limit, memo)
+        if plan is not None:  # every tensor on the CPU, laid out as the plan says: its split holds
             rows = np.zeros((count, 7), dtype=np.float64)
             rows[:, 6] = plan.numels
             _summarize_groups(tensors, plan.groups, plan.big, plan.numels, rows, kept, buffers, pending, limit,
-                              memo, plan.props)
-            return Batch(rows, buffers, kept, pending)
-    numels = list(map(torch.Tensor.numel, tensors))  # map(): one C loop, this runs for every gradient
+                              memo, plan)
+            return Batch(rows, buffers, kept, pending, plan, tensors)
+    numels = list(map(_numel, tensors))  # map(): one C loop, this runs for every gradient
     rows = np.zeros((count, 7), dtype=np.float64)
     rows[:, 6] = numels
     on_cpu = list(map(_is_cpu, tensors))
@@ -337,10 +378,10 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         by_device = {}
         for i, t in enumerate(tensors):
             if numels[i] == 0:
-                rows[i, :6] = _empty_row()
+                rows[i, :6] = [0.0, math.nan, math.nan, math.nan, 0.0, 0.0]
                 kept[i] = t.detach().to("cpu", copy=True)
             else:
-                by_device.setdefault("cpu" if on_cpu[i] else t.device, []).append(i)  # no device object for the CPU
+                by_device.setdefault("cpu" if on_cpu[i] else _device_of(t), []).append(i)
     for device, indices in by_device.items():
         device_type = "cpu" if device == "cpu" else device.type
         packed = device_type != "cpu" if packed_devices is None else device_type in packed_devices
@@ -349,39 +390,31 @@ def summarize(tensors: Sequence[torch.Tensor], keep: int | None = 64, *,
         else:
             groups, big = _cpu_groups(tensors, indices, numels, limit)
             _summarize_groups(tensors, groups, big, numels, rows, kept, buffers, pending, limit, memo)
-    return Batch(rows, buffers, kept, pending)
+    return Batch(rows, buffers, kept, pending, None, tensors)
 
 
-class _CpuPlan(NamedTuple):
-    """How :func:`summarize` splits tensors of given shapes, dtypes and layouts, all on the CPU."""
-
-    props: list[tuple[Any, ...]]
-    limit: float
-    numels: list[int]
-    groups: list[tuple[torch.dtype, list[int], list[int]]]
-    big: list[int]
+def _device_of(t: Any) -> Any:
+    if type(t) is Reduced:
+        return t.row.device
+    return t.device
 
 
-_props = operator.attrgetter("shape", "dtype", "layout", "is_cpu")
-
-
-def _cpu_plan(tensors: Sequence[torch.Tensor], limit: float, memo: dict[Any, Any]) -> _CpuPlan | None:
+def _cpu_plan(tensors: Sequence[Any], limit: float, memo: SummaryMemo) -> SummaryPlan | None:
     """The split of ``tensors`` for the CPU path, remembered in ``memo``; ``None`` when it does not apply."""
-    props = list(map(_props, tensors))
-    plan = memo.get("plan")
+    props = tuple(map(_props, tensors))
+    plan = memo.plan
     if plan is not None and plan.limit == limit and plan.props == props:
         return plan
     numels = [math.prod(shape) for shape, _, _, _ in props]
     if 0 in numels or any(not on_cpu for _, _, _, on_cpu in props):
         return None
     groups, big = _cpu_groups(tensors, list(range(len(tensors))), numels, limit)
-    plan = memo["plan"] = _CpuPlan(props, limit, numels, groups, big)
+    plan = memo.plan = SummaryPlan(props, limit, numels, groups, big)
     return plan
 
 
-def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None = 64, *,
-                       packed_devices: Sequence[str] | None = None,
-                       memo: dict[Any, Any] | None = None) -> tuple[Batch, list[int]]:
+def summarize_distinct(values: Sequence[Any], keep: int | None = 64, *, packed_devices: Sequence[str] | None = None,
+                       memo: SummaryMemo | None = None) -> tuple[Batch, list[int]]:
     """Summarises each distinct tensor among ``values`` once.
 
     ``values`` may hold the same tensor several times (a gradient that is both
@@ -393,17 +426,15 @@ def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None =
         for each value its position in the batch (``-1`` for ``None``).
     """
     count = len(values)
-    if memo is not None:
-        last = memo.get("distinct")
-        if last is not None and len(last[0]) == count:
-            representatives, first_at, positions = last
-            padded = list(values)
-            padded.append(None)  # what a None value's representative points at
-            # Each value must still be the very object its representative is, and no representative None.
-            if all(map(operator.is_, values, map(padded.__getitem__, representatives))):
-                tensors = list(map(values.__getitem__, first_at))
-                if not any(map(operator.is_, tensors, itertools.repeat(None))):
-                    return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), positions
+    if memo is not None and memo.distinct is not None and len(memo.distinct[0]) == count:
+        representatives, first_at, positions = memo.distinct
+        padded = list(values)
+        padded.append(None)  # what a None value's representative points at
+        # Each value must still be the very object its representative is, and no representative None.
+        if all(map(operator.is_, values, map(padded.__getitem__, representatives))):
+            tensors = list(map(values.__getitem__, first_at))
+            if not any(map(operator.is_, tensors, itertools.repeat(None))):
+                return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), positions
     if count <= _SMALL_DEDUPE:  # a dict beats numpy's sorting for a small graph
         seen: dict[int, int] = {}
         first_at = []
@@ -428,19 +459,14 @@ def summarize_distinct(values: Sequence[torch.Tensor | None], keep: int | None =
         first_at = first_seen[order].tolist()
         positions = position_of[inverse.reshape(-1)].tolist()
     if memo is not None:
-        memo["distinct"] = ([first_at[p] if p >= 0 else count for p in positions], first_at, positions)
+        memo.distinct = ([first_at[p] if p >= 0 else count for p in positions], first_at, positions)
     tensors = [values[i] for i in first_at]
     return summarize(tensors, keep, packed_devices=packed_devices, memo=memo), positions
 
 
-_is_cpu = operator.attrgetter("is_cpu")
-_layout = operator.attrgetter("layout")
-_dtype = operator.attrgetter("dtype")
-
-
-def _cpu_groups(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int],
+def _cpu_groups(tensors: Sequence[Any], indices: list[int], numels: list[int],
                 limit: float) -> tuple[list[tuple[torch.dtype, list[int], list[int]]], list[int]]:
-    """Splits CPU tensors into ``(dtype, kept ones, other ones)`` flat groups and the big or sparse ones."""
+    """Splits CPU tensors into ``(dtype, kept ones, other ones)`` flat groups and the big, sparse or reduced ones."""
     groups: dict[torch.dtype, list[int]] = {}
     big: list[int] = []
     group_tensors = [tensors[i] for i in indices]
@@ -459,11 +485,11 @@ def _cpu_groups(tensors: Sequence[torch.Tensor], indices: list[int], numels: lis
             for dtype, group in groups.items()], big
 
 
-def _summarize_groups(tensors: Sequence[torch.Tensor], groups: list[tuple[torch.dtype, list[int], list[int]]],
+def _summarize_groups(tensors: Sequence[Any], groups: list[tuple[torch.dtype, list[int], list[int]]],
                       big: list[int], numels: list[int], rows: np.ndarray, kept: list[Any],
                       buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]], limit: float,
-                      memo: dict[Any, Any] | None, layouts: Any = None) -> None:
-    """Summarises CPU tensors split by :func:`_cpu_groups` (``layouts``: the plan's, when one applies)."""
+                      memo: SummaryMemo | None, plan: SummaryPlan | None = None) -> None:
+    """Summarises CPU tensors split by :func:`_cpu_groups` (``plan``: the one that applies, when one does)."""
     for dtype, kept_indices, other in groups:
         if kept_indices:
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
@@ -471,41 +497,105 @@ def _summarize_groups(tensors: Sequence[torch.Tensor], groups: list[tuple[torch.
                        pending, [numels[i] for i in kept_indices])
         if other:
             own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
-            _reduce_into(rows, tensors, own, memo, ("shapes", dtype), layouts)
+            _reduce_into(rows, tensors, own, memo, dtype, plan)
             if aliases:
                 rows[aliases, :6] = rows[targets, :6]
-    if big:
-        _store_big_rows(tensors, big, torch.stack([_big_row(tensors[i]) for i in big]).numpy(), rows)
-        for i in big:
-            if numels[i] <= limit:
-                kept[i] = _dense_copy(tensors[i])
+    for i in big:
+        t = tensors[i]
+        if type(t) is Reduced:
+            rows[i, :6] = t.row
+            continue
+        rows[i, :6] = big_row(t)
+        if numels[i] <= limit:
+            kept[i] = _dense_copy(t)
+
+
+def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: list[int],
+                 memo: SummaryMemo | None = None, dtype: Any = None, plan: SummaryPlan | None = None) -> None:
+    """Fills ``rows[indices, :6]`` for dense tensors of one dtype.
+
+    Tensors of a shape many of them share (a loop's repeated layers) are
+    concatenated shape by shape into 2-d blocks, one row per tensor, and
+    reduced along rows by torch's vectorised kernels; the rest are flattened
+    into one buffer for numpy's segment reductions. Both sum in float64.
+    ``memo`` keeps last call's grouping by shape, reused when it was made
+    under the same ``plan`` (which vouches for every tensor's shape) for the
+    same positions.
+    """
+    last = memo.blocks.get(dtype) if memo is not None else None
+    if last is not None and plan is not None and last[1] == plan and last[0] == indices:
+        blocks, loose = last[2], last[3]
+    else:
+        shapes = list(map(_shape, [tensors[i] for i in indices]))
+        by_shape: dict[Any, list[int]] = {}
+        for i, shape in zip(indices, shapes):
+            by_shape.setdefault(shape, []).append(i)
+        blocks = [(members, np.asarray(members, dtype=np.int64)) for shape, members in by_shape.items()
+                  if len(members) >= _BLOCK_RUN and len(shape)]
+        loose = [i for shape, members in by_shape.items() if len(members) < _BLOCK_RUN or not len(shape)
+                 for i in members]
+        if memo is not None:
+            memo.blocks[dtype] = (indices, plan, blocks, loose)
+    for members, at in blocks:
+        # Each tensor laid flat first: a block of channels_last tensors would not view as rows.
+        block = torch.cat([_flat(tensors[i]) for i in members])
+        rows[at, :6] = _block_rows(block.view(len(members), -1))
+    if loose:
+        flat = _flatten([tensors[i] for i in loose])
+        rows[loose, :6] = segment_rows(host_numpy(flat), rows[loose, 6].astype(np.int64))
+
+
+def _block_rows(block: torch.Tensor) -> np.ndarray:
+    """Rows ``[norm, mean, min, max, nan, inf]`` of each row of a 2-d block (the slow exact path on NaN/Inf)."""
+    values = _real(block)
+    out = np.zeros((values.shape[0], 6), dtype=np.float64)
+    length = values.shape[1]
+    if length <= CHUNK:
+        out[:, 0] = torch.linalg.vector_norm(values, dim=1).numpy()
+    else:  # long rows: chunked like a big tensor's, partial sums of squares added in float64
+        whole = length - length % CHUNK
+        squares = torch.linalg.vector_norm(values[:, :whole].reshape(-1, CHUNK), dim=1).double().square()
+        squares = squares.view(values.shape[0], -1).sum(dim=1)
+        if whole < length:
+            squares += values[:, whole:].double().square().sum(dim=1)
+        out[:, 0] = squares.sqrt().numpy()
+    if not np.isfinite(out[:, 0]).all():  # NaN or Inf somewhere (or squares beyond float32)
+        return segment_rows(host_numpy(block.reshape(-1)), np.full(block.shape[0], block.shape[1]))
+    # numpy casts to float64 in small buffers; torch would first copy the whole block to float64.
+    out[:, 1] = np.add.reduce(values.numpy(), axis=1, dtype=np.float64) / length
+    out[:, 2] = values.amin(1).numpy()
+    out[:, 3] = values.amax(1).numpy()
+    return out
 
 
 def _distinct_memory_memo(tensors: Sequence[torch.Tensor], indices: list[int], numels: list[int],
-                          memo: dict[Any, Any] | None, key: Any) -> tuple[list[int], list[int], list[int]]:
+                          memo: SummaryMemo | None, dtype: Any) -> tuple[list[int], list[int], list[int]]:
     """:func:`_distinct_memory`, first trying last call's answer from ``memo``.
 
     Last answer holds when the same positions are summarised and each alias
-    still starts where its target does, with its old shape and strides (so
-    it is still dense) and as many elements.
+    and each target still start at one address with their old shapes and
+    strides (so both are still dense and cover the same memory).
     """
     if memo is None:
         return _distinct_memory(tensors, indices, numels)
-    last = memo.get(key)
+    last = memo.aliases.get(dtype)
     if last is not None and last[0] == indices:
-        _, own, aliases, targets, (shapes, strides, counts) = last
-        alias_tensors = [tensors[a] for a in aliases]
-        if list(map(torch.Tensor.data_ptr, alias_tensors)) == list(
-                map(torch.Tensor.data_ptr, [tensors[t] for t in targets])) \
-                and list(map(_shape, alias_tensors)) == shapes and list(map(torch.Tensor.stride, alias_tensors)) \
-                == strides and [numels[t] for t in targets] == counts:
+        _, own, aliases, targets, layout = last
+        if _memory_layout(tensors, aliases, targets) == layout:
             return own, aliases, targets
     own, aliases, targets = _distinct_memory(tensors, indices, numels)
-    alias_tensors = [tensors[a] for a in aliases]
-    memo[key] = (indices, own, aliases, targets, (list(map(_shape, alias_tensors)),
-                                                  list(map(torch.Tensor.stride, alias_tensors)),
-                                                  [numels[a] for a in aliases]))
+    memo.aliases[dtype] = (indices, own, aliases, targets, _memory_layout(tensors, aliases, targets))
     return own, aliases, targets
+
+
+def _memory_layout(tensors: Sequence[torch.Tensor], aliases: list[int], targets: list[int]) -> tuple[list, ...]:
+    """Where the aliases and their targets lie: for each, ``(start address, shape, strides)`` side by side."""
+    alias_tensors = [tensors[a] for a in aliases]
+    target_tensors = [tensors[t] for t in targets]
+    pointers = list(map(torch.Tensor.data_ptr, alias_tensors))
+    return (pointers == list(map(torch.Tensor.data_ptr, target_tensors)),
+            list(map(_shape, alias_tensors)), list(map(torch.Tensor.stride, alias_tensors)),
+            list(map(_shape, target_tensors)), list(map(torch.Tensor.stride, target_tensors)))
 
 
 def _distinct_memory(tensors: Sequence[torch.Tensor], indices: list[int],
@@ -546,17 +636,7 @@ def _distinct_memory(tensors: Sequence[torch.Tensor], indices: list[int],
     return [i for i in indices if i not in aliased], aliases, targets
 
 
-def _dense(t: torch.Tensor) -> bool:
-    """True when ``t``'s elements fill one gap-free block of memory in some order (a permuted contiguous tensor)."""
-    expected = 1
-    for stride, size in sorted(zip(t.stride(), t.shape)):
-        if size != 1 and stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _summarize_packed(tensors: Sequence[torch.Tensor], indices: list[int], rows: np.ndarray, kept: list[Any],
+def _summarize_packed(tensors: Sequence[Any], indices: list[int], rows: np.ndarray, kept: list[Any],
                       buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
                       limit: float) -> None:
     """Reduces on the device and brings rows and kept values to the host in one transfer."""
@@ -569,13 +649,14 @@ def _summarize_packed(tensors: Sequence[torch.Tensor], indices: list[int], rows:
         else:
             reduced.append(i)
     flats = [(group, _flatten([tensors[i] for i in group])) for group in kept_groups.values()]
-    partial = torch.stack([_big_row(tensors[i]) for i in reduced]) if reduced else None
+    partial = torch.stack([tensors[i].row if type(tensors[i]) is Reduced else _device_row(tensors[i])
+                           for i in reduced]) if reduced else None
     parts = ([partial.reshape(-1)] if partial is not None else []) + [flat for _, flat in flats]
     host = torch.cat([_padded_bytes(part) for part in parts]).cpu()  # the one synchronisation
     offset = 0
     if partial is not None:
         size = partial.numel() * partial.element_size()
-        _store_big_rows(tensors, reduced, host[:size].view(torch.float64).reshape(-1, 4).numpy(), rows)
+        rows[reduced, :6] = host[:size].view(torch.float64).reshape(-1, 6).numpy()
         offset = -(-size // 8) * 8
     for group, flat in flats:
         size = flat.numel() * flat.element_size()
@@ -583,7 +664,7 @@ def _summarize_packed(tensors: Sequence[torch.Tensor], indices: list[int], rows:
         _keep_flat(host[offset:offset + size].view(flat.dtype).clone(), group, tensors, rows, kept, buffers, pending)
         offset += -(-size // 8) * 8
     for i in reduced:
-        if rows[i, 6] <= limit:  # sparse tensors small enough to keep
+        if rows[i, 6] <= limit and type(tensors[i]) is not Reduced:  # sparse tensors small enough to keep
             kept[i] = _dense_copy(tensors[i])
 
 
@@ -607,14 +688,6 @@ def _keep_flat(host: torch.Tensor, group: list[int], tensors: Sequence[torch.Ten
         offset += n
     buffers.append(host)
     pending.append((buffer, group, counts))
-
-
-def _store_big_rows(tensors: Sequence[torch.Tensor], indices: list[int], partial: np.ndarray,
-                    rows: np.ndarray) -> None:
-    for row, i in zip(partial, indices):
-        rows[i, :4] = row
-        if not math.isfinite(row[0]):
-            rows[i, :6] = _exact_row(tensors[i])
 
 
 def _dense_copy(t: torch.Tensor) -> torch.Tensor:

@@ -14,16 +14,18 @@ import threading
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any, Iterator, Mapping, MutableSequence, Sequence, overload
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, MutableSequence, Sequence, overload
 
 import numpy as np
-import torch
 
-from vizgrad import __version__
+from vizgrad._version import __version__
 from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradError
+from vizgrad.gradtable import GRADIENT_KINDS, GradIndex, GradTable
 from vizgrad.graph import Graph
-from vizgrad.run import Run, Step, SummaryMap, ValueMap
-from vizgrad.stats import Batch, Summary, summarize
+from vizgrad.run import Run, Step
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -38,13 +40,15 @@ __all__ = [
     "StoredRun",
     "StoredStep",
     "StepSequence",
-    "encode_step",
-    "decode_summaries",
+    "encode_rows",
+    "decode_rows",
+    "encode_values",
     "decode_values",
 ]
 
 #: Version of the tables below; a file with a higher one was written by a newer vizgrad.
-SCHEMA_VERSION = 1
+#: Version 1 (summaries with their keys in every step) is still read.
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id`` of every run file ("VGRD"), which tells them from other SQLite files.
 APPLICATION_ID = 0x56475244
 #: Suffix suggested for run files (any name works: files are recognised by content).
@@ -68,20 +72,36 @@ CREATE TABLE graphs (
     digest TEXT NOT NULL UNIQUE,   -- sha1 of the JSON below: one row per distinct graph
     graph TEXT NOT NULL            -- JSON of Graph.to_dict()
 );
+CREATE TABLE indexes (
+    id INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL UNIQUE,   -- sha1 of the JSON below: one row per distinct key index
+    keys TEXT NOT NULL             -- JSON [[key, row], ...] of a GradIndex, shared by the steps laid out alike
+);
 CREATE TABLE steps (
     idx INTEGER PRIMARY KEY,       -- Step.index, 0-based
     graph INTEGER NOT NULL REFERENCES graphs(id),
+    grad_index INTEGER NOT NULL REFERENCES indexes(id),
     loss TEXT,                     -- JSON number (NaN and Infinity included), NULL for no loss
     params TEXT NOT NULL,          -- JSON list of the parameter names of the step
-    summaries BLOB NOT NULL,       -- packed keys + float64 [norm, mean, min, max] + int64 [nan, inf, numel]
+    norm_lo REAL,                  -- smallest and largest finite non-zero node/edge gradient norm,
+    norm_hi REAL,                  -- so colour scales span a run without reading its rows
+    summaries BLOB NOT NULL,       -- crc32 + float64 rows [norm, mean, min, max, nan, inf, numel]
     kept BLOB NOT NULL,            -- packed kept values: header of dtypes and shapes + raw bytes
     data TEXT NOT NULL             -- JSON of the values logged with run.log()
 );
 """
-_STEP_COLUMNS = "idx, graph, loss, summaries, kept, data"
+#: The columns a step is read from, by schema version (version 1 kept its keys inside ``summaries``).
+_STEP_COLUMNS = {1: "idx, graph, NULL, loss, summaries, kept, data",
+                 2: "idx, graph, grad_index, loss, summaries, kept, data"}
+_CHECKED_COLUMNS = {1: "idx, graph, loss, params, summaries, kept, data",
+                    2: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data"}
 
 
 # -- validation --------------------------------------------------------------------------------------------
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _damaged(path: Path, detail: object) -> RunFileError:
@@ -123,7 +143,7 @@ def _read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, str]:
         raise RunFileError(f"{path} is a SQLite database but not a vizgrad run file: {_HOW_TO_GET_ONE}")
     try:
         meta = dict(connection.execute("SELECT key, value FROM meta"))
-    except sqlite3.OperationalError as error:
+    except (sqlite3.DatabaseError, ValueError) as error:  # a missing table, or text that is not UTF-8
         raise _damaged(path, error) from None
     try:
         version = int(meta["vizgrad_schema"])
@@ -136,8 +156,10 @@ def _read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, str]:
     if version < 1:
         raise _damaged(path, f"unknown schema version {version}")
     try:
-        connection.execute(f"SELECT {_STEP_COLUMNS}, params FROM steps LIMIT 0")
+        connection.execute(f"SELECT {_CHECKED_COLUMNS[version]} FROM steps LIMIT 0")
         connection.execute("SELECT id, hash, digest, graph FROM graphs LIMIT 0")
+        if version >= 2:
+            connection.execute("SELECT id, digest, keys FROM indexes LIMIT 0")
     except sqlite3.OperationalError as error:
         raise _damaged(path, error) from None
     return meta
@@ -166,6 +188,8 @@ def is_run_file(path: str | os.PathLike[str]) -> bool:
 
 
 _ALIGN = 16  # payload arrays start at multiples of this, so decoded tensors are aligned
+_ROW_BYTES = 7 * 8
+_CRC = struct.Struct("<I")
 
 
 def _padding(size: int) -> bytes:
@@ -173,7 +197,7 @@ def _padding(size: int) -> bytes:
 
 
 def _pack(header: Any, payload: Sequence[bytes]) -> bytes:
-    """``zlib(length + JSON header + payload arrays)``, each array aligned: the container of step blobs."""
+    """``zlib(length + JSON header + payload arrays)``, each array aligned: the container of kept values."""
     text = json.dumps(header, separators=(",", ":")).encode()
     parts = [struct.pack("<I", len(text)), text, _padding(4 + len(text))]
     for array in payload:
@@ -195,6 +219,8 @@ def _unpack(blob: bytes) -> tuple[Any, bytearray, list[int]]:
     for size in header["sizes"]:
         offsets.append(offset)
         offset += size + (-size % _ALIGN)
+    if offset - (-header["sizes"][-1] % _ALIGN if header["sizes"] else 0) > len(raw):
+        raise ValueError("its kept values are cut short")
     return header, raw, offsets
 
 
@@ -203,64 +229,82 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _dtype_from_name(name: str) -> torch.dtype:
+    import torch
+
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"unknown tensor dtype {name!r}")
     return dtype
 
 
-def _step_tables(step: Step) -> tuple[Mapping[tuple, int], np.ndarray, Sequence[torch.Tensor], Sequence[Any]]:
-    """A step's gradients as the recorder holds them: key -> row, summary rows, value buffers, value locators.
+def encode_rows(table: GradTable) -> bytes:
+    """A table's summary rows as stored: a CRC-32 of the rows, then the ``(n, 7)`` little-endian float64s.
 
-    Steps recorded by :mod:`vizgrad.recorder` already have this form (one
-    batch behind both maps); other steps (built by hand) are converted.
+    Raw, not compressed: gradient statistics barely compress, and a step's
+    write is on the training loop's path. The checksum tells a damaged row.
     """
-    summaries, values = step.summaries, step.values
-    if isinstance(summaries, SummaryMap) and isinstance(values, ValueMap):
-        index, rows, batch = summaries.index, summaries.rows, values.batch
-        if values.index is index and batch.rows is rows:
-            return index, rows, batch.buffers, batch.kept
-    index = {}
-    table: list[list[float]] = []
-    kept: list[Any] = []
-    for key, summary in summaries.items():
-        index[key] = len(table)
-        table.append([summary.norm, summary.mean, summary.min, summary.max, summary.nan, summary.inf, summary.numel])
-        kept.append(values.get(key))
-    extra = [(key, value) for key, value in values.items() if key not in index]
-    if extra:  # values with no summary of their own: summarise them so every row is complete
-        computed = summarize([value for _, value in extra], keep=None)
-        for (key, value), row in zip(extra, computed.rows.tolist()):
-            index[key] = len(table)
-            table.append(row)
-            kept.append(value)
-    return index, np.array(table, dtype=np.float64).reshape(-1, 7), [], kept
+    data = np.ascontiguousarray(table.rows, dtype="<f8").tobytes()
+    return _CRC.pack(zlib.crc32(data)) + data
 
 
-def encode_step(step: Step) -> tuple[bytes, bytes]:
-    """Packs a step's gradients: ``(summaries blob, values blob)``.
+def decode_rows(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_rows`; ``ValueError`` for a damaged blob."""
+    if len(blob) < _CRC.size or (len(blob) - _CRC.size) % _ROW_BYTES:
+        raise ValueError("its summary rows are cut short")
+    data = memoryview(blob)[_CRC.size:]
+    if _CRC.unpack_from(blob)[0] != zlib.crc32(data):
+        raise ValueError("its summary rows fail their checksum")
+    return np.frombuffer(data, dtype="<f8").reshape(-1, 7)
 
-    The summaries blob holds every key with its row of the float64 table
-    ``norm, mean, min, max, nan, inf, numel``. The values blob holds the kept
-    tensors as raw bytes of any dtype (bfloat16, float8 and complex too), one
-    buffer per dtype, and where each kept value lies in them.
+
+def _decode_rows_v1(blob: bytes) -> tuple[GradIndex, np.ndarray]:
+    """Schema 1 kept each step's keys with its rows: ``(index, rows)``."""
+    header, raw, (offset,) = _unpack(blob)
+    rows = np.frombuffer(raw, dtype="<f8", count=header["n"] * 7, offset=offset).reshape(-1, 7)
+    return GradIndex({_key(key): int(at) for key, at in header["k"]}), rows
+
+
+def _key(key: Sequence[Any]) -> tuple:
+    """A value key read from JSON: ``("node", "n3", 0)``; anything else is damage."""
+    key = tuple(key)
+    if not key or key[0] not in ("node", "edge", "param", "param_grad", "value"):
+        raise ValueError(f"unknown value key {key!r}")
+    return key
+
+
+def encode_index(index: GradIndex) -> str:
+    """The JSON of a key index: ``[[key, row], ...]`` in layout order."""
+    return json.dumps([[key, row] for key, row in index.items()], separators=(",", ":"))
+
+
+def decode_index(text: str) -> GradIndex:
+    """Inverse of :func:`encode_index`."""
+    return GradIndex({_key(key): int(row) for key, row in json.loads(text)})
+
+
+def encode_values(table: GradTable) -> bytes:
+    """Packs a table's kept values (never the full gradients a newest step holds).
+
+    The kept tensors are stored as raw bytes of any dtype (bfloat16, float8
+    and complex too), one buffer per dtype, with where each lies in them.
     """
-    index, rows, buffers, kept = _step_tables(step)
-    table = np.ascontiguousarray(rows, dtype="<f8")
-    summaries = _pack({"k": list(index.items()), "n": len(table),  # JSON writes tuples as lists
-                       "sizes": [table.nbytes]}, [table.tobytes()])
-    out: list[torch.Tensor] = []
+    kept, buffers = table.kept, table.buffers
+    out: list[Any] = []
     locators: list[Any] = [None] * len(kept)
     in_buffer: dict[int, list[tuple[int, int, tuple[int, ...]]]] = {}
-    loose: dict[torch.dtype, list[tuple[int, torch.Tensor]]] = {}
+    loose: dict[Any, list[tuple[int, Any]]] = {}
     for at, locator in enumerate(kept):
         if locator is None:
             continue
-        if isinstance(locator, torch.Tensor):
-            loose.setdefault(locator.dtype, []).append((at, locator))
-        else:
+        if isinstance(locator, tuple):
             buffer, offset, shape = locator
             in_buffer.setdefault(buffer, []).append((at, offset, tuple(shape)))
+        else:
+            loose.setdefault(locator.dtype, []).append((at, locator))
+    if not in_buffer and not loose:
+        return _pack({"b": [], "k": [], "sizes": []}, [])
+    import torch
+
     with torch.no_grad():
         for buffer, items in in_buffer.items():
             source = buffers[buffer]
@@ -283,21 +327,20 @@ def encode_step(step: Step) -> tuple[bytes, bytes]:
             out.append(torch.cat([(t.to_dense() if t.layout != torch.strided else t).reshape(-1) for _, t in tensors]))
         arrays = [buffer.detach().cpu().resolve_conj().resolve_neg().contiguous().view(torch.uint8).numpy().tobytes()
                   for buffer in out]
-    values = _pack({"b": [_dtype_name(buffer.dtype) for buffer in out], "k": locators,
-                    "sizes": [len(array) for array in arrays]}, arrays)
-    return summaries, values
+    return _pack({"b": [_dtype_name(buffer.dtype) for buffer in out], "k": locators,
+                  "sizes": [len(array) for array in arrays]}, arrays)
 
 
-def decode_summaries(blob: bytes) -> tuple[dict[tuple, int], np.ndarray]:
-    """The key -> row index and the summary table of a summaries blob (see :func:`encode_step`)."""
-    header, raw, (offset,) = _unpack(blob)
-    rows = np.frombuffer(raw, dtype="<f8", count=header["n"] * 7, offset=offset).reshape(-1, 7)
-    return {tuple(key): at for key, at in header["k"]}, rows
-
-
-def decode_values(blob: bytes, rows: np.ndarray) -> Batch:
-    """The kept values of a values blob with the step's summary rows, as the batch the recorder made."""
+def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any]]:
+    """Inverse of :func:`encode_values`: ``(buffers, locators)`` for ``count`` rows; ``ValueError`` when damaged."""
     header, raw, offsets = _unpack(blob)
+    locators = header["k"] or [None] * count
+    if len(locators) != count:
+        raise ValueError(f"{len(locators)} kept values for {count} rows")
+    if not header["b"]:
+        return [], [None] * count
+    import torch
+
     buffers = []
     for dtype_name, offset, size in zip(header["b"], offsets, header["sizes"]):
         dtype = _dtype_from_name(dtype_name)
@@ -305,13 +348,29 @@ def decode_values(blob: bytes, rows: np.ndarray) -> Batch:
             buffers.append(torch.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize, offset=offset))
         else:
             buffers.append(torch.empty(0, dtype=dtype))
-    kept = [None if locator is None else (locator[0], locator[1], tuple(locator[2])) for locator in header["k"]]
-    return Batch(rows, buffers, kept)
+    kept: list[Any] = []
+    for locator in locators:
+        if locator is None:
+            kept.append(None)
+            continue
+        buffer, offset, shape = int(locator[0]), int(locator[1]), tuple(int(n) for n in locator[2])
+        if not 0 <= buffer < len(buffers) or offset < 0 or offset + math.prod(shape) > buffers[buffer].numel():
+            raise ValueError("a kept value lies outside its buffer")
+        kept.append((buffer, offset, shape))
+    return buffers, kept
+
+
+def _norm_range(table: GradTable) -> tuple[float | None, float | None]:
+    """The smallest and largest finite non-zero gradient norm of a table (``None`` when it has none)."""
+    norms = table.rows[table.index.gradient_rows, 0]
+    norms = norms[np.isfinite(norms) & (norms > 0)]
+    return (float(norms.min()), float(norms.max())) if norms.size else (None, None)
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
-        return value.tolist()
+    if isinstance(value, (np.ndarray, np.generic)) or type(value).__module__.startswith("torch"):
+        if hasattr(value, "tolist"):  # a tensor or an array: its numbers
+            return value.tolist()
     raise UsageError(f"cannot save a logged value of type {type(value).__name__} in a run file; "
                      "log numbers, strings, lists or dicts (run.log(key, value))")
 
@@ -357,50 +416,21 @@ def _decode_panels(encoded: Sequence[Mapping[str, Any]]) -> list[Any]:
 
 
 class StoredStep(Step):
-    """A step read from a run file; its summaries and values are decoded on first use."""
+    """A step read from a run file; its table is decoded on first use (a damaged one raises :class:`RunFileError`)."""
 
-    _summaries_blob: bytes | None = None
-    _values_blob: bytes | None = None
-    _index: dict[tuple, int] | None = None
-    _batch: Batch | None = None
+    def __init__(self, index: int, loss: float | None, graph: Graph, data: dict[str, Any], store: RunStore,
+                 grad_index: int | None, summaries: bytes, values: bytes) -> None:
+        super().__init__(index, loss, graph, data=data)
+        self._source: tuple[RunStore, int | None, bytes, bytes] | None = (store, grad_index, summaries, values)
 
-    @classmethod
-    def from_blobs(cls, index: int, loss: float | None, graph: Graph, summaries: bytes, values: bytes,
-                   data: dict[str, Any]) -> StoredStep:
-        """A step whose summaries and values stay packed until read."""
-        step = cls(index, loss, graph, None, None, data)  # type: ignore[arg-type]
-        step._summaries_blob = summaries
-        step._values_blob = values
-        return step
-
-    def _decoded(self) -> tuple[dict[tuple, int], Batch]:
-        if self._index is None or self._batch is None:
-            self._index, rows = decode_summaries(self._summaries_blob or b"")
-            self._batch = decode_values(self._values_blob or b"", rows)
-            self._summaries_blob = self._values_blob = None
-        return self._index, self._batch
-
-    @property  # type: ignore[override]
-    def summaries(self) -> Mapping[tuple, Summary]:
-        """``ValueKey`` -> :class:`Summary`, decoded on first access."""
-        if self._summaries is None:
-            self._summaries = SummaryMap(*self._decoded())
-        return self._summaries
-
-    @summaries.setter
-    def summaries(self, value: Mapping[tuple, Summary] | None) -> None:
-        self._summaries = value
-
-    @property  # type: ignore[override]
-    def values(self) -> Mapping[tuple, torch.Tensor]:
-        """``ValueKey`` -> kept tensor, decoded on first access."""
-        if self._values is None:
-            self._values = ValueMap(*self._decoded())
-        return self._values
-
-    @values.setter
-    def values(self, value: Mapping[tuple, torch.Tensor] | None) -> None:
-        self._values = value
+    @property
+    def table(self) -> GradTable:
+        """The step's gradients, decoded from the file on first access."""
+        if self._table is None and self._source is not None:
+            store, grad_index, summaries, values = self._source
+            self._table = store.decode_table(self.index, grad_index, summaries, values)
+            self._source = None
+        return super().table
 
 
 class RunStore:
@@ -411,14 +441,18 @@ class RunStore:
     :meth:`close`; reading works before and after.
     """
 
-    def __init__(self, connection: sqlite3.Connection, path: Path, writable: bool) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, writable: bool,
+                 version: int = SCHEMA_VERSION) -> None:
         self.path = path
         self.writable = writable
+        self.version = version  # of the tables: new files are written in the current one
         self._connection = connection
         self._lock = threading.RLock()
         self._count = connection.execute("SELECT count(*) FROM steps").fetchone()[0]
         self._graphs: collections.OrderedDict[int, Graph] = collections.OrderedDict()
         self._graph_rows: collections.OrderedDict[int, tuple[Graph, int]] = collections.OrderedDict()
+        self._indexes: collections.OrderedDict[int, GradIndex] = collections.OrderedDict()
+        self._index_rows: collections.OrderedDict[int, tuple[GradIndex, int]] = collections.OrderedDict()
         self._written_meta: dict[str, str] = {}
 
     # -- opening ---------------------------------------------------------------------------------------
@@ -455,7 +489,7 @@ class RunStore:
                 problems = [row[0] for row in connection.execute("PRAGMA quick_check(1)")]
                 if problems != ["ok"]:
                     raise _damaged(path, problems[0])
-            store = cls(connection, path, writable=False)
+            store = cls(connection, path, writable=False, version=int(meta["vizgrad_schema"]))
         except sqlite3.DatabaseError as error:
             connection.close()
             raise _damaged(path, error) from None
@@ -471,12 +505,16 @@ class RunStore:
             raise RecordingError(f"run file {self.path} is closed for writing; record a new run to add steps")
         if step.index != self._count:
             raise UsageError(f"steps must be appended in order: got step {step.index}, expected {self._count}")
-        summaries, values = encode_step(step)
+        table = step.table
+        summaries, values = encode_rows(table), encode_values(table)
         loss, params, data = _encode_loss(step.loss), _dumps(step.params), _dumps(step.data)
+        norm_lo, norm_hi = _norm_range(table)
         with self._lock, self._error_context("write"), _transaction(self._connection):
-            self._connection.execute("INSERT INTO steps (idx, graph, loss, params, summaries, kept, data) "
-                                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     (step.index, self._graph_id(step.graph), loss, params, summaries, values, data))
+            self._connection.execute(
+                "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (step.index, self._graph_id(step.graph), self._index_id(table.index), loss, params, norm_lo, norm_hi,
+                 summaries, values, data))
             self._write_run_meta(meta, panels)
         self._count += 1
 
@@ -549,8 +587,28 @@ class RunStore:
         self._graph_rows[id(graph)] = (graph, graph_id)  # holding the graph keeps its id() unique
         if len(self._graph_rows) > _CACHED_GRAPHS:
             self._graph_rows.popitem(last=False)
-        self._remember_graph(graph_id, graph)
+        self._remember(self._graphs, graph_id, graph)
         return graph_id
+
+    def _index_id(self, index: GradIndex) -> int:
+        """Row id of a key index, inserting it the first time it is seen (a loop's steps share one)."""
+        known = self._index_rows.get(id(index))
+        if known is not None and known[0] is index:
+            self._index_rows.move_to_end(id(index))
+            return known[1]
+        text = encode_index(index)
+        digest = hashlib.sha1(text.encode()).hexdigest()
+        found = self._connection.execute("SELECT id FROM indexes WHERE digest = ?", (digest,)).fetchone()
+        if found is None:
+            cursor = self._connection.execute("INSERT INTO indexes (digest, keys) VALUES (?, ?)", (digest, text))
+            index_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+        else:
+            index_id = found[0]
+        self._index_rows[id(index)] = (index, index_id)  # holding the index keeps its id() unique
+        if len(self._index_rows) > _CACHED_GRAPHS:
+            self._index_rows.popitem(last=False)
+        self._remember(self._indexes, index_id, index)
+        return index_id
 
     # -- reading -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -559,7 +617,8 @@ class RunStore:
     def read(self, index: int) -> StoredStep:
         """Step ``index`` (0 <= index < len), read from the file."""
         with self._lock, self._error_context("read"):
-            row = self._connection.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE idx = ?", (index,)).fetchone()
+            row = self._connection.execute(f"SELECT {_STEP_COLUMNS[self.version]} FROM steps WHERE idx = ?",
+                                           (index,)).fetchone()
             if row is None:
                 raise _damaged(self.path, f"step {index} of {self._count} is missing")
             return self._step_from_row(row)
@@ -567,7 +626,7 @@ class RunStore:
     def read_range(self, start: int, stop: int) -> list[StoredStep]:
         """Steps ``start`` to ``stop - 1`` in order."""
         with self._lock, self._error_context("read"):
-            rows = self._connection.execute(f"SELECT {_STEP_COLUMNS} FROM steps WHERE idx >= ? AND idx < ? "
+            rows = self._connection.execute(f"SELECT {_STEP_COLUMNS[self.version]} FROM steps WHERE idx >= ? AND idx < ? "
                                             "ORDER BY idx", (start, stop)).fetchall()
             if len(rows) != max(stop - start, 0):
                 raise _damaged(self.path, f"steps {start} to {stop - 1} are incomplete")
@@ -604,10 +663,30 @@ class RunStore:
         with self._lock, self._error_context("read"):
             return dict(self._connection.execute("SELECT key, value FROM meta"))
 
+    def norm_range(self) -> tuple[float, float] | None | Any:
+        """The smallest and largest finite non-zero gradient norm of the run, from one query (schema 2 on)."""
+        if self.version < 2:
+            return NotImplemented  # older files: the caller reads the steps
+        with self._lock, self._error_context("read"):
+            low, high = self._connection.execute("SELECT min(norm_lo), max(norm_hi) FROM steps").fetchone()
+        return None if low is None or high is None else (float(low), float(high))
+
+    def decode_table(self, step: int, grad_index: int | None, summaries: bytes, values: bytes) -> GradTable:
+        """The table of step ``step`` from its stored blobs; :class:`RunFileError` when they are damaged."""
+        with self._lock, self._error_context("read", f"step {step}"):
+            if grad_index is None:  # schema 1: the keys came with the rows
+                index, rows = _decode_rows_v1(summaries)
+            else:
+                index, rows = self._index(grad_index), decode_rows(summaries)
+            if index and max(index.values()) >= len(rows):
+                raise ValueError("its key index points past its rows")
+            buffers, kept = decode_values(values, len(rows))
+            return GradTable(index, rows, buffers, kept)
+
     def _step_from_row(self, row: tuple) -> StoredStep:
-        index, graph_id, loss, summaries, values, data = row
-        return StoredStep.from_blobs(index, _decode_loss(loss), self._graph(graph_id), summaries, values,
-                                     json.loads(data))
+        index, graph_id, grad_index, loss, summaries, values, data = row
+        return StoredStep(index, _decode_loss(loss), self._graph(graph_id), json.loads(data), self, grad_index,
+                          summaries, values)
 
     def _graph(self, graph_id: int) -> Graph:
         graph = self._graphs.get(graph_id)
@@ -618,27 +697,42 @@ class RunStore:
         if row is None:
             raise _damaged(self.path, f"graph {graph_id} is missing")
         graph = Graph.from_json(row[0])
-        self._remember_graph(graph_id, graph)
+        self._remember(self._graphs, graph_id, graph)
         return graph
 
-    def _remember_graph(self, graph_id: int, graph: Graph) -> None:
-        self._graphs[graph_id] = graph
-        if len(self._graphs) > _CACHED_GRAPHS:
-            self._graphs.popitem(last=False)
+    def _index(self, index_id: int) -> GradIndex:
+        index = self._indexes.get(index_id)
+        if index is not None:
+            self._indexes.move_to_end(index_id)
+            return index
+        row = self._connection.execute("SELECT keys FROM indexes WHERE id = ?", (index_id,)).fetchone()
+        if row is None:
+            raise _damaged(self.path, f"key index {index_id} is missing")
+        index = decode_index(row[0])
+        self._remember(self._indexes, index_id, index)
+        return index
+
+    @staticmethod
+    def _remember(cache: collections.OrderedDict[int, Any], key: int, value: Any) -> None:
+        cache[key] = value
+        if len(cache) > _CACHED_GRAPHS:
+            cache.popitem(last=False)
 
     @contextlib.contextmanager
-    def _error_context(self, action: str) -> Iterator[None]:
-        """Turns SQLite failures into :class:`RunFileError` that name the file."""
+    def _error_context(self, action: str, what: str = "") -> Iterator[None]:
+        """Turns SQLite failures, and data that does not decode, into :class:`RunFileError` naming the file."""
         try:
             yield
         except sqlite3.DatabaseError as error:
             if action == "read" or "malformed" in str(error):
                 raise _damaged(self.path, error) from None
             raise RunFileError(f"cannot {action} run file {self.path}: {error}; check the disk and the path") from None
-        except (ValueError, KeyError, TypeError, zlib.error, json.JSONDecodeError) as error:
+        except (ValueError, KeyError, TypeError, IndexError, OverflowError, RuntimeError, zlib.error,
+                struct.error) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             if action != "read":
                 raise
-            raise _damaged(self.path, f"a step does not decode: {error}") from None
+            where = f"{what} " if what else "a step "
+            raise _damaged(self.path, f"{where}does not decode: {_one_line(error)}") from None
 
 
 @contextlib.contextmanager
@@ -780,6 +874,10 @@ class StoredRun(Run):
     def graphs(self) -> dict[str, Graph]:
         return self.store.graphs()
 
+    def norm_range(self) -> tuple[float, float] | None:
+        stored = self.store.norm_range()
+        return super().norm_range() if stored is NotImplemented else stored
+
     def close(self) -> None:
         """Finishes writing (when recording) and closes the file; the run cannot be read afterwards."""
         try:
@@ -881,7 +979,7 @@ def _save_onto_own_file(run: StoredRun) -> None:
         return
     connection = _connect(run.path, create=False)  # a second connection: the run's own one only reads
     try:
-        writer = RunStore(connection, run.path, writable=True)
+        writer = RunStore(connection, run.path, writable=True, version=run.store.version)
         writer.write_run_meta(run.meta, run.panels)
     except sqlite3.Error as error:
         raise RunFileError(f"cannot write run file {run.path}: {error}; check the path") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -11,7 +12,7 @@ import torch
 from vizgrad.errors import UsageError
 from vizgrad.graph import Edge, Graph, Node
 
-__all__ = ["trace", "Tracer", "LiveMap", "as_roots"]
+__all__ = ["trace", "Tracer", "LiveMap", "as_roots", "attach_live"]
 
 _ACCUMULATE = "torch::autograd::AccumulateGrad"
 _SAVED_PREFIX = "_saved_"
@@ -101,7 +102,8 @@ class LiveMap:
 
     It holds strong references to the backward nodes (they cannot be weakly
     referenced); after ``backward()`` those no longer hold saved tensors, so the
-    cost is small, and the recorder keeps only the latest few.
+    cost is small. A step owns its live map; its graph, shared by the steps of
+    one topology, only refers to it weakly (see :meth:`attach`).
 
     Attributes:
         fns: The backward nodes in traversal order (ascending node position).
@@ -111,7 +113,7 @@ class LiveMap:
             alone (``Tracer.trace(shapes_later=True)``): its op shapes are unchecked.
     """
 
-    __slots__ = ("fns", "positions", "root_ids", "structure", "_by_fn")
+    __slots__ = ("fns", "positions", "root_ids", "structure", "_by_fn", "__weakref__")
 
     def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str],
                  structure: Any = None) -> None:
@@ -128,13 +130,17 @@ class LiveMap:
             self._by_fn = {id(fn): (fn, f"n{pos}") for fn, pos in zip(self.fns, self.positions)}
         return self._by_fn
 
-    def node_id_of(self, tensor: torch.Tensor) -> str:
-        """Node id of a tensor: its ``grad_fn`` node, or its accumulator when it is a leaf."""
-        fn, _ = self.gradient_edge(tensor)
+    def locate(self, tensor: torch.Tensor) -> tuple[str, int]:
+        """``(node id, output)`` through which gradient reaches ``tensor`` (its ``grad_fn`` or its accumulator)."""
+        fn, output = self.gradient_edge(tensor)
         entry = self.by_fn.get(id(fn))
         if entry is None or entry[0] is not fn:
             raise LookupError("this tensor is not part of the traced graph (or it does not require grad)")
-        return entry[1]
+        return entry[1], output
+
+    def node_id_of(self, tensor: torch.Tensor) -> str:
+        """Node id of a tensor: its ``grad_fn`` node, or its accumulator when it is a leaf."""
+        return self.locate(tensor)[0]
 
     def gradient_edge(self, tensor: torch.Tensor) -> tuple[Any, int]:
         """``(node, output_nr)`` through which gradient reaches ``tensor``."""
@@ -144,6 +150,19 @@ class LiveMap:
             raise LookupError("this tensor does not require grad, so no gradient flows into it")
         edge = torch.autograd.graph.get_gradient_edge(tensor)
         return edge.node, edge.output_nr
+
+    def attach(self, graph: Graph, *, owned: bool = False) -> None:
+        """Lets ``graph.node_of`` find tensors of this map: weakly (the step owns the map), or ``owned`` by the graph."""
+        attach_live(graph, self, owned=owned)
+
+
+def attach_live(graph: Graph, live: LiveMap, *, owned: bool = False) -> None:
+    """Registers ``live`` with ``graph`` for :meth:`Graph.node_of`, newest first; dead entries are dropped."""
+    registry = [ref for ref in graph.__dict__.get("_live_refs", ()) if ref() is not None and ref() is not live]
+    registry.insert(0, weakref.ref(live))
+    object.__setattr__(graph, "_live_refs", registry)
+    if owned:  # a graph of its own (vizgrad.trace): it keeps the map alive itself
+        object.__setattr__(graph, "_live_owned", live)
 
 
 def as_roots(roots: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -274,7 +293,6 @@ class Tracer:
             graph = self._structures.get(structure)
             if graph is not None:
                 live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure)
-                object.__setattr__(graph, "_live", live)
                 return graph, live
         meta = _read_metadata(fns)
         signature = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), tuple(meta), leaves, node_modules)
@@ -295,7 +313,6 @@ class Tracer:
         if structure is not None:
             self._remember(self._structures, structure, graph)
         live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)})
-        object.__setattr__(graph, "_live", live)
         return graph, live
 
     def with_read_shapes(self, graph: Graph, live: LiveMap) -> Graph:
@@ -430,5 +447,6 @@ def trace(
         fn_names, root_names = naming.variable_names(scope, root_tuple)
     finally:
         del scope
-    graph, _ = Tracer(saved=saved).trace(root_tuple, names, lambda: (fn_names, root_names))
+    graph, live = Tracer(saved=saved).trace(root_tuple, names, lambda: (fn_names, root_names))
+    live.attach(graph, owned=True)
     return graph

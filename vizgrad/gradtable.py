@@ -1,0 +1,416 @@
+"""A step's gradients as one table: an index of keys shared per graph, float64 summary rows and kept values."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = ["ValueKey", "Summary", "GradIndex", "GradTable", "SummaryMap", "ValueMap", "NotKeptError",
+           "row_summary", "segment_rows", "resolve", "GRADIENT_KINDS"]
+
+#: Keys of a table: ``("node", node_id, output)`` for the gradient flowing into
+#: a node's output, ``("edge", src_id, slot)`` for the gradient ``src`` passes
+#: along ``slot``, ``("param", name)`` and ``("param_grad", name)`` for a
+#: parameter's value and its ``.grad``, ``("value", root_id)`` for a root's value.
+ValueKey = tuple
+
+#: Key kinds that hold gradients flowing through the graph (what colour scales span).
+GRADIENT_KINDS = ("node", "edge")
+
+#: Columns of a summary row.
+COLUMNS = ("norm", "mean", "min", "max", "nan", "inf", "numel")
+
+
+class Summary(NamedTuple):
+    """Summary of one tensor.
+
+    A named tuple (cheap to make: a report reads tens of thousands of them).
+    ``min`` and ``max`` ignore NaNs (NaNs are counted in ``nan``); ``norm`` and
+    ``mean`` propagate them. For complex tensors ``mean``, ``min`` and ``max``
+    are of the magnitudes ``|z|``. Sparse tensors count their implicit zeros.
+    """
+
+    norm: float
+    mean: float
+    min: float
+    max: float
+    nan: int
+    inf: int
+    numel: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        """The summary as a plain dict (``norm, mean, min, max, nan, inf, numel``)."""
+        return self._asdict()
+
+    def to_list(self) -> list[float | int | str]:
+        """Compact JSON form; non-finite floats become strings so JSON stays valid."""
+        return [_json_float(self.norm), _json_float(self.mean), _json_float(self.min), _json_float(self.max),
+                self.nan, self.inf, self.numel]
+
+    @classmethod
+    def from_list(cls, data: Sequence[Any]) -> Summary:
+        """Inverse of :meth:`to_list`."""
+        norm, mean, lo, hi, nan, inf, numel = data
+        return cls(float(norm), float(mean), float(lo), float(hi), int(nan), int(inf), int(numel))
+
+    @property
+    def finite(self) -> bool:
+        """True when the tensor holds no NaN and no Inf."""
+        return self.nan == 0 and self.inf == 0
+
+    @property
+    def zero(self) -> bool:
+        """True when every element is exactly zero."""
+        return self.numel > 0 and self.norm == 0.0
+
+
+def _json_float(value: float) -> float | str:
+    return value if math.isfinite(value) else str(value)
+
+
+def row_summary(row: np.ndarray | Sequence[float]) -> Summary:
+    """A :class:`Summary` from a row ``norm, mean, min, max, nan, inf, numel``."""
+    norm, mean, lo, hi, nan, inf, numel = row.tolist() if isinstance(row, np.ndarray) else row
+    if nan and nan == numel:  # nothing but NaN: no meaningful min or max
+        lo = hi = float("nan")
+    return Summary(norm, mean, lo, hi, int(nan), int(inf), int(numel))
+
+
+class NotKeptError(LookupError):
+    """A gradient flowed, but only its summary was kept (its full value is gone)."""
+
+
+# -- the index ---------------------------------------------------------------------------------------------
+class GradIndex(Mapping[ValueKey, int]):
+    """Which row of a step's table holds each gradient: one object shared by the steps of one graph layout.
+
+    It compares by content (its hash is computed once), so steps recorded
+    alike, or read back from one stored index, group together wherever the
+    same keys are looked up for many steps.
+    """
+
+    __slots__ = ("_rows", "_hash", "_gradient_rows")
+
+    def __init__(self, rows: Mapping[ValueKey, int]) -> None:
+        self._rows = dict(rows)
+        self._hash: int | None = None
+        self._gradient_rows: np.ndarray | None = None
+
+    def __getitem__(self, key: ValueKey) -> int:
+        return self._rows[key]
+
+    def get(self, key: ValueKey, default: Any = None) -> Any:
+        """The row of ``key``, or ``default``."""
+        return self._rows.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._rows
+
+    def __iter__(self) -> Iterator[ValueKey]:
+        return iter(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def items(self) -> Any:
+        """``(key, row)`` pairs, in the order the keys were laid out."""
+        return self._rows.items()
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._rows.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, GradIndex):
+            return NotImplemented
+        return hash(self) == hash(other) and self._rows == other._rows
+
+    def locate(self, keys: Sequence[ValueKey]) -> np.ndarray:
+        """The row of each key (``-1`` where the table has none), as an int64 array."""
+        get = self._rows.get
+        return np.fromiter((get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+
+    @property
+    def gradient_rows(self) -> np.ndarray:
+        """Rows of the gradients flowing through the graph (node and edge keys), computed once."""
+        if self._gradient_rows is None:
+            self._gradient_rows = np.unique(np.fromiter(
+                (row for key, row in self._rows.items() if key[0] in GRADIENT_KINDS), dtype=np.int64))
+        return self._gradient_rows
+
+
+# -- rows from values laid end to end ----------------------------------------------------------------------
+def host_numpy(flat: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as numpy, floats narrower than 32 bits widened (numpy has no bfloat16 or float8)."""
+    if flat.dtype.is_floating_point and flat.dtype.itemsize < 4:
+        flat = flat.float()
+    return flat.numpy()
+
+
+def segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Rows ``[norm, mean, min, max, nan, inf]`` of many tensors laid end to end (every count > 0).
+
+    Sums accumulate in float64 (numpy casts in small buffers, without a
+    float64 copy of the data); min and max ignore NaN.
+    """
+    values = np.abs(flat) if np.iscomplexobj(flat) else flat
+    starts = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    rows = np.zeros((len(counts), 6), dtype=np.float64)
+    rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64) / counts
+    rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
+    if np.isfinite(rows[:, 0]).all():  # the common case: no NaN, no Inf anywhere
+        rows[:, 2] = np.minimum.reduceat(values, starts)
+        rows[:, 3] = np.maximum.reduceat(values, starts)
+        return rows
+    wide = values.astype(np.float64)
+    isnan = np.isnan(wide)
+    rows[:, 2] = np.minimum.reduceat(np.where(isnan, np.inf, wide), starts)
+    rows[:, 3] = np.maximum.reduceat(np.where(isnan, -np.inf, wide), starts)
+    rows[:, 4] = np.add.reduceat(isnan, starts)
+    rows[:, 5] = np.add.reduceat(np.isinf(wide), starts)
+    return rows
+
+
+#: A locator of a kept value: ``(buffer, offset, shape)`` into :attr:`GradTable.buffers`,
+#: or a tensor of its own (sparse and other odd layouts), or ``None`` (not kept).
+Locator = Any
+
+
+class GradTable:
+    """One step's gradients: a :class:`GradIndex`, the ``(n, 7)`` float64 summary rows and the kept values.
+
+    Rows are ``norm, mean, min, max, nan, inf, numel``, one per distinct
+    tensor; keys map into them through :attr:`index` (two keys of one tensor
+    share a row). Kept values lie in a few flat host buffers. The rows of
+    kept values may be computed from those buffers on first access to
+    :attr:`rows` (``pending``), which keeps a training step cheap.
+
+    The newest recorded step also *holds* its gradients up to the recorder's
+    ``hold`` size (the very tensors autograd produced) until the next step
+    releases them (:meth:`release`), so ``step.grad_of`` returns full values
+    while a step is the newest.
+
+    Store, painter, colour scales and reports read steps through this type.
+    """
+
+    __slots__ = ("index", "_rows", "buffers", "kept", "_pending", "_held")
+
+    def __init__(self, index: GradIndex, rows: np.ndarray, buffers: Sequence[Any] = (),
+                 kept: Sequence[Locator] | None = None, pending: Iterable[tuple[int, list[int], list[int]]] = (),
+                 held: Sequence[Any] | None = None) -> None:
+        self.index = index
+        self._rows = rows
+        self.buffers = list(buffers)
+        self.kept: list[Locator] = list(kept) if kept is not None else [None] * len(rows)
+        self._pending = list(pending)
+        self._held = list(held) if held is not None else None
+
+    # -- rows --------------------------------------------------------------------------------------------
+    @property
+    def rows(self) -> np.ndarray:
+        """The ``(n, 7)`` float64 array ``norm, mean, min, max, nan, inf, numel``."""
+        if self._pending:
+            resolve([self])
+        return self._rows
+
+    def numel(self, key: ValueKey) -> int:
+        """Element count of the tensor under ``key`` (never needs the pending rows)."""
+        return int(self._rows[self.index[key], 6])
+
+    def row(self, key: ValueKey) -> np.ndarray | None:
+        """The summary row under ``key``, or ``None`` when no such gradient flowed."""
+        at = self.index.get(key)
+        return None if at is None else self.rows[at]
+
+    def summary(self, key: ValueKey) -> Summary | None:
+        """The :class:`Summary` under ``key``, or ``None`` when no such gradient flowed."""
+        row = self.row(key)
+        return None if row is None else row_summary(row)
+
+    def scalar(self, key: ValueKey) -> float:
+        """The value of the one-element tensor under ``key`` (the real part of a complex one)."""
+        at = self.index[key]
+        locator = self.kept[at]
+        if isinstance(locator, tuple):
+            buffer = self.buffers[locator[0]]
+            if buffer.dtype.is_floating_point and buffer.dtype.itemsize >= 4:  # without a tensor op
+                return float(buffer.numpy()[locator[1]])
+        value = self._value_at(at)
+        if value is None:
+            return float(self.rows[at, 1])
+        return float(value.reshape(()).real if value.is_complex() else value.reshape(()))
+
+    # -- values ------------------------------------------------------------------------------------------
+    def has(self, key: ValueKey) -> bool:
+        """Whether a gradient flowed under ``key`` (a row exists)."""
+        return key in self.index
+
+    def value(self, key: ValueKey) -> torch.Tensor | None:
+        """A copy of the full value under ``key`` (kept, or held by the newest step), or ``None``.
+
+        A copy: changing it leaves the record as it was.
+        """
+        at = self.index.get(key)
+        if at is None:
+            return None
+        value = self._value_at(at)
+        return None if value is None else value.clone()
+
+    def kept_value(self, key: ValueKey) -> torch.Tensor | None:
+        """The kept value under ``key`` as it lies in the table (a view: do not change it), or ``None``."""
+        at = self.index.get(key)
+        return None if at is None else self.kept_at(at)
+
+    def kept_at(self, at: int) -> torch.Tensor | None:
+        """The kept value of row ``at`` (a view into a buffer), or ``None``."""
+        locator = self.kept[at]
+        if locator is None or not isinstance(locator, tuple):
+            return locator
+        buffer, offset, shape = locator
+        return self.buffers[buffer].narrow(0, offset, math.prod(shape)).view(shape)
+
+    def _value_at(self, at: int) -> torch.Tensor | None:
+        value = self.kept_at(at)
+        if value is None and self._held is not None:
+            value = self._held[at]
+        return value
+
+    def is_kept(self, key: ValueKey) -> bool:
+        """Whether a full value under ``key`` is available (kept, or held by the newest step)."""
+        at = self.index.get(key)
+        return at is not None and self._value_at(at) is not None
+
+    @property
+    def holding(self) -> bool:
+        """Whether this table still holds the full gradients of a newest step."""
+        return self._held is not None
+
+    def release(self) -> None:
+        """Drops the held full gradients (done when a newer step is recorded); kept values stay."""
+        self._held = None
+
+    # -- views -------------------------------------------------------------------------------------------
+    @property
+    def summaries(self) -> SummaryMap:
+        """``ValueKey`` -> :class:`Summary` for every gradient, parameter value and ``.grad``."""
+        return SummaryMap(self)
+
+    @property
+    def values(self) -> ValueMap:
+        """``ValueKey`` -> full value (a copy) for every value kept or held."""
+        return ValueMap(self)
+
+    @classmethod
+    def from_mappings(cls, summaries: Mapping[ValueKey, Any], values: Mapping[ValueKey, Any]) -> GradTable:
+        """A table from plain mappings (a step built by hand): summaries, and values to keep.
+
+        Values without a summary of their own are summarised.
+        """
+        rows: dict[ValueKey, Sequence[float]] = {key: tuple(summary) for key, summary in summaries.items()}
+        missing = [key for key in values if key not in rows]
+        if missing:
+            from vizgrad.stats import summarize  # torch is needed only here
+
+            computed = summarize([values[key] for key in missing], keep=None)
+            rows.update(zip(missing, map(tuple, computed.rows.tolist())))
+        table = np.array(list(rows.values()), dtype=np.float64).reshape(-1, 7)
+        index = GradIndex({key: at for at, key in enumerate(rows)})
+        kept = [None if values.get(key) is None else values[key].detach().to("cpu", copy=True) for key in rows]
+        return cls(index, table, kept=kept)
+
+
+def resolve(tables: Iterable[GradTable]) -> None:
+    """Computes the pending rows of many tables in one numpy pass per dtype.
+
+    A report reads every step's summaries; resolving them together costs a few
+    vectorised passes instead of several numpy calls per step.
+    """
+    by_dtype: dict[Any, list[tuple[GradTable, int, list[int], list[int]]]] = {}
+    for table in tables:
+        for buffer, indices, counts in table._pending:
+            by_dtype.setdefault(table.buffers[buffer].dtype, []).append((table, buffer, indices, counts))
+        table._pending = []
+    for jobs in by_dtype.values():
+        flat = np.concatenate([host_numpy(table.buffers[buffer]) for table, buffer, _, _ in jobs])
+        counts = np.fromiter((n for _, _, _, group in jobs for n in group), dtype=np.int64)
+        rows = segment_rows(flat, counts)
+        at = 0
+        for table, _, indices, group in jobs:
+            table._rows[indices, :6] = rows[at:at + len(group)]
+            at += len(group)
+
+
+# -- read-only mapping views -------------------------------------------------------------------------------
+class SummaryMap(Mapping[ValueKey, Summary]):
+    """Read-only ``ValueKey -> Summary`` view over a :class:`GradTable` (root values left out)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: GradTable) -> None:
+        self.table = table
+
+    @property
+    def index(self) -> GradIndex:
+        """The table's index (``ValueKey`` -> row)."""
+        return self.table.index
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The table's ``(n, 7)`` rows."""
+        return self.table.rows
+
+    def __getitem__(self, key: ValueKey) -> Summary:
+        summary = self.table.summary(key) if key[0] != "value" else None
+        if summary is None:
+            raise KeyError(key)
+        return summary
+
+    def __iter__(self) -> Iterator[ValueKey]:
+        return (key for key in self.table.index if key[0] != "value")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.table.index and key[0] != "value"  # type: ignore[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class ValueMap(Mapping[ValueKey, "torch.Tensor"]):
+    """Read-only ``ValueKey -> tensor`` view over the full values a :class:`GradTable` has (copies on access)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: GradTable) -> None:
+        self.table = table
+
+    def __getitem__(self, key: ValueKey) -> torch.Tensor:
+        value = self.table.value(key) if key[0] != "value" else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[ValueKey]:
+        table = self.table
+        return (key for key, at in table.index.items() if key[0] != "value" and table._value_at(at) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        return key[0] != "value" and self.table.is_kept(key)  # type: ignore[index,arg-type]

@@ -1,0 +1,351 @@
+"""Layouts: a topology laid out by Graphviz once, cut into an SVG template that each step's paint fills in."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html
+import re
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from vizgrad.colors import text_color_for
+from vizgrad.dot import PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS, graph_dot, tooltip, value_line_count
+from vizgrad.errors import LayoutError, UsageError
+from vizgrad.graph import Graph, Node
+
+__all__ = ["FONT_FAMILY", "FLAGS", "FRAME_CSS", "Layout", "LayoutCache", "render_frame"]
+
+FONT_FAMILY = "DejaVu Sans Mono, Menlo, Consolas, 'Liberation Mono', 'Courier New', monospace"
+"""Fonts of frame text. Graphviz lays labels out as ``Courier`` (0.6 em per
+character, which both the system ``dot`` and the WebAssembly build measure
+alike, unlike names it has no metrics for) and the SVG then asks for these
+monospace fonts, all within 1 % of Courier's advance."""
+
+FLAGS = ("", "nan", "inf", "zero", "none")
+"""Per-step flags: a plain gradient, NaN, Inf, an exact zero, no gradient at all."""
+
+FRAME_CSS = (
+    ".vg-node.vg-flag-nan .vg-shape,.vg-node.vg-flag-inf .vg-shape"
+    "{stroke:#b00000;stroke-width:4px;stroke-dasharray:6 3}"
+    ".vg-node.vg-flag-zero .vg-shape{stroke:#7f7f7f;stroke-width:2px;stroke-dasharray:4 3}"
+    ".vg-node.vg-flag-none .vg-shape{stroke-dasharray:1 3}"
+    ".vg-edge.vg-flag-nan .vg-path,.vg-edge.vg-flag-inf .vg-path{stroke-dasharray:6 3}"
+    ".vg-edge.vg-flag-zero .vg-path{stroke-dasharray:4 3}"
+    ".vg-edge.vg-flag-none .vg-path{stroke-dasharray:1 3}"
+)
+"""CSS that makes flagged nodes and edges unmistakable (red dashed outline for NaN/Inf, grey dashed for zero)."""
+
+
+_SVG_NS = "http://www.w3.org/2000/svg"
+_XLINK_NS = "http://www.w3.org/1999/xlink"
+ET.register_namespace("", _SVG_NS)
+ET.register_namespace("xlink", _XLINK_NS)
+_SLOT_OPEN, _SLOT_CLOSE = "\ue000", "\ue001"  # private-use characters: never in Graphviz output
+_SLOT_PATTERN = re.compile(f"{_SLOT_OPEN}(\\d+){_SLOT_CLOSE}")
+_NODE_ID = re.compile(r"^node-(.+?)(?:-use\d+)?$")
+_EDGE_ID = re.compile(r"^edge-(.+)-(\d+)-([a-z]+)$")
+_SHAPE_TAGS = {f"{{{_SVG_NS}}}{tag}" for tag in ("polygon", "ellipse", "path")}
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_XML_SPACE = "{http://www.w3.org/XML/1998/namespace}space"
+
+
+@dataclasses.dataclass
+class _NodeSlots:
+    flag: list[int] = dataclasses.field(default_factory=list)
+    fill: list[int] = dataclasses.field(default_factory=list)
+    text: list[int] = dataclasses.field(default_factory=list)
+    lines: list[list[int]] = dataclasses.field(default_factory=list)  # per copy, one slot per line
+
+
+@dataclasses.dataclass
+class _EdgeSlots:
+    flag: list[int] = dataclasses.field(default_factory=list)
+    color: list[int] = dataclasses.field(default_factory=list)
+    width: list[int] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class _Template:
+    """A layout SVG cut into literal chunks around the values a frame changes."""
+
+    chunks: list[str]
+    order: list[int]  # the slot written between chunk i and chunk i + 1
+    defaults: list[str]
+    nodes: dict[str, _NodeSlots]
+    edges: dict[str, _EdgeSlots]
+
+    def fill(self, values: list[str]) -> str:
+        parts = [self.chunks[0]]
+        for slot, chunk in zip(self.order, self.chunks[1:]):
+            parts.append(values[slot])
+            parts.append(chunk)
+        return "".join(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One topology laid out by Graphviz, prepared for restyling per step.
+
+    ``svg`` is the Graphviz SVG without XML prolog, doctype or fixed size (its
+    ``viewBox`` is kept, so it scales when inlined in HTML), where
+
+    * each node ``<g>`` has ``class="node vg-node vg-<kind>"``,
+      ``id="node-<id>"`` (copies of a shared leaf: ``node-<id>-use<k>``) and
+      ``data-node="<id>"`` (shared by copies: select with
+      ``[data-node="..."]``); its first shape element has class ``vg-shape``
+      and takes the step's ``fill``; its value ``<text>`` elements have class
+      ``vg-val`` and ``data-line="<k>"``;
+    * each edge ``<g>`` has ``class="edge vg-edge vg-e-<kind>"`` and
+      ``data-edge="<src>:<slot>"``; its ``<path>`` (class ``vg-path``) takes
+      ``stroke`` and ``stroke-width``, its arrowhead (class ``vg-head``) takes
+      ``fill`` and ``stroke``;
+    * the flag of a step is a class on the ``<g>``: ``vg-flag-nan``,
+      ``vg-flag-inf``, ``vg-flag-zero`` or ``vg-flag-none`` (see
+      :data:`FRAME_CSS`, also embedded as a ``<style>``).
+
+    Attributes:
+        key: Hash of the DOT source this layout came from.
+        svg: The prepared SVG.
+        width: Width in points (SVG user units), from the ``viewBox``.
+        height: Height in points.
+        dot: The DOT source.
+    """
+
+    key: str
+    svg: str
+    width: float
+    height: float
+    dot: str = dataclasses.field(default="", repr=False)
+    _template: _Template | None = dataclasses.field(default=None, repr=False, compare=False)
+
+
+
+def _slot(values: list[str], default: str) -> str:
+    values.append(default)
+    return f"{_SLOT_OPEN}{len(values) - 1}{_SLOT_CLOSE}"
+
+
+def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
+    """Post-process Graphviz SVG once into a :class:`Layout` with a precompiled template."""
+    try:
+        root = ET.fromstring(raw_svg)
+    except ET.ParseError as error:
+        raise LayoutError(f"Graphviz returned SVG that cannot be parsed: {error}") from error
+    try:
+        _, _, width, height = (float(v) for v in root.get("viewBox", "").split())
+    except ValueError:
+        raise LayoutError("Graphviz returned SVG without a viewBox") from None
+    for attribute in ("width", "height"):
+        root.attrib.pop(attribute, None)
+    root.set("class", "vizgrad-frame")
+    root.set("font-family", FONT_FAMILY)  # once here, inherited by every label (Graphviz says Courier)
+    style = ET.Element(f"{{{_SVG_NS}}}style")
+    style.text = FRAME_CSS
+    root.insert(0, style)
+
+    for text in root.iter(f"{{{_SVG_NS}}}text"):
+        text.attrib.pop("font-family", None)
+        # Runs of spaces are already non-breaking spaces, and frames write those too.
+        text.attrib.pop(_XML_SPACE, None)
+    by_id = graph.by_id
+    defaults: list[str] = []
+    nodes: dict[str, _NodeSlots] = {}
+    edges: dict[str, _EdgeSlots] = {}
+    for group in root.iter(f"{{{_SVG_NS}}}g"):
+        classes = group.get("class", "").split()
+        element_id = group.get("id", "")
+        if "node" in classes:
+            match = _NODE_ID.match(element_id)
+            node = by_id.get(match.group(1)) if match else None
+            if node is None:
+                continue
+            _prepare_node(group, node, classes, defaults, nodes.setdefault(node.id, _NodeSlots()))
+        elif "edge" in classes:
+            match = _EDGE_ID.match(element_id)
+            if match is None:
+                continue
+            src, slot, kind = match.groups()
+            _prepare_edge(group, f"{src}:{slot}", kind, defaults,
+                          edges.setdefault(f"{src}:{slot}", _EdgeSlots()) if kind in PAINTED_EDGE_KINDS else None)
+    text = ET.tostring(root, encoding="unicode")
+    pieces = _SLOT_PATTERN.split(text)
+    chunks = pieces[0::2]
+    order = [int(i) for i in pieces[1::2]]
+    template = _Template(chunks, order, defaults, nodes, edges)
+    return Layout(key=key, svg=template.fill(defaults), width=width, height=height, dot=dot, _template=template)
+
+
+def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: list[str], slots: _NodeSlots) -> None:
+    painted = node.kind in PAINTED_NODE_KINDS
+    extra = [c for c in classes if c not in ("node", "vg-node")]
+    base_class = " ".join(["node", "vg-node", *extra])
+    if painted:
+        group.set("class", base_class + _slot(defaults, ""))
+        slots.flag.append(len(defaults) - 1)
+    else:
+        group.set("class", base_class)
+    group.set("data-node", node.id)
+    texts: list[ET.Element] = []
+    shape_done = False
+    for child in group:
+        if child.tag == f"{{{_SVG_NS}}}title":
+            child.text = tooltip(node)
+        elif child.tag in _SHAPE_TAGS and not shape_done:
+            shape_done = True
+            child.set("class", "vg-shape")
+            if painted:
+                child.set("fill", _slot(defaults, child.get("fill", "#ffffff")))
+                slots.fill.append(len(defaults) - 1)
+        elif child.tag == f"{{{_SVG_NS}}}text":
+            texts.append(child)
+    if not painted:
+        return
+    for text in texts:
+        text.set("fill", _slot(defaults, text.get("fill", "#000000")))
+        slots.text.append(len(defaults) - 1)
+    count = value_line_count(node)
+    line_slots: list[int] = []
+    for k, text in enumerate(texts[len(texts) - count:] if count else []):
+        text.set("class", "vg-val")
+        text.set("data-line", str(k))
+        text.text = _slot(defaults, html.escape(text.text or "", quote=False))
+        line_slots.append(len(defaults) - 1)
+    slots.lines.append(line_slots)
+
+
+def _prepare_edge(group: ET.Element, key: str, kind: str, defaults: list[str], slots: _EdgeSlots | None) -> None:
+    group.set("data-edge", key)
+    base_class = f"edge vg-edge vg-e-{kind}"
+    for child in group:
+        if child.tag == f"{{{_SVG_NS}}}title":
+            child.text = f"{kind} edge {key}"
+    if slots is None:
+        group.set("class", base_class)
+        return
+    group.set("class", base_class + _slot(defaults, ""))
+    slots.flag.append(len(defaults) - 1)
+    for child in group:
+        if child.tag == f"{{{_SVG_NS}}}path":
+            child.set("class", "vg-path")
+            child.set("stroke", _slot(defaults, child.get("stroke", "#6b6b6b")))
+            slots.color.append(len(defaults) - 1)
+            child.set("stroke-width", _slot(defaults, child.get("stroke-width", "1")))
+            slots.width.append(len(defaults) - 1)
+        elif child.tag == f"{{{_SVG_NS}}}polygon":
+            child.set("class", "vg-head")
+            child.set("fill", _slot(defaults, child.get("fill", "#6b6b6b")))
+            slots.color.append(len(defaults) - 1)
+            child.set("stroke", _slot(defaults, child.get("stroke", "#6b6b6b")))
+            slots.color.append(len(defaults) - 1)
+
+
+class LayoutCache:
+    """Lays out each distinct graph skeleton once; every later request is a dictionary lookup.
+
+    Args:
+        engine: Graphviz engine for :func:`vizgrad.engine.render_dot`
+            (``None``/``"auto"``, ``"dot"`` or ``"wasm"``).
+
+    Attributes:
+        calls: How many times this cache asked Graphviz for a layout.
+    """
+
+    def __init__(self, engine: str | None = None) -> None:
+        self.engine = engine
+        self.calls = 0
+        self._by_key: dict[str, Layout] = {}
+        self._by_graph: dict[int, tuple[Graph, Layout]] = {}  # by id: hashing a big graph per step is slow
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, graph: Graph) -> Layout:
+        """The layout of ``graph``, computing it on the first request for its DOT source.
+
+        Raises:
+            LayoutError: Graphviz failed.
+        """
+        known = self._by_graph.get(id(graph))
+        if known is not None and known[0] is graph:
+            return known[1]
+        dot = graph_dot(graph)
+        key = hashlib.sha1(dot.encode("utf-8")).hexdigest()[:16]
+        layout = self._by_key.get(key)
+        if layout is None:
+            from vizgrad import engine as layout_engine
+
+            self.calls += 1
+            raw = layout_engine.render_dot(dot, fmt="svg", engine=self.engine)
+            layout = _prepare(raw, graph, key, dot)
+            self._by_key[key] = layout
+        self._by_graph[id(graph)] = (graph, layout)
+        return layout
+
+
+
+def _attribute(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _color(value: Any, fallback: str) -> str:
+    return value if isinstance(value, str) and _COLOR.match(value) else fallback
+
+
+def render_frame(layout: Layout, painted: dict[str, Any], *, scalable: bool = False) -> str:
+    """The SVG of one step: ``layout`` with ``painted`` (from :func:`paint`) written in.
+
+    Costs string joins over a template compiled once per layout; nodes and
+    edges missing from ``painted`` keep the layout's look. Every value is
+    escaped, and colours that are not ``#rrggbb`` are ignored.
+
+    Args:
+        layout: From :meth:`LayoutCache.get`.
+        painted: From :func:`paint` (the same topology).
+        scalable: Leave out ``width``/``height`` (keep only the ``viewBox``),
+            for inlining in HTML; by default the SVG has its natural size in pt.
+
+    Returns:
+        A complete SVG document (no XML prolog), with :data:`FRAME_CSS` inside.
+    """
+    template = layout._template
+    if template is None:
+        raise UsageError("this Layout has no frame template; get layouts from LayoutCache.get()")
+    values = list(template.defaults)
+    for node_id, entry in painted.get("n", {}).items():
+        slots = template.nodes.get(node_id)
+        if slots is None or not slots.fill:
+            continue
+        fill = _color(entry[0], values[slots.fill[0]])
+        lines = entry[1]
+        flag = entry[2] if entry[2] in FLAGS else ""
+        ink = _color(entry[3], text_color_for(fill)) if len(entry) > 3 else text_color_for(fill)
+        for i in slots.flag:
+            values[i] = f" vg-flag-{flag}" if flag else ""
+        for i in slots.fill:
+            values[i] = fill
+        for i in slots.text:
+            values[i] = ink
+        for copy in slots.lines:
+            for i, line in zip(copy, lines):
+                values[i] = html.escape(str(line), quote=False).replace(" ", "\u00a0")
+    for key, entry in painted.get("e", {}).items():
+        slots = template.edges.get(key)
+        if slots is None:
+            continue
+        color = _color(entry[0], values[slots.color[0]] if slots.color else "#6b6b6b")
+        try:
+            width = f"{float(entry[1]):g}"
+        except (TypeError, ValueError):
+            width = "1"
+        flag = entry[2] if len(entry) > 2 and entry[2] in FLAGS else ""
+        for i in slots.flag:
+            values[i] = f" vg-flag-{flag}" if flag else ""
+        for i in slots.color:
+            values[i] = color
+        for i in slots.width:
+            values[i] = _attribute(width)
+    svg = template.fill(values)
+    if not scalable:
+        svg = svg.replace("<svg ", f'<svg width="{layout.width:g}pt" height="{layout.height:g}pt" ', 1)
+    return svg
