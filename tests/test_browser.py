@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -300,3 +301,40 @@ def test_inspector_shows_the_node_of_the_displayed_graph_shape(browser, tmp_path
     finally:
         p.close()
 
+
+def test_loss_chart_is_linear_when_a_loss_is_negative(browser, tmp_path):
+    w = torch.tensor([0.5, -1.0], requires_grad=True)
+    x = torch.tensor([1.0, 2.0])
+    with vizgrad.record(params={"w": w}) as run:
+        for _ in range(6):  # a critic's loss: it falls below zero and keeps falling
+            loss = -(w * x).sum() + 1.0
+            loss.backward()
+            with torch.no_grad():
+                w -= 0.2 * w.grad
+            w.grad = None
+    losses = [step.loss for step in run.steps]
+    assert losses[0] > 0 > losses[-1]
+    page = Page(browser, run.report().save(tmp_path / "critic.html"))
+    try:
+        p = page.page
+        d = p.get_attribute("#loss-chart path.vg-series", "d", timeout=2000)
+        points = re.findall(r"[ML](-?[\d.]+) (-?[\d.]+)", d)
+        assert len({x for x, _ in points}) == 6  # every step, the negative ones too
+        ys = [float(y) for _, y in points]
+        assert all(math.isfinite(y) for y in ys) and ys == sorted(ys)  # falling loss: lower on the chart each step
+        p.click("#last")
+        marker = page.marker()
+        assert marker["step"] == "5" and math.isfinite(float(marker["cy"])) and float(marker["cy"]) == ys[-1]
+        ticks = p.eval_on_selector_all("#loss-chart .vg-axis text", "ts => ts.map(t => t.textContent)")
+        assert any(t.startswith("-") for t in ticks) and "0" in ticks
+        assert p.get_attribute("#loss-chart svg", "data-scale") == "linear"
+        assert p.text_content("#loss-scale") == "linear scale"
+        assert page.errors == []
+    finally:
+        p.close()
+
+
+def test_loss_chart_of_positive_losses_stays_logarithmic(seed_page: Page):
+    page = seed_page.page
+    assert page.text_content("#loss-scale") == "log scale"
+    assert page.get_attribute("#loss-chart svg", "data-scale") == "log"

@@ -135,6 +135,7 @@
       const pw = width - m.l - m.r, ph = height - m.t - m.b;
       const svg = svgEl("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, role: "img" }, container);
       if (opts.label) svg.setAttribute("aria-label", opts.label);
+      if (!opts.scatter) svg.setAttribute("data-scale", opts.log ? "log" : "linear");
       state.svg = svg;
       const built = opts.scatter ? scatterBody(svg, m, pw, ph) : linesBody(svg, m, pw, ph);
       if (!built) {
@@ -653,9 +654,13 @@
   // ------------------------------------------------------------------ side charts
   const charts = [];
 
+  // A log axis cannot show a zero or negative loss (a WGAN critic's): then the axis is linear.
+  const lossLog = !DATA.loss.some((v) => typeof v === "number" && v <= 0);
+  $("loss-scale").textContent = lossLog ? "log scale" : "linear scale";
   charts.push(makeChart($("loss-chart"), {
-    series: [{ name: "loss", values: DATA.loss, color: "#0969da" }], log: true, height: 130,
-    markerId: "loss-marker", label: "loss over steps", xTitle: "step", empty: "no scalar loss recorded",
+    series: [{ name: "loss", values: DATA.loss, color: "#0969da" }], log: lossLog, height: 130,
+    markerId: "loss-marker", label: "loss over steps (" + (lossLog ? "log" : "linear") + " scale)", xTitle: "step",
+    empty: "no scalar loss recorded",
   }));
 
   (function parameterCharts() {
