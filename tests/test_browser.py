@@ -338,3 +338,35 @@ def test_loss_chart_of_positive_losses_stays_logarithmic(seed_page: Page):
     page = seed_page.page
     assert page.text_content("#loss-scale") == "log scale"
     assert page.get_attribute("#loss-chart svg", "data-scale") == "log"
+
+
+def test_inspector_on_a_short_last_batch_shows_that_steps_node(browser, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.randn(22, 3)
+    with vizgrad.record() as run:
+        for start in range(0, 22, 5):  # four batches of 5, then one of 2: its own graph shape
+            optimizer.zero_grad()
+            model(data[start:start + 5]).pow(2).mean().backward()
+            optimizer.step()
+    tanh = next(node for node in run.steps[4].graph.nodes if node.op == "TanhBackward0")
+    assert tanh.shape == (2, 4) and run.steps[0].graph.node(tanh.id).shape == (5, 4)
+    page = Page(browser, run.report().save(tmp_path / "short.html"))
+    try:
+        p = page.page
+        p.click("#last")
+        p.click(f'g.vg-node[data-node="{tanh.id}"]')
+        assert p.text_content("#inspector-title") == "TanhBackward0"
+        assert "(2, 4)" in p.text_content("#inspector-sub") and "graph shape 2 of 2" in p.text_content("#inspector-sub")
+        assert p.text_content("#inspector-scope") == "history over the 1 of 5 steps drawn with this graph shape"
+        assert float(inspector_rows(p)["norm ‖g‖"]) == pytest.approx(run.steps[4].stats(tanh.id)["norm"], rel=1e-3)
+        # Its one-step history is a dot where the marker of step 4 is, still there on the other steps.
+        p.click("#prev")
+        dots = p.eval_on_selector_all("#inspector-chart circle.vg-dot", "cs => cs.map(c => c.getAttribute('cx'))")
+        p.click("#next")
+        marker = p.get_attribute("#inspector-chart circle.vg-marker", "cx")
+        assert dots == [marker]
+        assert page.errors == []
+    finally:
+        p.close()

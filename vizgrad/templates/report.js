@@ -203,7 +203,9 @@
         const color = s.color || SERIES_COLORS[si % SERIES_COLORS.length];
         // At most ~2 points per pixel: keep each bucket's min and max so spikes survive.
         const bucket = Math.max(1, Math.floor(COUNT / (pw * 2)));
-        let d = "", pen = false;
+        let d = "", pen = false, stretch = [];   // the steps drawn since the pen went down
+        const lonely = [];                           // a step with no neighbour to join: drawn as a dot
+        const lift = () => { if (stretch.length === 1) lonely.push(stretch[0]); stretch = []; pen = false; };
         for (let i = 0; i < COUNT; i += bucket) {
           let lo = null, hi = null, ilo = i, ihi = i, covered = false;
           for (let j = i; j < Math.min(COUNT, i + bucket); j++) {
@@ -214,14 +216,19 @@
             if (lo === null || v < lo) { lo = v; ilo = j; }
             if (hi === null || v > hi) { hi = v; ihi = j; }
           }
-          if (lo === null) { if (covered) pen = false; continue; }
+          if (lo === null) { if (covered) lift(); continue; }
           const pts = ilo <= ihi ? [[ilo, lo], [ihi, hi]] : [[ihi, hi], [ilo, lo]];
           for (const [j, v] of pts) {
             d += (pen ? "L" : "M") + sx(XS[j]).toFixed(1) + " " + sy(v).toFixed(1);
             pen = true;
+            if (!stretch.length || stretch[stretch.length - 1][0] !== j) stretch.push([j, v]);
           }
         }
+        lift();
         svgEl("path", { class: "vg-series", d: d, stroke: color }, plot);
+        for (const [j, v] of lonely) {
+          svgEl("circle", { class: "vg-dot", cx: sx(XS[j]).toFixed(1), cy: sy(v).toFixed(1), r: 2, fill: color }, plot);
+        }
       });
       const cursor = svgEl("line", { class: "vg-cursor", y1: 0, y2: ph }, plot);
       const markers = opts.series.map((s, si) => {
