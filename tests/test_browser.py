@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -221,6 +223,150 @@ def test_one_step_run_without_scalar_loss_or_names_loads_cleanly(browser, tmp_pa
         p.keyboard.press("ArrowRight")
         assert page.step() == 0
         assert p.locator("#stage .vg-flag-nan").count() >= 1
+        assert page.errors == []
+    finally:
+        p.close()
+
+
+def two_shape_run() -> vizgrad.Run:
+    """Three steps of one small model, three of another, then two of the first again: two graph shapes."""
+    torch.manual_seed(0)
+    first = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    second = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 2), torch.nn.Sigmoid())
+    optimizer = torch.optim.SGD([*first.parameters(), *second.parameters()], lr=0.5)
+    x = torch.randn(5, 3)
+    with vizgrad.record() as run:
+        for model in [first] * 3 + [second] * 3 + [first] * 2:
+            optimizer.zero_grad()
+            loss = first(x).pow(2).mean() if model is first else (second(x) - 1).pow(2).sum()
+            loss.backward()
+            optimizer.step()
+    return run
+
+
+def inspector_rows(page) -> dict[str, str]:
+    """The inspector's table as {label: value}."""
+    rows = page.eval_on_selector_all(
+        "#inspector-stats tr", "rows => rows.map(r => [r.cells[0].textContent, r.cells[1].textContent])")
+    return dict(rows)
+
+
+def path_xs(d: str) -> list[float]:
+    """The x coordinates of an SVG path made of M/L commands."""
+    return [float(x) for x in re.findall(r"[ML](-?[\d.]+) -?[\d.]+", d)]
+
+
+def test_inspector_shows_the_node_of_the_displayed_graph_shape(browser, tmp_path):
+    run = two_shape_run()
+    path = run.report().save(tmp_path / "two.html")
+    second_graph = run.steps[3].graph
+    first_ops = {node.id: node.op for node in run.steps[0].graph.nodes}
+    # An id both graphs use for different nodes: a SigmoidBackward0 here, a leaf (a bias) in the first graph.
+    node = next(n for n in second_graph.nodes if n.op == "SigmoidBackward0")
+    assert node.id in first_ops and first_ops[node.id] != node.op
+    page = Page(browser, path)
+    try:
+        p = page.page
+        p.click("#first")
+        for _ in range(4):
+            p.click("#next")
+        assert page.step() == 4  # the second step of the second shape
+        p.click(f'g.vg-node[data-node="{node.id}"]')
+        assert p.text_content("#inspector-title") == "SigmoidBackward0"
+        assert "graph shape 2 of 2" in p.text_content("#inspector-sub")
+        expected = run.steps[4].stats(node.id)
+        rows = inspector_rows(p)
+        assert rows["step"] == "4"
+        for label, key in [("norm ‖g‖", "norm"), ("mean", "mean"), ("min", "min"), ("max", "max")]:
+            assert float(rows[label]) == pytest.approx(expected[key], rel=1e-3), label
+        assert rows["NaN count"] == "0" and rows["Inf count"] == "0"
+        # Its history covers only the three steps drawn with this shape.
+        xs = sorted(set(path_xs(p.get_attribute("#inspector-chart path.vg-series", "d"))))
+        assert len(xs) == 3
+        p.click("#prev")  # step 3: the same node, the previous step's numbers
+        assert float(inspector_rows(p)["norm ‖g‖"]) == pytest.approx(run.steps[3].stats(node.id)["norm"], rel=1e-3)
+        p.click("#last")  # the first shape again: this node is not in it, and no node there is marked
+        rows = inspector_rows(p)
+        assert rows == {"step": "7", "gradient": "not in this step's graph shape"}
+        assert p.text_content("#inspector-title") == "SigmoidBackward0"
+        assert p.locator("#stage .vg-selected").count() == 0
+        # Clicking the same id in the first shape shows that shape's node: the leaf, with its own history.
+        p.click(f'g.vg-node[data-node="{node.id}"]')
+        leaf = run.steps[7].graph.node(node.id)
+        assert p.text_content("#inspector-title") == leaf.name
+        assert "graph shape 1 of 2" in p.text_content("#inspector-sub")
+        assert float(inspector_rows(p)["norm ‖g‖"]) == pytest.approx(run.steps[7].stats(node.id)["norm"], rel=1e-3)
+        assert len(set(path_xs(p.get_attribute("#inspector-chart path.vg-series", "d")))) == 5
+        assert page.errors == []
+    finally:
+        p.close()
+
+
+def test_loss_chart_is_linear_when_a_loss_is_negative(browser, tmp_path):
+    w = torch.tensor([0.5, -1.0], requires_grad=True)
+    x = torch.tensor([1.0, 2.0])
+    with vizgrad.record(params={"w": w}) as run:
+        for _ in range(6):  # a critic's loss: it falls below zero and keeps falling
+            loss = -(w * x).sum() + 1.0
+            loss.backward()
+            with torch.no_grad():
+                w -= 0.2 * w.grad
+            w.grad = None
+    losses = [step.loss for step in run.steps]
+    assert losses[0] > 0 > losses[-1]
+    page = Page(browser, run.report().save(tmp_path / "critic.html"))
+    try:
+        p = page.page
+        d = p.get_attribute("#loss-chart path.vg-series", "d", timeout=2000)
+        points = re.findall(r"[ML](-?[\d.]+) (-?[\d.]+)", d)
+        assert len({x for x, _ in points}) == 6  # every step, the negative ones too
+        ys = [float(y) for _, y in points]
+        assert all(math.isfinite(y) for y in ys) and ys == sorted(ys)  # falling loss: lower on the chart each step
+        p.click("#last")
+        marker = page.marker()
+        assert marker["step"] == "5" and math.isfinite(float(marker["cy"])) and float(marker["cy"]) == ys[-1]
+        ticks = p.eval_on_selector_all("#loss-chart .vg-axis text", "ts => ts.map(t => t.textContent)")
+        assert any(t.startswith("-") for t in ticks) and "0" in ticks
+        assert p.get_attribute("#loss-chart svg", "data-scale") == "linear"
+        assert p.text_content("#loss-scale") == "linear scale"
+        assert page.errors == []
+    finally:
+        p.close()
+
+
+def test_loss_chart_of_positive_losses_stays_logarithmic(seed_page: Page):
+    page = seed_page.page
+    assert page.text_content("#loss-scale") == "log scale"
+    assert page.get_attribute("#loss-chart svg", "data-scale") == "log"
+
+
+def test_inspector_on_a_short_last_batch_shows_that_steps_node(browser, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = torch.randn(22, 3)
+    with vizgrad.record() as run:
+        for start in range(0, 22, 5):  # four batches of 5, then one of 2: its own graph shape
+            optimizer.zero_grad()
+            model(data[start:start + 5]).pow(2).mean().backward()
+            optimizer.step()
+    tanh = next(node for node in run.steps[4].graph.nodes if node.op == "TanhBackward0")
+    assert tanh.shape == (2, 4) and run.steps[0].graph.node(tanh.id).shape == (5, 4)
+    page = Page(browser, run.report().save(tmp_path / "short.html"))
+    try:
+        p = page.page
+        p.click("#last")
+        p.click(f'g.vg-node[data-node="{tanh.id}"]')
+        assert p.text_content("#inspector-title") == "TanhBackward0"
+        assert "(2, 4)" in p.text_content("#inspector-sub") and "graph shape 2 of 2" in p.text_content("#inspector-sub")
+        assert p.text_content("#inspector-scope") == "history over the 1 of 5 steps drawn with this graph shape"
+        assert float(inspector_rows(p)["norm ‖g‖"]) == pytest.approx(run.steps[4].stats(tanh.id)["norm"], rel=1e-3)
+        # Its one-step history is a dot where the marker of step 4 is, still there on the other steps.
+        p.click("#prev")
+        dots = p.eval_on_selector_all("#inspector-chart circle.vg-dot", "cs => cs.map(c => c.getAttribute('cx'))")
+        p.click("#next")
+        marker = p.get_attribute("#inspector-chart circle.vg-marker", "cx")
+        assert dots == [marker]
         assert page.errors == []
     finally:
         p.close()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import html
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import vizgrad
-from vizgrad import demo, engine
+from vizgrad import demo, engine, frames, report
 from vizgrad.errors import OutputError, UsageError, VizgradError
 from vizgrad.panels import ScatterLine
 from vizgrad.report import Report, embed_json, sanitize_svg
@@ -177,6 +178,98 @@ def test_report_of_a_run_with_two_topologies(tmp_path):
     assert [frame[0] for frame in frames_of(data)] == [0, 1, 0, 1, 0, 1]
     assert len(data["layouts"][0]["painted"]) != len(data["layouts"][1]["painted"])
     assert "2 graph shapes" in text
+
+
+def shared_columns_the_old_way(painted: dict, node_ids: list[str]) -> list:
+    """The painted nodes with repeated columns as the position of their first node, by a linear scan of
+    the earlier ones (what report.py did before it hashed them): the reference for the page data."""
+    nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
+    for field in ("lines", "stats"):
+        seen: list = []
+        for position, node in enumerate(nodes):
+            if node is None:
+                continue
+            same = next((earlier for column, earlier in seen if column == node[field]), None)
+            if same is None:
+                seen.append((node[field], position))
+            else:
+                node[field] = same
+    return nodes
+
+
+def test_page_data_shares_equal_columns_as_before():
+    x = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    w = torch.tensor([[0.5], [-0.25]], requires_grad=True)
+    b = torch.tensor([0.1], requires_grad=True)
+    with vizgrad.record(params={"w": w, "b": b}) as run:
+        for i in range(5):
+            y = x.mm(w) + b
+            if i >= 3:  # a second shape: a chain of views and shifts passing the same gradient on
+                y = (y.view(2) + 1.0).reshape(2, 1) - 1.0
+            loss = (y ** 2).mean() * (float("nan") if i == 2 else 1.0)  # one step of NaN gradients
+            loss.backward()
+            w.grad = None
+            b.grad = None
+    chosen = [run[i] for i in range(len(run.steps))]
+    scale = frames.scale_for(chosen)
+    expected = []
+    for layout_index, group in enumerate(report._runs_of_one_graph(chosen)):
+        painted = frames.paint_segment(group, scale)
+        nodes = shared_columns_the_old_way(painted, list(painted["nodes"]))
+        edges = [painted["edges"][key] for key in painted["edges"]]
+        expected.append({"layout": layout_index, "count": len(group), "nodes": nodes, "edges": edges})
+    payload, _ = Report(run)._payload()
+    assert payload["segments"] == expected
+    assert [segment["count"] for segment in expected] == [3, 2]
+    shared = [node["stats"] for node in expected[1]["nodes"] if node is not None and isinstance(node["stats"], int)]
+    assert len(shared) >= 3  # the views pass their gradient on: sent as the first node's position
+
+
+class CountedFloat(float):
+    """A float that counts how often it is compared or hashed."""
+
+    operations = 0
+
+    def __eq__(self, other):
+        CountedFloat.operations += 1
+        return float(self) == float(other)
+
+    def __hash__(self):
+        CountedFloat.operations += 1
+        return float.__hash__(self)
+
+
+def test_sharing_equal_columns_does_linear_work_on_a_long_chain(monkeypatch):
+    length = 3000
+    w = torch.ones(2, requires_grad=True)
+    y = w
+    for _ in range(length):
+        y = y * 1.001
+    graph = vizgrad.trace(y.sum(), params={"w": w})
+    node_ids = [node.id for node in graph.nodes]
+    half = len(node_ids) // 2
+
+    def paint_segment(steps, scale):  # every column distinct in the first half, repeated in the second
+        columns = {}
+        for position, node_id in enumerate(node_ids):
+            value = position % half
+            stats = {"norm": [CountedFloat(value), CountedFloat(value + 0.5)], "mean": [1.0, None],
+                     "one": [False, False]}
+            columns[node_id] = {"fill": [0, 0], "flag": [0, 0], "lines": [[f"g {value % 7}", "x"]], "stats": stats}
+        return {"nodes": columns, "edges": {}}
+
+    monkeypatch.setattr(frames, "paint_segment", paint_segment)
+    layout = SimpleNamespace(key="chain", width=10.0, height=10.0, svg='<svg xmlns="http://www.w3.org/2000/svg"/>')
+    page = report._FrameData()
+    CountedFloat.operations = 0
+    page.add_segment([SimpleNamespace(graph=graph)] * 2, layout, scale=None)
+    elements = 2 * len(node_ids)  # a few hashes and comparisons per number; a scan of the earlier columns is ~1e6
+    assert CountedFloat.operations <= 4 * elements, f"{CountedFloat.operations} operations on {elements} numbers"
+    nodes = page.segments[0]["nodes"]
+    assert [node["stats"] for node in nodes[half:2 * half]] == list(range(half))  # the earliest equal node
+    assert all(isinstance(node["stats"], dict) for node in nodes[:half])
+    assert [node["lines"] for node in nodes[:7]] == [[["g %d" % k, "x"]] for k in range(7)]
+    assert [node["lines"] for node in nodes[7:14]] == list(range(7))
 
 
 # --- escaping -------------------------------------------------------------------------------------

@@ -292,16 +292,16 @@ class _FrameData:
         node_ids, edge_keys = self._orders[index]
         nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
         # Ops along a chain pass on the very same gradient: a column equal to an
-        # earlier node's is sent as that node's position instead.
+        # earlier node's is sent as that node's position instead. Looked up by
+        # content, so a long chain costs one pass, not a scan of the earlier columns per node.
         for field in ("lines", "stats"):
-            seen: list[tuple[Any, int]] = []
+            first_position: dict[Any, int] = {}
+            known: dict[int, tuple[Any, Any]] = {}
             for position, node in enumerate(nodes):
                 if node is None:
                     continue
-                same = next((earlier for column, earlier in seen if column == node[field]), None)
-                if same is None:
-                    seen.append((node[field], position))
-                else:
+                same = first_position.setdefault(self._content_key(node[field], known), position)
+                if same != position:
                     node[field] = same
         self.segments.append({
             "layout": index,
@@ -309,6 +309,27 @@ class _FrameData:
             "nodes": nodes,
             "edges": [painted["edges"].get(edge_key) for edge_key in edge_keys],
         })
+
+    @classmethod
+    def _content_key(cls, column: Any, known: dict[int, tuple[Any, Any]]) -> Any:
+        """A JSON-like column as a hashable key (lists as tuples, dicts as frozensets), equal when the columns are."""
+        if not isinstance(column, (list, dict)):
+            return column
+        # The painter shares equal columns between nodes: each object is converted once,
+        # and kept in ``known`` so that its id is not reused while ``known`` lives.
+        seen = known.get(id(column))
+        if seen is not None:
+            return seen[1]
+        if isinstance(column, dict):
+            key: Any = frozenset((name, cls._content_key(item, known)) for name, item in column.items())
+        else:
+            key = tuple(column)
+            try:
+                hash(key)  # a flat column (numbers, strings, None): hashed at C speed
+            except TypeError:  # it holds lists or dicts
+                key = tuple(cls._content_key(item, known) for item in column)
+        known[id(column)] = (column, key)
+        return key
 
 
 def _legend() -> list[dict[str, Any]]:

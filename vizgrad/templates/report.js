@@ -121,7 +121,8 @@
   /**
    * A small chart over the frames: lines (one per series, x = step) or a scatter
    * with a per-step line. Returns {render(), setPos(pos)}; render() rebuilds at
-   * the container's current width.
+   * the container's current width. In a series, null is a gap in the line and
+   * undefined a step the series does not cover (the line goes straight past it).
    */
   function makeChart(container, opts) {
     const state = { svg: null, setPos: () => {} };
@@ -134,6 +135,7 @@
       const pw = width - m.l - m.r, ph = height - m.t - m.b;
       const svg = svgEl("svg", { width: width, height: height, viewBox: "0 0 " + width + " " + height, role: "img" }, container);
       if (opts.label) svg.setAttribute("aria-label", opts.label);
+      if (!opts.scatter) svg.setAttribute("data-scale", opts.log ? "log" : "linear");
       state.svg = svg;
       const built = opts.scatter ? scatterBody(svg, m, pw, ph) : linesBody(svg, m, pw, ph);
       if (!built) {
@@ -201,23 +203,32 @@
         const color = s.color || SERIES_COLORS[si % SERIES_COLORS.length];
         // At most ~2 points per pixel: keep each bucket's min and max so spikes survive.
         const bucket = Math.max(1, Math.floor(COUNT / (pw * 2)));
-        let d = "", pen = false;
+        let d = "", pen = false, stretch = [];   // the steps drawn since the pen went down
+        const lonely = [];                           // a step with no neighbour to join: drawn as a dot
+        const lift = () => { if (stretch.length === 1) lonely.push(stretch[0]); stretch = []; pen = false; };
         for (let i = 0; i < COUNT; i += bucket) {
-          let lo = null, hi = null, ilo = i, ihi = i;
+          let lo = null, hi = null, ilo = i, ihi = i, covered = false;
           for (let j = i; j < Math.min(COUNT, i + bucket); j++) {
+            if (s.values[j] === undefined) continue;
+            covered = true;
             const v = num(s.values[j]);
             if (!ok(v)) continue;
             if (lo === null || v < lo) { lo = v; ilo = j; }
             if (hi === null || v > hi) { hi = v; ihi = j; }
           }
-          if (lo === null) { pen = false; continue; }
+          if (lo === null) { if (covered) lift(); continue; }
           const pts = ilo <= ihi ? [[ilo, lo], [ihi, hi]] : [[ihi, hi], [ilo, lo]];
           for (const [j, v] of pts) {
             d += (pen ? "L" : "M") + sx(XS[j]).toFixed(1) + " " + sy(v).toFixed(1);
             pen = true;
+            if (!stretch.length || stretch[stretch.length - 1][0] !== j) stretch.push([j, v]);
           }
         }
+        lift();
         svgEl("path", { class: "vg-series", d: d, stroke: color }, plot);
+        for (const [j, v] of lonely) {
+          svgEl("circle", { class: "vg-dot", cx: sx(XS[j]).toFixed(1), cy: sy(v).toFixed(1), r: 2, fill: color }, plot);
+        }
       });
       const cursor = svgEl("line", { class: "vg-cursor", y1: 0, y2: ph }, plot);
       const markers = opts.series.map((s, si) => {
@@ -550,14 +561,11 @@
     const box = $("inspector");
     const chartBox = $("inspector-chart");
     let chart = null;
-    const self = { node: null };
+    // Ids are per layout ("n3" is another node in another graph shape): a selection is both.
+    const self = { node: null, layout: -1 };
 
-    function infoOf(id) {
-      for (const L of layouts) {
-        const i = L.meta.nodes.findIndex((n) => n[0] === id);
-        if (i >= 0) return L.meta.nodes[i];
-      }
-      return null;
+    function infoOf(layout, id) {
+      return layouts[layout].meta.nodes.find((n) => n[0] === id) || null;
     }
 
     /** [norm, mean, min, max, nan, inf] from the compact form the report stores (see report.py). */
@@ -569,32 +577,40 @@
       return [entry[0], entry[1], entry[2], entry[3], entry[4] || 0, entry[5] || 0];
     }
 
-    /** Gradient norm of node `id` at every frame (null where absent or not finite). */
-    function history(id) {
-      const positions = layouts.map((L) => L.meta.painted.indexOf(id));
-      return FRAMES.map((f) => {
-        const i = positions[f[0]];
-        return i < 0 ? null : num(statsOf(f[3], i)[0]);
-      });
+    /** Gradient norm of node `id` of a layout at every frame: undefined on frames of other layouts,
+        null where no finite gradient. */
+    function history(layout, id) {
+      const i = layouts[layout].meta.painted.indexOf(id);
+      return FRAMES.map((f) => (f[0] !== layout ? undefined : i < 0 ? null : num(statsOf(f[3], i)[0])));
     }
 
     self.highlight = function () {
       document.querySelectorAll(".vg-selected").forEach((g) => g.classList.remove("vg-selected"));
-      if (self.node === null || mounted < 0) return;
+      if (self.node === null || mounted !== self.layout) return;
       (layouts[mounted].groups.get(self.node) || []).forEach((g) => g.classList.add("vg-selected"));
     };
 
-    self.open = function (id) {
-      const info = infoOf(id);
+    /** Shows node `id` of the layout on screen (or of `layout`). */
+    self.open = function (id, layout) {
+      if (layout === undefined) layout = mounted;
+      const info = layout >= 0 && layout < layouts.length ? infoOf(layout, id) : null;
       if (!info) return;
       self.node = id;
+      self.layout = layout;
       const [nodeId, op, kind, name, shape, module] = info;
       $("inspector-title").textContent = name || op;
-      const parts = [name ? op : null, kind, shape, module, nodeId].filter((p) => p);
+      const shapeName = layouts.length > 1 ? "graph shape " + (layout + 1) + " of " + layouts.length : null;
+      const parts = [name ? op : null, kind, shape, module, nodeId, shapeName].filter((p) => p);
       $("inspector-sub").textContent = parts.join(" · ");
+      const values = history(layout, id);
+      const scope = $("inspector-scope");
+      scope.hidden = layouts.length < 2;
+      const steps = values.filter((v) => v !== undefined).length;
+      scope.textContent = "history over the " + steps.toLocaleString("en") + " of " + COUNT.toLocaleString("en") +
+        " steps drawn with this graph shape";
       box.hidden = false;
       chart = makeChart(chartBox, {
-        series: [{ name: "norm", values: history(id), color: "#8250df" }], log: true, height: 96,
+        series: [{ name: "norm", values: values, color: "#8250df" }], log: true, height: 96,
         label: "gradient norm history", empty: "no gradient reached this node",
       });
       self.highlight();
@@ -604,6 +620,7 @@
     self.close = function () {
       if (box.contains(document.activeElement)) viewport.focus();   // keys keep working once it is hidden
       self.node = null;
+      self.layout = -1;
       box.hidden = true;
       chart = null;
       self.highlight();
@@ -615,7 +632,8 @@
       const body = $("inspector-stats");
       body.textContent = "";
       const frame = FRAMES[pos];
-      const i = layouts[frame[0]].meta.painted.indexOf(self.node);
+      const here = frame[0] === self.layout;
+      const i = here ? layouts[frame[0]].meta.painted.indexOf(self.node) : -1;
       const stats = i < 0 ? null : statsOf(frame[3], i);
       const row = (label, value, bad) => {
         const tr = htmlEl("tr", null, null, body);
@@ -624,8 +642,7 @@
       };
       row("step", String(XS[pos]));
       if (!stats || stats[0] === null) {
-        const known = layouts[frame[0]].meta.nodes.some((n) => n[0] === self.node);
-        row("gradient", !known ? "not in this step's graph" : i < 0 ? "not tracked (saved tensor)" : "none flowed here");
+        row("gradient", !here ? "not in this step's graph shape" : i < 0 ? "not tracked (saved tensor)" : "none flowed here");
         return;
       }
       row("norm ‖g‖", fmt(stats[0]), typeof stats[0] === "string");
@@ -644,9 +661,13 @@
   // ------------------------------------------------------------------ side charts
   const charts = [];
 
+  // A log axis cannot show a zero or negative loss (a WGAN critic's): then the axis is linear.
+  const lossLog = !DATA.loss.some((v) => typeof v === "number" && v <= 0);
+  $("loss-scale").textContent = lossLog ? "log scale" : "linear scale";
   charts.push(makeChart($("loss-chart"), {
-    series: [{ name: "loss", values: DATA.loss, color: "#0969da" }], log: true, height: 130,
-    markerId: "loss-marker", label: "loss over steps", xTitle: "step", empty: "no scalar loss recorded",
+    series: [{ name: "loss", values: DATA.loss, color: "#0969da" }], log: lossLog, height: 130,
+    markerId: "loss-marker", label: "loss over steps (" + (lossLog ? "log" : "linear") + " scale)", xTitle: "step",
+    empty: "no scalar loss recorded",
   }));
 
   (function parameterCharts() {
