@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -171,6 +173,27 @@ def test_report_of_a_saved_run_is_the_report_of_the_script(tmp_path, saved_run):
     assert result.exit_code == 0, result.output
     assert "wrote" in result.stderr and "(6 steps)" in result.stderr
     assert (tmp_path / "from-file.html").read_text() == (tmp_path / "saved.html").read_text()
+
+
+# -- outputs never left half-written ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("output", "fragment"), [("r.html", "cannot write the report to 'r.html'"),
+                                                  ("graph.dot", "cannot write 'graph.dot'")])
+def test_a_failed_write_keeps_the_previous_output_whole(in_tmp, saved_run, monkeypatch, output, fragment):
+    (in_tmp / output).write_text("previous output")
+    names = sorted(path.name for path in in_tmp.iterdir())
+    real_replace = os.replace
+
+    def disk_full(source, target):
+        if Path(target).name == output:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    assert_error(invoke("render", saved_run, "-o", output), 1, fragment, "No space left on device")
+    assert (in_tmp / output).read_text() == "previous output"
+    assert sorted(path.name for path in in_tmp.iterdir()) == names  # and no temporary file left beside it
 
 
 # -- render a run file --------------------------------------------------------------------------------------
