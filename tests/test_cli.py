@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import vizgrad
@@ -17,6 +18,8 @@ from vizgrad.cli import cli
 
 DATA = Path(__file__).parent / "data"
 REGRESSION = DATA / "regression.py"
+#: A file name that is not UTF-8 (Latin-1 "café.py"): Python spells its byte 0xE9 as the surrogate U+DCE9.
+LATIN1_SCRIPT = os.fsdecode(b"caf\xe9.py")
 
 
 def invoke(*args: object):
@@ -175,7 +178,30 @@ def test_report_of_a_saved_run_is_the_report_of_the_script(tmp_path, saved_run):
     assert (tmp_path / "from-file.html").read_text() == (tmp_path / "saved.html").read_text()
 
 
-# -- outputs never left half-written ---------------------------------------------------------------------
+# -- names that are not UTF-8, and outputs never left half-written ---------------------------------------
+
+
+def test_a_script_whose_name_is_not_utf8_renders_with_the_name_escaped(in_tmp):
+    (in_tmp / LATIN1_SCRIPT).write_bytes(REGRESSION.read_bytes())
+    result = invoke("render", LATIN1_SCRIPT, "--save", "run.vizgrad", "--", "--steps", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == r"vizgrad: wrote caf\xe9.html and run file run.vizgrad (3 steps)"
+    report = in_tmp / os.fsdecode(b"caf\xe9.html")  # the file itself keeps the script's real name
+    html = report.read_text(encoding="utf-8")
+    assert r"<title>caf\xe9.py</title>" in html
+    meta = vizgrad.load(in_tmp / "run.vizgrad").meta
+    assert (meta["title"], meta["script"]) == (r"caf\xe9.py", r"caf\xe9.py")
+
+
+def test_a_run_file_titled_with_an_undecodable_name_renders(in_tmp):
+    # Run files recorded before names were escaped keep the raw surrogate in their title.
+    with vizgrad.record(save=in_tmp / "old.vizgrad") as run:
+        run.meta["title"] = LATIN1_SCRIPT
+        w = torch.ones(2, requires_grad=True)
+        (w * 3).sum().backward()
+    result = invoke("render", "old.vizgrad", "-o", "old.html")
+    assert result.exit_code == 0, result.output
+    assert r"<title>caf\xe9.py</title>" in (in_tmp / "old.html").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(("output", "fragment"), [("r.html", "cannot write the report to 'r.html'"),

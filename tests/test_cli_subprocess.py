@@ -168,6 +168,22 @@ def test_a_raising_script_shows_only_its_own_traceback(tmp_path):
     assert (tmp_path / "regression.html").exists()
 
 
+# -- names that are not UTF-8 --------------------------------------------------------------------------------
+
+
+def test_a_script_whose_name_is_not_utf8_renders_in_a_real_process(tmp_path):
+    script = os.fsdecode(b"caf\xe9.py")  # Latin-1 "café.py": its byte 0xE9 is no UTF-8
+    (tmp_path / script).write_bytes((DATA / "regression.py").read_bytes())
+    result = subprocess.run(vizgrad_command("render", script, "--engine", "wasm", "--", "--steps", "3"),
+                            cwd=tmp_path, env=_environment(), capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b"vizgrad: wrote caf\\xe9.html (3 steps)\n"
+    report = (tmp_path / os.fsdecode(b"caf\xe9.html")).read_bytes()
+    assert report.startswith(b"<!DOCTYPE html>")
+    assert b"<title>caf\\xe9.py</title>" in report
+    assert report.rstrip().endswith(b"</html>")  # written whole
+
+
 # -- the example ------------------------------------------------------------------------------------------------
 
 

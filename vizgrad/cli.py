@@ -14,6 +14,7 @@ import click
 from vizgrad import __version__
 from vizgrad.errors import OutputError, UsageError, VizgradError
 from vizgrad.graph import format_shape
+from vizgrad.scripts import displayable
 
 __all__ = ["main", "cli", "CommandError", "EXIT_INTERRUPTED"]
 
@@ -34,7 +35,7 @@ class CommandError(click.ClickException):
 
 def _one_line(text: object) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return "; ".join(lines)
+    return displayable("; ".join(lines))  # file names in messages may not be UTF-8
 
 
 class _Commands(click.Group):
@@ -158,6 +159,7 @@ def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Pa
     from vizgrad import store
 
     run = store.load(target)
+    _escape_names(run.meta)
     try:
         if save is not None:
             store.save(run, save)
@@ -165,6 +167,13 @@ def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Pa
         _say(quiet, f"wrote {written} ({_steps(len(run.steps))})")
     finally:
         run.store.disconnect()
+
+
+def _escape_names(meta: dict[str, Any]) -> None:
+    """Makes the names in a loaded run's meta encodable (older run files may hold raw non-UTF-8 bytes)."""
+    for key in ("title", "script"):
+        if key in meta:
+            meta[key] = displayable(str(meta[key]))
 
 
 def _render_script(export: Any, script: Path, args: Sequence[str], output: Path, fmt: str, save: Path | None,
@@ -181,7 +190,7 @@ def _render_script(export: Any, script: Path, args: Sequence[str], output: Path,
                 raise CommandError(f"interrupted twice (Ctrl-C): stopped without writing {output}{kept}",
                                    EXIT_INTERRUPTED)
             if outcome.error is not None:
-                click.echo(format_user_traceback(outcome.error, script), err=True, nl=False)
+                click.echo(displayable(format_user_traceback(outcome.error, script)), err=True, nl=False)
             problem = _problem(script, outcome, count)
             if count == 0:
                 raise CommandError(problem or f"{script} finished without calling backward(), so there is nothing "
@@ -243,7 +252,7 @@ def _written(written: Any, fmt: str) -> str:
 
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
-        click.echo(f"vizgrad: {message}", err=True)
+        click.echo(f"vizgrad: {displayable(message)}", err=True)
 
 
 # -- demo ---------------------------------------------------------------------------------------------------------
@@ -290,7 +299,7 @@ def info(run_file: Path) -> None:
     run = store.load(run_file)
     try:
         for line in describe(run, run_file):
-            click.echo(line)
+            click.echo(displayable(line))
     finally:
         run.store.disconnect()
 

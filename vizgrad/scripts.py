@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from vizgrad.errors import ScriptError
 from vizgrad.run import Run, Step
 
-__all__ = ["ScriptOutcome", "check_script", "run_script", "format_user_traceback"]
+__all__ = ["ScriptOutcome", "check_script", "run_script", "format_user_traceback", "displayable"]
 
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -39,6 +39,20 @@ class ScriptOutcome:
     interrupted: bool = False
     aborted: bool = False
     exit_status: int = 0
+
+
+def displayable(text: str) -> str:
+    r"""``text`` with the bytes of a non-UTF-8 file name shown as ``\xe9``: safe for JSON, HTML and SQLite.
+
+    Python reads such bytes into lone surrogates (``os.fsdecode``), which no UTF-8 writer accepts.
+
+    >>> displayable(os.fsdecode(b"caf\xe9.py")), displayable("café.py")
+    ('caf\\xe9.py', 'café.py')
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: show its code point
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_script(path: str | os.PathLike[str]) -> Path:
@@ -166,9 +180,10 @@ def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: 
     with record(save=os.fspath(save) if save is not None else None, on_step=[ctrl_c.after_step, *on_step],
                 **record_options) as run:
         outcome = ScriptOutcome(run)
-        run.meta.setdefault("title", script.name)
-        run.meta["script"] = str(script)
-        run.meta["argv"] = list(args)
+        # The script itself runs under its real name; what is stored and shown must be encodable text.
+        run.meta.setdefault("title", displayable(script.name))
+        run.meta["script"] = displayable(str(script))
+        run.meta["argv"] = [displayable(arg) for arg in args]
         with ctrl_c.installed(), _as_main(script, args, quiet):
             try:
                 runpy.run_path(str(script), run_name="__main__")
