@@ -222,6 +222,37 @@ def test_a_failed_write_keeps_the_previous_output_whole(in_tmp, saved_run, monke
     assert sorted(path.name for path in in_tmp.iterdir()) == names  # and no temporary file left beside it
 
 
+# -- what was written --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["-o", "x.gif", "--every", "5"], "wrote x.gif (4 frames of 18 recorded steps)"),
+    (["-o", "x.mp4"], "wrote x.mp4 (18 frames of 18 recorded steps)"),
+    (["--steps", "2:8", "--every", "2"], "wrote regression.html (showing 3 of 18 recorded steps)"),
+    ([], "wrote regression.html (18 steps)"),
+])
+def test_the_message_says_how_many_steps_were_drawn_of_how_many(in_tmp, export_calls, options, message):
+    result = invoke("render", REGRESSION, *options, "--", "--steps", "18")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == f"vizgrad: {message}"
+
+
+def test_the_message_for_a_run_file_and_for_a_script_that_failed(in_tmp, saved_run, export_calls):
+    result = invoke("render", saved_run, "-o", "x.gif", "--every", "5")
+    assert result.stderr.strip() == "vizgrad: wrote x.gif (2 frames of 6 recorded steps)"
+    result = invoke("render", REGRESSION, "-o", "y.gif", "--every", "2", "--", "--steps", "9", "--fail-at", "5")
+    assert_error(result, 1, "raised ValueError: bad batch at step 5",
+                 "wrote y.gif (3 frames of the 5 steps recorded before it)", user_traceback=True)
+
+
+def test_the_message_for_dot_and_svg_outputs(in_tmp):
+    result = invoke("render", REGRESSION, "-o", "graph.dot", "--", "--steps", "3")
+    assert result.stderr.strip() == "vizgrad: wrote graph.dot (1 graph of 3 recorded steps)"
+    result = invoke("render", REGRESSION, "--format", "svg", "--every", "2", "--engine", "wasm", "--", "--steps", "3")
+    assert result.stderr.strip() == (f"vizgrad: wrote 2 SVG files in {in_tmp / 'regression-frames'} "
+                                     "(2 frames of 3 recorded steps)")
+
+
 # -- render a run file --------------------------------------------------------------------------------------
 
 

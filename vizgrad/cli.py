@@ -163,8 +163,8 @@ def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Pa
     try:
         if save is not None:
             store.save(run, save)
-        written = _written(export.export(run, output, fmt, **options), fmt)
-        _say(quiet, f"wrote {written} ({_steps(len(run.steps))})")
+        written = export.export(run, output, fmt, **options)
+        _say(quiet, f"wrote {_written(written, fmt)} ({_contents(fmt, written, len(run.steps), options)})")
     finally:
         run.store.disconnect()
 
@@ -196,12 +196,12 @@ def _render_script(export: Any, script: Path, args: Sequence[str], output: Path,
                 raise CommandError(problem or f"{script} finished without calling backward(), so there is nothing "
                                               "to render; vizgrad records each loss.backward() as one step",
                                    _status(outcome))
-            written = _written(export.export(run, output, fmt, **options), fmt)
-            saved = f" and run file {save}" if save is not None else ""
+            written = export.export(run, output, fmt, **options)
+            wrote = f"wrote {_written(written, fmt)}" + (f" and run file {save}" if save is not None else "")
             if problem is not None:
-                raise CommandError(f"{problem}; wrote {written}{saved} with the {_steps(count)} recorded before it",
+                raise CommandError(f"{problem}; {wrote} ({_contents(fmt, written, count, options, before=True)})",
                                    _status(outcome))
-            _say(quiet, f"wrote {written}{saved} ({_steps(count)})")
+            _say(quiet, f"{wrote} ({_contents(fmt, written, count, options)})")
         finally:
             run.store.disconnect()
 
@@ -238,7 +238,26 @@ def _status(outcome: Any) -> int:
 
 
 def _steps(count: int) -> str:
-    return f"{count} step{'' if count == 1 else 's'}"
+    return _count(count, "step")
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _contents(fmt: str, written: Sequence[Any], count: int, options: dict[str, Any], *, before: bool = False) -> str:
+    """What an output holds of the ``count`` steps recorded, e.g. ``4 frames of 18 recorded steps``."""
+    from vizgrad.frames import select_steps
+
+    drawn = len(select_steps(count, options["every"], options["steps"]))  # the selection every export makes
+    recorded = f"the {_steps(count)} recorded before it" if before else _count(count, "recorded step")
+    if fmt == "html":
+        if drawn == count:
+            return recorded if before else _steps(count)
+        return f"showing {drawn} of {recorded}"
+    if fmt == "dot":  # one file per distinct graph, not per step
+        return f"{_count(len(written), 'graph')} of {recorded}"
+    return f"{_count(drawn, 'frame')} of {recorded}"
 
 
 def _written(written: Any, fmt: str) -> str:
