@@ -330,6 +330,25 @@ def test_syntax_error_names_file_and_line(in_tmp):
     assert not (in_tmp / "syntax_error.html").exists()
 
 
+def test_a_report_given_as_the_target_is_not_run_nor_overwritten(in_tmp, saved_run):
+    report = in_tmp / "saved.html"
+    content = report.read_bytes()
+    (in_tmp / "report.txt").write_bytes(content)  # recognised by content whatever its name
+    for target in ("saved.html", "report.txt"):
+        assert_error(invoke("render", target), 1, f"{target} is a vizgrad report, not a script or a run file",
+                     "open it in a browser", "render the run file written with --save")
+    assert report.read_bytes() == content
+
+
+def test_an_html_page_given_as_the_target(in_tmp):
+    (in_tmp / "page.htm").write_text("<html><body>hello</body></html>")
+    (in_tmp / "page.txt").write_text("\n<!doctype HTML>\n<html><body>hello</body></html>")
+    (in_tmp / "notes.html").write_text("print('a .html name is enough')")
+    for target in ("page.htm", "page.txt", "notes.html"):
+        assert_error(invoke("render", target), 1, f"{target} is an HTML page, not a Python script or a run file",
+                     "give a .py script")
+
+
 def test_binary_target(in_tmp):
     (in_tmp / "blob.bin").write_bytes(bytes(range(256)))
     assert_error(invoke("render", "blob.bin"), 1, "neither a Python script nor a vizgrad run file")

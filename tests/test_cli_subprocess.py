@@ -108,6 +108,9 @@ def test_sigint_mid_run_saves_what_was_recorded_and_exits_130(tmp_path):
 def _make_inputs(folder: Path) -> None:
     (folder / "empty.vizgrad").write_bytes(b"")
     (folder / "noise.vizgrad").write_bytes(bytes(range(256)) * 8)
+    # The head of a report, as templates/report.html.j2 writes it.
+    (folder / "report.html").write_text('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                                        '<meta name="generator" content="vizgrad">\n<title>t</title>\n</head>\n</html>\n')
     connection = sqlite3.connect(folder / "foreign.db")
     connection.execute("CREATE TABLE t (x)")
     connection.commit()
@@ -129,6 +132,7 @@ BAD_INPUTS = {
     "empty run file": (["render", "empty.vizgrad"], 1, ["empty.vizgrad is empty"]),
     "random bytes": (["info", "noise.vizgrad"], 1, ["not a SQLite database"]),
     "foreign database": (["render", "foreign.db"], 1, ["a SQLite database but not a vizgrad run file"]),
+    "html report": (["render", "report.html"], 1, ["report.html is a vizgrad report", "open it in a browser"]),
     "newer run file": (["render", "newer.vizgrad"], 1, ["written by a newer vizgrad", "pip install -U vizgrad"]),
     "unknown format": (["render", DATA / "regression.py", "--format", "bmp"], 2, ["unknown format 'bmp'"]),
     "unwritable output": (["render", DATA / "regression.py", "-o", "no/such/folder/r.html"], 1, ["does not exist"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import os
@@ -20,6 +21,9 @@ from vizgrad.run import Run, Step
 __all__ = ["ScriptOutcome", "check_script", "run_script", "format_user_traceback", "displayable"]
 
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_HTML_SUFFIXES = (".html", ".htm")
+#: In the ``<head>`` of every report vizgrad writes (templates/report.html.j2).
+_REPORT_MARKER = b'<meta name="generator" content="vizgrad">'
 
 
 @dataclasses.dataclass
@@ -59,8 +63,8 @@ def check_script(path: str | os.PathLike[str]) -> Path:
     """Checks that ``path`` is a readable Python script that compiles.
 
     Raises:
-        ScriptError: It is missing, a folder, unreadable, or has a syntax
-            error (the message says ``file:line``).
+        ScriptError: It is missing, a folder, unreadable, an HTML page (a
+            report, say), or has a syntax error (the message says ``file:line``).
     """
     script = Path(path)
     if not script.exists():
@@ -71,6 +75,13 @@ def check_script(path: str | os.PathLike[str]) -> Path:
         source = script.read_bytes()
     except OSError as error:
         raise ScriptError(f"cannot read {script}: {error.strerror or error}; check its permissions") from None
+    html = _html_kind(script, source)
+    if html == "report":
+        raise ScriptError(f"{script} is a vizgrad report, not a script or a run file: open it in a browser, "
+                          "or render the run file written with --save (vizgrad render SCRIPT --save RUN)")
+    if html == "page":
+        raise ScriptError(f"{script} is an HTML page, not a Python script or a run file: "
+                          "give a .py script or a run file written with --save")
     if b"\0" in source:  # binary data: no Python source holds NUL bytes
         raise ScriptError(f"{script} is neither a Python script nor a vizgrad run file: "
                           "give a .py script or a run file written with --save")
@@ -80,6 +91,16 @@ def check_script(path: str | os.PathLike[str]) -> Path:
         where = f"{error.filename or script}:{error.lineno}" if error.lineno else str(script)
         raise ScriptError(f"{where}: syntax error: {error.msg}; fix the script and run again") from None
     return script
+
+
+def _html_kind(script: Path, source: bytes) -> str | None:
+    """``"report"`` for a report vizgrad wrote, ``"page"`` for other HTML (by content or suffix), else ``None``."""
+    head = source[:4096].removeprefix(codecs.BOM_UTF8).lstrip().lower()
+    if head.startswith(b"<!doctype html") and _REPORT_MARKER in head:
+        return "report"
+    if head.startswith((b"<!doctype html", b"<html")) or script.suffix.lower() in _HTML_SUFFIXES:
+        return "page"
+    return None
 
 
 class _CtrlC:
