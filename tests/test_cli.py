@@ -378,6 +378,18 @@ def test_a_script_that_never_calls_backward(in_tmp):
     assert "loss 6.0" in result.stdout
 
 
+def test_a_script_that_exits_before_any_backward(in_tmp):
+    result = invoke("render", REGRESSION, "--", "--help")  # argparse prints its help and exits 0
+    message = assert_error(result, 1, "regression.py exited with status 0 before any backward()",
+                           "nothing was recorded")
+    assert "finished without calling backward()" not in result.output
+    assert result.output.index("usage: regression.py") < result.output.index(message)  # after its own output
+    assert not (in_tmp / "regression.html").exists()
+    result = invoke("render", REGRESSION, "--", "--no-such-option")  # argparse's error: status 2
+    assert_error(result, 2, "regression.py exited with status 2 before any backward()", "nothing was recorded")
+    assert "unrecognized arguments: --no-such-option" in result.stderr
+
+
 def test_a_script_exit_status_is_kept(in_tmp):
     result = invoke("render", DATA / "uses_sibling.py", "3")
     assert_error(result, 3, "exited with status 3", "wrote uses_sibling.html")

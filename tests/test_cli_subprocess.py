@@ -172,6 +172,21 @@ def test_a_raising_script_shows_only_its_own_traceback(tmp_path):
     assert (tmp_path / "regression.html").exists()
 
 
+def test_a_script_that_answers_help_exits_before_any_backward(tmp_path):
+    # One pipe for both streams, its stdout buffered as usual: the order is the order a terminal shows.
+    env = {name: value for name, value in _environment().items() if name != "PYTHONUNBUFFERED"}
+    result = subprocess.run(vizgrad_command("render", DATA / "regression.py", "--", "--help"), cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1, result.stdout
+    lines = result.stdout.splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1, result.stdout
+    assert "regression.py exited with status 0 before any backward(), so nothing was recorded" in errors[0]
+    assert lines[0].startswith("usage: regression.py") and lines[-1] == errors[0]  # after the script's own output
+    assert "Traceback" not in result.stdout
+    assert list(tmp_path.iterdir()) == []  # no report
+
+
 # -- names that are not UTF-8 --------------------------------------------------------------------------------
 
 

@@ -224,6 +224,9 @@ def _problem(script: Path, outcome: Any, count: int) -> str | None:
         message = _one_line(outcome.error) or "(no message)"
         before = "" if count else " before any backward()"
         return f"{script} raised {type(outcome.error).__name__}{before}: {message}"
+    if outcome.exited and count == 0:  # e.g. its argparse answered --help: status 0, yet nothing to draw
+        return (f"{script} exited with status {outcome.exit_status} before any backward(), so nothing was recorded; "
+                "run it with the arguments it trains with (they go after --)")
     if outcome.exit_status != 0:
         return f"{script} exited with status {outcome.exit_status}"
     return None

@@ -36,6 +36,7 @@ class ScriptOutcome:
         interrupted: The user pressed Ctrl-C (recording stopped between steps).
         aborted: The user pressed Ctrl-C twice: stop without writing anything more.
         exit_status: The status the script passed to ``sys.exit`` (0 when it ended normally).
+        exited: The script stopped itself with ``sys.exit`` (``SystemExit``), whatever the status.
     """
 
     run: Run
@@ -43,6 +44,7 @@ class ScriptOutcome:
     interrupted: bool = False
     aborted: bool = False
     exit_status: int = 0
+    exited: bool = False
 
 
 def displayable(text: str) -> str:
@@ -167,6 +169,8 @@ def _as_main(script: Path, args: Sequence[str], quiet: bool) -> Iterator[None]:
         finally:
             sys.argv = saved_argv
             sys.path[:] = saved_path
+            with contextlib.suppress(OSError, ValueError):  # a stdout the script closed or broke
+                sys.stdout.flush()  # the script's output comes before what vizgrad prints after it
 
 
 def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: str | os.PathLike[str] | None = None,
@@ -212,6 +216,7 @@ def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: 
                 outcome.interrupted = True
                 outcome.aborted = ctrl_c.presses > 1
             except SystemExit as stop:
+                outcome.exited = True
                 outcome.exit_status = _exit_status(stop)
             except Exception as error:  # the script's own failure: reported, with the steps before it kept
                 outcome.error = error
