@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import vizgrad
@@ -15,6 +18,8 @@ from vizgrad.cli import cli
 
 DATA = Path(__file__).parent / "data"
 REGRESSION = DATA / "regression.py"
+#: A file name that is not UTF-8 (Latin-1 "café.py"): Python spells its byte 0xE9 as the surrogate U+DCE9.
+LATIN1_SCRIPT = os.fsdecode(b"caf\xe9.py")
 
 
 def invoke(*args: object):
@@ -173,6 +178,81 @@ def test_report_of_a_saved_run_is_the_report_of_the_script(tmp_path, saved_run):
     assert (tmp_path / "from-file.html").read_text() == (tmp_path / "saved.html").read_text()
 
 
+# -- names that are not UTF-8, and outputs never left half-written ---------------------------------------
+
+
+def test_a_script_whose_name_is_not_utf8_renders_with_the_name_escaped(in_tmp):
+    (in_tmp / LATIN1_SCRIPT).write_bytes(REGRESSION.read_bytes())
+    result = invoke("render", LATIN1_SCRIPT, "--save", "run.vizgrad", "--", "--steps", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == r"vizgrad: wrote caf\xe9.html and run file run.vizgrad (3 steps)"
+    report = in_tmp / os.fsdecode(b"caf\xe9.html")  # the file itself keeps the script's real name
+    html = report.read_text(encoding="utf-8")
+    assert r"<title>caf\xe9.py</title>" in html
+    meta = vizgrad.load(in_tmp / "run.vizgrad").meta
+    assert (meta["title"], meta["script"]) == (r"caf\xe9.py", r"caf\xe9.py")
+
+
+def test_a_run_file_titled_with_an_undecodable_name_renders(in_tmp):
+    # Run files recorded before names were escaped keep the raw surrogate in their title.
+    with vizgrad.record(save=in_tmp / "old.vizgrad") as run:
+        run.meta["title"] = LATIN1_SCRIPT
+        w = torch.ones(2, requires_grad=True)
+        (w * 3).sum().backward()
+    result = invoke("render", "old.vizgrad", "-o", "old.html")
+    assert result.exit_code == 0, result.output
+    assert r"<title>caf\xe9.py</title>" in (in_tmp / "old.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("output", "fragment"), [("r.html", "cannot write the report to 'r.html'"),
+                                                  ("graph.dot", "cannot write 'graph.dot'")])
+def test_a_failed_write_keeps_the_previous_output_whole(in_tmp, saved_run, monkeypatch, output, fragment):
+    (in_tmp / output).write_text("previous output")
+    names = sorted(path.name for path in in_tmp.iterdir())
+    real_replace = os.replace
+
+    def disk_full(source, target):
+        if Path(target).name == output:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", disk_full)
+    assert_error(invoke("render", saved_run, "-o", output), 1, fragment, "No space left on device")
+    assert (in_tmp / output).read_text() == "previous output"
+    assert sorted(path.name for path in in_tmp.iterdir()) == names  # and no temporary file left beside it
+
+
+# -- what was written --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["-o", "x.gif", "--every", "5"], "wrote x.gif (4 frames of 18 recorded steps)"),
+    (["-o", "x.mp4"], "wrote x.mp4 (18 frames of 18 recorded steps)"),
+    (["--steps", "2:8", "--every", "2"], "wrote regression.html (showing 3 of 18 recorded steps)"),
+    ([], "wrote regression.html (18 steps)"),
+])
+def test_the_message_says_how_many_steps_were_drawn_of_how_many(in_tmp, export_calls, options, message):
+    result = invoke("render", REGRESSION, *options, "--", "--steps", "18")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == f"vizgrad: {message}"
+
+
+def test_the_message_for_a_run_file_and_for_a_script_that_failed(in_tmp, saved_run, export_calls):
+    result = invoke("render", saved_run, "-o", "x.gif", "--every", "5")
+    assert result.stderr.strip() == "vizgrad: wrote x.gif (2 frames of 6 recorded steps)"
+    result = invoke("render", REGRESSION, "-o", "y.gif", "--every", "2", "--", "--steps", "9", "--fail-at", "5")
+    assert_error(result, 1, "raised ValueError: bad batch at step 5",
+                 "wrote y.gif (3 frames of the 5 steps recorded before it)", user_traceback=True)
+
+
+def test_the_message_for_dot_and_svg_outputs(in_tmp):
+    result = invoke("render", REGRESSION, "-o", "graph.dot", "--", "--steps", "3")
+    assert result.stderr.strip() == "vizgrad: wrote graph.dot (1 graph of 3 recorded steps)"
+    result = invoke("render", REGRESSION, "--format", "svg", "--every", "2", "--engine", "wasm", "--", "--steps", "3")
+    assert result.stderr.strip() == (f"vizgrad: wrote 2 SVG files in {in_tmp / 'regression-frames'} "
+                                     "(2 frames of 3 recorded steps)")
+
+
 # -- render a run file --------------------------------------------------------------------------------------
 
 
@@ -250,6 +330,25 @@ def test_syntax_error_names_file_and_line(in_tmp):
     assert not (in_tmp / "syntax_error.html").exists()
 
 
+def test_a_report_given_as_the_target_is_not_run_nor_overwritten(in_tmp, saved_run):
+    report = in_tmp / "saved.html"
+    content = report.read_bytes()
+    (in_tmp / "report.txt").write_bytes(content)  # recognised by content whatever its name
+    for target in ("saved.html", "report.txt"):
+        assert_error(invoke("render", target), 1, f"{target} is a vizgrad report, not a script or a run file",
+                     "open it in a browser", "render the run file written with --save")
+    assert report.read_bytes() == content
+
+
+def test_an_html_page_given_as_the_target(in_tmp):
+    (in_tmp / "page.htm").write_text("<html><body>hello</body></html>")
+    (in_tmp / "page.txt").write_text("\n<!doctype HTML>\n<html><body>hello</body></html>")
+    (in_tmp / "notes.html").write_text("print('a .html name is enough')")
+    for target in ("page.htm", "page.txt", "notes.html"):
+        assert_error(invoke("render", target), 1, f"{target} is an HTML page, not a Python script or a run file",
+                     "give a .py script")
+
+
 def test_binary_target(in_tmp):
     (in_tmp / "blob.bin").write_bytes(bytes(range(256)))
     assert_error(invoke("render", "blob.bin"), 1, "neither a Python script nor a vizgrad run file")
@@ -277,6 +376,18 @@ def test_a_script_that_never_calls_backward(in_tmp):
     result = invoke("render", DATA / "no_backward.py")
     assert_error(result, 1, "finished without calling backward()", "nothing to render")
     assert "loss 6.0" in result.stdout
+
+
+def test_a_script_that_exits_before_any_backward(in_tmp):
+    result = invoke("render", REGRESSION, "--", "--help")  # argparse prints its help and exits 0
+    message = assert_error(result, 1, "regression.py exited with status 0 before any backward()",
+                           "nothing was recorded")
+    assert "finished without calling backward()" not in result.output
+    assert result.output.index("usage: regression.py") < result.output.index(message)  # after its own output
+    assert not (in_tmp / "regression.html").exists()
+    result = invoke("render", REGRESSION, "--", "--no-such-option")  # argparse's error: status 2
+    assert_error(result, 2, "regression.py exited with status 2 before any backward()", "nothing was recorded")
+    assert "unrecognized arguments: --no-such-option" in result.stderr
 
 
 def test_a_script_exit_status_is_kept(in_tmp):

@@ -108,6 +108,9 @@ def test_sigint_mid_run_saves_what_was_recorded_and_exits_130(tmp_path):
 def _make_inputs(folder: Path) -> None:
     (folder / "empty.vizgrad").write_bytes(b"")
     (folder / "noise.vizgrad").write_bytes(bytes(range(256)) * 8)
+    # The head of a report, as templates/report.html.j2 writes it.
+    (folder / "report.html").write_text('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                                        '<meta name="generator" content="vizgrad">\n<title>t</title>\n</head>\n</html>\n')
     connection = sqlite3.connect(folder / "foreign.db")
     connection.execute("CREATE TABLE t (x)")
     connection.commit()
@@ -129,6 +132,7 @@ BAD_INPUTS = {
     "empty run file": (["render", "empty.vizgrad"], 1, ["empty.vizgrad is empty"]),
     "random bytes": (["info", "noise.vizgrad"], 1, ["not a SQLite database"]),
     "foreign database": (["render", "foreign.db"], 1, ["a SQLite database but not a vizgrad run file"]),
+    "html report": (["render", "report.html"], 1, ["report.html is a vizgrad report", "open it in a browser"]),
     "newer run file": (["render", "newer.vizgrad"], 1, ["written by a newer vizgrad", "pip install -U vizgrad"]),
     "unknown format": (["render", DATA / "regression.py", "--format", "bmp"], 2, ["unknown format 'bmp'"]),
     "unwritable output": (["render", DATA / "regression.py", "-o", "no/such/folder/r.html"], 1, ["does not exist"]),
@@ -166,6 +170,37 @@ def test_a_raising_script_shows_only_its_own_traceback(tmp_path):
     assert frames and all(str(DATA / "regression.py") in frame for frame in frames)
     assert len(vizgrad.load(tmp_path / "run.vizgrad").steps) == 4
     assert (tmp_path / "regression.html").exists()
+
+
+def test_a_script_that_answers_help_exits_before_any_backward(tmp_path):
+    # One pipe for both streams, its stdout buffered as usual: the order is the order a terminal shows.
+    env = {name: value for name, value in _environment().items() if name != "PYTHONUNBUFFERED"}
+    result = subprocess.run(vizgrad_command("render", DATA / "regression.py", "--", "--help"), cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1, result.stdout
+    lines = result.stdout.splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1, result.stdout
+    assert "regression.py exited with status 0 before any backward(), so nothing was recorded" in errors[0]
+    assert lines[0].startswith("usage: regression.py") and lines[-1] == errors[0]  # after the script's own output
+    assert "Traceback" not in result.stdout
+    assert list(tmp_path.iterdir()) == []  # no report
+
+
+# -- names that are not UTF-8 --------------------------------------------------------------------------------
+
+
+def test_a_script_whose_name_is_not_utf8_renders_in_a_real_process(tmp_path):
+    script = os.fsdecode(b"caf\xe9.py")  # Latin-1 "café.py": its byte 0xE9 is no UTF-8
+    (tmp_path / script).write_bytes((DATA / "regression.py").read_bytes())
+    result = subprocess.run(vizgrad_command("render", script, "--engine", "wasm", "--", "--steps", "3"),
+                            cwd=tmp_path, env=_environment(), capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == b"vizgrad: wrote caf\\xe9.html (3 steps)\n"
+    report = (tmp_path / os.fsdecode(b"caf\xe9.html")).read_bytes()
+    assert report.startswith(b"<!DOCTYPE html>")
+    assert b"<title>caf\\xe9.py</title>" in report
+    assert report.rstrip().endswith(b"</html>")  # written whole
 
 
 # -- the example ------------------------------------------------------------------------------------------------

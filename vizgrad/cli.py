@@ -14,6 +14,7 @@ import click
 from vizgrad import __version__
 from vizgrad.errors import OutputError, UsageError, VizgradError
 from vizgrad.graph import format_shape
+from vizgrad.scripts import displayable
 
 __all__ = ["main", "cli", "CommandError", "EXIT_INTERRUPTED"]
 
@@ -34,7 +35,7 @@ class CommandError(click.ClickException):
 
 def _one_line(text: object) -> str:
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return "; ".join(lines)
+    return displayable("; ".join(lines))  # file names in messages may not be UTF-8
 
 
 class _Commands(click.Group):
@@ -158,13 +159,21 @@ def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Pa
     from vizgrad import store
 
     run = store.load(target)
+    _escape_names(run.meta)
     try:
         if save is not None:
             store.save(run, save)
-        written = _written(export.export(run, output, fmt, **options), fmt)
-        _say(quiet, f"wrote {written} ({_steps(len(run.steps))})")
+        written = export.export(run, output, fmt, **options)
+        _say(quiet, f"wrote {_written(written, fmt)} ({_contents(fmt, written, len(run.steps), options)})")
     finally:
         run.store.disconnect()
+
+
+def _escape_names(meta: dict[str, Any]) -> None:
+    """Makes the names in a loaded run's meta encodable (older run files may hold raw non-UTF-8 bytes)."""
+    for key in ("title", "script"):
+        if key in meta:
+            meta[key] = displayable(str(meta[key]))
 
 
 def _render_script(export: Any, script: Path, args: Sequence[str], output: Path, fmt: str, save: Path | None,
@@ -181,18 +190,18 @@ def _render_script(export: Any, script: Path, args: Sequence[str], output: Path,
                 raise CommandError(f"interrupted twice (Ctrl-C): stopped without writing {output}{kept}",
                                    EXIT_INTERRUPTED)
             if outcome.error is not None:
-                click.echo(format_user_traceback(outcome.error, script), err=True, nl=False)
+                click.echo(displayable(format_user_traceback(outcome.error, script)), err=True, nl=False)
             problem = _problem(script, outcome, count)
             if count == 0:
                 raise CommandError(problem or f"{script} finished without calling backward(), so there is nothing "
                                               "to render; vizgrad records each loss.backward() as one step",
                                    _status(outcome))
-            written = _written(export.export(run, output, fmt, **options), fmt)
-            saved = f" and run file {save}" if save is not None else ""
+            written = export.export(run, output, fmt, **options)
+            wrote = f"wrote {_written(written, fmt)}" + (f" and run file {save}" if save is not None else "")
             if problem is not None:
-                raise CommandError(f"{problem}; wrote {written}{saved} with the {_steps(count)} recorded before it",
+                raise CommandError(f"{problem}; {wrote} ({_contents(fmt, written, count, options, before=True)})",
                                    _status(outcome))
-            _say(quiet, f"wrote {written}{saved} ({_steps(count)})")
+            _say(quiet, f"{wrote} ({_contents(fmt, written, count, options)})")
         finally:
             run.store.disconnect()
 
@@ -215,6 +224,9 @@ def _problem(script: Path, outcome: Any, count: int) -> str | None:
         message = _one_line(outcome.error) or "(no message)"
         before = "" if count else " before any backward()"
         return f"{script} raised {type(outcome.error).__name__}{before}: {message}"
+    if outcome.exited and count == 0:  # e.g. its argparse answered --help: status 0, yet nothing to draw
+        return (f"{script} exited with status {outcome.exit_status} before any backward(), so nothing was recorded; "
+                "run it with the arguments it trains with (they go after --)")
     if outcome.exit_status != 0:
         return f"{script} exited with status {outcome.exit_status}"
     return None
@@ -229,7 +241,26 @@ def _status(outcome: Any) -> int:
 
 
 def _steps(count: int) -> str:
-    return f"{count} step{'' if count == 1 else 's'}"
+    return _count(count, "step")
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _contents(fmt: str, written: Sequence[Any], count: int, options: dict[str, Any], *, before: bool = False) -> str:
+    """What an output holds of the ``count`` steps recorded, e.g. ``4 frames of 18 recorded steps``."""
+    from vizgrad.frames import select_steps
+
+    drawn = len(select_steps(count, options["every"], options["steps"]))  # the selection every export makes
+    recorded = f"the {_steps(count)} recorded before it" if before else _count(count, "recorded step")
+    if fmt == "html":
+        if drawn == count:
+            return recorded if before else _steps(count)
+        return f"showing {drawn} of {recorded}"
+    if fmt == "dot":  # one file per distinct graph, not per step
+        return f"{_count(len(written), 'graph')} of {recorded}"
+    return f"{_count(drawn, 'frame')} of {recorded}"
 
 
 def _written(written: Any, fmt: str) -> str:
@@ -243,7 +274,7 @@ def _written(written: Any, fmt: str) -> str:
 
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
-        click.echo(f"vizgrad: {message}", err=True)
+        click.echo(f"vizgrad: {displayable(message)}", err=True)
 
 
 # -- demo ---------------------------------------------------------------------------------------------------------
@@ -290,7 +321,7 @@ def info(run_file: Path) -> None:
     run = store.load(run_file)
     try:
         for line in describe(run, run_file):
-            click.echo(line)
+            click.echo(displayable(line))
     finally:
         run.store.disconnect()
 

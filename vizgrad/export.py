@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from vizgrad.frames import FrameRenderer, select_steps
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.run import Run
 
-__all__ = ["FORMATS", "format_for", "export"]
+__all__ = ["FORMATS", "format_for", "export", "replace_file"]
 
 FORMATS = ("html", "svg", "dot", "gif", "mp4")
 """Output formats of :func:`export`."""
@@ -143,10 +144,30 @@ def _write_svg(renderer: FrameRenderer, folder: Path, progress: bool | None) -> 
 
 
 def _write_text(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
     try:
-        path.write_text(text, encoding="utf-8")
+        replace_file(path, data)
     except OSError as error:
         raise OutputError(f"cannot write {str(path)!r}: {error.strerror or error}") from error
+
+
+def replace_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Writes ``data`` to a new file beside ``path``, then moves it onto ``path``: never a partial file there.
+
+    Raises:
+        OSError: The file could not be written; ``path`` is as it was and no temporary file is left.
+    """
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    # O_EXCL: never write into someone else's file; mode 0o666 lets the umask apply, as open() does.
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _check_parent(target: Path) -> None:

@@ -151,15 +151,17 @@ class Report:
         return self._html
 
     def save(self, path: str | Path) -> Path:
-        """Writes the report to ``path`` (UTF-8) and returns it.
+        """Writes the report to ``path`` (UTF-8) and returns it; a failed write leaves ``path`` as it was.
 
         Raises:
             OutputError: The file cannot be written (missing folder, no permission...).
         """
+        from vizgrad.export import replace_file
+
         target = Path(path)
-        text = self._html
+        data = self._html.encode("utf-8")  # before any file is opened: a text that cannot be encoded writes nothing
         try:
-            target.write_text(text, encoding="utf-8")
+            replace_file(target, data)
         except OSError as error:
             raise OutputError(f"cannot write the report to {str(target)!r}: {error.strerror or error}") from error
         return target

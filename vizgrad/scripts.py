@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import os
@@ -17,9 +18,12 @@ from typing import Any, Callable, Iterator, Sequence
 from vizgrad.errors import ScriptError
 from vizgrad.run import Run, Step
 
-__all__ = ["ScriptOutcome", "check_script", "run_script", "format_user_traceback"]
+__all__ = ["ScriptOutcome", "check_script", "run_script", "format_user_traceback", "displayable"]
 
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_HTML_SUFFIXES = (".html", ".htm")
+#: In the ``<head>`` of every report vizgrad writes (templates/report.html.j2).
+_REPORT_MARKER = b'<meta name="generator" content="vizgrad">'
 
 
 @dataclasses.dataclass
@@ -32,6 +36,7 @@ class ScriptOutcome:
         interrupted: The user pressed Ctrl-C (recording stopped between steps).
         aborted: The user pressed Ctrl-C twice: stop without writing anything more.
         exit_status: The status the script passed to ``sys.exit`` (0 when it ended normally).
+        exited: The script stopped itself with ``sys.exit`` (``SystemExit``), whatever the status.
     """
 
     run: Run
@@ -39,14 +44,29 @@ class ScriptOutcome:
     interrupted: bool = False
     aborted: bool = False
     exit_status: int = 0
+    exited: bool = False
+
+
+def displayable(text: str) -> str:
+    r"""``text`` with the bytes of a non-UTF-8 file name shown as ``\xe9``: safe for JSON, HTML and SQLite.
+
+    Python reads such bytes into lone surrogates (``os.fsdecode``), which no UTF-8 writer accepts.
+
+    >>> displayable(os.fsdecode(b"caf\xe9.py")), displayable("café.py")
+    ('caf\\xe9.py', 'café.py')
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: show its code point
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_script(path: str | os.PathLike[str]) -> Path:
     """Checks that ``path`` is a readable Python script that compiles.
 
     Raises:
-        ScriptError: It is missing, a folder, unreadable, or has a syntax
-            error (the message says ``file:line``).
+        ScriptError: It is missing, a folder, unreadable, an HTML page (a
+            report, say), or has a syntax error (the message says ``file:line``).
     """
     script = Path(path)
     if not script.exists():
@@ -57,6 +77,13 @@ def check_script(path: str | os.PathLike[str]) -> Path:
         source = script.read_bytes()
     except OSError as error:
         raise ScriptError(f"cannot read {script}: {error.strerror or error}; check its permissions") from None
+    html = _html_kind(script, source)
+    if html == "report":
+        raise ScriptError(f"{script} is a vizgrad report, not a script or a run file: open it in a browser, "
+                          "or render the run file written with --save (vizgrad render SCRIPT --save RUN)")
+    if html == "page":
+        raise ScriptError(f"{script} is an HTML page, not a Python script or a run file: "
+                          "give a .py script or a run file written with --save")
     if b"\0" in source:  # binary data: no Python source holds NUL bytes
         raise ScriptError(f"{script} is neither a Python script nor a vizgrad run file: "
                           "give a .py script or a run file written with --save")
@@ -66,6 +93,16 @@ def check_script(path: str | os.PathLike[str]) -> Path:
         where = f"{error.filename or script}:{error.lineno}" if error.lineno else str(script)
         raise ScriptError(f"{where}: syntax error: {error.msg}; fix the script and run again") from None
     return script
+
+
+def _html_kind(script: Path, source: bytes) -> str | None:
+    """``"report"`` for a report vizgrad wrote, ``"page"`` for other HTML (by content or suffix), else ``None``."""
+    head = source[:4096].removeprefix(codecs.BOM_UTF8).lstrip().lower()
+    if head.startswith(b"<!doctype html") and _REPORT_MARKER in head:
+        return "report"
+    if head.startswith((b"<!doctype html", b"<html")) or script.suffix.lower() in _HTML_SUFFIXES:
+        return "page"
+    return None
 
 
 class _CtrlC:
@@ -132,6 +169,8 @@ def _as_main(script: Path, args: Sequence[str], quiet: bool) -> Iterator[None]:
         finally:
             sys.argv = saved_argv
             sys.path[:] = saved_path
+            with contextlib.suppress(OSError, ValueError):  # a stdout the script closed or broke
+                sys.stdout.flush()  # the script's output comes before what vizgrad prints after it
 
 
 def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: str | os.PathLike[str] | None = None,
@@ -166,9 +205,10 @@ def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: 
     with record(save=os.fspath(save) if save is not None else None, on_step=[ctrl_c.after_step, *on_step],
                 **record_options) as run:
         outcome = ScriptOutcome(run)
-        run.meta.setdefault("title", script.name)
-        run.meta["script"] = str(script)
-        run.meta["argv"] = list(args)
+        # The script itself runs under its real name; what is stored and shown must be encodable text.
+        run.meta.setdefault("title", displayable(script.name))
+        run.meta["script"] = displayable(str(script))
+        run.meta["argv"] = [displayable(arg) for arg in args]
         with ctrl_c.installed(), _as_main(script, args, quiet):
             try:
                 runpy.run_path(str(script), run_name="__main__")
@@ -176,6 +216,7 @@ def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: 
                 outcome.interrupted = True
                 outcome.aborted = ctrl_c.presses > 1
             except SystemExit as stop:
+                outcome.exited = True
                 outcome.exit_status = _exit_status(stop)
             except Exception as error:  # the script's own failure: reported, with the steps before it kept
                 outcome.error = error
