@@ -1,17 +1,40 @@
 """Median step time bare vs inside ``vizgrad.record()``, interleaved in one process.
 
-    python benchmarks/record_overhead.py [--rounds 15] [--steps 40]
+    python benchmarks/record_overhead.py [--rounds 15] [--steps 40] [--save] [--only NAME ...]
 
-Workloads (issue "Core"): the seed's regression step, a small CNN (two 3x3
-convs 3->16->32 on 16x3x32x32, cross-entropy, SGD) and an nn.LSTMCell(16, 32)
-unrolled 100 steps (~1,800 autograd nodes). Targets: <=3x, <=1.3x, <=2x.
+Each round times ``steps`` bare steps, then ``steps`` recorded steps inside
+one ``record()`` block, as in a training loop recorded from its first step
+(the block's first step, which hooks every node, is one of the samples);
+the figure is the median over all rounds' steps. ``torch.set_num_threads(1)``.
+``--steps`` is the step count per round of the light workloads; heavier ones
+run a fraction of it (the ``steps`` column). ``--save`` records into a run
+file (``record(save=path)``, a new file per round in a temporary folder).
+
+Workloads (issue "Core" and "Performance"), targets without / with ``--save``:
+
+- seed regression: the seed's autograd loop step (<= 3x / <= 4x).
+- small CNN: two 3x3 convs 3->16->32 on 16x3x32x32, average pool, Linear(32, 10),
+  cross-entropy, SGD (<= 1.3x).
+- CNN + MaxPool + Linear(8192,10): the same convs, MaxPool2d(2) to 32x16x16
+  and a Linear(8192, 10) head (<= 1.3x).
+- LSTMCell x100: nn.LSTMCell(16, 32) unrolled 100 steps, loss on the last h
+  (~1,500 autograd nodes; <= 2x / <= 1.9x).
+- LSTMCell x100, loss over all steps: the same, loss summed over every time
+  step (<= 2x).
+- ResNet-18-style: BasicBlocks with BatchNorm, layers [2, 2, 2, 2], 64-128-256-512
+  channels, 7x7/2 stem and max pool, on 8x3x64x64, cross-entropy, SGD (<= 1.3x).
+
+Targets not given for ``--save`` are reported only.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -20,7 +43,24 @@ import torch.nn.functional as F
 
 import vizgrad
 
-TARGETS = {"seed regression": 3.0, "small CNN": 1.3, "LSTMCell x100": 2.0}
+__all__ = ["Workload", "WORKLOADS", "seed_workload", "cnn_workload", "cnn_maxpool_workload", "lstm_workload",
+           "lstm_all_steps_workload", "resnet_workload", "ResNet18Style", "measure", "main"]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How to build one benchmark step, its target ratios and its share of ``--steps``."""
+
+    name: str
+    make: Callable[[], Callable[[], None]]
+    target: float
+    save_target: float | None = None
+    steps_divisor: int = 1
+    min_steps: int = 4
+
+    def steps_per_round(self, steps: int) -> int:
+        """This workload's steps per round when the light workloads run ``steps``."""
+        return max(self.min_steps, steps // self.steps_divisor)
 
 
 def seed_workload() -> Callable[[], None]:
@@ -48,14 +88,9 @@ def seed_workload() -> Callable[[], None]:
     return step
 
 
-def cnn_workload() -> Callable[[], None]:
-    """One SGD step of two 3x3 convs (3->16->32) on 16x3x32x32 with cross-entropy."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+def classifier_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    """One SGD step (lr 0.01) of ``model`` on a fixed batch with cross-entropy."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    images = torch.randn(16, 3, 32, 32)
-    labels = torch.randint(0, 10, (16,))
 
     def step() -> None:
         optimizer.zero_grad()
@@ -66,8 +101,24 @@ def cnn_workload() -> Callable[[], None]:
     return step
 
 
+def cnn_workload() -> Callable[[], None]:
+    """One SGD step of two 3x3 convs (3->16->32) on 16x3x32x32 with cross-entropy."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    return classifier_step(model, torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+
+
+def cnn_maxpool_workload() -> Callable[[], None]:
+    """The small CNN's convs, MaxPool2d(2) to 32x16x16 and a Linear(8192, 10) head, one SGD step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 16 * 16, 10))
+    return classifier_step(model, torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+
+
 def lstm_workload() -> Callable[[], None]:
-    """One SGD step of nn.LSTMCell(16, 32) unrolled over 100 time steps."""
+    """One SGD step of nn.LSTMCell(16, 32) unrolled over 100 time steps, loss on the last h."""
     torch.manual_seed(0)
     cell = nn.LSTMCell(16, 32)
     optimizer = torch.optim.SGD(cell.parameters(), lr=0.01)
@@ -86,7 +137,86 @@ def lstm_workload() -> Callable[[], None]:
     return step
 
 
+def lstm_all_steps_workload() -> Callable[[], None]:
+    """The unrolled LSTMCell step with the loss summed over every time step's h."""
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(16, 32)
+    optimizer = torch.optim.SGD(cell.parameters(), lr=0.01)
+    inputs = torch.randn(100, 4, 16)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        h = torch.zeros(4, 32)
+        c = torch.zeros(4, 32)
+        out = torch.zeros(())
+        for x in inputs:
+            h, c = cell(x, (h, c))
+            out = out + h.pow(2).mean()
+        out.backward()
+        optimizer.step()
+
+    return step
+
+
+class BasicBlock(nn.Module):
+    """ResNet's two 3x3 conv + BatchNorm block with an identity or 1x1-conv shortcut."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18Style(nn.Module):
+    """ResNet-18's layout: 7x7/2 stem, max pool, BasicBlock layers [2, 2, 2, 2] of 64-128-256-512 channels."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1))
+        layers = []
+        in_channels = 64
+        for index, channels in enumerate([64, 128, 256, 512]):
+            stride = 1 if index == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(in_channels, channels, stride), BasicBlock(channels, channels, 1)))
+            in_channels = channels
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.head = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet_workload() -> Callable[[], None]:
+    """One SGD step of the ResNet-18-style CNN on 8x3x64x64 with cross-entropy."""
+    torch.manual_seed(0)
+    return classifier_step(ResNet18Style(), torch.randn(8, 3, 64, 64), torch.randint(0, 10, (8,)))
+
+
+WORKLOADS = [
+    Workload("seed regression", seed_workload, target=3.0, save_target=4.0),
+    Workload("small CNN", cnn_workload, target=1.3),
+    Workload("CNN + MaxPool + Linear(8192,10)", cnn_maxpool_workload, target=1.3),
+    Workload("LSTMCell x100", lstm_workload, target=2.0, save_target=1.9, steps_divisor=4),
+    Workload("LSTMCell x100, loss over all steps", lstm_all_steps_workload, target=2.0, steps_divisor=4),
+    Workload("ResNet-18-style", resnet_workload, target=1.3, steps_divisor=8, min_steps=3),
+]
+
+
 def time_steps(step: Callable[[], None], count: int) -> list[float]:
+    """Seconds taken by each of ``count`` calls of ``step``."""
     times = []
     for _ in range(count):
         start = time.perf_counter()
@@ -95,37 +225,72 @@ def time_steps(step: Callable[[], None], count: int) -> list[float]:
     return times
 
 
-def measure(step: Callable[[], None], rounds: int, steps: int) -> tuple[float, float, int]:
-    """(median bare seconds, median recorded seconds, graph nodes), rounds interleaved."""
+def measure(step: Callable[[], None], rounds: int, steps: int,
+            save_dir: str | None = None) -> tuple[float, float, int]:
+    """(median bare seconds, median recorded seconds, graph nodes), rounds interleaved.
+
+    With ``save_dir``, each round records into its own run file there.
+    """
     bare: list[float] = []
     recorded: list[float] = []
     time_steps(step, 3)  # warm-up
     nodes = 0
-    for _ in range(rounds):
+    for index in range(rounds):
         bare += time_steps(step, steps)
-        with vizgrad.record() as run:
+        save = None if save_dir is None else str(Path(save_dir) / f"round{index}.vizgrad")
+        with vizgrad.record(save=save) as run:
             recorded += time_steps(step, steps)
         nodes = len(run.steps[-1].graph)
     return statistics.median(bare), statistics.median(recorded), nodes
 
 
+def select(names: list[str] | None) -> list[Workload]:
+    """The workloads named (case-insensitive), all when ``names`` is None."""
+    if not names:
+        return list(WORKLOADS)
+    by_name = {workload.name.lower(): workload for workload in WORKLOADS}
+    unknown = [name for name in names if name.lower() not in by_name]
+    if unknown:
+        choices = ", ".join(repr(workload.name) for workload in WORKLOADS)
+        raise ValueError(f"unknown workload {unknown[0]!r}; choose from {choices}")
+    return [by_name[name.lower()] for name in names]
+
+
 def main(argv: list[str] | None = None) -> list[tuple[str, float, float, float]]:
+    """Runs the table; returns (workload, bare seconds, recorded seconds, ratio) per workload."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="steps per round of the light workloads")
+    parser.add_argument("--save", action="store_true", help="record into a run file (record(save=path))")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this workload (repeatable)")
     args = parser.parse_args(argv)
+    try:
+        workloads = select(args.only)
+    except ValueError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)  # steadier timings on a small machine
     results = []
-    print(f"torch {torch.__version__}, vizgrad {vizgrad.__version__}; {args.rounds} rounds x {args.steps} steps, interleaved")
-    print(f"{'workload':<18}{'nodes':>7}{'bare ms':>10}{'record ms':>11}{'ratio':>8}{'target':>8}")
-    for name, make in [("seed regression", seed_workload), ("small CNN", cnn_workload),
-                       ("LSTMCell x100", lstm_workload)]:
-        steps = args.steps if name != "LSTMCell x100" else max(4, args.steps // 4)
-        bare, recorded, nodes = measure(make(), args.rounds, steps)
-        ratio = recorded / bare
-        results.append((name, bare, recorded, ratio))
-        verdict = "ok" if ratio <= TARGETS[name] else "MISSED"
-        print(f"{name:<18}{nodes:>7}{bare * 1e3:>10.3f}{recorded * 1e3:>11.3f}{ratio:>7.2f}x{TARGETS[name]:>7.1f}x {verdict}")
+    mode = "record(save=run file)" if args.save else "record()"
+    print(f"torch {torch.__version__}, vizgrad {vizgrad.__version__}; {args.rounds} rounds, interleaved, {mode}")
+    width = max(len(workload.name) for workload in workloads) + 2
+    print(f"{'workload':<{width}}{'nodes':>7}{'steps':>7}{'bare ms':>10}{'record ms':>11}{'ratio':>8}{'target':>8}")
+    with tempfile.TemporaryDirectory(prefix="vizgrad-bench-") as folder:
+        for workload in workloads:
+            steps = workload.steps_per_round(args.steps)
+            save_dir = None
+            if args.save:
+                save_dir = str(Path(folder) / f"workload{len(results)}")
+                Path(save_dir).mkdir()
+            bare, recorded, nodes = measure(workload.make(), args.rounds, steps, save_dir)
+            ratio = recorded / bare
+            results.append((workload.name, bare, recorded, ratio))
+            target = workload.save_target if args.save else workload.target
+            if target is None:
+                verdict = f"{'-':>8}"
+            else:
+                verdict = f"{target:>7.1f}x {'ok' if ratio <= target else 'MISSED'}"
+            print(f"{workload.name:<{width}}{nodes:>7}{steps:>7}{bare * 1e3:>10.3f}{recorded * 1e3:>11.3f}"
+                  f"{ratio:>7.2f}x{verdict}")
     return results
 
 
