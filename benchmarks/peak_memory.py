@@ -52,7 +52,7 @@ import torch.nn.functional as F
 import vizgrad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_overhead import ResNet18Style  # noqa: E402
+from record_overhead import TORCHLENS_CAPTURE, ClassifierLoss, resnet_parts  # noqa: E402
 
 __all__ = ["GPT", "MODELS", "TARGET_INCREASE", "child", "main"]
 
@@ -133,21 +133,10 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
-class ClassifierLoss(nn.Module):
-    """Wraps a classifier so ``forward(images, labels)`` returns its cross-entropy."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(images), labels)
-
-
 def resnet_setup() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """The ResNet-18-style CNN returning its loss, and a batch of 8x3x64x64 images with labels."""
-    torch.manual_seed(0)
-    return ClassifierLoss(ResNet18Style()), (torch.randn(8, 3, 64, 64), torch.randint(0, 10, (8,)))
+    model, images, labels = resnet_parts()
+    return ClassifierLoss(model), (images, labels)
 
 
 def gpt_setup() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -193,8 +182,7 @@ def child(model_name: str, mode: str, steps: int) -> dict[str, object]:
         import torchlens
 
         warnings.filterwarnings("ignore", module="torchlens")
-        options = torchlens.options.CaptureOptions(layers_to_save=["output_1"], save_grads=True,
-                                                   backward_ready=True)
+        options = torchlens.options.CaptureOptions(**TORCHLENS_CAPTURE)
         trace = None
         for _ in range(steps):
             optimizer.zero_grad()
