@@ -10,8 +10,9 @@ block's first step hooks every node; ``torch.set_num_threads(1)``.
 - cProfile: the Python functions with the most self time and the most
   cumulative time over the recorded steps (vizgrad's hooks, summaries, store).
 - torch.profiler (CPU): the ops with the most self CPU time over the recorded
-  steps, then each op's self time per step recorded vs bare, most extra first
-  (the reductions and copies recording adds show up here).
+  steps, then each op's self time per step recorded vs bare, most extra first,
+  with the op it is mostly called from (the reductions and copies recording
+  adds show up here; ops that recording does not call differ only by noise).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 import pstats
 import sys
 import tempfile
+from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -88,13 +90,23 @@ def profile_ops(step: Callable[[], None], steps: int, save: str | None, recorded
     return prof
 
 
+def main_callers(prof: profile) -> dict[str, str]:
+    """Per op, the op it was called from that accounts for most of its self time ("Python": called from Python)."""
+    weights: dict[str, Counter[str]] = defaultdict(Counter)
+    for event in prof.events():
+        caller = event.cpu_parent.name if event.cpu_parent is not None else "Python"
+        weights[event.name][caller] += event.self_cpu_time_total
+    return {name: callers.most_common(1)[0][0] for name, callers in weights.items()}
+
+
 def extra_ops_table(bare: profile, recorded: profile, steps: int, top: int) -> str:
-    """Per op: calls and self CPU ms per step, bare vs recorded, most extra self time first."""
+    """Per op: calls and self CPU ms per step, bare vs recorded, most extra self time first, and its main caller."""
     def per_op(prof: profile) -> dict[str, tuple[float, float]]:
         return {event.key: (event.count / steps, event.self_cpu_time_total / 1e3 / steps)
                 for event in prof.key_averages()}
 
     bare_ops, recorded_ops = per_op(bare), per_op(recorded)
+    callers = main_callers(recorded)
     rows = []
     for name in set(bare_ops) | set(recorded_ops):
         bare_calls, bare_ms = bare_ops.get(name, (0.0, 0.0))
@@ -105,10 +117,11 @@ def extra_ops_table(bare: profile, recorded: profile, steps: int, top: int) -> s
     recorded_total = sum(ms for _, ms in recorded_ops.values())
     lines = [f"--- torch.profiler, self CPU ms per step, recorded vs bare ({steps} steps each; "
              f"all ops: {bare_total:.2f} -> {recorded_total:.2f} ms) ---",
-             f"{'op':<44}{'calls bare':>11}{'recorded':>10}{'ms bare':>10}{'recorded':>10}{'extra':>9}"]
+             f"{'op':<44}{'calls bare':>11}{'recorded':>10}{'ms bare':>10}{'recorded':>10}{'extra':>9}  "
+             f"called from (recorded)"]
     for extra, name, bare_calls, recorded_calls, bare_ms, recorded_ms in rows[:top]:
         lines.append(f"{name[:43]:<44}{bare_calls:>11.1f}{recorded_calls:>10.1f}{bare_ms:>10.3f}{recorded_ms:>10.3f}"
-                     f"{extra:>+9.3f}")
+                     f"{extra:>+9.3f}  {callers.get(name, '-')[:50]}")
     return "\n".join(lines)
 
 
