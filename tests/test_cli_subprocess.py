@@ -218,3 +218,18 @@ def test_rendering_the_example_equals_rendering_its_saved_run(tmp_path):
     assert run.losses()[-1] < 1e-3  # the example converges
     assert run.steps[-1].param("w").item() == pytest.approx(2.0, abs=0.01)
     assert run.steps[-1].param("b").item() == pytest.approx(3.0, abs=0.05)
+
+
+def test_version_and_info_start_without_torch(tmp_path, seed_run):
+    """``vizgrad --version`` and ``vizgrad info`` read no tensor, so they do not import torch (seconds saved)."""
+    seed_run.save(tmp_path / "run.vizgrad")
+    probe = ("import sys, runpy; sys.argv = ['vizgrad'] + sys.argv[1:]\n"
+             "try:\n    runpy.run_module('vizgrad', run_name='__main__')\n"
+             "except SystemExit as stop:\n    code = stop.code\n"
+             "print('torch imported:', 'torch' in sys.modules)\nsys.exit(code)")
+    for args in (["--version"], ["info", "run.vizgrad"]):
+        result = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, env=_environment(),
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("torch imported: False"), result.stdout
+    assert "steps:      50" in result.stdout

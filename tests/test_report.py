@@ -160,6 +160,22 @@ def test_every_and_steps_select_frames(seed_run: vizgrad.Run):
         Report(seed_run, steps="60:70")
 
 
+@pytest.mark.parametrize("selection", [{"every": 10}, {"steps": "40:45"}])
+def test_a_step_has_the_same_fills_in_the_report_and_in_frame_exports(seed_run: vizgrad.Run, selection):
+    """Defect 6: colours scale over the whole run everywhere, whatever steps are shown."""
+    data = page_data(Report(seed_run, **selection).html())
+    shown = frames.select_steps(len(seed_run.steps), **selection)
+    whole = frames.run_scale(seed_run)
+    assert frames.scale_for([seed_run.steps[i] for i in shown]) != whole  # the selection alone spans less
+    assert (data["colorbar"]["lo"], data["colorbar"]["hi"]) == (whole.lo, whole.hi)
+    renderer = frames.FrameRenderer(seed_run, **selection)
+    layout = data["layouts"][0]
+    for record, (index, svg) in zip(frames_of(data), renderer):
+        fills = dict(re.findall(r'data-node="(n\d+)">\s*<title>[^<]*</title>\s*<\w+ fill="(#[0-9a-f]{6})"', svg))
+        for position, node_id in enumerate(layout["painted"]):
+            assert data["palette"][record[1][3 * position]] == fills[node_id], (index, node_id)
+
+
 def test_report_of_a_run_with_two_topologies(tmp_path):
     x = torch.tensor([[1.0], [2.0]])
     w = torch.tensor([[0.5]], requires_grad=True)

@@ -385,3 +385,69 @@ def test_run_file_detection(tmp_path, seed_run):
     assert store.is_run_file(tmp_path / "run.vizgrad")
     assert not store.is_run_file(tmp_path / "script.py")
     assert not store.is_run_file(tmp_path / "missing")
+
+
+# -- damage of any kind: one clear error, never a crash ----------------------------------------------------------
+
+
+def _read_everything(path) -> None:
+    """What rendering reads of a run file: meta, graphs, losses, every step's rows and kept values, the page."""
+    run = vizgrad.load(path)
+    try:
+        run.graphs(), run.losses(), run.param_names(), run.norm_range()
+        for step in run.steps:
+            step.table.rows
+            list(step.values.items())
+            step.graph.nodes
+    finally:
+        run.store.disconnect()
+
+
+def test_random_damage_gives_one_clear_error_or_a_readable_run(tmp_path):
+    """Defect 12: truncations and byte flips anywhere never escape as anything but RunFileError."""
+    import random
+
+    path = tmp_path / "run.vizgrad"
+    _regression(12, save=path)
+    original = path.read_bytes()
+    generator = random.Random(0)
+    outcomes = {"error": 0, "read": 0}
+    for case in range(400):
+        data = bytearray(original)
+        if case % 4 == 0:
+            data = data[:generator.randrange(1, len(data))]
+        else:
+            for _ in range(generator.choice((1, 1, 2, 8))):
+                data[generator.randrange(len(data))] ^= 1 << generator.randrange(8)
+        damaged = tmp_path / f"damaged-{case}.vizgrad"
+        damaged.write_bytes(bytes(data))
+        try:
+            _read_everything(damaged)
+            outcomes["read"] += 1
+        except RunFileError as error:
+            assert "\n" not in str(error) and str(damaged) in str(error), error
+            outcomes["error"] += 1
+        damaged.unlink()
+    assert outcomes["error"] > 50 and outcomes["read"] > 20, outcomes  # both kinds of damage were met
+
+
+def test_a_flipped_byte_in_a_step_and_bad_text_in_the_schema_are_named_damage(tmp_path):
+    """Defect 12: the two cases found by hand, a step blob's byte and a non-UTF-8 meta value."""
+    path = tmp_path / "run.vizgrad"
+    _regression(3, save=path)
+    connection = sqlite3.connect(path)
+    (blob,) = connection.execute("SELECT summaries FROM steps WHERE idx = 1").fetchone()
+    flipped = bytearray(blob)
+    flipped[len(flipped) // 2] ^= 0x10
+    connection.execute("UPDATE steps SET summaries = ? WHERE idx = 1", (bytes(flipped),))
+    connection.commit()
+    connection.close()
+    run = vizgrad.load(path)
+    with pytest.raises(RunFileError, match="step 1 does not decode.*checksum"):
+        run.steps[1].table.rows
+    run.store.disconnect()
+    connection = sqlite3.connect(path)
+    connection.execute("UPDATE meta SET value = CAST(? AS TEXT) WHERE key = 'vizgrad_schema'", (b"2\xff",))
+    connection.commit()
+    connection.close()
+    _expect_error(path, "is damaged", "record the run again")

@@ -250,7 +250,7 @@ def _count(count: int, noun: str) -> str:
 
 def _contents(fmt: str, written: Sequence[Any], count: int, options: dict[str, Any], *, before: bool = False) -> str:
     """What an output holds of the ``count`` steps recorded, e.g. ``4 frames of 18 recorded steps``."""
-    from vizgrad.frames import select_steps
+    from vizgrad.selection import select_steps
 
     drawn = len(select_steps(count, options["every"], options["steps"]))  # the selection every export makes
     recorded = f"the {_steps(count)} recorded before it" if before else _count(count, "recorded step")

@@ -105,6 +105,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def _damaged(path: Path, detail: object) -> RunFileError:
+    detail = " ".join(str(detail).split())  # one line, whatever SQLite or a decoder said
     return RunFileError(f"{path} is damaged ({detail}); it was truncated or overwritten: record the run again")
 
 
@@ -642,9 +643,9 @@ class RunStore:
         names: dict[str, None] = {}
         with self._lock, self._error_context("read"):
             rows = self._connection.execute("SELECT params FROM steps GROUP BY params ORDER BY min(idx)").fetchall()
-        for (text,) in rows:
-            for name in json.loads(text):
-                names.setdefault(name, None)
+            for (text,) in rows:
+                for name in json.loads(text):
+                    names.setdefault(str(name), None)
         return list(names)
 
     def graphs(self) -> dict[str, Graph]:
