@@ -39,7 +39,6 @@ _GRAPHS_KEPT = 64
 
 _LIBRARY_DIRS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(torch.__file__) + os.sep)
 _shape_and_dtype = operator.attrgetter("shape", "dtype")
-_sequence_nr = operator.methodcaller("_sequence_nr")
 _REGISTER = "_register_hook"
 
 
@@ -368,6 +367,7 @@ class Recorder:
                 step = self._build_step(work)
             except Exception as error:  # never raise inside the user's backward()
                 step = self._build_step_safely(work, error)
+            work.live.compact()  # the step finds its tensors' nodes without keeping the graph alive
             self._append(step)
         for callback in self.on_step:
             callback(step)
@@ -399,6 +399,8 @@ class Recorder:
             plan = self._plan(graph, plan.unhooked)
         elif static:
             plan.fitted = (batch.plan, positions) if batch.plan is not None else None
+        if static and plan.reduce is not None and batch.plan is not None and batch.plan != plan.reduce_learned:
+            plan.learn_reduce(positions, batch.plan, self._reduce_limit)
         if static and positions == plan.positions:  # tensors shared as in the last step: same index
             index = plan.index
         else:
@@ -520,7 +522,7 @@ class Recorder:
         if _watch.last_event.get(thread, 0) > self._started_event:
             clean_above = max(baseline, _watch.mark[thread])
         fns = live.fns
-        if min(map(_sequence_nr, fns)) <= clean_above:
+        if min(live.sequence_numbers()) <= clean_above:
             return False
         return not any(fns[at].variable._backward_hooks for at in self._plan(graph, False).leaves)
 
@@ -636,6 +638,7 @@ class _GraphPlan:
         self.unheld_keys = [key for key in self.extra_keys if key[0] in ("value", "param", "param_grad")]
         hooked_nodes = [node for node, hooked in zip(traversed, self.hooked) if hooked]
         self.reduce = _reduce_flags(graph, hooked_nodes, reduce_limit) if reduce_limit < math.inf else None
+        self.reduce_learned: Any = None  # the summary plan whose sizes ``reduce`` was learned from
         #: The static layout's keys: the hooked nodes' keys, then the transposes' outputs.
         self.all_keys = self.keys + [key for key, _ in self.transposed]
         position = {key: at for at, key in enumerate(self.keys)}
@@ -653,6 +656,25 @@ class _GraphPlan:
             if at is not None:
                 index[key] = at
         return index
+
+    def learn_reduce(self, positions: list[int], summary_plan: Any, limit: float) -> None:
+        """Marks for reducing just the hooked nodes that saw a gradient over ``limit`` elements in this step.
+
+        Sizes the graph does not know (later outputs of multi-output ops)
+        are then known. Steps whose tensors are laid out otherwise learn
+        again; a stale mark costs only memory (a big gradient held to the
+        step's end), never a wrong number.
+        """
+        numels = np.asarray(summary_plan.numels + [0], dtype=np.int64)
+        sizes = numels[np.asarray(positions[:len(self.keys)], dtype=np.int64)]  # -1 (no gradient): the 0 added
+        spans = np.add.reduceat(np.asarray(self.lengths, dtype=np.int64).reshape(-1, 2), [0], axis=1).reshape(-1)
+        starts = np.concatenate([[0], np.cumsum(spans)[:-1]]).astype(np.int64)
+        biggest = np.zeros(len(spans), dtype=np.int64)
+        has = spans > 0
+        if has.any() and sizes.size:
+            biggest[has] = np.maximum.reduceat(sizes, starts[has])
+        self.reduce = (biggest > limit).tolist()
+        self.reduce_learned = summary_plan
 
     def shapes_fit(self, batch: Batch, positions: list[int], values: Sequence[Any]) -> bool:
         """Whether the gradients fit the shapes and dtypes of the graph.

@@ -537,9 +537,9 @@ def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: lis
         if memo is not None:
             memo.blocks[dtype] = (indices, plan, blocks, loose)
     for members, at in blocks:
-        # Each tensor laid flat first: a block of channels_last tensors would not view as rows.
-        block = torch.cat([_flat(tensors[i]) for i in members])
-        rows[at, :6] = _block_rows(block.view(len(members), -1))
+        block = torch.cat([tensors[i] for i in members])
+        # reshape, not view: the block of channels_last tensors is channels_last too (then it copies).
+        rows[at, :6] = _block_rows(block.reshape(len(members), -1))
     if loose:
         flat = _flatten([tensors[i] for i in loose])
         rows[loose, :6] = segment_rows(host_numpy(flat), rows[loose, 6].astype(np.int64))

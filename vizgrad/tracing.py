@@ -17,6 +17,7 @@ __all__ = ["trace", "Tracer", "LiveMap", "as_roots", "attach_live"]
 _ACCUMULATE = "torch::autograd::AccumulateGrad"
 _SAVED_PREFIX = "_saved_"
 _name = operator.methodcaller("name")
+_sequence_nr = operator.methodcaller("_sequence_nr")
 # dir() on a backward node is slow; its saved attributes depend only on its class.
 _saved_names_by_type: dict[type, tuple[str, ...]] = {}
 
@@ -100,43 +101,87 @@ def _output_metadata(fn: Any) -> tuple[Any, ...]:
 class LiveMap:
     """Maps live autograd objects of one traced graph to node ids.
 
-    It holds strong references to the backward nodes (they cannot be weakly
-    referenced); after ``backward()`` those no longer hold saved tensors, so the
-    cost is small. A step owns its live map; its graph, shared by the steps of
-    one topology, only refers to it weakly (see :meth:`attach`).
+    While its step runs it holds the backward nodes themselves (``fns``).
+    Afterwards :meth:`compact` lets them go and keeps only what finds a node
+    again from a tensor: each node's autograd sequence number and op (a
+    tensor's ``grad_fn`` has both), and weak references to the leaves'
+    tensors. Holding a backward node would keep its whole graph alive, and
+    with it memory autograd would have freed. A step owns its live map; its
+    graph, shared by the steps of one topology, only refers to it weakly
+    (see :meth:`attach`).
 
     Attributes:
-        fns: The backward nodes in traversal order (ascending node position).
+        fns: The backward nodes in traversal order (ascending node position);
+            ``None`` once compacted.
         positions: Each node's position: its id is ``f"n{position}"``.
         root_ids: ``id(root tensor)`` -> root node id.
         structure: The structural key when the graph was found by structure
             alone (``Tracer.trace(shapes_later=True)``): its op shapes are unchecked.
     """
 
-    __slots__ = ("fns", "positions", "root_ids", "structure", "_by_fn", "__weakref__")
+    __slots__ = ("fns", "positions", "root_ids", "structure", "ops", "_by_fn", "_sequence", "_leaves",
+                 "__weakref__")
 
     def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str],
-                 structure: Any = None) -> None:
-        self.fns = fns
+                 structure: Any = None, ops: list[str] | None = None) -> None:
+        self.fns: list[Any] | None = fns
         self.positions = positions
         self.root_ids = root_ids
         self.structure = structure
+        self.ops = ops
         self._by_fn: dict[int, tuple[Any, str]] | None = None
+        self._sequence: Any = None  # after compact(): sequence numbers, then sequence number -> [(op, id)]
+        self._leaves: dict[int, tuple[Any, str]] | None = None  # after compact(): id(variable) -> (weakref, id)
+
+    def sequence_numbers(self) -> list[int]:
+        """Each node's autograd sequence number, read once (call while the nodes are held)."""
+        if self._sequence is None:
+            self._sequence = list(map(_sequence_nr, self.fns or ()))
+        return self._sequence
+
+    def compact(self) -> None:
+        """Drops the backward nodes, keeping their sequence numbers and ops (and the leaves' tensors, weakly)."""
+        fns = self.fns
+        if fns is None:
+            return
+        if self.ops is None:
+            self.ops = list(map(_name, fns))
+        self.sequence_numbers()
+        self._leaves = {id(fn.variable): (weakref.ref(fn.variable), f"n{pos}")
+                        for fn, pos, op in zip(fns, self.positions, self.ops) if op == _ACCUMULATE}
+        self.fns = None
+        self._by_fn = None
 
     @property
     def by_fn(self) -> dict[int, tuple[Any, str]]:
         """``id(node)`` -> ``(node, node id)``, built on first use (a training step never needs it)."""
         if self._by_fn is None:
-            self._by_fn = {id(fn): (fn, f"n{pos}") for fn, pos in zip(self.fns, self.positions)}
+            self._by_fn = {id(fn): (fn, f"n{pos}") for fn, pos in zip(self.fns or (), self.positions)}
         return self._by_fn
 
     def locate(self, tensor: torch.Tensor) -> tuple[str, int]:
         """``(node id, output)`` through which gradient reaches ``tensor`` (its ``grad_fn`` or its accumulator)."""
         fn, output = self.gradient_edge(tensor)
-        entry = self.by_fn.get(id(fn))
-        if entry is None or entry[0] is not fn:
+        node_id = self._find(fn)
+        if node_id is None:
             raise LookupError("this tensor is not part of the traced graph (or it does not require grad)")
-        return entry[1], output
+        return node_id, output
+
+    def _find(self, fn: Any) -> str | None:
+        if self.fns is not None:
+            entry = self.by_fn.get(id(fn))
+            return entry[1] if entry is not None and entry[0] is fn else None
+        op = fn.name()
+        if op == _ACCUMULATE:
+            found = self._leaves.get(id(fn.variable)) if self._leaves is not None else None
+            return found[1] if found is not None and found[0]() is fn.variable else None
+        if isinstance(self._sequence, list):  # first lookup: index the numbers
+            index: dict[int, list[tuple[str, str]]] = {}
+            for seq, pos, name in zip(self._sequence, self.positions, self.ops or ()):
+                index.setdefault(seq, []).append((name, f"n{pos}"))
+            self._sequence = index
+        matches = [node_id for name, node_id in self._sequence.get(fn._sequence_nr(), ()) if name == op]
+        return matches[0] if len(matches) == 1 else None
 
     def node_id_of(self, tensor: torch.Tensor) -> str:
         """Node id of a tensor: its ``grad_fn`` node, or its accumulator when it is a leaf."""
@@ -292,7 +337,7 @@ class Tracer:
                 self._last_structure = (columns, structure)
             graph = self._structures.get(structure)
             if graph is not None:
-                live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure)
+                live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure, ops)
                 return graph, live
         meta = _read_metadata(fns)
         signature = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), tuple(meta), leaves, node_modules)
@@ -312,7 +357,7 @@ class Tracer:
                 self._remember(self._cache, signature, graph)
         if structure is not None:
             self._remember(self._structures, structure, graph)
-        live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)})
+        live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, ops=ops)
         return graph, live
 
     def with_read_shapes(self, graph: Graph, live: LiveMap) -> Graph:
@@ -448,5 +493,6 @@ def trace(
     finally:
         del scope
     graph, live = Tracer(saved=saved).trace(root_tuple, names, lambda: (fn_names, root_names))
+    live.compact()  # finds the nodes from tensors without keeping the graph alive
     live.attach(graph, owned=True)
     return graph
