@@ -229,7 +229,7 @@ def test_page_data_shares_equal_columns_as_before():
     chosen = [run[i] for i in range(len(run.steps))]
     scale = frames.scale_for(chosen)
     expected = []
-    for layout_index, group in enumerate(report._runs_of_one_graph(chosen)):
+    for layout_index, group in enumerate(frames.segments(chosen)):
         painted = frames.paint_segment(group, scale)
         nodes = shared_columns_the_old_way(painted, list(painted["nodes"]))
         edges = [painted["edges"][key] for key in painted["edges"]]

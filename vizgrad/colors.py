@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Any, Iterable
 
@@ -172,15 +173,27 @@ def scale_for(steps: Iterable[Any]) -> ColorScale:
 
 
 def norm_range(tables: Iterable[Any]) -> tuple[float, float] | None:
-    """The smallest and largest finite, non-zero node and edge gradient norm of these gradient tables; ``None`` if none."""
+    """The smallest and largest finite, non-zero node and edge gradient norm of these gradient tables; ``None`` if none.
+
+    Tables are read in chunks whose pending rows are computed together (a
+    stored run of thousands of steps costs a few vectorised passes).
+    """
+    from vizgrad.gradtable import resolve
+
     lo = math.inf
     hi = -math.inf
-    for table in tables:
-        norms = table.rows[table.index.gradient_rows, 0]
-        norms = norms[np.isfinite(norms) & (norms > 0)]
-        if norms.size:
-            lo = min(lo, float(norms.min()))
-            hi = max(hi, float(norms.max()))
+    tables = iter(tables)
+    while True:
+        chunk = list(itertools.islice(tables, 256))
+        if not chunk:
+            break
+        resolve(chunk)
+        for table in chunk:
+            norms = table.rows[table.index.gradient_rows, 0]
+            norms = norms[np.isfinite(norms) & (norms > 0)]
+            if norms.size:
+                lo = min(lo, float(norms.min()))
+                hi = max(hi, float(norms.max()))
     return None if lo > hi else (lo, hi)
 
 

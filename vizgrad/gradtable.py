@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = ["ValueKey", "Summary", "GradIndex", "GradTable", "SummaryMap", "ValueMap", "NotKeptError",
-           "row_summary", "segment_rows", "resolve", "GRADIENT_KINDS"]
+           "Segments", "row_summary", "segment_rows", "resolve", "GRADIENT_KINDS"]
 
 #: Keys of a table: ``("node", node_id, output)`` for the gradient flowing into
 #: a node's output, ``("edge", src_id, slot)`` for the gradient ``src`` passes
@@ -94,12 +94,14 @@ class GradIndex(Mapping[ValueKey, int]):
     same keys are looked up for many steps.
     """
 
-    __slots__ = ("_rows", "_hash", "_gradient_rows")
+    __slots__ = ("_rows", "_hash", "_gradient_rows", "_is_gradient", "_params")
 
     def __init__(self, rows: Mapping[ValueKey, int]) -> None:
         self._rows = dict(rows)
         self._hash: int | None = None
         self._gradient_rows: np.ndarray | None = None
+        self._is_gradient: np.ndarray | None = None
+        self._params: list[str] | None = None
 
     def __getitem__(self, key: ValueKey) -> int:
         return self._rows[key]
@@ -139,6 +141,23 @@ class GradIndex(Mapping[ValueKey, int]):
         return np.fromiter((get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
 
     @property
+    def params(self) -> list[str]:
+        """Names of the parameters whose values the table holds, in layout order (computed once)."""
+        if self._params is None:
+            self._params = [key[1] for key in self._rows if key[0] == "param"]
+        return self._params
+
+    @property
+    def is_gradient_row(self) -> np.ndarray:
+        """Per row, whether a node or edge key points at it (a boolean mask, computed once)."""
+        if self._is_gradient is None:
+            size = max(self._rows.values(), default=-1) + 1
+            mask = np.zeros(size, dtype=bool)
+            mask[self.gradient_rows] = True
+            self._is_gradient = mask
+        return self._is_gradient
+
+    @property
     def gradient_rows(self) -> np.ndarray:
         """Rows of the gradients flowing through the graph (node and edge keys), computed once."""
         if self._gradient_rows is None:
@@ -155,15 +174,37 @@ def host_numpy(flat: torch.Tensor) -> np.ndarray:
     return flat.numpy()
 
 
-def segment_rows(flat: np.ndarray, counts: np.ndarray) -> np.ndarray:
+class Segments(NamedTuple):
+    """Kept values laid end to end in one buffer, whose rows are computed from it when first read.
+
+    ``rows_at``: the table rows they fill; ``counts`` and ``starts``: each
+    value's length and offset in the buffer (int64 arrays).
+    """
+
+    buffer: int
+    rows_at: np.ndarray
+    counts: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def of(cls, buffer: int, rows_at: Sequence[int], counts: Sequence[int]) -> Segments:
+        """The segments of ``counts`` values filling rows ``rows_at``, from buffer ``buffer``."""
+        counts_array = np.asarray(counts, dtype=np.int64)
+        starts = np.zeros(len(counts_array), dtype=np.int64)
+        np.cumsum(counts_array[:-1], out=starts[1:])
+        return cls(buffer, np.asarray(rows_at, dtype=np.int64), counts_array, starts)
+
+
+def segment_rows(flat: np.ndarray, counts: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
     """Rows ``[norm, mean, min, max, nan, inf]`` of many tensors laid end to end (every count > 0).
 
     Sums accumulate in float64 (numpy casts in small buffers, without a
     float64 copy of the data); min and max ignore NaN.
     """
     values = np.abs(flat) if np.iscomplexobj(flat) else flat
-    starts = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
+    if starts is None:
+        starts = np.zeros(len(counts), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
     rows = np.zeros((len(counts), 6), dtype=np.float64)
     rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64) / counts
     rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
@@ -202,10 +243,10 @@ class GradTable:
     Store, painter, colour scales and reports read steps through this type.
     """
 
-    __slots__ = ("index", "_rows", "buffers", "kept", "_pending", "_held")
+    __slots__ = ("index", "_rows", "buffers", "kept", "_pending", "_held", "_buffered")
 
     def __init__(self, index: GradIndex, rows: np.ndarray, buffers: Sequence[Any] = (),
-                 kept: Sequence[Locator] | None = None, pending: Iterable[tuple[int, list[int], list[int]]] = (),
+                 kept: Sequence[Locator] | None = None, pending: Iterable[Segments] = (),
                  held: Sequence[Any] | None = None) -> None:
         self.index = index
         self._rows = rows
@@ -213,6 +254,8 @@ class GradTable:
         self.kept: list[Locator] = list(kept) if kept is not None else [None] * len(rows)
         self._pending = list(pending)
         self._held = list(held) if held is not None else None
+        # Each buffer comes with the segments of its values: how many kept values lie in buffers.
+        self._buffered = sum(len(segments.rows_at) for segments in self._pending)
 
     # -- rows --------------------------------------------------------------------------------------------
     @property
@@ -221,6 +264,20 @@ class GradTable:
         if self._pending:
             resolve([self])
         return self._rows
+
+    @property
+    def kept_in_buffers(self) -> bool:
+        """Whether every kept value lies in :attr:`buffers`, which hold nothing else (no value of its own)."""
+        return bool(self.buffers) and len(self.kept) - self.kept.count(None) == self._buffered
+
+    @property
+    def stored_rows(self) -> tuple[np.ndarray, list[Segments]]:
+        """The rows as they are, with the :class:`Segments` of kept values whose rows are still to compute.
+
+        What a run file stores: the rows of kept values follow from the
+        values, so they are computed when read, not while training.
+        """
+        return self._rows, list(self._pending)
 
     def numel(self, key: ValueKey) -> int:
         """Element count of the tensor under ``key`` (never needs the pending rows)."""
@@ -334,19 +391,23 @@ def resolve(tables: Iterable[GradTable]) -> None:
     A report reads every step's summaries; resolving them together costs a few
     vectorised passes instead of several numpy calls per step.
     """
-    by_dtype: dict[Any, list[tuple[GradTable, int, list[int], list[int]]]] = {}
+    by_dtype: dict[Any, list[tuple[GradTable, Segments]]] = {}
     for table in tables:
-        for buffer, indices, counts in table._pending:
-            by_dtype.setdefault(table.buffers[buffer].dtype, []).append((table, buffer, indices, counts))
+        for segments in table._pending:
+            by_dtype.setdefault(table.buffers[segments.buffer].dtype, []).append((table, segments))
         table._pending = []
     for jobs in by_dtype.values():
-        flat = np.concatenate([host_numpy(table.buffers[buffer]) for table, buffer, _, _ in jobs])
-        counts = np.fromiter((n for _, _, _, group in jobs for n in group), dtype=np.int64)
-        rows = segment_rows(flat, counts)
+        if len(jobs) == 1:  # one table (a step being saved): no gathering
+            table, segments = jobs[0]
+            table._rows[segments.rows_at, :6] = segment_rows(host_numpy(table.buffers[segments.buffer]),
+                                                             segments.counts, segments.starts)
+            continue
+        flat = np.concatenate([host_numpy(table.buffers[segments.buffer]) for table, segments in jobs])
+        rows = segment_rows(flat, np.concatenate([segments.counts for _, segments in jobs]))
         at = 0
-        for table, _, indices, group in jobs:
-            table._rows[indices, :6] = rows[at:at + len(group)]
-            at += len(group)
+        for table, segments in jobs:
+            table._rows[segments.rows_at, :6] = rows[at:at + len(segments.counts)]
+            at += len(segments.counts)
 
 
 # -- read-only mapping views -------------------------------------------------------------------------------

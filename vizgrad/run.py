@@ -140,7 +140,7 @@ class Step:
     @property
     def params(self) -> list[str]:
         """Names of the parameters recorded in this step."""
-        return [key[1] for key in self.table.index if key[0] == "param"]
+        return list(self.table.index.params)
 
     def param(self, name: str) -> torch.Tensor | None:
         """Value of parameter ``name`` when this step's ``backward()`` ran, if kept (a copy)."""

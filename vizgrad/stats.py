@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from vizgrad.gradtable import GradIndex, GradTable, Summary, host_numpy, row_summary, segment_rows
+from vizgrad.gradtable import GradIndex, GradTable, Segments, Summary, host_numpy, row_summary, segment_rows
 
 __all__ = ["Summary", "Batch", "Reduced", "Reducer", "SummaryMemo", "SummaryPlan", "summarize",
            "summarize_distinct", "SEGMENT_LIMIT", "CHUNK"]
@@ -248,11 +248,13 @@ class Reducer:
 
 
 # -- the batch -----------------------------------------------------------------------------------------------
-class SummaryPlan(NamedTuple):
+@dataclasses.dataclass(frozen=True, eq=False)
+class SummaryPlan:
     """How :func:`summarize` split tensors of given shapes, dtypes, layouts and device kinds (all on the CPU).
 
     ``props`` is what was checked: ``(shape, dtype, layout, is_cpu)`` of every
-    tensor. A plan holds again for tensors with equal ``props`` and ``limit``.
+    tensor. Two plans are equal when their ``props`` and ``limit`` are: the
+    rest follows from those.
     """
 
     props: tuple[tuple[Any, ...], ...]
@@ -260,6 +262,18 @@ class SummaryPlan(NamedTuple):
     numels: list[int]
     groups: list[tuple[torch.dtype, list[int], list[int]]]
     big: list[int]
+    #: Per tensor, where its kept value lies (``(buffer, offset, shape)``) when the kept groups are
+    #: flattened in ``groups`` order, and those buffers' :class:`Segments`: the same every step.
+    kept: list[Any]
+    segments: list[Segments]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SummaryPlan):
+            return NotImplemented
+        return self is other or (self.limit == other.limit and self.props == other.props)
+
+    def __hash__(self) -> int:
+        return hash((self.limit, len(self.props)))
 
 
 @dataclasses.dataclass
@@ -284,7 +298,7 @@ class Batch:
     """
 
     def __init__(self, rows: np.ndarray, buffers: list[torch.Tensor], kept: list[Any],
-                 pending: Sequence[tuple[int, list[int], list[int]]] = (), plan: SummaryPlan | None = None,
+                 pending: Sequence[Segments] = (), plan: SummaryPlan | None = None,
                  tensors: Sequence[Any] = ()) -> None:
         self.plan = plan
         self.tensors = tensors
@@ -359,12 +373,13 @@ def summarize(tensors: Sequence[Any], keep: int | None = 64, *, packed_devices: 
     limit = math.inf if keep is None else keep
     kept: list[Any] = [None] * count
     buffers: list[torch.Tensor] = []
-    pending: list[tuple[int, list[int], list[int]]] = []
+    pending: list[Segments] = []
     if memo is not None and count and (packed_devices is None or "cpu" not in packed_devices):
         plan = _cpu_plan(tensors, limit, memo)
         if plan is not None:  # every tensor on the CPU, laid out as the plan says: its split holds
             rows = np.zeros((count, 7), dtype=np.float64)
             rows[:, 6] = plan.numels
+            kept = list(plan.kept)
             _summarize_groups(tensors, plan.groups, plan.big, plan.numels, rows, kept, buffers, pending, limit,
                               memo, plan)
             return Batch(rows, buffers, kept, pending, plan, tensors)
@@ -409,7 +424,17 @@ def _cpu_plan(tensors: Sequence[Any], limit: float, memo: SummaryMemo) -> Summar
     if 0 in numels or any(not on_cpu for _, _, _, on_cpu in props):
         return None
     groups, big = _cpu_groups(tensors, list(range(len(tensors))), numels, limit)
-    plan = memo.plan = SummaryPlan(props, limit, numels, groups, big)
+    kept: list[Any] = [None] * len(tensors)
+    segments = []
+    for _dtype, kept_indices, _other in groups:
+        if kept_indices:
+            counts = [numels[i] for i in kept_indices]
+            buffer = len(segments)
+            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+            for i, offset in zip(kept_indices, offsets):
+                kept[i] = (buffer, int(offset), tuple(props[i][0]))
+            segments.append(Segments.of(buffer, kept_indices, counts))
+    plan = memo.plan = SummaryPlan(props, limit, numels, groups, big, kept, segments)
     return plan
 
 
@@ -487,14 +512,19 @@ def _cpu_groups(tensors: Sequence[Any], indices: list[int], numels: list[int],
 
 def _summarize_groups(tensors: Sequence[Any], groups: list[tuple[torch.dtype, list[int], list[int]]],
                       big: list[int], numels: list[int], rows: np.ndarray, kept: list[Any],
-                      buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]], limit: float,
+                      buffers: list[torch.Tensor], pending: list[Segments], limit: float,
                       memo: SummaryMemo | None, plan: SummaryPlan | None = None) -> None:
     """Summarises CPU tensors split by :func:`_cpu_groups` (``plan``: the one that applies, when one does)."""
     for dtype, kept_indices, other in groups:
         if kept_indices:
             # These values are kept in a host buffer anyway: summarise them from it when first asked.
-            _keep_flat(_flatten([tensors[i] for i in kept_indices]), kept_indices, tensors, rows, kept, buffers,
-                       pending, [numels[i] for i in kept_indices])
+            flat = _flatten([tensors[i] for i in kept_indices])
+            if plan is not None:  # where each value lies is the plan's
+                pending.append(plan.segments[len(buffers)])
+                buffers.append(flat)
+            else:
+                _keep_flat(flat, kept_indices, tensors, rows, kept, buffers, pending,
+                           [numels[i] for i in kept_indices])
         if other:
             own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
             _reduce_into(rows, tensors, own, memo, dtype, plan)
@@ -637,7 +667,7 @@ def _distinct_memory(tensors: Sequence[torch.Tensor], indices: list[int],
 
 
 def _summarize_packed(tensors: Sequence[Any], indices: list[int], rows: np.ndarray, kept: list[Any],
-                      buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
+                      buffers: list[torch.Tensor], pending: list[Segments],
                       limit: float) -> None:
     """Reduces on the device and brings rows and kept values to the host in one transfer."""
     kept_groups: dict[torch.dtype, list[int]] = {}
@@ -676,7 +706,7 @@ def _padded_bytes(t: torch.Tensor) -> torch.Tensor:
 
 
 def _keep_flat(host: torch.Tensor, group: list[int], tensors: Sequence[torch.Tensor], rows: np.ndarray,
-               kept: list[Any], buffers: list[torch.Tensor], pending: list[tuple[int, list[int], list[int]]],
+               kept: list[Any], buffers: list[torch.Tensor], pending: list[Segments],
                counts: list[int] | None = None) -> None:
     """Registers a host buffer of kept values, to be summarised on first access."""
     if counts is None:
@@ -687,7 +717,7 @@ def _keep_flat(host: torch.Tensor, group: list[int], tensors: Sequence[torch.Ten
         kept[i] = (buffer, offset, tuple(tensors[i].shape))  # plain tuples: the GC stops tracking them
         offset += n
     buffers.append(host)
-    pending.append((buffer, group, counts))
+    pending.append(Segments.of(buffer, group, counts))
 
 
 def _dense_copy(t: torch.Tensor) -> torch.Tensor:

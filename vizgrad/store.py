@@ -20,7 +20,7 @@ import numpy as np
 
 from vizgrad._version import __version__
 from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradError
-from vizgrad.gradtable import GRADIENT_KINDS, GradIndex, GradTable
+from vizgrad.gradtable import GradIndex, GradTable, Segments
 from vizgrad.graph import Graph
 from vizgrad.run import Run, Step
 
@@ -198,8 +198,11 @@ def _padding(size: int) -> bytes:
 
 
 def _pack(header: Any, payload: Sequence[bytes]) -> bytes:
-    """``zlib(length + JSON header + payload arrays)``, each array aligned: the container of kept values."""
-    text = json.dumps(header, separators=(",", ":")).encode()
+    """``zlib(length + JSON header + payload arrays)``, each array aligned: the container of kept values.
+
+    ``header`` may be its JSON text already (bytes), made once for many steps.
+    """
+    text = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
     parts = [struct.pack("<I", len(text)), text, _padding(4 + len(text))]
     for array in payload:
         parts += [array, _padding(len(array))]
@@ -244,7 +247,8 @@ def encode_rows(table: GradTable) -> bytes:
     Raw, not compressed: gradient statistics barely compress, and a step's
     write is on the training loop's path. The checksum tells a damaged row.
     """
-    data = np.ascontiguousarray(table.rows, dtype="<f8").tobytes()
+    rows, _ = table.stored_rows  # rows of kept values are left to compute from them (see ValuesEncoder)
+    data = np.ascontiguousarray(rows, dtype="<f8").tobytes()
     return _CRC.pack(zlib.crc32(data)) + data
 
 
@@ -283,13 +287,68 @@ def decode_index(text: str) -> GradIndex:
     return GradIndex({_key(key): int(row) for key, row in json.loads(text)})
 
 
-def encode_values(table: GradTable) -> bytes:
-    """Packs a table's kept values (never the full gradients a newest step holds).
+class ValuesEncoder:
+    """Packs tables' kept values (never the full gradients a newest step holds) for one run file.
 
     The kept tensors are stored as raw bytes of any dtype (bfloat16, float8
-    and complex too), one buffer per dtype, with where each lies in them.
+    and complex too), one buffer per dtype, with where each lies in them and
+    which rows are still to compute from them (``"p"``: buffer, rows,
+    counts). A loop's steps keep values laid out alike: the header is made
+    once for each layout and reused while the next step's equals it.
     """
-    kept, buffers = table.kept, table.buffers
+
+    def __init__(self) -> None:
+        self._layout: tuple[Any, ...] | None = None
+        self._header: bytes | None = None  # JSON of the last layout's header
+
+    def encode(self, table: GradTable) -> bytes:
+        """The values blob of ``table`` (see :func:`decode_values`)."""
+        kept, buffers = table.kept, table.buffers
+        _, pending = table.stored_rows
+        if not table.kept_in_buffers and (buffers or len(kept) != kept.count(None)):
+            # Values of their own (a step built by hand, a big or sparse value): gather them, rows computed now.
+            table.rows  # noqa: B018  the gathered buffers are laid out anew: their rows are computed now
+            pending = []
+            kept, buffers = _gathered(kept, buffers)
+        if not buffers:
+            return _pack({"b": [], "k": [], "sizes": []}, [])
+        arrays = [_raw_bytes(buffer) for buffer in buffers]
+        layout = (kept, tuple((buffer.dtype, len(array)) for buffer, array in zip(buffers, arrays)),
+                  tuple((segments.buffer, segments.rows_at.tobytes(), segments.counts.tobytes())
+                        for segments in pending))
+        if layout != self._layout:
+            self._layout = (list(kept), *layout[1:])  # a copy: the table's list is the caller's
+            self._header = json.dumps({"b": [_dtype_name(buffer.dtype) for buffer in buffers],
+                                       "k": [None if locator is None else [locator[0], locator[1], list(locator[2])]
+                                             for locator in kept],
+                                       "p": [[segments.buffer, segments.rows_at.tolist(), segments.counts.tolist()]
+                                             for segments in pending],
+                                       "sizes": [len(array) for array in arrays]}, separators=(",", ":")).encode()
+        return _pack(self._header, arrays)
+
+
+def encode_values(table: GradTable) -> bytes:
+    """Packs a table's kept values on their own (see :class:`ValuesEncoder`)."""
+    return ValuesEncoder().encode(table)
+
+
+def _raw_bytes(buffer: torch.Tensor) -> bytes:
+    """The bytes of a kept buffer as they lie in memory (conjugate and negative views resolved)."""
+    if buffer.is_conj() or buffer.is_neg() or not buffer.is_contiguous() or not buffer.is_cpu:
+        buffer = buffer.detach().cpu().resolve_conj().resolve_neg().contiguous()
+    return buffer.detach().reshape(-1).view(_uint8()).numpy().tobytes()
+
+
+def _uint8() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+def _gathered(kept: Sequence[Any], buffers: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """The kept values laid into new buffers of their own: one per source buffer, one per dtype of loose tensors."""
+    import torch
+
     out: list[Any] = []
     locators: list[Any] = [None] * len(kept)
     in_buffer: dict[int, list[tuple[int, int, tuple[int, ...]]]] = {}
@@ -302,44 +361,36 @@ def encode_values(table: GradTable) -> bytes:
             in_buffer.setdefault(buffer, []).append((at, offset, tuple(shape)))
         else:
             loose.setdefault(locator.dtype, []).append((at, locator))
-    if not in_buffer and not loose:
-        return _pack({"b": [], "k": [], "sizes": []}, [])
-    import torch
-
     with torch.no_grad():
         for buffer, items in in_buffer.items():
             source = buffers[buffer]
             sizes = [math.prod(shape) for _, _, shape in items]
-            if sum(sizes) == source.numel():  # everything in it was kept: store it as it is
-                for at, offset, shape in items:
-                    locators[at] = [len(out), offset, list(shape)]
-                out.append(source)
-                continue
             offset_out = 0
             for (at, _, shape), size in zip(items, sizes):
-                locators[at] = [len(out), offset_out, list(shape)]
+                locators[at] = (len(out), offset_out, shape)
                 offset_out += size
             out.append(torch.cat([source.narrow(0, offset, size) for (_, offset, _), size in zip(items, sizes)]))
         for _dtype, tensors in loose.items():
             offset_out = 0
             for at, tensor in tensors:
-                locators[at] = [len(out), offset_out, list(tensor.shape)]
+                locators[at] = (len(out), offset_out, tuple(tensor.shape))
                 offset_out += tensor.numel()
             out.append(torch.cat([(t.to_dense() if t.layout != torch.strided else t).reshape(-1) for _, t in tensors]))
-        arrays = [buffer.detach().cpu().resolve_conj().resolve_neg().contiguous().view(torch.uint8).numpy().tobytes()
-                  for buffer in out]
-    return _pack({"b": [_dtype_name(buffer.dtype) for buffer in out], "k": locators,
-                  "sizes": [len(array) for array in arrays]}, arrays)
+    return locators, out
 
 
-def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any]]:
-    """Inverse of :func:`encode_values`: ``(buffers, locators)`` for ``count`` rows; ``ValueError`` when damaged."""
+def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any], list[Segments]]:
+    """Inverse of :func:`encode_values`: ``(buffers, locators, pending rows)`` for ``count`` rows.
+
+    Raises:
+        ValueError: The blob is damaged.
+    """
     header, raw, offsets = _unpack(blob)
     locators = header["k"] or [None] * count
     if len(locators) != count:
         raise ValueError(f"{len(locators)} kept values for {count} rows")
     if not header["b"]:
-        return [], [None] * count
+        return [], [None] * count, []
     import torch
 
     buffers = []
@@ -358,14 +409,36 @@ def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any]]:
         if not 0 <= buffer < len(buffers) or offset < 0 or offset + math.prod(shape) > buffers[buffer].numel():
             raise ValueError("a kept value lies outside its buffer")
         kept.append((buffer, offset, shape))
-    return buffers, kept
+    pending = []
+    for buffer, rows_at, counts in header.get("p", ()):
+        segments = Segments.of(int(buffer), [int(at) for at in rows_at], [int(n) for n in counts])
+        if not 0 <= segments.buffer < len(buffers) or int(segments.counts.sum()) != buffers[segments.buffer].numel() \
+                or (segments.rows_at.size and not 0 <= segments.rows_at.min() <= segments.rows_at.max() < count) \
+                or (segments.counts <= 0).any():
+            raise ValueError("rows to compute lie outside the table")
+        pending.append(segments)
+    return buffers, kept, pending
 
 
 def _norm_range(table: GradTable) -> tuple[float | None, float | None]:
-    """The smallest and largest finite non-zero gradient norm of a table (``None`` when it has none)."""
-    norms = table.rows[table.index.gradient_rows, 0]
-    norms = norms[np.isfinite(norms) & (norms > 0)]
-    return (float(norms.min()), float(norms.max())) if norms.size else (None, None)
+    """The smallest and largest finite non-zero gradient norm of a table, without computing pending rows.
+
+    ``(None, None)`` when it has none, or when a gradient's row is still to
+    compute (then the run's range is found by reading its steps).
+    """
+    rows, pending = table.stored_rows
+    is_gradient = table.index.is_gradient_row
+    if len(is_gradient) != len(rows):  # rows no key points at (a table built by hand)
+        is_gradient = np.zeros(len(rows), dtype=bool)
+        is_gradient[table.index.gradient_rows] = True
+    if any(is_gradient[segments.rows_at].any() for segments in pending):
+        return None, None
+    norms = rows[:, 0]
+    usable = is_gradient & (norms > 0) & (norms < np.inf)
+    if not usable.any():
+        return None, None
+    norms = norms[usable]
+    return float(norms.min()), float(norms.max())
 
 
 def _json_default(value: Any) -> Any:
@@ -381,7 +454,10 @@ def _dumps(value: Any) -> str:
 
 
 def _encode_loss(loss: float | None) -> str | None:
-    return None if loss is None else json.dumps(float(loss))
+    if loss is None:
+        return None
+    loss = float(loss)
+    return repr(loss) if math.isfinite(loss) else json.dumps(loss)  # repr is JSON for finite floats
 
 
 def _decode_loss(text: str | None) -> float | None:
@@ -453,6 +529,8 @@ class RunStore:
         self._graphs: collections.OrderedDict[int, Graph] = collections.OrderedDict()
         self._graph_rows: collections.OrderedDict[int, tuple[Graph, int]] = collections.OrderedDict()
         self._indexes: collections.OrderedDict[int, GradIndex] = collections.OrderedDict()
+        self._values = ValuesEncoder()
+        self._params: tuple[GradIndex, str] | None = None
         self._index_rows: collections.OrderedDict[int, tuple[GradIndex, int]] = collections.OrderedDict()
         self._written_meta: dict[str, str] = {}
 
@@ -507,8 +585,9 @@ class RunStore:
         if step.index != self._count:
             raise UsageError(f"steps must be appended in order: got step {step.index}, expected {self._count}")
         table = step.table
-        summaries, values = encode_rows(table), encode_values(table)
-        loss, params, data = _encode_loss(step.loss), _dumps(step.params), _dumps(step.data)
+        summaries, values = encode_rows(table), self._values.encode(table)
+        loss, data = _encode_loss(step.loss), _dumps(step.data) if step.data else "{}"
+        params = self._params_text(table.index)
         norm_lo, norm_hi = _norm_range(table)
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute(
@@ -591,6 +670,12 @@ class RunStore:
         self._remember(self._graphs, graph_id, graph)
         return graph_id
 
+    def _params_text(self, index: GradIndex) -> str:
+        """The JSON list of a step's parameter names, made once per key index."""
+        if self._params is None or self._params[0] is not index:
+            self._params = (index, _dumps(index.params))
+        return self._params[1]
+
     def _index_id(self, index: GradIndex) -> int:
         """Row id of a key index, inserting it the first time it is seen (a loop's steps share one)."""
         known = self._index_rows.get(id(index))
@@ -665,11 +750,18 @@ class RunStore:
             return dict(self._connection.execute("SELECT key, value FROM meta"))
 
     def norm_range(self) -> tuple[float, float] | None | Any:
-        """The smallest and largest finite non-zero gradient norm of the run, from one query (schema 2 on)."""
+        """The smallest and largest finite non-zero gradient norm of the run, from one query.
+
+        ``NotImplemented`` where a step did not store its range (schema 1, or
+        rows left to compute from kept values): the caller reads the steps.
+        """
         if self.version < 2:
-            return NotImplemented  # older files: the caller reads the steps
+            return NotImplemented
         with self._lock, self._error_context("read"):
-            low, high = self._connection.execute("SELECT min(norm_lo), max(norm_hi) FROM steps").fetchone()
+            low, high, unknown = self._connection.execute(
+                "SELECT min(norm_lo), max(norm_hi), count(*) - count(norm_lo) FROM steps").fetchone()
+        if unknown:
+            return NotImplemented
         return None if low is None or high is None else (float(low), float(high))
 
     def decode_table(self, step: int, grad_index: int | None, summaries: bytes, values: bytes) -> GradTable:
@@ -681,8 +773,8 @@ class RunStore:
                 index, rows = self._index(grad_index), decode_rows(summaries)
             if index and max(index.values()) >= len(rows):
                 raise ValueError("its key index points past its rows")
-            buffers, kept = decode_values(values, len(rows))
-            return GradTable(index, rows, buffers, kept)
+            buffers, kept, pending = decode_values(values, len(rows))
+            return GradTable(index, rows.copy() if pending else rows, buffers, kept, pending)
 
     def _step_from_row(self, row: tuple) -> StoredStep:
         index, graph_id, grad_index, loss, summaries, values, data = row

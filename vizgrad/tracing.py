@@ -119,16 +119,17 @@ class LiveMap:
             alone (``Tracer.trace(shapes_later=True)``): its op shapes are unchecked.
     """
 
-    __slots__ = ("fns", "positions", "root_ids", "structure", "ops", "_by_fn", "_sequence", "_leaves",
+    __slots__ = ("fns", "positions", "root_ids", "structure", "ops", "leaf_at", "_by_fn", "_sequence", "_leaves",
                  "__weakref__")
 
     def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str],
-                 structure: Any = None, ops: list[str] | None = None) -> None:
+                 structure: Any = None, ops: list[str] | None = None, leaf_at: list[int] | None = None) -> None:
         self.fns: list[Any] | None = fns
         self.positions = positions
         self.root_ids = root_ids
         self.structure = structure
         self.ops = ops
+        self.leaf_at = leaf_at  # where the leaves' accumulators are among ``fns``, when the tracer knows
         self._by_fn: dict[int, tuple[Any, str]] | None = None
         self._sequence: Any = None  # after compact(): sequence numbers, then sequence number -> [(op, id)]
         self._leaves: dict[int, tuple[Any, str]] | None = None  # after compact(): id(variable) -> (weakref, id)
@@ -146,9 +147,12 @@ class LiveMap:
             return
         if self.ops is None:
             self.ops = list(map(_name, fns))
+        if self.leaf_at is None:
+            self.leaf_at = [at for at, op in enumerate(self.ops) if op == _ACCUMULATE]
         self.sequence_numbers()
-        self._leaves = {id(fn.variable): (weakref.ref(fn.variable), f"n{pos}")
-                        for fn, pos, op in zip(fns, self.positions, self.ops) if op == _ACCUMULATE}
+        positions = self.positions
+        self._leaves = {id(fns[at].variable): (weakref.ref(fns[at].variable), f"n{positions[at]}")
+                        for at in self.leaf_at}
         self.fns = None
         self._by_fn = None
 
@@ -337,7 +341,8 @@ class Tracer:
                 self._last_structure = (columns, structure)
             graph = self._structures.get(structure)
             if graph is not None:
-                live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure, ops)
+                live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure, ops,
+                               [leaf[0] for leaf in leaves])
                 return graph, live
         meta = _read_metadata(fns)
         signature = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), tuple(meta), leaves, node_modules)
@@ -357,7 +362,8 @@ class Tracer:
                 self._remember(self._cache, signature, graph)
         if structure is not None:
             self._remember(self._structures, structure, graph)
-        live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, ops=ops)
+        live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, ops=ops,
+                       leaf_at=[leaf[0] for leaf in leaves])
         return graph, live
 
     def with_read_shapes(self, graph: Graph, live: LiveMap) -> Graph:
