@@ -90,29 +90,40 @@ def _dense(t: torch.Tensor) -> bool:
 
 
 def _chunked_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of squares and sum of a 1-d real tensor, each as a float64 0-d tensor (see :data:`CHUNK`)."""
-    whole = flat.numel() - flat.numel() % CHUNK
+    """Norm and sum of a 1-d real tensor, each as a float64 0-d tensor (see :data:`CHUNK`)."""
+    count = flat.numel()
+    whole = count - count % CHUNK
     parts = []
     if whole:
-        rows = flat[:whole].view(-1, CHUNK)
-        # Per-row sums in the tensor's precision (torch's sums cascade), added up in float64.
-        parts.append((torch.linalg.vector_norm(rows, dim=1).double().square().sum(), rows.sum(dim=1).double().sum()))
-    if whole < flat.numel():
+        rows = (flat if whole == count else flat[:whole]).view(-1, CHUNK)
+        # Per-row norms and sums in the tensor's precision (torch's sums cascade), combined in float64.
+        parts.append((torch.linalg.vector_norm(rows, dim=1).double(), rows.sum(dim=1).double()))
+    if whole < count:
         tail = flat[whole:].double()
-        parts.append((tail.square().sum(), tail.sum()))
-    squares = parts[0][0] if len(parts) == 1 else parts[0][0] + parts[1][0]
-    total = parts[0][1] if len(parts) == 1 else parts[0][1] + parts[1][1]
-    return squares, total
+        parts.append((torch.linalg.vector_norm(tail).view(1), tail.sum().view(1)))
+    norms, sums = parts[0] if len(parts) == 1 else (torch.cat([parts[0][0], parts[1][0]]),
+                                                    torch.cat([parts[0][1], parts[1][1]]))
+    return torch.linalg.vector_norm(norms), sums.sum()
 
 
 def _fast_row(t: torch.Tensor) -> torch.Tensor:
     """``[norm, mean, min, max]`` (float64, on ``t``'s device) of a big dense tensor; NaN/Inf propagate."""
+    flat, repeats = _flat_values(t)
+    norm, total = _chunked_sums(flat)
+    return torch.stack([norm * math.sqrt(repeats), total / flat.numel(), flat.amin().double(), flat.amax().double()])
+
+
+def _flat_values(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The real values of ``t`` laid flat (broadcast dimensions once), and how often each repeats."""
     base, repeats = _expanded_base(t)
-    flat = _flat(_real(base))
-    squares, total = _chunked_sums(flat)
-    lo, hi = flat.amin(), flat.amax()
-    count = flat.numel()
-    return torch.stack([(squares * repeats).sqrt(), total / count, lo.double(), hi.double()])
+    return _flat(_real(base)), repeats
+
+
+def _cpu_row(t: torch.Tensor) -> list[float]:
+    """``[norm, mean, min, max]`` of a big dense CPU tensor as floats: :func:`_fast_row` with fewer torch calls."""
+    flat, repeats = _flat_values(t)
+    norm, total = _chunked_sums(flat)
+    return [norm.item() * math.sqrt(repeats), total.item() / flat.numel(), flat.amin().item(), flat.amax().item()]
 
 
 def _exact_row(t: torch.Tensor) -> list[float]:
@@ -163,7 +174,7 @@ def big_row(t: torch.Tensor) -> list[float]:
         return _sparse_row(t).tolist()
     if t.numel() == 0:
         return [0.0, math.nan, math.nan, math.nan, 0.0, 0.0]
-    row = _fast_row(t).tolist()
+    row = _cpu_row(t)
     if not math.isfinite(row[0]):  # NaN or Inf somewhere (or squares beyond float64): count them
         return _exact_row(t)
     return [*row, 0.0, 0.0]
