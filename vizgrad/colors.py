@@ -70,8 +70,6 @@ FLAG_COLORS: dict[str, str] = {
 }
 """Fills of nodes whose gradient is flagged instead of coloured by magnitude."""
 
-_REVERSED_VIRIDIS = VIRIDIS[::-1]  # colormap()'s order, for the hot path of ColorScale.color
-
 _FALLBACK_RANGE = (-3.0, 1.0)  # log10 bounds when a run has no finite non-zero norm
 
 
@@ -130,30 +128,38 @@ class ColorScale:
     lo: float
     hi: float
 
-    def position(self, norm: float) -> float | None:
-        """Where ``norm`` falls on the scale, in ``[0, 1]``; ``None`` for zero, negative, NaN or Inf."""
-        if not 0.0 < norm < math.inf:  # also false for NaN
-            return None
+    def positions(self, norms: np.ndarray) -> np.ndarray:
+        """Where each norm falls on the scale, in ``[0, 1]``; NaN for zero, negative, NaN or Inf (the one rule)."""
+        norms = np.asarray(norms, dtype=np.float64)
         span = self.hi - self.lo
-        t = (math.log10(norm) - self.lo) / span if span > 0 else 0.5
-        return 0.0 if t < 0.0 else 1.0 if t > 1.0 else t
+        with np.errstate(invalid="ignore", divide="ignore"):
+            valid = (norms > 0) & (norms < np.inf)
+            t = (np.log10(np.where(valid, norms, 1.0)) - self.lo) / span if span > 0 else np.full(norms.shape, 0.5)
+        return np.where(valid, np.clip(t, 0.0, 1.0), np.nan)
+
+    def color_indices(self, norms: np.ndarray) -> np.ndarray:
+        """The :data:`VIRIDIS` index (reversed: 0 for the largest norms) of each norm; -1 where it has no position."""
+        t = self.positions(norms)
+        index = len(VIRIDIS) - 1 - np.rint(np.nan_to_num(t) * (len(VIRIDIS) - 1)).astype(np.int64)
+        return np.where(np.isnan(t), -1, index)
+
+    def widths(self, norms: np.ndarray) -> np.ndarray:
+        """Edge widths in px growing with log10 norm, 1 to 6, rounded to 0.1 px; 1 where a norm has no position."""
+        return np.round(1.0 + 5.0 * np.nan_to_num(self.positions(norms)), 1)
+
+    def position(self, norm: float) -> float | None:
+        """:meth:`positions` of one norm (``None`` for none)."""
+        t = float(self.positions(np.array([norm]))[0])
+        return None if math.isnan(t) else t
 
     def color(self, norm: float) -> str | None:
-        """The colour of ``norm``, or ``None`` when it has no position (see :meth:`position`)."""
-        t = self.position(norm)
-        return None if t is None else _REVERSED_VIRIDIS[round(t * (len(VIRIDIS) - 1))]
+        """The colour of ``norm``, or ``None`` when it has no position (see :meth:`positions`)."""
+        index = int(self.color_indices(np.array([norm]))[0])
+        return None if index < 0 else VIRIDIS[index]
 
-    def color_and_width(self, norm: float) -> tuple[str, float]:
-        """:meth:`color` (grey for no position) and :meth:`width` of ``norm`` in one go, for edges."""
-        t = self.position(norm)
-        if t is None:
-            return "#9a9a9a", 1.0
-        return _REVERSED_VIRIDIS[round(t * (len(VIRIDIS) - 1))], round(1.0 + 5.0 * t, 1)
-
-    def width(self, norm: float, thinnest: float = 1.0, thickest: float = 6.0) -> float:
-        """An edge width in px growing with log10 ``norm``, rounded to 0.1 px."""
-        t = self.position(norm)
-        return round(thinnest + (thickest - thinnest) * (t or 0.0), 1)
+    def width(self, norm: float) -> float:
+        """:meth:`widths` of one norm."""
+        return float(self.widths(np.array([norm]))[0])
 
 
 def scale_for(steps: Iterable[Any]) -> ColorScale:

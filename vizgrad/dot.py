@@ -44,8 +44,6 @@ _HUGE_GRAPH = 1000
 _SPLIT_SHARED_ABOVE = 100  # nodes; smaller graphs keep one node per shared leaf
 
 
-
-
 def value_line_count(node: Node) -> int:
     """How many per-step value lines the label of ``node`` carries (0 for saved tensors and bases)."""
     return {"op": 1, "custom": 1, "leaf": 2, "root": 1}.get(node.kind, 0)
@@ -70,8 +68,6 @@ def _shape_text(shape: tuple[int, ...] | None, dtype: str | None = None) -> str 
     if dtype and dtype != "float32":
         text += f" {dtype}"
     return text
-
-
 
 
 def _label_lines(node: Node) -> list[str]:

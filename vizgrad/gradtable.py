@@ -1,8 +1,14 @@
-"""A step's gradients as one table: an index of keys shared per graph, float64 summary rows and kept values."""
+"""A step's gradients as one table: an index of keys shared per graph, float64 summary rows and kept values.
+
+Also the table's stored form (what a run file keeps of it), as graph.py holds a graph's JSON.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import struct
+import zlib
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -11,7 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = ["ValueKey", "Summary", "GradIndex", "GradTable", "SummaryMap", "ValueMap", "NotKeptError",
-           "Segments", "row_summary", "segment_rows", "resolve", "GRADIENT_KINDS"]
+           "Segments", "row_summary", "segment_rows", "resolve", "GRADIENT_KINDS", "encode_rows", "decode_rows",
+           "ValuesEncoder", "decode_values", "encode_index", "decode_index", "stored_norm_range", "value_key"]
 
 #: Keys of a table: ``("node", node_id, output)`` for the gradient flowing into
 #: a node's output, ``("edge", src_id, slot)`` for the gradient ``src`` passes
@@ -475,3 +482,215 @@ class ValueMap(Mapping[ValueKey, "torch.Tensor"]):
 
     def __contains__(self, key: object) -> bool:
         return key[0] != "value" and self.table.is_kept(key)  # type: ignore[index,arg-type]
+
+
+# -- the stored form: what a run file keeps of a table -------------------------------------------------------
+
+
+_ALIGN = 16  # payload arrays start at multiples of this, so decoded tensors are aligned
+_ROW_BYTES = 7 * 8
+_CRC = struct.Struct("<I")
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % _ALIGN)
+
+
+def _pack(header: Any, payload: Sequence[bytes]) -> bytes:
+    """``zlib(length + JSON header + payload arrays)``, each array aligned: the container of kept values.
+
+    ``header`` may be its JSON text already (bytes), made once for many steps.
+    """
+    text = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
+    parts = [struct.pack("<I", len(text)), text, _padding(4 + len(text))]
+    for array in payload:
+        parts += [array, _padding(len(array))]
+    return zlib.compress(b"".join(parts), 1)  # level 1: gradients compress little, so favour speed
+
+
+def unpack_blob(blob: bytes) -> tuple[Any, bytearray, list[int]]:
+    """Inverse of :func:`_pack`: the header, the raw bytes and the offset of each payload array.
+
+    ``header["sizes"]`` gives the byte length of each array.
+    """
+    raw = bytearray(zlib.decompress(blob))
+    (length,) = struct.unpack_from("<I", raw)
+    header = json.loads(raw[4:4 + length])
+    offset = 4 + length
+    offset += -offset % _ALIGN
+    offsets = []
+    for size in header["sizes"]:
+        offsets.append(offset)
+        offset += size + (-size % _ALIGN)
+    if offset - (-header["sizes"][-1] % _ALIGN if header["sizes"] else 0) > len(raw):
+        raise ValueError("its kept values are cut short")
+    return header, raw, offsets
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dtype_from_name(name: str) -> torch.dtype:
+    import torch
+
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown tensor dtype {name!r}")
+    return dtype
+
+
+def encode_rows(table: GradTable) -> bytes:
+    """A table's summary rows as stored: a CRC-32 of the rows, then the ``(n, 7)`` little-endian float64s.
+
+    Raw, not compressed: gradient statistics barely compress, and a step's
+    write is on the training loop's path. The checksum tells a damaged row.
+    """
+    rows, _ = table.stored_rows  # rows of kept values are left to compute from them (see ValuesEncoder)
+    data = np.ascontiguousarray(rows, dtype="<f8").tobytes()
+    return _CRC.pack(zlib.crc32(data)) + data
+
+
+def decode_rows(blob: bytes) -> np.ndarray:
+    """Inverse of :func:`encode_rows`; ``ValueError`` for a damaged blob."""
+    if len(blob) < _CRC.size or (len(blob) - _CRC.size) % _ROW_BYTES:
+        raise ValueError("its summary rows are cut short")
+    data = memoryview(blob)[_CRC.size:]
+    if _CRC.unpack_from(blob)[0] != zlib.crc32(data):
+        raise ValueError("its summary rows fail their checksum")
+    return np.frombuffer(data, dtype="<f8").reshape(-1, 7)
+
+
+def value_key(key: Sequence[Any]) -> tuple:
+    """A value key read from JSON: ``("node", "n3", 0)``; anything else is damage."""
+    key = tuple(key)
+    if not key or key[0] not in ("node", "edge", "param", "param_grad", "value"):
+        raise ValueError(f"unknown value key {key!r}")
+    return key
+
+
+def encode_index(index: GradIndex) -> str:
+    """The JSON of a key index: ``[[key, row], ...]`` in layout order."""
+    return json.dumps([[key, row] for key, row in index.items()], separators=(",", ":"))
+
+
+def decode_index(text: str) -> GradIndex:
+    """Inverse of :func:`encode_index`."""
+    return GradIndex({value_key(key): int(row) for key, row in json.loads(text)})
+
+
+class ValuesEncoder:
+    """Packs tables' kept values (never the full gradients a newest step holds) for one run file.
+
+    The kept tensors are stored as raw bytes of any dtype (bfloat16, float8
+    and complex too), one buffer per dtype, with where each lies in them and
+    which rows are still to compute from them (``"p"``: buffer, rows,
+    counts). A loop's steps keep values laid out alike: the header is made
+    once for each layout and reused while the next step's equals it.
+    """
+
+    def __init__(self) -> None:
+        self._layout: tuple[Any, ...] | None = None
+        self._header: bytes | None = None  # JSON of the last layout's header
+
+    def encode(self, table: GradTable) -> bytes:
+        """The values blob of ``table`` (see :func:`decode_values`)."""
+        kept, buffers = table.kept, table.buffers
+        _, pending = table.stored_rows
+        if not table.kept_in_buffers:
+            kept, buffers = _own_buffers(kept, buffers)
+        if not buffers:
+            return _pack({"b": [], "k": [], "sizes": []}, [])
+        arrays = [_raw_bytes(buffer) for buffer in buffers]
+        layout = (kept, tuple((buffer.dtype, len(array)) for buffer, array in zip(buffers, arrays)),
+                  tuple((segments.buffer, segments.rows_at.tobytes(), segments.counts.tobytes())
+                        for segments in pending))
+        if layout != self._layout:
+            self._layout = (list(kept), *layout[1:])  # a copy: the table's list is the caller's
+            self._header = json.dumps({"b": [_dtype_name(buffer.dtype) for buffer in buffers],
+                                       "k": [None if locator is None else [locator[0], locator[1], list(locator[2])]
+                                             for locator in kept],
+                                       "p": [[segments.buffer, segments.rows_at.tolist(), segments.counts.tolist()]
+                                             for segments in pending],
+                                       "sizes": [len(array) for array in arrays]}, separators=(",", ":")).encode()
+        return _pack(self._header, arrays)
+
+
+def _raw_bytes(buffer: torch.Tensor) -> bytes:
+    """The bytes of a kept buffer as they lie in memory (conjugate and negative views resolved)."""
+    import torch
+
+    if buffer.is_conj() or buffer.is_neg() or not buffer.is_contiguous() or not buffer.is_cpu:
+        buffer = buffer.detach().cpu().resolve_conj().resolve_neg().contiguous()
+    return buffer.detach().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _own_buffers(kept: Sequence[Any], buffers: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """Kept values that are tensors of their own (big, sparse, or built by hand) made buffers after the table's."""
+    kept, buffers = list(kept), list(buffers)
+    for at, locator in enumerate(kept):
+        if locator is not None and type(locator) is not tuple:
+            kept[at] = (len(buffers), 0, tuple(locator.shape))
+            buffers.append((locator.to_dense() if locator.is_sparse else locator).detach().reshape(-1))
+    return kept, buffers
+
+
+def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any], list[Segments]]:
+    """Inverse of :meth:`ValuesEncoder.encode`: ``(buffers, locators, pending rows)`` for ``count`` rows.
+
+    Raises:
+        ValueError: The blob is damaged.
+    """
+    header, raw, offsets = unpack_blob(blob)
+    locators = header["k"] or [None] * count
+    if len(locators) != count:
+        raise ValueError(f"{len(locators)} kept values for {count} rows")
+    if not header["b"]:
+        return [], [None] * count, []
+    import torch
+
+    buffers = []
+    for dtype_name, offset, size in zip(header["b"], offsets, header["sizes"]):
+        dtype = _dtype_from_name(dtype_name)
+        if size:
+            buffers.append(torch.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize, offset=offset))
+        else:
+            buffers.append(torch.empty(0, dtype=dtype))
+    kept: list[Any] = []
+    for locator in locators:
+        if locator is None:
+            kept.append(None)
+            continue
+        buffer, offset, shape = int(locator[0]), int(locator[1]), tuple(int(n) for n in locator[2])
+        if not 0 <= buffer < len(buffers) or offset < 0 or offset + math.prod(shape) > buffers[buffer].numel():
+            raise ValueError("a kept value lies outside its buffer")
+        kept.append((buffer, offset, shape))
+    pending = []
+    for buffer, rows_at, counts in header.get("p", ()):
+        segments = Segments.of(int(buffer), [int(at) for at in rows_at], [int(n) for n in counts])
+        inside = 0 <= segments.buffer < len(buffers) and all(0 <= at < count for at in rows_at)
+        if not inside or min(counts, default=1) <= 0 or sum(counts) != buffers[segments.buffer].numel():
+            raise ValueError("rows to compute lie outside the table")
+        pending.append(segments)
+    return buffers, kept, pending
+
+
+def stored_norm_range(table: GradTable) -> tuple[float | None, float | None]:
+    """The smallest and largest finite non-zero gradient norm of a table, without computing pending rows.
+
+    ``(None, None)`` when it has none, or when a gradient's row is still to
+    compute (then the run's range is found by reading its steps).
+    """
+    rows, pending = table.stored_rows
+    is_gradient = table.index.is_gradient_row
+    if len(is_gradient) != len(rows):  # rows no key points at (a table built by hand)
+        is_gradient = np.zeros(len(rows), dtype=bool)
+        is_gradient[table.index.gradient_rows] = True
+    if any(is_gradient[segments.rows_at].any() for segments in pending):
+        return None, None
+    norms = rows[:, 0]
+    usable = is_gradient & (norms > 0) & (norms < np.inf)
+    if not usable.any():
+        return None, None
+    norms = norms[usable]
+    return float(norms.min()), float(norms.max())

@@ -120,7 +120,6 @@ class Layout:
     _template: _Template | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
-
 def _slot(values: list[str], default: str) -> str:
     values.append(default)
     return f"{_SLOT_OPEN}{len(values) - 1}{_SLOT_CLOSE}"
@@ -281,7 +280,6 @@ class LayoutCache:
             self._by_key[key] = layout
         self._by_graph[id(graph)] = (graph, layout)
         return layout
-
 
 
 def _attribute(value: Any) -> str:

@@ -28,8 +28,8 @@ _NUMBER_WIDTH = 11
 _PREFIX_WIDTH = LINE_WIDTH - _NUMBER_WIDTH
 _FLAG_EDGE_WIDTH = 4.0
 
-#: Every colour a paint uses, by index: reversed viridis, then flag and edge greys.
-PALETTE: tuple[str, ...] = (*reversed(VIRIDIS), FLAG_COLORS["nan"], FLAG_COLORS["inf"], FLAG_COLORS["zero"],
+#: Every colour a paint uses, by index: viridis (as :meth:`ColorScale.color_indices` counts), then flag and edge greys.
+PALETTE: tuple[str, ...] = (*VIRIDIS, FLAG_COLORS["nan"], FLAG_COLORS["inf"], FLAG_COLORS["zero"],
                             FLAG_COLORS["none"], "#c8c8c8", "#9a9a9a")
 #: Black or white text for each colour of :data:`PALETTE`.
 INK: tuple[str, ...] = tuple(text_color_for(colour) for colour in PALETTE)
@@ -161,9 +161,8 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         row, found = data[:, slot], present[:, slot]
         norm = row[:, 0]
         flags = _flag_codes(norm, row[:, 4], row[:, 5], row[:, 6], found)
-        t = _positions(norm, scale)
-        color = np.where(np.isnan(t), _ZERO_EDGE_INDEX, _viridis_index(t))
-        width = np.where(np.isnan(t), 1.0, np.round(1.0 + 5.0 * np.nan_to_num(t), 1))
+        color = _palette_index(scale.color_indices(norm), _ZERO_EDGE_INDEX)
+        width = scale.widths(norm)
         color = np.select([flags == 4, (flags == 1) | (flags == 2), flags == 3],
                           [_NO_GRAD_INDEX, np.where(flags == 1, _FLAG_COLOR_INDEX["nan"], _FLAG_COLOR_INDEX["inf"]),
                            _ZERO_EDGE_INDEX], color)
@@ -266,24 +265,14 @@ def _param_lines(data: np.ndarray, present: np.ndarray, slot: int) -> list[tuple
     return [_param_line(row if is_found else None) for row, is_found in zip(rows, found)]
 
 
-def _positions(norm: np.ndarray, scale: ColorScale) -> np.ndarray:
-    """:meth:`ColorScale.position` of every norm; NaN where it has none (zero, negative, NaN, Inf)."""
-    span = scale.hi - scale.lo
-    with np.errstate(invalid="ignore", divide="ignore"):
-        valid = (norm > 0) & (norm < np.inf)
-        t = (np.log10(np.where(valid, norm, 1.0)) - scale.lo) / span if span > 0 else np.full(norm.shape, 0.5)
-    return np.where(valid, np.clip(t, 0.0, 1.0), np.nan)
-
-
-def _viridis_index(t: np.ndarray) -> np.ndarray:
-    """Palette index of positions in ``[0, 1]`` (``round`` like :meth:`ColorScale.color`: half to even)."""
-    return np.rint(np.nan_to_num(t) * (len(VIRIDIS) - 1)).astype(np.int64)
+def _palette_index(viridis: np.ndarray, none: int) -> np.ndarray:
+    """:data:`PALETTE` indices of :meth:`ColorScale.color_indices`: the same, ``none`` where there is no colour."""
+    return np.where(viridis < 0, none, viridis)
 
 
 def _color_indices(norm: np.ndarray, scale: ColorScale) -> np.ndarray:
     """Palette index of every norm's colour, the zero grey where it has no position."""
-    t = _positions(norm, scale)
-    return np.where(np.isnan(t), _FLAG_COLOR_INDEX["zero"], _viridis_index(t))
+    return _palette_index(scale.color_indices(norm), _FLAG_COLOR_INDEX["zero"])
 
 
 def _stats_columns(rows: np.ndarray, found: np.ndarray) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -374,7 +374,7 @@ class Recorder:
 
     def _build_step(self, work: _StepWork) -> Step:
         graph, live, plan, hooked = work.graph, work.live, work.plan, work.hooked
-        captured, fns = work.capture.captured, live.fns
+        captured = work.capture.captured
         pairs = list(map(captured.get, hooked))  # (grad_inputs, grad_outputs) per node, None where it did not run
         static = None not in pairs and list(map(len, itertools.chain.from_iterable(pairs))) == plan.lengths
         if static:  # every node ran with its usual arity: the value keys are the graph's, made once

@@ -294,15 +294,19 @@ class _FrameData:
         node_ids, edge_keys = self._orders[index]
         nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
         # Ops along a chain pass on the very same gradient: a column equal to an
-        # earlier node's is sent as that node's position instead. Looked up by
-        # content, so a long chain costs one pass, not a scan of the earlier columns per node.
+        # earlier node's is sent as that node's position instead. Looked up by its
+        # JSON text, so a long chain costs one pass, not a scan of the earlier columns per node.
         for field in ("lines", "stats"):
-            first_position: dict[Any, int] = {}
-            known: dict[int, tuple[Any, Any]] = {}
+            first_position: dict[str, int] = {}
+            texts: dict[int, tuple[Any, str]] = {}  # the painter shares columns: each one encoded once
             for position, node in enumerate(nodes):
                 if node is None:
                     continue
-                same = first_position.setdefault(self._content_key(node[field], known), position)
+                column = node[field]
+                known = texts.get(id(column))
+                if known is None:  # the column is kept with its text, so its id stays its own
+                    known = texts[id(column)] = (column, json.dumps(column, separators=(",", ":")))
+                same = first_position.setdefault(known[1], position)
                 if same != position:
                     node[field] = same
         self.segments.append({
@@ -311,27 +315,6 @@ class _FrameData:
             "nodes": nodes,
             "edges": [painted["edges"].get(edge_key) for edge_key in edge_keys],
         })
-
-    @classmethod
-    def _content_key(cls, column: Any, known: dict[int, tuple[Any, Any]]) -> Any:
-        """A JSON-like column as a hashable key (lists as tuples, dicts as frozensets), equal when the columns are."""
-        if not isinstance(column, (list, dict)):
-            return column
-        # The painter shares equal columns between nodes: each object is converted once,
-        # and kept in ``known`` so that its id is not reused while ``known`` lives.
-        seen = known.get(id(column))
-        if seen is not None:
-            return seen[1]
-        if isinstance(column, dict):
-            key: Any = frozenset((name, cls._content_key(item, known)) for name, item in column.items())
-        else:
-            key = tuple(column)
-            try:
-                hash(key)  # a flat column (numbers, strings, None): hashed at C speed
-            except TypeError:  # it holds lists or dicts
-                key = tuple(cls._content_key(item, known) for item in column)
-        known[id(column)] = (column, key)
-        return key
 
 
 def _legend() -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import itertools
 import math
 import operator
 import weakref
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch

@@ -14,18 +14,16 @@ import threading
 import warnings
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, MutableSequence, Sequence, overload
+from typing import Any, Iterator, Mapping, MutableSequence, Sequence, overload
 
 import numpy as np
 
 from vizgrad._version import __version__
 from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradError
-from vizgrad.gradtable import GradIndex, GradTable, Segments
+from vizgrad.gradtable import (GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows, decode_values,
+                               encode_index, encode_rows, stored_norm_range, unpack_blob, value_key)
 from vizgrad.graph import Graph
 from vizgrad.run import Run, Step
-
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -40,10 +38,6 @@ __all__ = [
     "StoredRun",
     "StoredStep",
     "StepSequence",
-    "encode_rows",
-    "decode_rows",
-    "encode_values",
-    "decode_values",
 ]
 
 #: Version of the tables below; a file with a higher one was written by a newer vizgrad.
@@ -62,7 +56,6 @@ _FULL_CHECK_LIMIT = 64 << 20
 _RECENT_STEPS = 8  # steps kept in memory by a stored run: the newest and the latest read
 _CACHED_GRAPHS = 64
 _READ_BATCH = 32
-_COMPRESSION = 1  # zlib level: gradients compress little, so favour speed
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -185,260 +178,15 @@ def is_run_file(path: str | os.PathLike[str]) -> bool:
     return header.startswith(_SQLITE_MAGIC) and header[68:72] == APPLICATION_ID.to_bytes(4, "big")
 
 
-# -- encoding ------------------------------------------------------------------------------------------------
-
-
-_ALIGN = 16  # payload arrays start at multiples of this, so decoded tensors are aligned
-_ROW_BYTES = 7 * 8
-_CRC = struct.Struct("<I")
-
-
-def _padding(size: int) -> bytes:
-    return b"\0" * (-size % _ALIGN)
-
-
-def _pack(header: Any, payload: Sequence[bytes]) -> bytes:
-    """``zlib(length + JSON header + payload arrays)``, each array aligned: the container of kept values.
-
-    ``header`` may be its JSON text already (bytes), made once for many steps.
-    """
-    text = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
-    parts = [struct.pack("<I", len(text)), text, _padding(4 + len(text))]
-    for array in payload:
-        parts += [array, _padding(len(array))]
-    return zlib.compress(b"".join(parts), _COMPRESSION)
-
-
-def _unpack(blob: bytes) -> tuple[Any, bytearray, list[int]]:
-    """Inverse of :func:`_pack`: the header, the raw bytes and the offset of each payload array.
-
-    ``header["sizes"]`` gives the byte length of each array.
-    """
-    raw = bytearray(zlib.decompress(blob))
-    (length,) = struct.unpack_from("<I", raw)
-    header = json.loads(raw[4:4 + length])
-    offset = 4 + length
-    offset += -offset % _ALIGN
-    offsets = []
-    for size in header["sizes"]:
-        offsets.append(offset)
-        offset += size + (-size % _ALIGN)
-    if offset - (-header["sizes"][-1] % _ALIGN if header["sizes"] else 0) > len(raw):
-        raise ValueError("its kept values are cut short")
-    return header, raw, offsets
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _dtype_from_name(name: str) -> torch.dtype:
-    import torch
-
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown tensor dtype {name!r}")
-    return dtype
-
-
-def encode_rows(table: GradTable) -> bytes:
-    """A table's summary rows as stored: a CRC-32 of the rows, then the ``(n, 7)`` little-endian float64s.
-
-    Raw, not compressed: gradient statistics barely compress, and a step's
-    write is on the training loop's path. The checksum tells a damaged row.
-    """
-    rows, _ = table.stored_rows  # rows of kept values are left to compute from them (see ValuesEncoder)
-    data = np.ascontiguousarray(rows, dtype="<f8").tobytes()
-    return _CRC.pack(zlib.crc32(data)) + data
-
-
-def decode_rows(blob: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_rows`; ``ValueError`` for a damaged blob."""
-    if len(blob) < _CRC.size or (len(blob) - _CRC.size) % _ROW_BYTES:
-        raise ValueError("its summary rows are cut short")
-    data = memoryview(blob)[_CRC.size:]
-    if _CRC.unpack_from(blob)[0] != zlib.crc32(data):
-        raise ValueError("its summary rows fail their checksum")
-    return np.frombuffer(data, dtype="<f8").reshape(-1, 7)
+# -- schema 1 ------------------------------------------------------------------------------------------------
 
 
 def _decode_rows_v1(blob: bytes) -> tuple[GradIndex, np.ndarray]:
     """Schema 1 kept each step's keys with its rows: ``(index, rows)``."""
-    header, raw, (offset,) = _unpack(blob)
+    header, raw, (offset,) = unpack_blob(blob)
     rows = np.frombuffer(raw, dtype="<f8", count=header["n"] * 7, offset=offset).reshape(-1, 7)
-    return GradIndex({_key(key): int(at) for key, at in header["k"]}), rows
+    return GradIndex({value_key(key): int(at) for key, at in header["k"]}), rows
 
-
-def _key(key: Sequence[Any]) -> tuple:
-    """A value key read from JSON: ``("node", "n3", 0)``; anything else is damage."""
-    key = tuple(key)
-    if not key or key[0] not in ("node", "edge", "param", "param_grad", "value"):
-        raise ValueError(f"unknown value key {key!r}")
-    return key
-
-
-def encode_index(index: GradIndex) -> str:
-    """The JSON of a key index: ``[[key, row], ...]`` in layout order."""
-    return json.dumps([[key, row] for key, row in index.items()], separators=(",", ":"))
-
-
-def decode_index(text: str) -> GradIndex:
-    """Inverse of :func:`encode_index`."""
-    return GradIndex({_key(key): int(row) for key, row in json.loads(text)})
-
-
-class ValuesEncoder:
-    """Packs tables' kept values (never the full gradients a newest step holds) for one run file.
-
-    The kept tensors are stored as raw bytes of any dtype (bfloat16, float8
-    and complex too), one buffer per dtype, with where each lies in them and
-    which rows are still to compute from them (``"p"``: buffer, rows,
-    counts). A loop's steps keep values laid out alike: the header is made
-    once for each layout and reused while the next step's equals it.
-    """
-
-    def __init__(self) -> None:
-        self._layout: tuple[Any, ...] | None = None
-        self._header: bytes | None = None  # JSON of the last layout's header
-
-    def encode(self, table: GradTable) -> bytes:
-        """The values blob of ``table`` (see :func:`decode_values`)."""
-        kept, buffers = table.kept, table.buffers
-        _, pending = table.stored_rows
-        if not table.kept_in_buffers and (buffers or len(kept) != kept.count(None)):
-            # Values of their own (a step built by hand, a big or sparse value): gather them, rows computed now.
-            table.rows  # noqa: B018  the gathered buffers are laid out anew: their rows are computed now
-            pending = []
-            kept, buffers = _gathered(kept, buffers)
-        if not buffers:
-            return _pack({"b": [], "k": [], "sizes": []}, [])
-        arrays = [_raw_bytes(buffer) for buffer in buffers]
-        layout = (kept, tuple((buffer.dtype, len(array)) for buffer, array in zip(buffers, arrays)),
-                  tuple((segments.buffer, segments.rows_at.tobytes(), segments.counts.tobytes())
-                        for segments in pending))
-        if layout != self._layout:
-            self._layout = (list(kept), *layout[1:])  # a copy: the table's list is the caller's
-            self._header = json.dumps({"b": [_dtype_name(buffer.dtype) for buffer in buffers],
-                                       "k": [None if locator is None else [locator[0], locator[1], list(locator[2])]
-                                             for locator in kept],
-                                       "p": [[segments.buffer, segments.rows_at.tolist(), segments.counts.tolist()]
-                                             for segments in pending],
-                                       "sizes": [len(array) for array in arrays]}, separators=(",", ":")).encode()
-        return _pack(self._header, arrays)
-
-
-def encode_values(table: GradTable) -> bytes:
-    """Packs a table's kept values on their own (see :class:`ValuesEncoder`)."""
-    return ValuesEncoder().encode(table)
-
-
-def _raw_bytes(buffer: torch.Tensor) -> bytes:
-    """The bytes of a kept buffer as they lie in memory (conjugate and negative views resolved)."""
-    if buffer.is_conj() or buffer.is_neg() or not buffer.is_contiguous() or not buffer.is_cpu:
-        buffer = buffer.detach().cpu().resolve_conj().resolve_neg().contiguous()
-    return buffer.detach().reshape(-1).view(_uint8()).numpy().tobytes()
-
-
-def _uint8() -> Any:
-    import torch
-
-    return torch.uint8
-
-
-def _gathered(kept: Sequence[Any], buffers: Sequence[Any]) -> tuple[list[Any], list[Any]]:
-    """The kept values laid into new buffers of their own: one per source buffer, one per dtype of loose tensors."""
-    import torch
-
-    out: list[Any] = []
-    locators: list[Any] = [None] * len(kept)
-    in_buffer: dict[int, list[tuple[int, int, tuple[int, ...]]]] = {}
-    loose: dict[Any, list[tuple[int, Any]]] = {}
-    for at, locator in enumerate(kept):
-        if locator is None:
-            continue
-        if isinstance(locator, tuple):
-            buffer, offset, shape = locator
-            in_buffer.setdefault(buffer, []).append((at, offset, tuple(shape)))
-        else:
-            loose.setdefault(locator.dtype, []).append((at, locator))
-    with torch.no_grad():
-        for buffer, items in in_buffer.items():
-            source = buffers[buffer]
-            sizes = [math.prod(shape) for _, _, shape in items]
-            offset_out = 0
-            for (at, _, shape), size in zip(items, sizes):
-                locators[at] = (len(out), offset_out, shape)
-                offset_out += size
-            out.append(torch.cat([source.narrow(0, offset, size) for (_, offset, _), size in zip(items, sizes)]))
-        for _dtype, tensors in loose.items():
-            offset_out = 0
-            for at, tensor in tensors:
-                locators[at] = (len(out), offset_out, tuple(tensor.shape))
-                offset_out += tensor.numel()
-            out.append(torch.cat([(t.to_dense() if t.layout != torch.strided else t).reshape(-1) for _, t in tensors]))
-    return locators, out
-
-
-def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any], list[Segments]]:
-    """Inverse of :func:`encode_values`: ``(buffers, locators, pending rows)`` for ``count`` rows.
-
-    Raises:
-        ValueError: The blob is damaged.
-    """
-    header, raw, offsets = _unpack(blob)
-    locators = header["k"] or [None] * count
-    if len(locators) != count:
-        raise ValueError(f"{len(locators)} kept values for {count} rows")
-    if not header["b"]:
-        return [], [None] * count, []
-    import torch
-
-    buffers = []
-    for dtype_name, offset, size in zip(header["b"], offsets, header["sizes"]):
-        dtype = _dtype_from_name(dtype_name)
-        if size:
-            buffers.append(torch.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize, offset=offset))
-        else:
-            buffers.append(torch.empty(0, dtype=dtype))
-    kept: list[Any] = []
-    for locator in locators:
-        if locator is None:
-            kept.append(None)
-            continue
-        buffer, offset, shape = int(locator[0]), int(locator[1]), tuple(int(n) for n in locator[2])
-        if not 0 <= buffer < len(buffers) or offset < 0 or offset + math.prod(shape) > buffers[buffer].numel():
-            raise ValueError("a kept value lies outside its buffer")
-        kept.append((buffer, offset, shape))
-    pending = []
-    for buffer, rows_at, counts in header.get("p", ()):
-        segments = Segments.of(int(buffer), [int(at) for at in rows_at], [int(n) for n in counts])
-        if not 0 <= segments.buffer < len(buffers) or int(segments.counts.sum()) != buffers[segments.buffer].numel() \
-                or (segments.rows_at.size and not 0 <= segments.rows_at.min() <= segments.rows_at.max() < count) \
-                or (segments.counts <= 0).any():
-            raise ValueError("rows to compute lie outside the table")
-        pending.append(segments)
-    return buffers, kept, pending
-
-
-def _norm_range(table: GradTable) -> tuple[float | None, float | None]:
-    """The smallest and largest finite non-zero gradient norm of a table, without computing pending rows.
-
-    ``(None, None)`` when it has none, or when a gradient's row is still to
-    compute (then the run's range is found by reading its steps).
-    """
-    rows, pending = table.stored_rows
-    is_gradient = table.index.is_gradient_row
-    if len(is_gradient) != len(rows):  # rows no key points at (a table built by hand)
-        is_gradient = np.zeros(len(rows), dtype=bool)
-        is_gradient[table.index.gradient_rows] = True
-    if any(is_gradient[segments.rows_at].any() for segments in pending):
-        return None, None
-    norms = rows[:, 0]
-    usable = is_gradient & (norms > 0) & (norms < np.inf)
-    if not usable.any():
-        return None, None
-    norms = norms[usable]
-    return float(norms.min()), float(norms.max())
 
 
 def _json_default(value: Any) -> Any:
@@ -510,6 +258,60 @@ class StoredStep(Step):
         return super().table
 
 
+class _Interned:
+    """A table of a run file whose rows the steps share (graphs, key indexes): each distinct one stored once.
+
+    Rows are found by the SHA-1 of their text. Objects recently written or
+    read are remembered both ways (the object held, so its ``id()`` stays
+    its own), a bounded number of them.
+    """
+
+    def __init__(self, table: str, column: str, encode: Any, decode: Any, extra: Any = None) -> None:
+        self.table, self.column, self.encode, self.decode, self.extra = table, column, encode, decode, extra
+        self._ids: collections.OrderedDict[int, tuple[Any, int]] = collections.OrderedDict()  # id(obj) -> row
+        self._objects: collections.OrderedDict[int, Any] = collections.OrderedDict()  # row -> obj
+
+    def id_of(self, connection: sqlite3.Connection, obj: Any) -> int:
+        """The row id of ``obj``, inserting it the first time its text is seen (inside the caller's transaction)."""
+        known = self._ids.get(id(obj))
+        if known is not None and known[0] is obj:
+            self._ids.move_to_end(id(obj))
+            return known[1]
+        text = self.encode(obj)
+        digest = hashlib.sha1(text.encode()).hexdigest()
+        found = connection.execute(f"SELECT id FROM {self.table} WHERE digest = ?", (digest,)).fetchone()
+        if found is None:
+            columns = {"digest": digest, self.column: text, **(self.extra(obj) if self.extra else {})}
+            cursor = connection.execute(f"INSERT INTO {self.table} ({', '.join(columns)}) "
+                                        f"VALUES ({', '.join('?' * len(columns))})", tuple(columns.values()))
+            row_id = int(cursor.lastrowid)  # type: ignore[arg-type]
+        else:
+            row_id = found[0]
+        _remember(self._ids, id(obj), (obj, row_id))
+        _remember(self._objects, row_id, obj)
+        return row_id
+
+    def get(self, connection: sqlite3.Connection, row_id: int, path: Path) -> Any:
+        """The object of row ``row_id``, decoded once; a missing row is damage."""
+        obj = self._objects.get(row_id)
+        if obj is not None:
+            self._objects.move_to_end(row_id)
+            return obj
+        row = connection.execute(f"SELECT {self.column} FROM {self.table} WHERE id = ?", (row_id,)).fetchone()
+        if row is None:
+            raise _damaged(path, f"{self.table} row {row_id} is missing")
+        obj = self.decode(row[0])
+        _remember(self._objects, row_id, obj)
+        return obj
+
+
+def _remember(cache: collections.OrderedDict[Any, Any], key: Any, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    if len(cache) > _CACHED_GRAPHS:
+        cache.popitem(last=False)
+
+
 class RunStore:
     """One run file: writes steps one transaction each and reads them back.
 
@@ -526,12 +328,11 @@ class RunStore:
         self._connection = connection
         self._lock = threading.RLock()
         self._count = connection.execute("SELECT count(*) FROM steps").fetchone()[0]
-        self._graphs: collections.OrderedDict[int, Graph] = collections.OrderedDict()
-        self._graph_rows: collections.OrderedDict[int, tuple[Graph, int]] = collections.OrderedDict()
-        self._indexes: collections.OrderedDict[int, GradIndex] = collections.OrderedDict()
+        self._graphs = _Interned("graphs", "graph", lambda graph: graph.to_json(separators=(",", ":")),
+                                 Graph.from_json, lambda graph: {"hash": graph.structural_hash})
+        self._indexes = _Interned("indexes", "keys", encode_index, decode_index)
         self._values = ValuesEncoder()
         self._params: tuple[GradIndex, str] | None = None
-        self._index_rows: collections.OrderedDict[int, tuple[GradIndex, int]] = collections.OrderedDict()
         self._written_meta: dict[str, str] = {}
 
     # -- opening ---------------------------------------------------------------------------------------
@@ -588,12 +389,13 @@ class RunStore:
         summaries, values = encode_rows(table), self._values.encode(table)
         loss, data = _encode_loss(step.loss), _dumps(step.data) if step.data else "{}"
         params = self._params_text(table.index)
-        norm_lo, norm_hi = _norm_range(table)
+        norm_lo, norm_hi = stored_norm_range(table)
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute(
                 "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (step.index, self._graph_id(step.graph), self._index_id(table.index), loss, params, norm_lo, norm_hi,
+                (step.index, self._graphs.id_of(self._connection, step.graph),
+                 self._indexes.id_of(self._connection, table.index), loss, params, norm_lo, norm_hi,
                  summaries, values, data))
             self._write_run_meta(meta, panels)
         self._count += 1
@@ -649,52 +451,11 @@ class RunStore:
                                              changed.items())
             self._written_meta.update(changed)
 
-    def _graph_id(self, graph: Graph) -> int:
-        """Row id of ``graph``, inserting it the first time it is seen."""
-        known = self._graph_rows.get(id(graph))
-        if known is not None and known[0] is graph:
-            self._graph_rows.move_to_end(id(graph))
-            return known[1]
-        text = graph.to_json(separators=(",", ":"))
-        digest = hashlib.sha1(text.encode()).hexdigest()
-        found = self._connection.execute("SELECT id FROM graphs WHERE digest = ?", (digest,)).fetchone()
-        if found is None:
-            cursor = self._connection.execute("INSERT INTO graphs (hash, digest, graph) VALUES (?, ?, ?)",
-                                              (graph.structural_hash, digest, text))
-            graph_id = int(cursor.lastrowid)  # type: ignore[arg-type]
-        else:
-            graph_id = found[0]
-        self._graph_rows[id(graph)] = (graph, graph_id)  # holding the graph keeps its id() unique
-        if len(self._graph_rows) > _CACHED_GRAPHS:
-            self._graph_rows.popitem(last=False)
-        self._remember(self._graphs, graph_id, graph)
-        return graph_id
-
     def _params_text(self, index: GradIndex) -> str:
         """The JSON list of a step's parameter names, made once per key index."""
         if self._params is None or self._params[0] is not index:
             self._params = (index, _dumps(index.params))
         return self._params[1]
-
-    def _index_id(self, index: GradIndex) -> int:
-        """Row id of a key index, inserting it the first time it is seen (a loop's steps share one)."""
-        known = self._index_rows.get(id(index))
-        if known is not None and known[0] is index:
-            self._index_rows.move_to_end(id(index))
-            return known[1]
-        text = encode_index(index)
-        digest = hashlib.sha1(text.encode()).hexdigest()
-        found = self._connection.execute("SELECT id FROM indexes WHERE digest = ?", (digest,)).fetchone()
-        if found is None:
-            cursor = self._connection.execute("INSERT INTO indexes (digest, keys) VALUES (?, ?)", (digest, text))
-            index_id = int(cursor.lastrowid)  # type: ignore[arg-type]
-        else:
-            index_id = found[0]
-        self._index_rows[id(index)] = (index, index_id)  # holding the index keeps its id() unique
-        if len(self._index_rows) > _CACHED_GRAPHS:
-            self._index_rows.popitem(last=False)
-        self._remember(self._indexes, index_id, index)
-        return index_id
 
     # -- reading -------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -782,34 +543,10 @@ class RunStore:
                           summaries, values)
 
     def _graph(self, graph_id: int) -> Graph:
-        graph = self._graphs.get(graph_id)
-        if graph is not None:
-            self._graphs.move_to_end(graph_id)
-            return graph
-        row = self._connection.execute("SELECT graph FROM graphs WHERE id = ?", (graph_id,)).fetchone()
-        if row is None:
-            raise _damaged(self.path, f"graph {graph_id} is missing")
-        graph = Graph.from_json(row[0])
-        self._remember(self._graphs, graph_id, graph)
-        return graph
+        return self._graphs.get(self._connection, graph_id, self.path)
 
     def _index(self, index_id: int) -> GradIndex:
-        index = self._indexes.get(index_id)
-        if index is not None:
-            self._indexes.move_to_end(index_id)
-            return index
-        row = self._connection.execute("SELECT keys FROM indexes WHERE id = ?", (index_id,)).fetchone()
-        if row is None:
-            raise _damaged(self.path, f"key index {index_id} is missing")
-        index = decode_index(row[0])
-        self._remember(self._indexes, index_id, index)
-        return index
-
-    @staticmethod
-    def _remember(cache: collections.OrderedDict[int, Any], key: int, value: Any) -> None:
-        cache[key] = value
-        if len(cache) > _CACHED_GRAPHS:
-            cache.popitem(last=False)
+        return self._indexes.get(self._connection, index_id, self.path)
 
     @contextlib.contextmanager
     def _error_context(self, action: str, what: str = "") -> Iterator[None]:
