@@ -195,28 +195,8 @@ def cnn_maxpool_workload() -> Callable[[], None]:
     return classifier_step(*cnn_maxpool_parts())
 
 
-def lstm_workload() -> Callable[[], None]:
-    """One SGD step of nn.LSTMCell(16, 32) unrolled over 100 time steps, loss on the last h."""
-    torch.manual_seed(0)
-    cell = nn.LSTMCell(16, 32)
-    optimizer = torch.optim.SGD(cell.parameters(), lr=0.01)
-    inputs = torch.randn(100, 4, 16)
-
-    def step() -> None:
-        optimizer.zero_grad()
-        h = torch.zeros(4, 32)
-        c = torch.zeros(4, 32)
-        for x in inputs:
-            h, c = cell(x, (h, c))
-        loss = h.pow(2).mean()
-        loss.backward()
-        optimizer.step()
-
-    return step
-
-
-def lstm_all_steps_workload() -> Callable[[], None]:
-    """The unrolled LSTMCell step with the loss summed over every time step's h."""
+def lstm_workload(loss_over_all_steps: bool = False) -> Callable[[], None]:
+    """One SGD step of nn.LSTMCell(16, 32) unrolled over 100 time steps; loss on the last h or summed over every h."""
     torch.manual_seed(0)
     cell = nn.LSTMCell(16, 32)
     optimizer = torch.optim.SGD(cell.parameters(), lr=0.01)
@@ -229,11 +209,18 @@ def lstm_all_steps_workload() -> Callable[[], None]:
         out = torch.zeros(())
         for x in inputs:
             h, c = cell(x, (h, c))
-            out = out + h.pow(2).mean()
-        out.backward()
+            if loss_over_all_steps:
+                out = out + h.pow(2).mean()
+        loss = out if loss_over_all_steps else h.pow(2).mean()
+        loss.backward()
         optimizer.step()
 
     return step
+
+
+def lstm_all_steps_workload() -> Callable[[], None]:
+    """The unrolled LSTMCell step with the loss summed over every time step's h (``out = out + h.pow(2).mean()``)."""
+    return lstm_workload(loss_over_all_steps=True)
 
 
 class UnrolledLSTMLoss(nn.Module):
