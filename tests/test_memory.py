@@ -68,7 +68,7 @@ def test_run_file_streams_10k_steps_of_a_300_node_graph(tmp_path):
     for index in range(STORE_STEPS):
         # The recorder makes a new step like this per backward(); sharing the
         # gradient tables keeps the test's own memory flat.
-        run.steps.append(Step(index, recorded.loss + index, recorded.graph, recorded.summaries, recorded.values))
+        run.steps.append(Step(index, recorded.loss + index, recorded.graph, table=recorded.table))
         if index + 1 in (STORE_STEPS // 10, STORE_STEPS):
             rss_at[index + 1] = _rss()
     run_store.close()

@@ -547,8 +547,8 @@ def encode_rows(table: GradTable) -> bytes:
     write is on the training loop's path. The checksum tells a damaged row.
     """
     rows, _ = table.stored_rows  # rows of kept values are left to compute from them (see ValuesEncoder)
-    data = np.ascontiguousarray(rows, dtype="<f8").tobytes()
-    return _CRC.pack(zlib.crc32(data)) + data
+    data = memoryview(np.ascontiguousarray(rows, dtype="<f8")).cast("B")  # no copy until the join
+    return b"".join((_CRC.pack(zlib.crc32(data)), data))
 
 
 def decode_rows(blob: bytes) -> np.ndarray:

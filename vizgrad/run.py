@@ -47,7 +47,10 @@ class Step:
         self.loss = loss
         self.graph = graph
         self.data: dict[str, Any] = data if data is not None else {}
-        if table is None and (summaries is not None or values is not None):
+        if table is None and isinstance(summaries, SummaryMap) and isinstance(values, ValueMap) \
+                and summaries.table is values.table:  # another step's views: its table, shared
+            table = summaries.table
+        elif table is None and (summaries is not None or values is not None):
             table = GradTable.from_mappings(summaries or {}, values or {})
         self._table = table
         self._live = live
