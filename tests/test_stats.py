@@ -233,3 +233,16 @@ def test_every_summary_holds_to_1e_5_at_any_size_and_dtype(dtype, path):
     batch = summarize(tensors, keep=0)
     for i, t in enumerate(tensors):
         assert_summary(batch.summary(i), t, rel=1e-5)
+
+
+def test_gradients_summarised_where_they_flowed_join_the_batch_on_either_path():
+    """A Reduced stand-in (a big gradient reduced in its hook) brings its row, on the CPU and the packed path."""
+    from vizgrad.stats import Reduced
+
+    torch.manual_seed(0)
+    big, small = torch.randn(300_000) * 3, torch.randn(5)
+    for packed in (None, ["cpu"]):
+        batch = summarize([Reduced(big), small], keep=64, packed_devices=packed)
+        assert_summary(batch.summary(0), big, rel=1e-6)
+        assert_summary(batch.summary(1), small)
+        assert batch.value(0) is None and torch.equal(batch.value(1), small)

@@ -194,8 +194,13 @@ def norm_range(tables: Iterable[Any]) -> tuple[float, float] | None:
         if not chunk:
             break
         resolve(chunk)
+        groups: dict[Any, list[Any]] = {}  # a loop's tables share one index: their norms stack
         for table in chunk:
-            norms = table.rows[table.index.gradient_rows, 0]
+            groups.setdefault(table.index, []).append(table)
+        for index, group in groups.items():
+            rows = index.gradient_rows
+            norms = np.concatenate([table.rows[rows, 0] for table in group]) if len(group) > 1 \
+                else group[0].rows[rows, 0]
             norms = norms[np.isfinite(norms) & (norms > 0)]
             if norms.size:
                 lo = min(lo, float(norms.min()))

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.graph import Graph
     from vizgrad.run import Step
 
-__all__ = ["PALETTE", "INK", "FLAGS", "paint_segment", "paint", "step_of"]
+__all__ = ["PALETTE", "INK", "FLAGS", "paint_segment", "paint", "step_of", "gather_rows"]
 
 _NUMBER_WIDTH = 11
 _PREFIX_WIDTH = LINE_WIDTH - _NUMBER_WIDTH
@@ -123,7 +123,7 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
     output_slots = [[keys.setdefault(k, len(keys)) for k in output_keys] for _, _, output_keys, _ in plan.nodes]
     param_slots = [keys.setdefault(p, len(keys)) if p else -1 for _, _, _, p in plan.nodes]
     edge_slots = [keys.setdefault(k, len(keys)) for _, k in plan.edges]
-    data, present = _gather_rows(steps, list(keys))
+    data, present = gather_rows(steps, list(keys))
     losses = [step.loss for step in steps]
     nodes: dict[str, dict[str, Any]] = {}
     stats_by_content: dict[bytes, dict[str, Any]] = {}
@@ -196,7 +196,7 @@ def paint(step: Step, scale: ColorScale) -> dict[str, Any]:
 
 
 # -- columns -------------------------------------------------------------------------------------------------------
-def _gather_rows(steps: Sequence[Step], keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+def gather_rows(steps: Sequence[Step], keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, keys, 7)`` summary rows (NaN where missing) and the ``(steps, keys)`` mask of present ones.
 
     Steps are grouped by their key index (a loop's steps share one): each

@@ -302,12 +302,16 @@ class Recorder:
             _warn(f"vizgrad could not trace this backward() and did not record it ({_describe(error)})")
             return run_backward()
         capture = work.capture
+        _watch.quiet.on = True
         try:
-            _watch.quiet.on = True
-            try:
-                capture.attach(work.hooked, work.plan.reduce)
-            finally:
-                _watch.quiet.on = False
+            capture.attach(work.hooked, work.plan.reduce)
+        except Exception as error:
+            capture.detach()
+            _warn(f"vizgrad could not hook this backward() and did not record it ({_describe(error)})")
+            return run_backward()
+        finally:
+            _watch.quiet.on = False
+        try:
             run_backward()
         except BaseException:
             capture.detach()

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jinja2
+import numpy as np
 from markupsafe import Markup
 
 from vizgrad import frames, gradtable
 from vizgrad.colors import FLAG_COLORS, ColorScale
-from vizgrad.paint import INK
+from vizgrad.paint import INK, gather_rows
 from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
@@ -236,18 +237,19 @@ class Report:
     def _params(self, steps: Sequence[Any]) -> list[dict[str, Any]]:
         """Trajectory of every parameter over the shown steps: its value when scalar, else its norm.
 
-        The rule of :meth:`Run.param_series`, read from the shown steps only
-        (a saved run is not read again per parameter).
+        The rule of :meth:`Run.param_series`, read from the shown steps' rows at once.
         """
         names: dict[str, None] = {}
         for step in steps:
             names.update(dict.fromkeys(step.params))
+        rows, present = gather_rows(steps, [("param", name) for name in names])
         out = []
-        for name in names:
-            summaries = [step.summaries.get(("param", name)) for step in steps]
-            scalar = next((summary.numel == 1 for summary in summaries if summary is not None), False)
-            values = [None if s is None else round_sig(s.mean if s.numel == 1 else s.norm, 6) for s in summaries]
-            out.append({"name": name, "scalar": bool(scalar), "values": values})
+        for k, name in enumerate(names):
+            found = present[:, k]
+            scalar = bool(found.any() and rows[np.argmax(found), k, 6] == 1)
+            series = np.where(rows[:, k, 6] == 1, rows[:, k, 1], rows[:, k, 0])
+            values = [round_sig(value, 6) if is_found else None for value, is_found in zip(series.tolist(), found)]
+            out.append({"name": name, "scalar": scalar, "values": values})
         return out
 
 
@@ -295,17 +297,17 @@ class _FrameData:
         nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
         # Ops along a chain pass on the very same gradient: a column equal to an
         # earlier node's is sent as that node's position instead. Looked up by its
-        # JSON text, so a long chain costs one pass, not a scan of the earlier columns per node.
+        # content, so a long chain costs one pass, not a scan of the earlier columns per node.
         for field in ("lines", "stats"):
-            first_position: dict[str, int] = {}
-            texts: dict[int, tuple[Any, str]] = {}  # the painter shares columns: each one encoded once
+            first_position: dict[Any, int] = {}
+            keys: dict[int, tuple[Any, Any]] = {}  # the painter shares columns: each one keyed once
             for position, node in enumerate(nodes):
                 if node is None:
                     continue
                 column = node[field]
-                known = texts.get(id(column))
-                if known is None:  # the column is kept with its text, so its id stays its own
-                    known = texts[id(column)] = (column, json.dumps(column, separators=(",", ":")))
+                known = keys.get(id(column))
+                if known is None:  # the column is kept with its key, so its id stays its own
+                    known = keys[id(column)] = (column, _column_key(column))
                 same = first_position.setdefault(known[1], position)
                 if same != position:
                     node[field] = same
@@ -315,6 +317,13 @@ class _FrameData:
             "nodes": nodes,
             "edges": [painted["edges"].get(edge_key) for edge_key in edge_keys],
         })
+
+
+def _column_key(column: Any) -> tuple[Any, ...]:
+    """A painted column as a hashable key: value lines (a list of lists) or inspector stats (a dict of lists)."""
+    if isinstance(column, dict):
+        return tuple((name, tuple(values)) for name, values in column.items())
+    return tuple(map(tuple, column))
 
 
 def _legend() -> list[dict[str, Any]]:

@@ -690,7 +690,7 @@ def _summarize_packed(tensors: Sequence[Any], indices: list[int], rows: np.ndarr
         else:
             reduced.append(i)
     flats = [(group, _flatten([tensors[i] for i in group])) for group in kept_groups.values()]
-    partial = torch.stack([tensors[i].row if type(tensors[i]) is Reduced else _device_row(tensors[i])
+    partial = torch.stack([_reduced_row(tensors[i]) if type(tensors[i]) is Reduced else _device_row(tensors[i])
                            for i in reduced]) if reduced else None
     parts = ([partial.reshape(-1)] if partial is not None else []) + [flat for _, flat in flats]
     host = torch.cat([_padded_bytes(part) for part in parts]).cpu()  # the one synchronisation
@@ -707,6 +707,12 @@ def _summarize_packed(tensors: Sequence[Any], indices: list[int], rows: np.ndarr
     for i in reduced:
         if rows[i, 6] <= limit and type(tensors[i]) is not Reduced:  # sparse tensors small enough to keep
             kept[i] = _dense_copy(tensors[i])
+
+
+def _reduced_row(token: Reduced) -> torch.Tensor:
+    """A :class:`Reduced`'s row as a float64 tensor (a CPU one holds plain floats already)."""
+    row = token.row
+    return row if isinstance(row, torch.Tensor) else torch.tensor(row, dtype=torch.float64)
 
 
 def _padded_bytes(t: torch.Tensor) -> torch.Tensor:
