@@ -292,3 +292,164 @@ def test_live_tensors_belong_to_the_step_not_the_shared_graph():
     gc.collect()
     assert alive() is None  # nothing of vizgrad's keeps the step's backward nodes (or saved tensors) alive
     assert not lean.steps[0].live
+
+
+# -- found in review: leaves, threads, late steps ----------------------------------------------------------------
+def test_a_leafs_recorded_gradient_does_not_follow_later_changes_to_grad():
+    """Leaves are hooked before accumulating: what is recorded is copied, so .grad's in-place changes stay out."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(100, 100), nn.Tanh(), nn.Linear(100, 1))
+    def zero_in_place(parameter: torch.Tensor) -> None:  # optimizer-in-backward style
+        parameter.grad.mul_(0.0)
+
+    model[0].weight.register_post_accumulate_grad_hook(zero_in_place)
+    x = torch.randn(32, 100)
+    want = torch.autograd.grad(model(x).pow(2).mean(), model[0].weight)[0]
+    with vizgrad.record(model) as run:
+        model(x).pow(2).mean().backward()
+    step = run.steps[-1]
+    weight = model[0].weight
+    assert weight.grad.abs().max() == 0  # the post-accumulate hook did run
+    node = step.graph.node_of(weight).id
+    assert step.stats(node)["norm"] == pytest.approx(float(want.norm()), rel=1e-5)
+    torch.testing.assert_close(step.grad_of(weight), want)
+    weight.grad.add_(7.0)
+    torch.testing.assert_close(step.grad_of(weight), want)  # the newest step's held value is its own
+    assert step.table.summary(("param_grad", "0.weight")).norm == 0.0  # .grad as backward() left it
+
+
+def test_a_pre_hook_on_a_leaf_registered_inside_the_block_is_seen():
+    torch.manual_seed(0)
+    w = torch.randn(4, 4, requires_grad=True)
+    x = torch.randn(3, 4)
+    accumulator = (w * 1).grad_fn.next_functions[0][0]
+    with vizgrad.record({"w": w}) as run:
+        accumulator.register_prehook(lambda grads: (grads[0] * 100.0,))
+        for _ in range(2):
+            w.grad = None
+            loss = (x @ w).tanh().sum()
+            sent = torch.autograd.grad(loss, w, retain_graph=True)[0]  # before the leaf's hook
+            loss.backward()
+    step = run.steps[-1]
+    torch.testing.assert_close(step.grad_of(w), w.grad)  # what the leaf received and accumulated
+    torch.testing.assert_close(w.grad, 100 * sent)
+    edge = next(edge for edge in step.graph.edges if edge.dst == step.graph.node_of(w).id)
+    torch.testing.assert_close(step.edge_grad(edge.src, edge.slot), sent)  # what was sent, before the hook
+
+
+@pytest.mark.parametrize("when", ["before the block", "inside the block"])
+def test_a_hook_on_a_graph_built_in_another_thread_is_seen(when):
+    """Sequence numbers are per thread: a graph made elsewhere is hooked in full."""
+    torch.manual_seed(0)
+    for _ in range(500):  # this thread's own autograd history
+        torch.ones(1, requires_grad=True) * 2
+    w = torch.randn(4, 4, requires_grad=True)
+    x = torch.randn(4, 4)
+    made: dict[str, torch.Tensor] = {}
+
+    def forward() -> None:
+        for _ in range(2000):
+            torch.ones(1, requires_grad=True) * 2
+        made["z"] = (x @ w).tanh() * 3.0
+        if when == "before the block":
+            made["z"].register_hook(lambda grad: grad * 100.0)
+
+    thread = threading.Thread(target=forward)
+    thread.start()
+    thread.join()
+    with vizgrad.record({"w": w}) as run:
+        if when == "inside the block":
+            made["z"].register_hook(lambda grad: grad * 100.0)
+        made["z"].sum().backward()
+    step = run.steps[-1]
+    torch.testing.assert_close(step.grad_of(made["z"]), torch.full((4, 4), 100.0))
+
+
+def test_threads_sharing_a_model_record_their_own_gradients():
+    """A leaf shared by two concurrent backward() calls: each step keeps its own graph's firing."""
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4)
+    inputs = {0: torch.randn(8, 16), 1: torch.randn(8, 16) * 10}
+    truth = {k: torch.autograd.grad(model(inputs[k]).sum(), model.weight)[0] for k in (0, 1)}
+    losses = {k: float(model(inputs[k]).sum().detach()) for k in (0, 1)}
+    barrier = threading.Barrier(2)
+
+    def train(k: int) -> None:
+        barrier.wait(5)
+        for _ in range(150):
+            model(inputs[k]).sum().backward()
+
+    with vizgrad.record(model) as run:
+        threads = [threading.Thread(target=train, args=(k,)) for k in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert len(run.steps) == 300
+    for step in run.steps:
+        k = 0 if abs(step.loss - losses[0]) < abs(step.loss - losses[1]) else 1
+        leaf = next(node.id for node in step.graph.nodes if node.name == "weight")
+        assert step.stats(leaf)["norm"] == pytest.approx(float(truth[k].norm()), rel=1e-5), step.index
+
+
+def test_a_step_that_ends_after_its_save_block_warns_instead_of_raising(tmp_path):
+    """Another thread's backward() finishing after the block closed its run file."""
+    w = torch.randn(8, requires_grad=True)
+    started, closed = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+    caught: list[warnings.WarningMessage] = []
+
+    def slow(grad: torch.Tensor) -> torch.Tensor:
+        started.set()
+        closed.wait(5)  # the block ends while this backward() is in flight
+        return grad
+
+    def worker() -> None:
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                h = w * 2
+                h.register_hook(slow)
+                h.sum().backward()
+            caught.extend(seen)
+        except BaseException as error:
+            errors.append(error)
+
+    with vizgrad.record(save=tmp_path / "run.vizgrad") as run:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        started.wait(5)
+    closed.set()
+    thread.join(10)
+    assert not errors, errors
+    assert any(issubclass(w.category, RecordingWarning) and "could not keep step" in str(w.message) for w in caught)
+    torch.testing.assert_close(w.grad, torch.full((8,), 2.0))
+    assert len(run.steps) == 0
+
+
+def test_blocks_opening_and_closing_while_another_thread_trains_leave_torch_as_it_was():
+    """The patches and a capture's swap of torch's hook registration never interleave."""
+    from torch.autograd import function as torch_function
+
+    original_register = torch_function._HookMixin._register_hook
+    stop = threading.Event()
+    w = torch.randn(8, requires_grad=True)
+
+    def train() -> None:
+        while not stop.is_set():
+            h = w
+            for _ in range(200):
+                h = h * 1.0001
+            h.sum().backward()
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    try:
+        for _ in range(150):
+            with vizgrad.record({"w": w}):
+                pass
+    finally:
+        stop.set()
+        thread.join(30)
+    assert torch_function._HookMixin._register_hook is original_register
+    assert torch.autograd.backward is recorder_module._patches.original_backward()

@@ -561,10 +561,14 @@ def decode_rows(blob: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<f8").reshape(-1, 7)
 
 
+_KEY_TYPES = {"node": (str, int), "edge": (str, int), "param": (str,), "param_grad": (str,), "value": (str,)}
+
+
 def value_key(key: Sequence[Any]) -> tuple:
     """A value key read from JSON: ``("node", "n3", 0)``; anything else is damage."""
     key = tuple(key)
-    if not key or key[0] not in ("node", "edge", "param", "param_grad", "value"):
+    types = _KEY_TYPES.get(key[0]) if key and isinstance(key[0], str) else None
+    if types is None or len(key) != 1 + len(types) or not all(type(part) is kind for part, kind in zip(key[1:], types)):
         raise ValueError(f"unknown value key {key!r}")
     return key
 
@@ -652,6 +656,8 @@ def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any], list[S
     buffers = []
     for dtype_name, offset, size in zip(header["b"], offsets, header["sizes"]):
         dtype = _dtype_from_name(dtype_name)
+        if type(size) is not int or size < 0 or size % dtype.itemsize:
+            raise ValueError(f"a kept buffer of {size!r} bytes")
         if size:
             buffers.append(torch.frombuffer(raw, dtype=dtype, count=size // dtype.itemsize, offset=offset))
         else:
@@ -662,7 +668,8 @@ def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any], list[S
             kept.append(None)
             continue
         buffer, offset, shape = int(locator[0]), int(locator[1]), tuple(int(n) for n in locator[2])
-        if not 0 <= buffer < len(buffers) or offset < 0 or offset + math.prod(shape) > buffers[buffer].numel():
+        if not 0 <= buffer < len(buffers) or offset < 0 or min(shape, default=0) < 0 \
+                or offset + math.prod(shape) > buffers[buffer].numel():
             raise ValueError("a kept value lies outside its buffer")
         kept.append((buffer, offset, shape))
     pending = []

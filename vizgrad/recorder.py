@@ -19,8 +19,8 @@ import torch
 from torch.autograd import function as _function
 
 from vizgrad import naming
-from vizgrad.capture import NodeCapture
-from vizgrad.errors import RecordingWarning, UsageError
+from vizgrad.capture import NodeCapture, patch_lock
+from vizgrad.errors import RecordingWarning, UsageError, VizgradError
 from vizgrad.gcpause import paused_gc
 from vizgrad.gradtable import GradIndex, GradTable
 from vizgrad.graph import Graph
@@ -40,6 +40,7 @@ _GRAPHS_KEPT = 64
 _LIBRARY_DIRS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(torch.__file__) + os.sep)
 _shape_and_dtype = operator.attrgetter("shape", "dtype")
 _REGISTER = "_register_hook"
+_LEAF_SEQUENCE = (1 << 64) - 1  # the sequence number autograd gives every AccumulateGrad
 
 
 # -- watching hook registrations ------------------------------------------------------------------------------
@@ -112,7 +113,8 @@ class _Patches:
     def _install(self) -> None:
         original_backward = torch.autograd.backward
         original_register_hook = torch.Tensor.register_hook
-        original_node_register = getattr(_function._HookMixin, _REGISTER)
+        with patch_lock:
+            original_node_register = getattr(_function._HookMixin, _REGISTER)
         self.originals = {"backward": original_backward, "register_hook": original_register_hook,
                           "node_register": original_node_register}
         patches = self
@@ -131,25 +133,31 @@ class _Patches:
 
         def register_hook(tensor: torch.Tensor, hook: Callable[..., Any]) -> Any:
             """``Tensor.register_hook``, noted by vizgrad (such hooks can change gradients)."""
-            _watch.note()
-            return original_register_hook(tensor, hook)
+            try:
+                return original_register_hook(tensor, hook)
+            finally:  # after: a node the registration made (a view's) is older than the mark
+                _watch.note()
 
         def node_register(backward_hooks: Any, hook: Any) -> Any:
             """torch's registration of node pre- and post-hooks, noted by vizgrad (they can change gradients)."""
-            _watch.note()
-            return original_node_register(backward_hooks, hook)
+            try:
+                return original_node_register(backward_hooks, hook)
+            finally:
+                _watch.note()
 
         backward.__wrapped__ = original_backward  # type: ignore[attr-defined]
         register_hook.__wrapped__ = original_register_hook  # type: ignore[attr-defined]
         register_hook.__doc__ = original_register_hook.__doc__
         torch.autograd.backward = backward  # type: ignore[assignment]
         torch.Tensor.register_hook = register_hook  # type: ignore[method-assign]
-        setattr(_function._HookMixin, _REGISTER, staticmethod(node_register))
+        with patch_lock:  # not while a capture has swapped it for its own
+            setattr(_function._HookMixin, _REGISTER, staticmethod(node_register))
 
     def _restore(self) -> None:
         torch.autograd.backward = self.originals["backward"]  # type: ignore[assignment]
         torch.Tensor.register_hook = self.originals["register_hook"]  # type: ignore[method-assign]
-        setattr(_function._HookMixin, _REGISTER, staticmethod(self.originals["node_register"]))
+        with patch_lock:
+            setattr(_function._HookMixin, _REGISTER, staticmethod(self.originals["node_register"]))
         self.originals = {}
 
 
@@ -193,12 +201,14 @@ def _check_arguments(keep: Any, hold: Any, live_steps: Any, saved: Any, on_step:
 class _StepWork:
     """One step in flight: what was traced and hooked before ``backward()``, for the bookkeeping after."""
 
-    __slots__ = ("graph", "live", "plan", "hooked", "roots", "seeds", "capture", "reducer")
+    __slots__ = ("graph", "live", "plan", "hooked", "roots", "seeds", "capture", "reducer", "starts")
 
     def __init__(self, graph: Graph, live: LiveMap, plan: _GraphPlan, hooked: Sequence[Any],
                  roots: Sequence[torch.Tensor], seeds: Any, capture: NodeCapture, reducer: Reducer | None) -> None:
         self.graph, self.live, self.plan, self.hooked = graph, live, plan, hooked
         self.roots, self.seeds, self.capture, self.reducer = roots, seeds, capture, reducer
+        # The roots' nodes learn the backward's graph task (leaves' own hooks cannot share their node).
+        self.starts = [root.grad_fn for root in roots if root.grad_fn is not None]
 
 
 class Recorder:
@@ -304,7 +314,7 @@ class Recorder:
         capture = work.capture
         _watch.quiet.on = True
         try:
-            capture.attach(work.hooked, work.plan.reduce)
+            capture.attach(work.hooked, work.plan.reduce, work.plan.leaf_hooks, work.starts)
         except Exception as error:
             capture.detach()
             _warn(f"vizgrad could not hook this backward() and did not record it ({_describe(error)})")
@@ -371,7 +381,9 @@ class Recorder:
                 step = self._build_step(work)
             except Exception as error:  # never raise inside the user's backward()
                 step = self._build_step_safely(work, error)
-            work.live.compact()  # the step finds its tensors' nodes without keeping the graph alive
+            # The step finds its tensors' nodes without keeping the graph alive (by identity once
+            # several threads record: their sequence numbers may coincide).
+            work.live.compact(identify=len(self._baselines) > 1)
             self._append(step)
         for callback in self.on_step:
             callback(step)
@@ -483,7 +495,10 @@ class Recorder:
         self._live_steps.append(step)
         while len(self._live_steps) > self.live_steps:
             self._live_steps.popleft().release()
-        self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
+        try:
+            self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
+        except VizgradError as error:  # a step that ends after its block (another thread's), a full disk...
+            _warn(f"vizgrad could not keep step {step.index} ({error}); training goes on without it")
 
     def _transposes(self, grads: Iterable[Any]) -> list[Any]:
         """What unhooked transposes passed on: each gradient transposed (a view), ``None`` staying ``None``.
@@ -509,26 +524,27 @@ class Recorder:
         return plan
 
     def _neighbours_may_stand_in(self, graph: Graph, live: LiveMap) -> bool:
-        """Whether nodes may go unhooked this step: no hook but vizgrad's can have changed what a node received.
+        """Whether ops may go unhooked this step: no hook but vizgrad's can have changed what one received.
 
-        Every backward node must be newer than the last hook registration of
-        its thread and than the start of watching that thread (see
-        :class:`_HookWatch`), and no leaf may have tensor hooks.
+        Every op must be newer than the last hook registration of the
+        backward's thread and than the start of watching that thread, and no
+        newer than that thread's nodes can be (a node of another thread's
+        graph may carry any number): see :class:`_HookWatch`. Leaves are
+        always hooked, and nothing reads through them.
         """
         thread = threading.get_ident()
         baseline = self._baselines.get(thread)
+        now = _sequence_counter()
         if baseline is None:  # a thread first seen now: its older nodes are unknown
-            self._baselines[thread] = _sequence_counter()
+            self._baselines[thread] = now
             return False
-        if any(event > self._started_event for other, event in _watch.last_event.items() if other != thread):
+        if any(event > self._started_event for other, event in list(_watch.last_event.items()) if other != thread):
             return False  # another thread registered hooks: its sequence numbers are not comparable
         clean_above = baseline
         if _watch.last_event.get(thread, 0) > self._started_event:
             clean_above = max(baseline, _watch.mark[thread])
-        fns = live.fns
-        if min(live.sequence_numbers()) <= clean_above:
-            return False
-        return not any(fns[at].variable._backward_hooks for at in self._plan(graph, False).leaves)
+        numbers = [number for number in live.sequence_numbers() if number < _LEAF_SEQUENCE]
+        return not numbers or clean_above < min(numbers) and max(numbers) < now
 
     def _root_gradients(self, roots: Sequence[torch.Tensor], grad_tensors: Any) -> list[torch.Tensor | None]:
         """The gradient each root starts with: the one given, or ones for a scalar root."""
@@ -641,6 +657,8 @@ class _GraphPlan:
                 self.extra_keys += [("param", node.name), ("param_grad", node.name)]
         self.unheld_keys = [key for key in self.extra_keys if key[0] in ("value", "param", "param_grad")]
         hooked_nodes = [node for node, hooked in zip(traversed, self.hooked) if hooked]
+        #: Per hooked node, whether it is a leaf (hooked before it accumulates; see NodeCapture).
+        self.leaf_hooks = [node.kind == "leaf" for node in hooked_nodes]
         self.reduce = _reduce_flags(graph, hooked_nodes, reduce_limit) if reduce_limit < math.inf else None
         self.reduce_learned: Any = None  # the summary plan whose sizes ``reduce`` was learned from
         #: The static layout's keys: the hooked nodes' keys, then the transposes' outputs.
@@ -712,6 +730,7 @@ class _GraphPlan:
 
 
 _TRAVERSED = ("op", "leaf", "custom")  # node kinds with a live backward node
+_OPS = ("op", "custom")  # traversed kinds but leaves
 
 
 _TRANSPOSE = "TBackward0"  # its gradient out is its gradient in, transposed (``grad.t()``)
@@ -739,9 +758,9 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]
 
     A node qualifies when each gradient into it comes along a lone edge from a
     traversed node, one of them into its first output, and each gradient out
-    of it is the lone input of one. A transpose also qualifies whatever its
-    output feeds (a weight shared across a loop's steps): its gradient out is
-    its gradient in, transposed. No two chosen nodes are adjacent, so a hooked
+    of it is the lone input of an op (not a leaf). A transpose also qualifies
+    whatever its output feeds (a weight shared across a loop's steps): its
+    gradient out is its gradient in, transposed. Leaves never do. No two chosen nodes are adjacent, so a hooked
     neighbour reports every gradient they share. They are picked by the
     minimum-degree greedy rule for independent sets.
 
@@ -758,11 +777,14 @@ def _unhooked_nodes(graph: Graph, traversed: Sequence[Any]
         out_of[edge.src].append(edge)
     kinds = {node.id: node.kind for node in graph.nodes}
     transposes = {node.id for node in traversed if node.op == _TRANSPOSE and node.inputs == 1}
+    # Leaves are always hooked, and a gradient into a leaf is always read where it is sent: what a
+    # leaf receives may differ (its own hooks), and held there it is copied into .grad, not moved.
     qualifying = [node.id for node in traversed
-                  if any(edge.output == 0 for edge in into[node.id])  # its first output's gradient checks its shape
+                  if node.kind != "leaf"
+                  and any(edge.output == 0 for edge in into[node.id])  # its first output's gradient checks its shape
                   and all(kinds[edge.src] in _TRAVERSED and feeds[edge.dst, edge.output] == 1 for edge in into[node.id])
                   and (node.id in transposes
-                       or all(kinds[edge.dst] in _TRAVERSED and feeds[edge.dst, edge.output] == 1
+                       or all(kinds[edge.dst] in _OPS and feeds[edge.dst, edge.output] == 1
                               for edge in out_of[node.id]))]
     candidates = set(qualifying)
     neighbours = {node_id: ({edge.src for edge in into[node_id]} | {edge.dst for edge in out_of[node_id]}) & candidates

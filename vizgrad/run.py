@@ -75,7 +75,7 @@ class Step:
 
     @property
     def values(self) -> ValueMap:
-        """``ValueKey`` -> full value (CPU tensor, a copy) for the ones kept or held."""
+        """``ValueKey`` -> full value (a copy): kept ones on the CPU, ones the newest step holds on their device."""
         return self.table.values
 
     # -- gradients by node ------------------------------------------------------------

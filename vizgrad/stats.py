@@ -601,8 +601,8 @@ def _block_rows(block: torch.Tensor) -> np.ndarray:
         out[:, 0] = squares.sqrt().numpy()
     if not np.isfinite(out[:, 0]).all():  # NaN or Inf somewhere (or squares beyond float32)
         return segment_rows(host_numpy(block.reshape(-1)), np.full(block.shape[0], block.shape[1]))
-    # Row sums in the block's precision (torch's sums cascade: within 1e-6 at these lengths), divided in float64.
-    out[:, 1] = values.sum(1).numpy() / length
+    # Means summed in float64: a mean near zero is the difference of large sums.
+    out[:, 1] = values.double().sum(1).numpy() / length
     out[:, 2] = values.amin(1).numpy()
     out[:, 3] = values.amax(1).numpy()
     return out

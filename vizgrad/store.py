@@ -380,7 +380,13 @@ class RunStore:
 
     # -- writing -------------------------------------------------------------------------------------------
     def append(self, step: Step, *, meta: Mapping[str, Any] | None = None, panels: Sequence[Any] | None = None) -> None:
-        """Writes ``step`` (and ``meta``/``panels`` when they changed) in one transaction."""
+        """Writes ``step`` (and ``meta``/``panels`` when they changed) in one transaction.
+
+        Raises:
+            RecordingError: The file is closed for writing.
+            RunFileError: Writing failed (a full disk, a removed folder).
+            UsageError: The step is out of order, or its logged data is not JSON.
+        """
         if not self.writable:
             raise RecordingError(f"run file {self.path} is closed for writing; record a new run to add steps")
         if step.index != self._count:
@@ -473,8 +479,8 @@ class RunStore:
     def read_range(self, start: int, stop: int) -> list[StoredStep]:
         """Steps ``start`` to ``stop - 1`` in order."""
         with self._lock, self._error_context("read"):
-            rows = self._connection.execute(f"SELECT {_STEP_COLUMNS[self.version]} FROM steps WHERE idx >= ? AND idx < ? "
-                                            "ORDER BY idx", (start, stop)).fetchall()
+            rows = self._connection.execute(f"SELECT {_STEP_COLUMNS[self.version]} FROM steps "
+                                            "WHERE idx >= ? AND idx < ? ORDER BY idx", (start, stop)).fetchall()
             if len(rows) != max(stop - start, 0):
                 raise _damaged(self.path, f"steps {start} to {stop - 1} are incomplete")
             return [self._step_from_row(row) for row in rows]
@@ -532,8 +538,8 @@ class RunStore:
                 index, rows = _decode_rows_v1(summaries)
             else:
                 index, rows = self._index(grad_index), decode_rows(summaries)
-            if index and max(index.values()) >= len(rows):
-                raise ValueError("its key index points past its rows")
+            if index and not 0 <= min(index.values()) <= max(index.values()) < len(rows):
+                raise ValueError("its key index points outside its rows")
             buffers, kept, pending = decode_values(values, len(rows))
             return GradTable(index, rows.copy() if pending else rows, buffers, kept, pending)
 

@@ -120,7 +120,7 @@ class LiveMap:
     """
 
     __slots__ = ("fns", "positions", "root_ids", "structure", "ops", "leaf_at", "_by_fn", "_sequence", "_leaves",
-                 "__weakref__")
+                 "_identity", "__weakref__")
 
     def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str],
                  structure: Any = None, ops: list[str] | None = None, leaf_at: list[int] | None = None) -> None:
@@ -133,6 +133,7 @@ class LiveMap:
         self._by_fn: dict[int, tuple[Any, str]] | None = None
         self._sequence: Any = None  # after compact(): sequence numbers, then sequence number -> [(op, id)]
         self._leaves: dict[int, tuple[Any, str]] | None = None  # after compact(): id(variable) -> (weakref, id)
+        self._identity: list[Any] | None = None  # after compact(identify=True): each node's metadata dict
 
     def sequence_numbers(self) -> list[int]:
         """Each node's autograd sequence number, read once (call while the nodes are held)."""
@@ -140,11 +141,18 @@ class LiveMap:
             self._sequence = list(map(_sequence_nr, self.fns or ()))
         return self._sequence
 
-    def compact(self) -> None:
-        """Drops the backward nodes, keeping their sequence numbers and ops (and the leaves' tensors, weakly)."""
+    def compact(self, identify: bool = False) -> None:
+        """Drops the backward nodes, keeping their sequence numbers and ops (and the leaves' tensors, weakly).
+
+        Sequence numbers are per thread: where graphs of several threads
+        mix (``identify``), each node's ``metadata`` dict is kept too. Holding
+        it keeps no node alive, and no other node can have it.
+        """
         fns = self.fns
         if fns is None:
             return
+        if identify:
+            self._identity = [fn.metadata for fn in fns]
         if self.ops is None:
             self.ops = list(map(_name, fns))
         if self.leaf_at is None:
@@ -180,12 +188,14 @@ class LiveMap:
             found = self._leaves.get(id(fn.variable)) if self._leaves is not None else None
             return found[1] if found is not None and found[0]() is fn.variable else None
         if isinstance(self._sequence, list):  # first lookup: index the numbers
-            index: dict[int, list[tuple[str, str]]] = {}
-            for seq, pos, name in zip(self._sequence, self.positions, self.ops or ()):
-                index.setdefault(seq, []).append((name, f"n{pos}"))
+            index: dict[int, list[tuple[str, str, int]]] = {}
+            for at, (seq, pos, name) in enumerate(zip(self._sequence, self.positions, self.ops or ())):
+                index.setdefault(seq, []).append((name, f"n{pos}", at))
             self._sequence = index
-        matches = [node_id for name, node_id in self._sequence.get(fn._sequence_nr(), ()) if name == op]
-        return matches[0] if len(matches) == 1 else None
+        matches = [(node_id, at) for name, node_id, at in self._sequence.get(fn._sequence_nr(), ()) if name == op]
+        if self._identity is not None:
+            matches = [(node_id, at) for node_id, at in matches if self._identity[at] is fn.metadata]
+        return matches[0][0] if len(matches) == 1 else None
 
     def node_id_of(self, tensor: torch.Tensor) -> str:
         """Node id of a tensor: its ``grad_fn`` node, or its accumulator when it is a leaf."""
@@ -201,7 +211,7 @@ class LiveMap:
         return edge.node, edge.output_nr
 
     def attach(self, graph: Graph, *, owned: bool = False) -> None:
-        """Lets ``graph.node_of`` find tensors of this map: weakly (the step owns the map), or ``owned`` by the graph."""
+        """Lets ``graph.node_of`` find this map's tensors: weakly (the step owns the map), or ``owned`` by the graph."""
         attach_live(graph, self, owned=owned)
 
 
