@@ -45,9 +45,14 @@ _LEAF_SEQUENCE = (1 << 64) - 1  # the sequence number autograd gives every Accum
 
 # -- watching hook registrations ------------------------------------------------------------------------------
 def _sequence_counter() -> int:
-    """This thread's autograd sequence number now: every backward node made later gets a larger one."""
-    with torch.inference_mode(False), torch.enable_grad():
-        return (torch.empty((), requires_grad=True) * 1).grad_fn._sequence_nr()
+    """This thread's autograd sequence number now: the next backward node it makes gets it (or a larger one)."""
+    if _peek_sequence is not None:
+        return _peek_sequence()
+    with torch.inference_mode(False), torch.enable_grad():  # a node of our own tells, one number later
+        return (torch.empty((), requires_grad=True) * 1).grad_fn._sequence_nr() + 1
+
+
+_peek_sequence: Callable[[], int] | None = getattr(torch._C._autograd, "_get_sequence_nr", None)
 
 
 class _HookWatch:
@@ -57,7 +62,7 @@ class _HookWatch:
     created after the last hook registration of its thread (and after
     recording started watching that thread) cannot carry a tensor hook, a
     pre-hook or a post-hook added by anyone but vizgrad: no registration
-    happened since it exists. Whatever the order of registration, a node not
+    happened since it exists. Marks are the thread's next number at the time. Whatever the order of registration, a node not
     known to be clean so is hooked itself.
     """
 
@@ -540,11 +545,11 @@ class Recorder:
             return False
         if any(event > self._started_event for other, event in list(_watch.last_event.items()) if other != thread):
             return False  # another thread registered hooks: its sequence numbers are not comparable
-        clean_above = baseline
+        clean_from = baseline
         if _watch.last_event.get(thread, 0) > self._started_event:
-            clean_above = max(baseline, _watch.mark[thread])
+            clean_from = max(baseline, _watch.mark[thread])
         numbers = [number for number in live.sequence_numbers() if number < _LEAF_SEQUENCE]
-        return not numbers or clean_above < min(numbers) and max(numbers) < now
+        return not numbers or clean_from <= min(numbers) and max(numbers) < now
 
     def _root_gradients(self, roots: Sequence[torch.Tensor], grad_tensors: Any) -> list[torch.Tensor | None]:
         """The gradient each root starts with: the one given, or ones for a scalar root."""
