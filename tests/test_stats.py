@@ -235,6 +235,27 @@ def test_every_summary_holds_to_1e_5_at_any_size_and_dtype(dtype, path):
         assert_summary(batch.summary(i), t, rel=1e-5)
 
 
+def test_batches_bigger_than_a_part_are_summarised_part_by_part():
+    """Copies are made a bounded part at a time (memory): every tensor's row is still its own, NaN in a late part."""
+    from vizgrad.stats import _PART_NUMEL, _parts
+    torch.manual_seed(0)
+    block = [torch.randn(40, 1000) for _ in range(12)]  # 480,000 elements of one shape: two parts
+    loose = [torch.randn(n) for n in range(50_000, 60_000, 700)]  # 15 sizes, 825,000 elements: four parts
+    loose[-1][5] = math.nan
+    tensors = block + loose
+    assert sum(t.numel() for t in tensors) > 4 * _PART_NUMEL
+    batch = summarize(tensors, keep=0)
+    for i, t in enumerate(tensors):
+        assert_summary(batch.summary(i), t, rel=1e-6)
+    assert batch.summary(len(tensors) - 1).nan == 1
+    counts = np.array([t.numel() for t in loose])
+    parts = _parts(counts)
+    assert parts[0][0] == 0 and parts[-1][1] == len(counts)
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert all(counts[start:stop].sum() <= _PART_NUMEL or stop - start == 1 for start, stop in parts)
+    assert _parts(np.array([_PART_NUMEL + 1, 3])) == [(0, 1), (1, 2)]
+
+
 def test_gradients_summarised_where_they_flowed_join_the_batch_on_either_path():
     """A Reduced stand-in (a big gradient reduced in its hook) brings its row, on the CPU and the packed path."""
     from vizgrad.stats import Reduced

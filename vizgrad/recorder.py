@@ -225,7 +225,7 @@ class Recorder:
         keep: Keep full gradient values of tensors up to this many elements
             (``None``: keep all); summaries are always kept.
         hold: The newest step holds its gradients up to this many elements in
-            full (``None``: all) until the next step is recorded; bigger ones
+            full (``None``: all) until the next ``backward()`` starts; bigger ones
             are summarised as they flow, so autograd frees them as usual.
         saved: Also show tensors saved for backward in the graph.
         live_steps: How many recent steps keep their live tensors for
@@ -311,6 +311,9 @@ class Recorder:
         tracked = tuple(r for r in roots if isinstance(r, torch.Tensor) and r.requires_grad)
         if not tracked:  # let torch raise its own, well-known error (or run what it accepts)
             return run_backward()
+        live_steps = self._live_steps
+        if live_steps:  # the newest step's held gradients go before this backward() makes its own
+            live_steps[-1].release_values()
         try:
             work = self._prepare(tracked, seeds if len(roots) == len(tracked) else None)
         except Exception as error:  # recording must never break the user's backward()
@@ -867,7 +870,7 @@ def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFA
             step (``None``: all); saved in run files. Summaries are kept for
             every gradient.
         hold: The newest step also holds its gradients up to this many
-            elements in full (``None``: all) until the next step is recorded,
+            elements in full (``None``: all) until the next ``backward()`` starts,
             so ``step.grad_of(tensor)`` returns them. Bigger ones are
             summarised as they flow and freed, as autograd would free them.
         saved: Also draw the tensors each op saved for backward.

@@ -33,6 +33,9 @@ CHUNK = 1024
 _SMALL_DEDUPE = 256
 #: A shape shared by at least this many tensors is reduced as one 2-d block with torch.
 _BLOCK_RUN = 8
+#: Tensors summarised together are copied (stacked, flattened, widened to float64) in
+#: parts of at most this many elements, so the copies stay small beside the gradients.
+_PART_NUMEL = 1 << 18
 
 _shape = operator.attrgetter("shape")
 _props = operator.attrgetter("shape", "dtype", "layout", "is_cpu")
@@ -578,11 +581,32 @@ def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: lis
         if memo is not None:
             memo.blocks[dtype] = (indices, plan, blocks, loose)
     for members, at in blocks:
-        # reshape, not view: a stack of channels_last tensors is channels_last too (then it copies).
-        rows[at, :6] = _block_rows(torch.stack([tensors[i] for i in members]).reshape(len(members), -1))
+        step = max(1, _PART_NUMEL // int(rows[members[0], 6]))
+        for start in range(0, len(members), step):
+            part = members[start:start + step]
+            # reshape, not view: a stack of channels_last tensors is channels_last too (then it copies).
+            block = torch.stack([tensors[i] for i in part]).reshape(len(part), -1)
+            rows[at[start:start + step], :6] = _block_rows(block)
     if loose:
-        flat = _flatten([tensors[i] for i in loose])
-        rows[loose, :6] = segment_rows(host_numpy(flat), rows[loose, 6].astype(np.int64))
+        counts = rows[loose, 6].astype(np.int64)
+        for start, stop in _parts(counts):
+            part = loose[start:stop]
+            flat = _flatten([tensors[i] for i in part])
+            rows[part, :6] = segment_rows(host_numpy(flat), counts[start:stop])
+
+
+def _parts(counts: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` runs of ``counts`` adding up to at most :data:`_PART_NUMEL` each (or one count alone)."""
+    total = int(counts.sum())
+    if total <= _PART_NUMEL:
+        return [(0, len(counts))]
+    ends = np.cumsum(counts)
+    parts, start, base = [], 0, 0
+    while start < len(counts):
+        stop = max(start + 1, int(np.searchsorted(ends, base + _PART_NUMEL, side="right")))
+        parts.append((start, stop))
+        base, start = int(ends[stop - 1]), stop
+    return parts
 
 
 def _block_rows(block: torch.Tensor) -> np.ndarray:
