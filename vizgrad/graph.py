@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["NODE_KINDS", "EDGE_KINDS", "Node", "Edge", "Graph", "format_shape", "short_op"]
+__all__ = ["NODE_KINDS", "EDGE_KINDS", "Node", "Edge", "ModuleInfo", "Graph", "format_shape", "short_op"]
 
 #: ``op``: a backward function (``grad_fn``); ``custom``: the backward of a user
 #: ``torch.autograd.Function``; ``leaf``: an ``AccumulateGrad`` (a parameter or
@@ -56,7 +56,12 @@ class Node:
         dtype: Tensor dtype as a string (``float32``), when known.
         inputs: ``len(next_functions)``: how many gradients the node passes on.
         outputs: How many outputs (incoming gradient slots) the node has.
-        module: The ``nn.Module`` path that produced the node, when known.
+        module: Path of the innermost ``nn.Module`` whose forward made the node
+            (``model.h.3.attn``); for a leaf, of the module owning the
+            parameter; ``None`` outside any module or when unknown. A root
+            module given to ``record(model)`` has the path ``""``.
+        call: Which call of that module made the node (0, 1, ... in forward
+            order within the graph): an RNN cell called per time step.
         attrs: Non-tensor saved attributes, as ``(name, repr)`` pairs.
     """
 
@@ -69,6 +74,7 @@ class Node:
     inputs: int = 0
     outputs: int = 1
     module: str | None = None
+    call: int = 0
     attrs: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,17 +127,46 @@ class Edge:
 
 
 @dataclasses.dataclass(frozen=True)
+class ModuleInfo:
+    """One ``nn.Module`` of a graph's module tree.
+
+    Attributes:
+        path: Its path (``model.h.3.attn``), as in :attr:`Node.module`.
+        type: Its class name (``CausalSelfAttention``).
+        calls: How many of its calls made nodes of the graph (or hold modules that did).
+        parent: Path of the module it was called from, ``None`` for a top-level call.
+    """
+
+    path: str
+    type: str
+    calls: int = 1
+    parent: str | None = None
+
+    def to_list(self) -> list[Any]:
+        """Compact JSON form ``[path, type, calls, parent]``."""
+        return [self.path, self.type, self.calls, self.parent]
+
+    @classmethod
+    def from_list(cls, data: Iterable[Any]) -> ModuleInfo:
+        """Inverse of :meth:`to_list`."""
+        path, kind, calls, parent = data
+        return cls(str(path), str(kind), int(calls), None if parent is None else str(parent))
+
+
+@dataclasses.dataclass(frozen=True)
 class Graph:
     """An autograd graph as plain data: nodes, edges and root ids.
 
     Graphs compare equal by content and serialise to JSON without loss. While
     the tensors of the traced program are alive, :meth:`node_of` maps one of
-    them to its node.
+    them to its node. ``modules`` is the tree of ``nn.Module``\\ s whose calls
+    made its nodes, parents before children (empty when no module was seen).
     """
 
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
     roots: tuple[str, ...]
+    modules: tuple[ModuleInfo, ...] = ()
 
     # -- lookup -----------------------------------------------------------------
     @functools.cached_property
@@ -189,22 +224,27 @@ class Graph:
     # -- identity ----------------------------------------------------------------
     @functools.cached_property
     def structural_hash(self) -> str:
-        """Hash of the topology: node ops and kinds, edges and roots (not names or shapes)."""
+        """Hash of the topology: node ops and kinds, edges, roots and module calls (not names or shapes)."""
         payload = {
             "n": [[n.id, n.op, n.kind, n.inputs, n.outputs] for n in self.nodes],
             "e": [e.to_list() for e in self.edges],
             "r": list(self.roots),
         }
+        if self.modules:  # folding and collapsing follow the modules: part of the topology
+            payload["m"] = [[n.module, n.call] for n in self.nodes]
         return hashlib.sha1(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()[:16]
 
     # -- serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict; :meth:`from_dict` restores an equal graph."""
-        return {
+        out: dict[str, Any] = {
             "nodes": [n.to_dict() for n in self.nodes],
             "edges": [e.to_list() for e in self.edges],
             "roots": list(self.roots),
         }
+        if self.modules:
+            out["modules"] = [m.to_list() for m in self.modules]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Graph:
@@ -213,6 +253,7 @@ class Graph:
             nodes=tuple(Node.from_dict(n) for n in data["nodes"]),
             edges=tuple(Edge.from_list(e) for e in data["edges"]),
             roots=tuple(data["roots"]),
+            modules=tuple(ModuleInfo.from_list(m) for m in data.get("modules", ())),
         )
 
     def to_json(self, **kwargs: Any) -> str:
@@ -226,7 +267,7 @@ class Graph:
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle only the data: live tensors and cached views are rebuilt on demand.
-        return {"nodes": self.nodes, "edges": self.edges, "roots": self.roots}
+        return {"nodes": self.nodes, "edges": self.edges, "roots": self.roots, "modules": self.modules}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in state.items():

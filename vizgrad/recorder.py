@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.autograd import function as _function
 
-from vizgrad import naming
+from vizgrad import modules, naming
 from vizgrad.capture import NodeCapture, patch_lock
 from vizgrad.errors import RecordingWarning, UsageError, VizgradError
 from vizgrad.gcpause import paused_gc
@@ -157,8 +157,10 @@ class _Patches:
         torch.Tensor.register_hook = register_hook  # type: ignore[method-assign]
         with patch_lock:  # not while a capture has swapped it for its own
             setattr(_function._HookMixin, _REGISTER, staticmethod(node_register))
+        modules.install()
 
     def _restore(self) -> None:
+        modules.uninstall()
         torch.autograd.backward = self.originals["backward"]  # type: ignore[assignment]
         torch.Tensor.register_hook = self.originals["register_hook"]  # type: ignore[method-assign]
         with patch_lock:
@@ -357,7 +359,8 @@ class Recorder:
             try:
                 graph, live = self.tracer.trace(tracked, names,
                                                 lambda: naming.variable_names(scope.items(), tracked),
-                                                shapes_later=True)
+                                                modules=modules.call_log(), shapes_later=True,
+                                                scope_name=scope.name_of)
             finally:
                 self._inferred_names.end_step()
                 scope.clear()
@@ -838,6 +841,10 @@ class _LazyScope:
 
     def __iter__(self) -> Any:
         return iter(self.items())
+
+    def name_of(self, obj: Any) -> str | None:
+        """The first variable of the calling code that holds ``obj``, or ``None``."""
+        return next((binding.name for binding in self.items() if binding.value is obj), None)
 
     def clear(self) -> None:
         """Drops the references to user objects."""

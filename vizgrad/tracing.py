@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from vizgrad.errors import UsageError
-from vizgrad.graph import Edge, Graph, Node
+from vizgrad.graph import Edge, Graph, ModuleInfo, Node
+from vizgrad.modules import Attribution, CallLog, call_log
 
 __all__ = ["trace", "Tracer", "LiveMap", "as_roots", "attach_live"]
 
@@ -71,8 +72,13 @@ def _read_metadata(fns: Sequence[Any]) -> list[tuple[tuple[int, ...], torch.dtyp
 
 
 def _rows(fns: list[Any], ops: list[str], arity: list[int], children: list[Any], meta: list[Any],
-          leaves: Mapping[int, tuple[Any, ...]], modules: Mapping[int, str]) -> list[tuple[Any, ...]]:
-    """One row per node for :meth:`Tracer._build`, from the columns of :func:`_read_nodes`."""
+          leaves: Mapping[int, tuple[Any, ...]], modules: Sequence[tuple[str | None, int]] | None,
+          leaf_modules: Mapping[int, str]) -> list[tuple[Any, ...]]:
+    """One row per node for :meth:`Tracer._build`, from the columns of :func:`_read_nodes`.
+
+    ``modules`` holds each node's ``(module path, call)`` (``None``: none
+    known); ``leaf_modules`` the owner of each leaf that has one, by position.
+    """
     custom_type = torch.autograd.function.BackwardCFunction
     rows = []
     start = 0
@@ -82,11 +88,14 @@ def _rows(fns: list[Any], ops: list[str], arity: list[int], children: list[Any],
         leaf = leaves.get(at)
         if leaf is not None:
             name, shape, dtype = leaf
-            rows.append((op, "leaf", name, tuple(shape), dtype, 1, None, node_children))
+            owner = leaf_modules.get(at)
+            rows.append((op, "leaf", name, tuple(shape), dtype, 1, None if owner is None else (owner, 0),
+                         node_children))
             continue
         shape, dtype, outputs = first if first is not None else (None, None, 1)
+        module = modules[at] if modules is not None else None
         rows.append((op, "custom" if isinstance(fn, custom_type) else "op", None, shape, dtype, outputs,
-                     modules.get(id(fn)), node_children))
+                     module if module is not None and module[0] is not None else None, node_children))
     return rows
 
 
@@ -123,7 +132,8 @@ class LiveMap:
                  "_identity", "__weakref__")
 
     def __init__(self, fns: list[Any], positions: list[int], root_ids: dict[int, str],
-                 structure: Any = None, ops: list[str] | None = None, leaf_at: list[int] | None = None) -> None:
+                 structure: Any = None, ops: list[str] | None = None, leaf_at: list[int] | None = None,
+                 sequence: list[int] | None = None) -> None:
         self.fns: list[Any] | None = fns
         self.positions = positions
         self.root_ids = root_ids
@@ -131,7 +141,7 @@ class LiveMap:
         self.ops = ops
         self.leaf_at = leaf_at  # where the leaves' accumulators are among ``fns``, when the tracer knows
         self._by_fn: dict[int, tuple[Any, str]] | None = None
-        self._sequence: Any = None  # after compact(): sequence numbers, then sequence number -> [(op, id)]
+        self._sequence: Any = sequence  # each node's sequence number (read on demand), then number -> [(op, id)]
         self._leaves: dict[int, tuple[Any, str]] | None = None  # after compact(): id(variable) -> (weakref, id)
         self._identity: list[Any] | None = None  # after compact(identify=True): each node's metadata dict
 
@@ -262,7 +272,6 @@ class Tracer:
         names: Tensor id -> name, for leaves (parameters) and named intermediates.
         saved: Also add the tensors each op saved for backward (as torchviz's
             ``show_saved``). Must run before ``backward()`` frees them.
-        modules: ``id(grad_fn)`` -> module path, from forward hooks, when known.
     """
 
     def __init__(self, saved: bool = False, cache_size: int = 16) -> None:
@@ -277,8 +286,9 @@ class Tracer:
         roots: Sequence[torch.Tensor],
         names: Mapping[int, str] | None = None,
         variable_names: Callable[[], tuple[Mapping[int, str], Sequence[str | None]]] | None = None,
-        modules: Mapping[int, str] | None = None,
+        modules: CallLog | None = None,
         shapes_later: bool = False,
+        scope_name: Callable[[Any], str | None] | None = None,
     ) -> tuple[Graph, LiveMap]:
         """Traces ``roots`` into a graph and the live map of its nodes.
 
@@ -294,15 +304,18 @@ class Tracer:
             variable_names: Called only when a new graph is built: returns
                 ``(id(grad_fn) -> variable name, root variable names)`` for
                 naming intermediates. A loop's later steps reuse those names.
-            modules: ``id(grad_fn)`` -> module path, when known.
+            modules: The forward thread's log of module calls (see
+                :mod:`vizgrad.modules`): each node gets the innermost module
+                call that made it, each leaf its parameter's owner.
             shapes_later: Look the graph up by its structure alone, without
                 reading each op's output metadata (the costliest read). The
                 returned ``live.structure`` is then set, and the caller must
                 check the ops' shapes, e.g. against the gradients that flowed,
                 and call :meth:`with_read_shapes` when they differ.
+            scope_name: The variable holding a module, to name a top-level
+                module none of whose parameters has a name.
         """
         names = names or {}
-        modules = modules or {}
         position: dict[Any, int] = {}  # backward node -> its position (its id is f"n{position}")
         fns: list[Any] = []
         positions: list[int] = []
@@ -341,7 +354,12 @@ class Tracer:
                               tuple(root.shape), root.dtype, names.get(id(root)) if root.is_leaf else None, base_info))
 
         ops, arity, children, leaves = _read_nodes(fns, nexts, position, names)
-        node_modules = tuple([modules.get(id(fn)) for fn in fns]) if modules else ()
+        attribution = sequence = None
+        node_modules: tuple[Any, ...] = ()
+        if modules is not None and modules.calls:  # module calls were logged: whose are these nodes?
+            sequence = list(map(_sequence_nr, fns))
+            attribution = Attribution(modules, sequence)
+            node_modules = attribution.column()
         structure = None
         if shapes_later and not self.saved:
             columns = [root_info, ops, arity, children, leaves, node_modules]
@@ -352,20 +370,25 @@ class Tracer:
             graph = self._structures.get(structure)
             if graph is not None:
                 live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure, ops,
-                               [leaf[0] for leaf in leaves])
+                               [leaf[0] for leaf in leaves], sequence)
                 return graph, live
         meta = _read_metadata(fns)
         signature = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), tuple(meta), leaves, node_modules)
         graph = None if self.saved else self._cache.get(signature)
         if graph is None:
-            raw = _rows(fns, ops, arity, children, meta, {leaf[0]: leaf[1:] for leaf in leaves}, modules)
+            node_paths, leaf_paths, tree = None, {}, ()
+            if attribution is not None and node_modules:
+                node_paths, leaf_paths, tree = attribution.resolve(
+                    {leaf[0]: fns[leaf[0]].variable for leaf in leaves}, names, scope_name)
+            raw = _rows(fns, ops, arity, children, meta, {leaf[0]: leaf[1:] for leaf in leaves}, node_paths,
+                        leaf_paths)
             if variable_names is not None:
                 fn_names, root_names = variable_names()
                 raw = [entry if entry[1] == "leaf" else (entry[0], entry[1], fn_names.get(id(fn)), *entry[3:])
                        for fn, entry in zip(fns, raw)]
                 root_info = [info if info[5] is not None or name is None else (*info[:5], name, info[6])
                              for info, name in zip(root_info, root_names)]
-            graph = self._build(root_info, raw, count)
+            graph = self._build(root_info, raw, count, tree)
             if self.saved:
                 graph = self._with_saved(graph, fns, position)
             else:
@@ -373,7 +396,7 @@ class Tracer:
         if structure is not None:
             self._remember(self._structures, structure, graph)
         live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, ops=ops,
-                       leaf_at=[leaf[0] for leaf in leaves])
+                       leaf_at=[leaf[0] for leaf in leaves], sequence=sequence)
         return graph, live
 
     def with_read_shapes(self, graph: Graph, live: LiveMap) -> Graph:
@@ -395,7 +418,7 @@ class Tracer:
                 changed = True
         if not changed:
             return graph
-        corrected = Graph(tuple(nodes), graph.edges, graph.roots)
+        corrected = Graph(tuple(nodes), graph.edges, graph.roots, graph.modules)
         if live.structure is not None:
             self._remember(self._structures, live.structure, corrected)
         return corrected
@@ -406,7 +429,8 @@ class Tracer:
             cache.pop(next(iter(cache)))
 
     @staticmethod
-    def _build(root_info: list[tuple[Any, ...]], raw: list[tuple[Any, ...]], count: int) -> Graph:
+    def _build(root_info: list[tuple[Any, ...]], raw: list[tuple[Any, ...]], count: int,
+               modules: tuple[ModuleInfo, ...] = ()) -> Graph:
         """Nodes and edges from what the traversal read; ids are positions (``n0``, ``n1``, ...)."""
         nodes: list[Node | None] = [None] * count
         edges: list[Edge] = []
@@ -434,9 +458,12 @@ class Tracer:
                     edges.append(Edge(f"n{pos}", f"n{child[0]}", slot, child[1], "grad"))
                     outputs_seen[child[0]] = max(outputs_seen[child[0]], child[1] + 1)
         for pos, (op, kind, name, shape, dtype, outputs, module, children) in zip(fn_positions, raw):
+            path, call = module if module is not None else (None, 0)
             nodes[pos] = Node(f"n{pos}", op, kind, name=name, shape=shape, dtype=_dtype_str(dtype),
-                              inputs=len(children), outputs=max(outputs, outputs_seen[pos], 1), module=module)
-        return Graph(tuple(nodes), tuple(edges), tuple(f"n{info[0]}" for info in root_info))  # type: ignore[arg-type]
+                              inputs=len(children), outputs=max(outputs, outputs_seen[pos], 1), module=path,
+                              call=call)
+        return Graph(tuple(nodes), tuple(edges), tuple(f"n{info[0]}" for info in root_info),  # type: ignore[arg-type]
+                     modules)
 
     def _with_saved(self, graph: Graph, fns: list[Any], position: Mapping[Any, int]) -> Graph:
         """``graph`` plus the tensors each op saved for backward, as ``saved`` nodes."""
@@ -445,7 +472,7 @@ class Tracer:
         extra: list[Node] = []
         for fn in fns:
             self._add_saved(fn, f"n{position[fn]}", nodes, extra, edges)
-        return Graph(tuple(nodes + extra), tuple(edges), graph.roots)
+        return Graph(tuple(nodes + extra), tuple(edges), graph.roots, graph.modules)
 
     @staticmethod
     def _add_saved(fn: Any, node_id: str, nodes: list[Node], extra: list[Node], edges: list[Edge]) -> None:
@@ -492,6 +519,8 @@ def trace(
 
     Returns:
         The :class:`Graph`; while the tensors live, ``graph.node_of(t)`` works.
+        Inside a ``record()`` block, where module calls are logged, its nodes
+        have their modules too.
 
     >>> import torch, vizgrad
     >>> w = torch.ones(2, requires_grad=True)
@@ -506,9 +535,11 @@ def trace(
     try:
         names = naming.leaf_names(params, scope)
         fn_names, root_names = naming.variable_names(scope, root_tuple)
+        graph, live = Tracer(saved=saved).trace(
+            root_tuple, names, lambda: (fn_names, root_names), modules=call_log(),
+            scope_name=lambda module: next((b.name for b in scope if b.value is module), None))
     finally:
         del scope
-    graph, live = Tracer(saved=saved).trace(root_tuple, names, lambda: (fn_names, root_names))
     live.compact()  # finds the nodes from tensors without keeping the graph alive
     live.attach(graph, owned=True)
     return graph
