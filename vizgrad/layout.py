@@ -125,6 +125,12 @@ def _slot(values: list[str], default: str) -> str:
     return f"{_SLOT_OPEN}{len(values) - 1}{_SLOT_CLOSE}"
 
 
+def _slot_attribute(element: ET.Element, name: str, default: str, values: list[str], into: list[int]) -> None:
+    """Turns attribute ``name`` into a slot defaulting to its value (else ``default``), noted in ``into``."""
+    element.set(name, _slot(values, element.get(name, default)))
+    into.append(len(values) - 1)
+
+
 def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
     """Post-process Graphviz SVG once into a :class:`Layout` with a precompiled template."""
     try:
@@ -194,15 +200,13 @@ def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: l
             shape_done = True
             child.set("class", "vg-shape")
             if painted:
-                child.set("fill", _slot(defaults, child.get("fill", "#ffffff")))
-                slots.fill.append(len(defaults) - 1)
+                _slot_attribute(child, "fill", "#ffffff", defaults, slots.fill)
         elif child.tag == f"{{{_SVG_NS}}}text":
             texts.append(child)
     if not painted:
         return
     for text in texts:
-        text.set("fill", _slot(defaults, text.get("fill", "#000000")))
-        slots.text.append(len(defaults) - 1)
+        _slot_attribute(text, "fill", "#000000", defaults, slots.text)
     count = value_line_count(node)
     line_slots: list[int] = []
     for k, text in enumerate(texts[len(texts) - count:] if count else []):
@@ -227,16 +231,12 @@ def _prepare_edge(group: ET.Element, key: str, kind: str, defaults: list[str], s
     for child in group:
         if child.tag == f"{{{_SVG_NS}}}path":
             child.set("class", "vg-path")
-            child.set("stroke", _slot(defaults, child.get("stroke", "#6b6b6b")))
-            slots.color.append(len(defaults) - 1)
-            child.set("stroke-width", _slot(defaults, child.get("stroke-width", "1")))
-            slots.width.append(len(defaults) - 1)
+            _slot_attribute(child, "stroke", "#6b6b6b", defaults, slots.color)
+            _slot_attribute(child, "stroke-width", "1", defaults, slots.width)
         elif child.tag == f"{{{_SVG_NS}}}polygon":
             child.set("class", "vg-head")
-            child.set("fill", _slot(defaults, child.get("fill", "#6b6b6b")))
-            slots.color.append(len(defaults) - 1)
-            child.set("stroke", _slot(defaults, child.get("stroke", "#6b6b6b")))
-            slots.color.append(len(defaults) - 1)
+            _slot_attribute(child, "fill", "#6b6b6b", defaults, slots.color)
+            _slot_attribute(child, "stroke", "#6b6b6b", defaults, slots.color)
 
 
 class LayoutCache:
