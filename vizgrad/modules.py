@@ -204,7 +204,7 @@ class Attribution:
     them, once per new graph.
     """
 
-    __slots__ = ("log", "calls", "local", "order", "parents")
+    __slots__ = ("log", "calls", "local", "order", "rank", "parents")
 
     def __init__(self, log: CallLog, sequence: Sequence[int]) -> None:
         self.log = log
@@ -227,16 +227,15 @@ class Attribution:
                 involved[call] = parent
                 call = parent
         self.order = sorted(involved)
-        rank = {call: at for at, call in enumerate(self.order)}
-        self.parents = [rank.get(involved[call], -1) for call in self.order]
+        self.rank = {call: at for at, call in enumerate(self.order)}  # call number -> place in ``order``
+        self.parents = [self.rank.get(involved[call], -1) for call in self.order]
 
     def column(self) -> tuple[Any, ...]:
         """What must be equal for two steps' nodes to have the same modules, calls and tree."""
         if not self.order:
             return ()
-        rank = {call: at for at, call in enumerate(self.order)}
         return (tuple([id(self.log.module(call)) for call in self.order]), tuple(self.parents),
-                tuple([rank.get(call, -1) for call in self.calls]), self.local.tobytes())
+                tuple([self.rank.get(call, -1) for call in self.calls]), self.local.tobytes())
 
     def resolve(self, leaves: Mapping[int, Any], names: Mapping[int, str],
                 scope_name: Callable[[Any], str | None] | None = None
@@ -284,7 +283,7 @@ class Attribution:
         for path in paths:
             index.append(counts.get(path, 0))
             counts[path] = index[-1] + 1
-        rank = {call: at for at, call in enumerate(self.order)}
+        rank = self.rank
         per_call = [(paths[rank[call]], index[rank[call]]) if call >= 0 else (None, 0) for call in self.calls]
         nodes = [per_call[i] for i in self.local.tolist()]
         tree: dict[str, ModuleInfo] = {}

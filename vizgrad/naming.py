@@ -73,6 +73,11 @@ def caller_scope(depth: int = 4) -> list[Binding]:
         del frame  # frames in locals make reference cycles
 
 
+def holder_name(scope: Iterable[Binding], obj: Any) -> str | None:
+    """The name of the first binding in ``scope`` that holds ``obj`` itself, or ``None``."""
+    return next((binding.name for binding in scope if binding.value is obj), None)
+
+
 def _visible(name: str) -> bool:
     # Skip private names and IPython's output history (_, _1, Out, In).
     return not name.startswith("_") and name not in ("In", "Out")

@@ -844,7 +844,7 @@ class _LazyScope:
 
     def name_of(self, obj: Any) -> str | None:
         """The first variable of the calling code that holds ``obj``, or ``None``."""
-        return next((binding.name for binding in self.items() if binding.value is obj), None)
+        return naming.holder_name(self.items(), obj)
 
     def clear(self) -> None:
         """Drops the references to user objects."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 import weakref
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -537,7 +538,7 @@ def trace(
         fn_names, root_names = naming.variable_names(scope, root_tuple)
         graph, live = Tracer(saved=saved).trace(
             root_tuple, names, lambda: (fn_names, root_names), modules=call_log(),
-            scope_name=lambda module: next((b.name for b in scope if b.value is module), None))
+            scope_name=functools.partial(naming.holder_name, scope))
     finally:
         del scope
     live.compact()  # finds the nodes from tensors without keeping the graph alive
