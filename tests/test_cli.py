@@ -482,3 +482,23 @@ def test_ctrl_c_while_writing_the_output(in_tmp, monkeypatch):
     result = invoke("render", REGRESSION, "--save", "run.vizgrad", "--", "--steps", "2")
     assert_error(result, 130, "interrupted (Ctrl-C)")
     assert len(vizgrad.load(in_tmp / "run.vizgrad").steps) == 2
+
+
+def test_view_options_reach_every_output(in_tmp):
+    series = DATA / "time_series.py"
+    result = invoke("render", series, "-q", "-o", "folded.dot", "--", "--steps", "1", "--length", "12")
+    assert result.exit_code == 0, result.output
+    folded = Path("folded.dot").read_text()
+    assert "LSTMCell x12 (recurrent)" in folded and folded.count('class="vg-fold"') == 3
+    result = invoke("render", series, "-q", "-o", "unfolded.dot", "--unfold", "lstm1", "--depth", "1", "--",
+                    "--steps", "1", "--length", "12")
+    assert result.exit_code == 0, result.output
+    unfolded = Path("unfolded.dot").read_text()
+    assert unfolded.count('class="vg-module"') == 12 and unfolded.count('class="vg-fold"') == 2
+    result = invoke("render", series, "-q", "-o", "boxed.dot", "--depth", "0", "--", "--steps", "1", "--length", "5")
+    assert Path("boxed.dot").read_text().count('class="vg-module"') == 1  # the whole model, one box
+
+
+def test_bad_view_options_are_usage_errors(in_tmp):
+    assert_error(invoke("render", REGRESSION, "--max-nodes", "0"), 2, "--max-nodes")
+    assert_error(invoke("render", REGRESSION, "--depth", "-1"), 2, "--depth")

@@ -10,6 +10,7 @@ import torch
 import vizgrad
 from vizgrad import engine, export
 from vizgrad.errors import UsageError
+from vizgrad.view import ViewOptions
 
 
 def record_two_topologies() -> vizgrad.Run:
@@ -108,8 +109,10 @@ def test_export_html_goes_through_the_report(tmp_path):
             calls.append(("report", options))
             return FakeReport()
 
-    assert export.export(FakeRun(), tmp_path / "r.html", every=2, steps="1:") == [tmp_path / "r.html"]
-    assert calls == [("report", {"every": 2, "steps": "1:", "engine": None}), ("save", tmp_path / "r.html")]
+    view = ViewOptions(depth=1)
+    assert export.export(FakeRun(), tmp_path / "r.html", every=2, steps="1:", view=view) == [tmp_path / "r.html"]
+    assert calls == [("report", {"every": 2, "steps": "1:", "engine": None, "view": view}),
+                     ("save", tmp_path / "r.html")]
 
 
 def test_export_rejects_bad_targets(seed_run, tmp_path):

@@ -21,6 +21,7 @@ from vizgrad.graph import Graph, ModuleInfo
 from vizgrad.modules import MAX_CALLS, CallLog
 
 from click.testing import CliRunner
+from models import TinyGPT
 
 
 def short(op: str) -> str:
@@ -130,53 +131,6 @@ def test_cnn_with_batchnorm_against_per_module_hooks():
     assert ops["NllLossBackward0"] is None and ops["LogSoftmaxBackward0"] is None  # functional, outside modules
     batchnorm = [node.module for node in graph.nodes if node.op.startswith("NativeBatchNormBackward")]
     assert sorted(batchnorm) == ["net.1", "net.5"]
-
-
-class SelfAttention(nn.Module):
-    """Causal self-attention written out, as in nanoGPT."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, time, width = x.shape
-        q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(batch, time, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        att = (q @ k.transpose(-2, -1)) / (k.size(-1) ** 0.5)
-        att = att.masked_fill(torch.ones(time, time).tril() == 0, float("-inf")).softmax(-1)
-        return self.proj((att @ v).transpose(1, 2).reshape(batch, time, width))
-
-
-class Block(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.ln_1, self.attn = nn.LayerNorm(width), SelfAttention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class TinyGPT(nn.Module):
-    def __init__(self, vocab: int = 11, width: int = 16, heads: int = 2, layers: int = 3) -> None:
-        super().__init__()
-        self.wte = nn.Embedding(vocab, width)
-        self.h = nn.ModuleList(Block(width, heads) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(width)
-        self.lm_head = nn.Linear(width, vocab, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied, as nanoGPT
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = self.wte(idx)
-        for block in self.h:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
 def test_transformer_nodes_fall_in_their_blocks_attention_and_mlp():

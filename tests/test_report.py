@@ -265,7 +265,7 @@ def test_sharing_equal_columns_does_linear_work_on_a_long_chain(monkeypatch):
     node_ids = [node.id for node in graph.nodes]
     half = len(node_ids) // 2
 
-    def paint_segment(steps, scale):  # every column distinct in the first half, repeated in the second
+    def paint_segment(steps, scale, graph=None):  # every column distinct in the first half, repeated in the second
         columns = {}
         for position, node_id in enumerate(node_ids):
             value = position % half
@@ -278,7 +278,7 @@ def test_sharing_equal_columns_does_linear_work_on_a_long_chain(monkeypatch):
     layout = SimpleNamespace(key="chain", width=10.0, height=10.0, svg='<svg xmlns="http://www.w3.org/2000/svg"/>')
     page = report._FrameData()
     CountedFloat.operations = 0
-    page.add_segment([SimpleNamespace(graph=graph)] * 2, layout, scale=None)
+    page.add_segment([SimpleNamespace(graph=graph)] * 2, graph, layout, scale=None)
     elements = 2 * len(node_ids)  # a few hashes and comparisons per number; a scan of the earlier columns is ~1e6
     assert CountedFloat.operations <= 4 * elements, f"{CountedFloat.operations} operations on {elements} numbers"
     nodes = page.segments[0]["nodes"]

@@ -15,6 +15,7 @@ from vizgrad import __version__
 from vizgrad.errors import OutputError, UsageError, VizgradError
 from vizgrad.graph import format_shape
 from vizgrad.scripts import displayable
+from vizgrad.view import DEFAULT_MAX_NODES, ViewOptions
 
 __all__ = ["main", "cli", "CommandError", "EXIT_INTERRUPTED"]
 
@@ -89,9 +90,21 @@ def main(argv: Sequence[str] | None = None) -> None:
 @click.option("--engine", type=click.Choice(["auto", "dot", "wasm"]), default="auto", show_default=True,
               help="Graphviz for the layouts: dot (the system one), wasm (the embedded one) or auto "
                    "(dot when installed, else wasm).")
+@click.option("--depth", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Draw modules nested less than N deep open, deeper ones as one box each (0: every top-level "
+                   "module is a box; default: the most detailed view within --max-nodes).")
+@click.option("--max-nodes", type=click.IntRange(min=1), default=DEFAULT_MAX_NODES, show_default=True, metavar="N",
+              help="The most boxes and nodes the default view draws (it collapses modules and folds repeats to fit).")
+@click.option("--expand", multiple=True, metavar="PATH",
+              help="Draw this module open (repeatable): a path such as transformer.h.3, or lstm1@5 for one call.")
+@click.option("--collapse", multiple=True, metavar="PATH", help="Draw this module as one box (repeatable).")
+@click.option("--unfold", multiple=True, metavar="PATH",
+              help="Draw the instances of a fold one by one (repeatable): its module or container, e.g. "
+                   "transformer.h or lstm1.")
 @click.option("-q", "--quiet", is_flag=True, help="Silence the script's output, vizgrad's messages and progress bars.")
 def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt: str | None, save: Path | None,
-           every: int, steps: str | None, engine: str, quiet: bool) -> None:
+           every: int, steps: str | None, engine: str, depth: int | None, max_nodes: int, expand: tuple[str, ...],
+           collapse: tuple[str, ...], unfold: tuple[str, ...], quiet: bool) -> None:
     """Record a script's gradients (or read a saved run) and draw every step.
 
     TARGET is a Python script, run unmodified as __main__ with ARGS (put them
@@ -104,6 +117,7 @@ def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt:
       vizgrad render train.py -o train.gif --every 10 -- --lr 0.01
       vizgrad render train.py --save train.vizgrad -q
       vizgrad render train.vizgrad --steps 100:200 -o steps.html
+      vizgrad render gpt.py --expand transformer.h.3 --unfold transformer.h
     """
     from vizgrad import export
 
@@ -112,7 +126,8 @@ def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt:
         raise UsageError(f"{target} is a run file: arguments after it ({' '.join(script_args)}) are only for scripts")
     fmt, output = _choose_output(export, target, output, fmt)
     _check_writable(output, fmt)
-    options = {"every": every, "steps": steps, "engine": engine, "progress": False if quiet else None}
+    view = ViewOptions(depth=depth, max_nodes=max_nodes, expand=expand, collapse=collapse, unfold=unfold)
+    options = {"every": every, "steps": steps, "engine": engine, "progress": False if quiet else None, "view": view}
     if is_run:
         _render_run_file(export, target, output, fmt, save, options, quiet)
     else:

@@ -7,9 +7,10 @@ import collections
 import graphviz
 
 from vizgrad.graph import Graph, Node, format_shape, short_op
+from vizgrad.view import plan_of, short_name
 
-__all__ = ["LINE_WIDTH", "KIND_STYLES", "PAINTED_NODE_KINDS", "PAINTED_EDGE_KINDS", "graph_dot", "value_line_count",
-           "tooltip"]
+__all__ = ["LINE_WIDTH", "STRIP_WIDTH", "STRIP_MARK", "KIND_STYLES", "PAINTED_NODE_KINDS", "PAINTED_EDGE_KINDS",
+           "graph_dot", "value_line_count", "tooltip"]
 
 LINE_WIDTH = 16
 """Characters in every value line of a label: a 5-character prefix and an 11-character number."""
@@ -25,7 +26,18 @@ KIND_STYLES: dict[str, dict[str, str]] = {
              "penwidth": "3"},
     "saved": {"shape": "box", "style": "filled", "color": "#e6750a", "fillcolor": "#ffe0b2"},
     "base": {"shape": "box", "style": "filled", "color": "#808000", "fillcolor": "#eeeec0"},
+    "module": {"shape": "box", "style": "rounded,filled,bold", "color": "#24292f", "fillcolor": "#f6f8fa",
+               "penwidth": "2", "margin": "0.14,0.06"},
+    "fold": {"shape": "box3d", "style": "filled,bold", "color": "#24292f", "fillcolor": "#f6f8fa", "penwidth": "2",
+             "margin": "0.14,0.06"},
 }
+
+STRIP_WIDTH = 24
+"""Characters of width a fold's strip of bars takes (two label lines of :data:`STRIP_MARK`)."""
+STRIP_MARK = "=" * STRIP_WIDTH
+"""The text of the two label lines a fold's strip is drawn over (removed from the SVG by the layout)."""
+_CLUSTER_STYLE = {"style": "rounded,dashed", "color": "#8c959f", "fontname": "Courier", "fontsize": "9",
+                  "fontcolor": "#57606a", "labeljust": "l", "margin": "10"}
 
 _EDGE_STYLES: dict[str, dict[str, str]] = {
     "grad": {},
@@ -34,7 +46,7 @@ _EDGE_STYLES: dict[str, dict[str, str]] = {
     "view": {"style": "dashed", "color": "#808000", "dir": "forward"},
 }
 #: Node and edge kinds that carry a gradient, painted per step (saved tensors and view bases do not).
-PAINTED_NODE_KINDS = ("op", "custom", "leaf", "root")
+PAINTED_NODE_KINDS = ("op", "custom", "leaf", "root", "module", "fold")
 PAINTED_EDGE_KINDS = ("grad", "root")
 
 # Sizes at which the graph attributes change (node counts, after copying shared leaves).
@@ -46,7 +58,7 @@ _SPLIT_SHARED_ABOVE = 100  # nodes; smaller graphs keep one node per shared leaf
 
 def value_line_count(node: Node) -> int:
     """How many per-step value lines the label of ``node`` carries (0 for saved tensors and bases)."""
-    return {"op": 1, "custom": 1, "leaf": 2, "root": 1}.get(node.kind, 0)
+    return {"op": 1, "custom": 1, "leaf": 2, "root": 1, "module": 3, "fold": 3}.get(node.kind, 0)
 
 
 def _placeholder(prefix: str) -> str:
@@ -58,6 +70,8 @@ def _placeholders(node: Node) -> list[str]:
         return [_placeholder("val"), _placeholder("grad")]
     if node.kind == "root":
         return [_placeholder("loss")]
+    if node.kind in ("module", "fold"):
+        return [_placeholder("in"), _placeholder("out"), _placeholder("max")]
     return [_placeholder("grad")] * value_line_count(node)
 
 
@@ -70,9 +84,11 @@ def _shape_text(shape: tuple[int, ...] | None, dtype: str | None = None) -> str 
     return text
 
 
-def _label_lines(node: Node) -> list[str]:
+def _label_lines(node: Node, graph: Graph | None = None) -> list[str]:
     """The fixed text of a node's label (title, name, shape), before the value lines."""
     lines: list[str] = []
+    if node.kind in ("module", "fold"):
+        return _box_lines(node, graph)
     if node.kind in ("op", "custom"):
         lines.append(short_op(node.op))
         if node.name:
@@ -96,8 +112,21 @@ def _label_lines(node: Node) -> list[str]:
     return lines
 
 
+def _box_lines(node: Node, graph: Graph | None) -> list[str]:
+    """A box's title (its short name), its class (times its instances), and a fold's strip lines."""
+    plan = plan_of(graph) if graph is not None else None
+    box = plan.boxes.get(node.id) if plan is not None else None
+    title = short_name(node.name or "") or node.op
+    if box is None or box.kind == "module":
+        return [title, node.op] if title != node.op else [title]
+    kind = f"{node.op} x{box.count}" + (" (recurrent)" if box.recurrent else "")
+    return [title, kind, STRIP_MARK, STRIP_MARK]
+
+
 def tooltip(node: Node) -> str:
     """The hover text of a node: its op or kind, its name and its module."""
+    if node.kind in ("module", "fold"):
+        return f"{node.op} · {node.name}" + (" (folded: click to unfold)" if node.kind == "fold" else "")
     parts = [short_op(node.op) if node.kind in ("op", "custom", "leaf") else node.kind]
     if node.name:
         parts.append(node.name)
@@ -177,18 +206,41 @@ def graph_dot(graph: Graph, *, values: bool = True, split_shared: bool | None = 
     dot.attr("graph", **_graph_attributes(node_count))
     dot.attr("node", fontname="Courier", fontsize="10", margin="0.1,0.04", height="0.3", penwidth="1.2")
     dot.attr("edge", color="#6b6b6b", arrowsize="0.7", dir="back")
+    plan = plan_of(graph)
+    inside: dict[str | None, list[Node]] = collections.defaultdict(list)  # cluster key -> its nodes
     for node in graph.nodes:
-        lines = [graphviz.escape(line) for line in _label_lines(node)]
-        if values:
-            lines += _placeholders(node)
-        label = graphviz.nohtml("\\n".join(lines))
-        style = dict(KIND_STYLES.get(node.kind, KIND_STYLES["op"]))
-        if node.id in copied:
-            for k in range(1, len(uses[node.id]) + 1):
-                dot.node(f"{node.id}-use{k}", label=label, id=f"node-{node.id}-use{k}", **{"class": f"vg-{node.kind}"},
-                         **style)
-        else:
-            dot.node(node.id, label=label, id=f"node-{node.id}", **{"class": f"vg-{node.kind}"}, **style)
+        inside[plan.cluster_of.get(node.id) if plan is not None else None].append(node)
+
+    def add_nodes(container: graphviz.Digraph, cluster: str | None) -> None:
+        for node in inside.get(cluster, ()):
+            lines = [graphviz.escape(line) for line in _label_lines(node, graph)]
+            if values:
+                lines += _placeholders(node)
+            label = graphviz.nohtml("\\n".join(lines))
+            style = dict(KIND_STYLES.get(node.kind, KIND_STYLES["op"]))
+            if node.id in copied:
+                for k in range(1, len(uses[node.id]) + 1):
+                    container.node(f"{node.id}-use{k}", label=label, id=f"node-{node.id}-use{k}",
+                                   **{"class": f"vg-{node.kind}"}, **style)
+            else:
+                container.node(node.id, label=label, id=f"node-{node.id}", **{"class": f"vg-{node.kind}"}, **style)
+
+    add_nodes(dot, None)
+    if plan is not None and plan.clusters:
+        children: dict[str | None, list[tuple[int, str, str]]] = collections.defaultdict(list)
+        for index, (key, label, parent) in enumerate(plan.clusters):
+            children[parent].append((index, key, label))
+
+        def add_cluster(container: graphviz.Digraph, index: int, key: str, label: str) -> None:
+            # Clusters are named by position: a module path may hold any character.
+            with container.subgraph(name=f"cluster_{index}") as sub:
+                sub.attr(label=graphviz.escape(label), id=f"module-{index}", **_CLUSTER_STYLE)
+                add_nodes(sub, key)
+                for child in children.get(key, ()):
+                    add_cluster(sub, *child)
+
+        for child in children.get(None, ()):
+            add_cluster(dot, *child)
     for index, edge in enumerate(graph.edges):
         attributes = {"id": f"edge-{edge.src}-{edge.slot}-{edge.kind}", **_EDGE_STYLES.get(edge.kind, {})}
         if edge.kind in ("grad", "root"):

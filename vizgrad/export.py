@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from vizgrad import raster
 from vizgrad.errors import OutputError, UsageError
 from vizgrad.frames import FrameRenderer, select_steps
+from vizgrad.view import ViewOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.run import Run
@@ -55,7 +56,7 @@ def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
 
 def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, every: int = 1,
            steps: str | slice | int | None = None, engine: str | None = None, progress: bool | None = None,
-           fps: float = 10, width: int | None = None) -> list[Path]:
+           fps: float = 10, width: int | None = None, view: ViewOptions | None = None) -> list[Path]:
     """Writes ``run`` to ``path`` as ``fmt``, laying out each graph topology once.
 
     * ``html``: the player report (``run.report(...).save(path)``);
@@ -79,6 +80,9 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
         fps: Frames per second of a GIF or MP4.
         width: Width in pixels of GIF/MP4 frames; ``None`` for the graph's
             natural size, at most 1600 px.
+        view: What is drawn of each graph (collapsed modules, folded
+            repeats; see :class:`vizgrad.view.ViewOptions`); by default the
+            most detailed view within 150 drawn items.
 
     Returns:
         The paths written.
@@ -92,10 +96,10 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
     chosen = format_for(path, fmt)
     target = Path(path)
     if chosen == "html":
-        return [run.report(every=every, steps=steps, engine=engine).save(target)]
+        return [run.report(every=every, steps=steps, engine=engine, view=view).save(target)]
     if chosen == "dot":
-        return _write_dot(run, target, select_steps(len(run.steps), every, steps))
-    renderer = FrameRenderer(run, engine, every=every, steps=steps)
+        return _write_dot(run, target, select_steps(len(run.steps), every, steps), view)
+    renderer = FrameRenderer(run, engine, every=every, steps=steps, view=view)
     if chosen == "svg":
         return _write_svg(renderer, target, progress)
     writer = raster.write_gif if chosen == "gif" else raster.write_mp4
@@ -107,7 +111,7 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
     return [target]
 
 
-def _write_dot(run: Run, target: Path, indices: list[int]) -> list[Path]:
+def _write_dot(run: Run, target: Path, indices: list[int], view: ViewOptions | None) -> list[Path]:
     graphs: dict[str, Any] = {}
     for index in indices:
         graph = run.steps[index].graph
@@ -120,7 +124,7 @@ def _write_dot(run: Run, target: Path, indices: list[int]) -> list[Path]:
     else:
         paths = [target.with_name(f"{target.stem}-{k}{target.suffix}") for k in range(1, len(graphs) + 1)]
     for out, graph in zip(paths, graphs.values()):
-        _write_text(out, graph.to_dot())
+        _write_text(out, graph.to_dot(view=view))
     return paths
 
 

@@ -16,6 +16,7 @@ from vizgrad.dot import KIND_STYLES, LINE_WIDTH, graph_dot, value_line_count
 from vizgrad.layout import FLAGS, FONT_FAMILY, FRAME_CSS, Layout, LayoutCache, render_frame
 from vizgrad.paint import PALETTE, paint, paint_segment, step_of
 from vizgrad.selection import select_steps
+from vizgrad.view import ViewOptions, view_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.run import Run, Step
@@ -56,16 +57,20 @@ class FrameRenderer:
         steps: A step range (see :func:`select_steps`).
         scale: The colour scale; by default one spanning the whole run.
         cache: A :class:`LayoutCache` to share; by default a new one.
+        view: What each frame draws of a graph (modules collapsed, repeats
+            folded; see :class:`vizgrad.view.ViewOptions`); by default the
+            most detailed view within 150 drawn items.
 
     Iterating yields ``(step_index, svg)`` for each selected step.
     """
 
     def __init__(self, run: Run, engine: str | None = None, *, every: int = 1,
                  steps: str | slice | int | None = None, scale: ColorScale | None = None,
-                 cache: LayoutCache | None = None) -> None:
+                 cache: LayoutCache | None = None, view: ViewOptions | None = None) -> None:
         self.run = run
         self.indices = select_steps(len(run.steps), every, steps)
         self.cache = cache if cache is not None else LayoutCache(engine)
+        self.view = view or ViewOptions()
         self._scale = scale
 
     @property
@@ -81,15 +86,17 @@ class FrameRenderer:
     def frame(self, index: int, *, scalable: bool = False) -> str:
         """The SVG of step ``index``."""
         step = self.run.steps[index]
-        return render_frame(self.cache.get(step.graph), paint(step, self.scale), scalable=scalable)
+        drawn = view_of(step.graph, self.view)
+        return render_frame(self.cache.get(drawn), paint(step, self.scale, drawn), scalable=scalable)
 
     def __iter__(self) -> Iterator[tuple[int, str]]:
         scale = self.scale
         for start in range(0, len(self.indices), _PAINT_CHUNK):
             chunk = [self.run.steps[i] for i in self.indices[start:start + _PAINT_CHUNK]]
             for group in segments(chunk):
-                layout = self.cache.get(group[0].graph)
-                painted = paint_segment(group, scale, inspector=False)
+                drawn = view_of(group[0].graph, self.view)
+                layout = self.cache.get(drawn)
+                painted = paint_segment(group, scale, inspector=False, graph=drawn)
                 for k, step in enumerate(group):
                     yield step.index, render_frame(layout, step_of(painted, k))
 
@@ -102,6 +109,6 @@ class FrameRenderer:
         """The distinct layouts the selected steps use, in first-use order."""
         found: dict[str, Layout] = {}
         for index in self.indices:
-            layout = self.cache.get(self.run.steps[index].graph)
+            layout = self.cache.get(view_of(self.run.steps[index].graph, self.view))
             found.setdefault(layout.key, layout)
         return list(found.values())

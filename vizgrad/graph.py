@@ -18,6 +18,8 @@ __all__ = ["NODE_KINDS", "EDGE_KINDS", "Node", "Edge", "ModuleInfo", "Graph", "f
 #: ``torch.autograd.Function``; ``leaf``: an ``AccumulateGrad`` (a parameter or
 #: leaf tensor); ``root``: a tensor ``backward()`` started from; ``saved``: a
 #: tensor an op saved for backward; ``base``: the base of a root that is a view.
+#: Views (:mod:`vizgrad.view`) add ``module`` (a collapsed module) and ``fold``
+#: (repeated instances drawn as one box).
 NODE_KINDS = ("op", "custom", "leaf", "root", "saved", "base")
 
 #: ``grad``: ``grad_inputs[slot]`` of ``src`` flows into output ``output`` of
@@ -134,23 +136,39 @@ class ModuleInfo:
         path: Its path (``model.h.3.attn``), as in :attr:`Node.module`.
         type: Its class name (``CausalSelfAttention``).
         calls: How many of its calls made nodes of the graph (or hold modules that did).
-        parent: Path of the module it was called from, ``None`` for a top-level call.
+        parent: Path of the module it is registered in (``model.h`` for
+            ``model.h.3``), else of the module it was called from; ``None``
+            for a top-level module.
+        within: For each of its calls, which call of its nearest ancestor
+            that has calls encloses it (``-1``: none does); empty when that
+            is call 0 for every call (or there is no such ancestor). It tells
+            the instances of ``model.h.3`` apart when ``model`` runs twice
+            in one graph.
     """
 
     path: str
     type: str
     calls: int = 1
     parent: str | None = None
+    within: tuple[int, ...] = ()
 
     def to_list(self) -> list[Any]:
-        """Compact JSON form ``[path, type, calls, parent]``."""
-        return [self.path, self.type, self.calls, self.parent]
+        """Compact JSON form ``[path, type, calls, parent]``, then ``within`` when it is not empty."""
+        out: list[Any] = [self.path, self.type, self.calls, self.parent]
+        if self.within:
+            out.append(list(self.within))
+        return out
+
+    def instance_of(self, call: int) -> int:
+        """The call of the nearest ancestor with calls that encloses call ``call`` (see ``within``)."""
+        return self.within[call] if call < len(self.within) else 0
 
     @classmethod
     def from_list(cls, data: Iterable[Any]) -> ModuleInfo:
         """Inverse of :meth:`to_list`."""
-        path, kind, calls, parent = data
-        return cls(str(path), str(kind), int(calls), None if parent is None else str(parent))
+        path, kind, calls, parent, *rest = data
+        within = tuple(int(k) for k in rest[0]) if rest else ()
+        return cls(str(path), str(kind), int(calls), None if parent is None else str(parent), within)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +250,7 @@ class Graph:
         }
         if self.modules:  # folding and collapsing follow the modules: part of the topology
             payload["m"] = [[n.module, n.call] for n in self.nodes]
+            payload["t"] = [m.to_list() for m in self.modules]
         return hashlib.sha1(json.dumps(payload, separators=(",", ":")).encode()).hexdigest()[:16]
 
     # -- serialisation -------------------------------------------------------------
@@ -274,18 +293,35 @@ class Graph:
             object.__setattr__(self, key, value)
 
     # -- drawing -------------------------------------------------------------------
-    def to_dot(self, **options: Any) -> str:
-        """DOT source of this graph (no gradient values; see ``Run.report`` for those)."""
+    def to_dot(self, *, view: Any = None, depth: int | None = None, max_nodes: int | None = None,
+               expand: Iterable[str] = (), collapse: Iterable[str] = (), unfold: Iterable[str] = (),
+               fold: bool = True, **options: Any) -> str:
+        """DOT source of this graph's view (no gradient values; see ``Run.report`` for those).
+
+        Args:
+            view: A :class:`vizgrad.view.ViewOptions`; else one is made of
+                ``depth``, ``max_nodes``, ``expand``, ``collapse``, ``unfold``
+                and ``fold`` (see there). By default, as every output: the
+                most detailed view within 150 drawn items.
+            options: For :func:`vizgrad.dot.graph_dot` (``values``, ``split_shared``, ``name``).
+        """
         from vizgrad import frames
+        from vizgrad.view import DEFAULT_MAX_NODES, ViewOptions, view_of
 
+        if view is None:
+            view = ViewOptions(depth=depth, max_nodes=DEFAULT_MAX_NODES if max_nodes is None else max_nodes,
+                               expand=tuple(expand), collapse=tuple(collapse), unfold=tuple(unfold), fold=fold)
         options.setdefault("values", False)  # a bare graph has no step data to show
-        return frames.graph_dot(self, **options)
+        return frames.graph_dot(view_of(self, view), **options)
 
-    def render(self, fmt: str = "svg", engine: str | None = None) -> bytes:
-        """Lays the graph out with Graphviz (system ``dot`` or the embedded one) and returns the bytes."""
+    def render(self, fmt: str = "svg", engine: str | None = None, **view: Any) -> bytes:
+        """Lays the graph's view out with Graphviz (system ``dot`` or the embedded one) and returns the bytes.
+
+        Keyword arguments choose the view, as for :meth:`to_dot`.
+        """
         from vizgrad import engine as layout_engine
 
-        return layout_engine.render_dot(self.to_dot(), fmt=fmt, engine=engine)
+        return layout_engine.render_dot(self.to_dot(**view), fmt=fmt, engine=engine)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {"image/svg+xml": self.render("svg").decode("utf-8")}

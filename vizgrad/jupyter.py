@@ -22,6 +22,7 @@ import time
 from typing import Any, Iterator
 
 from vizgrad import frames
+from vizgrad.view import view_of
 from vizgrad.colors import ColorScale, norm_range, scale_between
 from vizgrad.errors import MissingDependencyError, UsageError
 from vizgrad.recorder import record
@@ -126,8 +127,9 @@ class LiveView:
     # -- drawing -------------------------------------------------------------------------------
     def html(self, step: Step) -> str:
         """The HTML the view shows for ``step``: a header, the painted graph and a loss sparkline."""
-        layout = self.cache.get(step.graph)
-        svg = frames.render_frame(layout, frames.paint(step, self._scale()), scalable=True)
+        drawn = view_of(step.graph)  # the default view, as every output draws it
+        layout = self.cache.get(drawn)
+        svg = frames.render_frame(layout, frames.paint(step, self._scale(), drawn), scalable=True)
         svg = svg.replace("<svg ", '<svg style="width:100%;height:100%" ', 1)
         loss = "–" if step.loss is None else f"{step.loss:.6g}"
         return (

@@ -10,9 +10,11 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from vizgrad.colors import text_color_for
-from vizgrad.dot import PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS, graph_dot, tooltip, value_line_count
+from vizgrad.dot import (PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS, STRIP_MARK, STRIP_WIDTH, graph_dot, tooltip,
+                         value_line_count)
 from vizgrad.errors import LayoutError, UsageError
 from vizgrad.graph import Graph, Node
+from vizgrad.view import bar_buckets, plan_of
 
 __all__ = ["FONT_FAMILY", "FLAGS", "FRAME_CSS", "Layout", "LayoutCache", "render_frame"]
 
@@ -33,6 +35,7 @@ FRAME_CSS = (
     ".vg-edge.vg-flag-nan .vg-path,.vg-edge.vg-flag-inf .vg-path{stroke-dasharray:6 3}"
     ".vg-edge.vg-flag-zero .vg-path{stroke-dasharray:4 3}"
     ".vg-edge.vg-flag-none .vg-path{stroke-dasharray:1 3}"
+    ".vg-strip{fill:#ffffff;stroke:#8c959f;stroke-width:0.6}"
 )
 """CSS that makes flagged nodes and edges unmistakable (red dashed outline for NaN/Inf, grey dashed for zero)."""
 
@@ -45,6 +48,7 @@ _SLOT_OPEN, _SLOT_CLOSE = "\ue000", "\ue001"  # private-use characters: never in
 _SLOT_PATTERN = re.compile(f"{_SLOT_OPEN}(\\d+){_SLOT_CLOSE}")
 _NODE_ID = re.compile(r"^node-(.+?)(?:-use\d+)?$")
 _EDGE_ID = re.compile(r"^edge-(.+)-(\d+)-([a-z]+)$")
+_CLUSTER_ID = re.compile(r"^module-(\d+)$")
 _SHAPE_TAGS = {f"{{{_SVG_NS}}}{tag}" for tag in ("polygon", "ellipse", "path")}
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 _XML_SPACE = "{http://www.w3.org/XML/1998/namespace}space"
@@ -56,6 +60,8 @@ class _NodeSlots:
     fill: list[int] = dataclasses.field(default_factory=list)
     text: list[int] = dataclasses.field(default_factory=list)
     lines: list[list[int]] = dataclasses.field(default_factory=list)  # per copy, one slot per line
+    bars: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)  # a fold's bars: y, height, fill
+    strip: tuple[float, float] = (0.0, 0.0)  # the bottom and height of a fold's strip, in points
 
 
 @dataclasses.dataclass
@@ -154,18 +160,26 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
         # Runs of spaces are already non-breaking spaces, and frames write those too.
         text.attrib.pop(_XML_SPACE, None)
     by_id = graph.by_id
+    view = plan_of(graph)
     defaults: list[str] = []
     nodes: dict[str, _NodeSlots] = {}
     edges: dict[str, _EdgeSlots] = {}
     for group in root.iter(f"{{{_SVG_NS}}}g"):
         classes = group.get("class", "").split()
         element_id = group.get("id", "")
-        if "node" in classes:
+        if "cluster" in classes:
+            match = _CLUSTER_ID.match(element_id)
+            if match is not None and view is not None and int(match.group(1)) < len(view.clusters):
+                group.set("class", "cluster vg-cluster")
+                group.set("data-module", view.clusters[int(match.group(1))][0])
+        elif "node" in classes:
             match = _NODE_ID.match(element_id)
             node = by_id.get(match.group(1)) if match else None
             if node is None:
                 continue
-            _prepare_node(group, node, classes, defaults, nodes.setdefault(node.id, _NodeSlots()))
+            box = view.boxes.get(node.id) if view is not None else None
+            _prepare_node(group, node, classes, defaults, nodes.setdefault(node.id, _NodeSlots()),
+                          box.count if box is not None and box.kind == "fold" else 0)
         elif "edge" in classes:
             match = _EDGE_ID.match(element_id)
             if match is None:
@@ -181,7 +195,8 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
     return Layout(key=key, svg=template.fill(defaults), width=width, height=height, dot=dot, _template=template)
 
 
-def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: list[str], slots: _NodeSlots) -> None:
+def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: list[str], slots: _NodeSlots,
+                  instances: int = 0) -> None:
     painted = node.kind in PAINTED_NODE_KINDS
     extra = [c for c in classes if c not in ("node", "vg-node")]
     base_class = " ".join(["node", "vg-node", *extra])
@@ -191,6 +206,8 @@ def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: l
     else:
         group.set("class", base_class)
     group.set("data-node", node.id)
+    if node.kind in ("module", "fold"):
+        group.set("data-module", node.name or "")
     texts: list[ET.Element] = []
     shape_done = False
     for child in group:
@@ -205,6 +222,10 @@ def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: l
             texts.append(child)
     if not painted:
         return
+    strip = [text for text in texts if text.text == STRIP_MARK]
+    if strip:
+        texts = [text for text in texts if text.text != STRIP_MARK]
+        _prepare_strip(group, strip, instances, defaults, slots)
     for text in texts:
         _slot_attribute(text, "fill", "#000000", defaults, slots.text)
     count = value_line_count(node)
@@ -215,6 +236,40 @@ def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: l
         text.text = _slot(defaults, html.escape(text.text or "", quote=False))
         line_slots.append(len(defaults) - 1)
     slots.lines.append(line_slots)
+
+
+_STRIP_ASCENT = 8.0  # points above a 10 pt label line's baseline that its letters reach
+
+
+def _prepare_strip(group: ET.Element, marks: list[ET.Element], instances: int, defaults: list[str],
+                   slots: _NodeSlots) -> None:
+    """Replaces a fold's two strip lines by a frame and one bar per bucket of instances, filled in per step."""
+    try:
+        centre = float(marks[0].get("x", "0"))
+        top = float(marks[0].get("y", "0")) - _STRIP_ASCENT
+        bottom = float(marks[-1].get("y", "0")) + 2.0
+    except ValueError:
+        return
+    for mark in marks:
+        group.remove(mark)
+    width = STRIP_WIDTH * 6.0  # Courier 10 pt: 6 pt a character
+    left = centre - width / 2
+    frame = ET.SubElement(group, f"{{{_SVG_NS}}}rect", {"class": "vg-strip", "x": f"{left:.2f}", "y": f"{top:.2f}",
+                                                        "width": f"{width:.2f}", "height": f"{bottom - top:.2f}"})
+    frame.tail = "\n"
+    count = len(bar_buckets(instances)) if instances else 0
+    step = width / max(count, 1)
+    gap = step * 0.15 if step > 3 else 0.0
+    slots.strip = (bottom, bottom - top)
+    for k in range(count):
+        bar = ET.SubElement(group, f"{{{_SVG_NS}}}rect", {"class": "vg-bar", "data-bar": str(k),
+                                                          "x": f"{left + k * step + gap / 2:.2f}",
+                                                          "width": f"{step - gap:.2f}"})
+        bar.set("y", _slot(defaults, f"{bottom:.2f}"))
+        bar.set("height", _slot(defaults, "0"))
+        bar.set("fill", _slot(defaults, "#c8c8c8"))
+        slots.bars.append((len(defaults) - 3, len(defaults) - 2, len(defaults) - 1))
+        bar.tail = "\n"
 
 
 def _prepare_edge(group: ET.Element, key: str, kind: str, defaults: list[str], slots: _EdgeSlots | None) -> None:
@@ -327,6 +382,16 @@ def render_frame(layout: Layout, painted: dict[str, Any], *, scalable: bool = Fa
         for copy in slots.lines:
             for i, line in zip(copy, lines):
                 values[i] = html.escape(str(line), quote=False).replace(" ", "\u00a0")
+        bars = entry[4] if len(entry) > 4 else ()
+        bottom, height = slots.strip
+        for (y_slot, height_slot, fill_slot), (color, share) in zip(slots.bars, bars):
+            try:
+                size = height * min(max(float(share), 0.0), 100.0) / 100.0
+            except (TypeError, ValueError):
+                continue
+            values[y_slot] = f"{bottom - size:.2f}"
+            values[height_slot] = f"{size:.2f}"
+            values[fill_slot] = _color(color, "#c8c8c8")
     for key, entry in painted.get("e", {}).items():
         slots = template.edges.get(key)
         if slots is None:

@@ -287,12 +287,15 @@ class Attribution:
         per_call = [(paths[rank[call]], index[rank[call]]) if call >= 0 else (None, 0) for call in self.calls]
         nodes = [per_call[i] for i in self.local.tolist()]
         tree: dict[str, ModuleInfo] = {}
+        within = self._within(paths, index, counts, tree_parents)
 
         def add(path: str) -> None:
             parent, module = tree_parents[path]
             if parent is not None and parent not in tree:
                 add(parent)
-            tree[path] = ModuleInfo(path, type(_unwrapped(module)).__name__, counts.get(path, 0), parent)
+            enclosing = within.get(path, ())
+            tree[path] = ModuleInfo(path, type(_unwrapped(module)).__name__, counts.get(path, 0), parent,
+                                    tuple(enclosing) if any(enclosing) else ())
 
         for path in paths:
             if path not in tree:
@@ -300,6 +303,27 @@ class Attribution:
         owners = self._owners(roots, [modules[at] for at in set(tops)])
         leaf_paths = {at: owners[id(t)] for at, t in leaves.items() if id(t) in owners}
         return nodes, leaf_paths, tuple(tree.values())
+
+    def _within(self, paths: Sequence[str], index: Sequence[int], counts: Mapping[str, int],
+                tree_parents: Mapping[str, tuple[str | None, Any]]) -> dict[str, list[int]]:
+        """Per path, for each of its calls, the enclosing call (index) of its nearest tree ancestor with calls."""
+        within: dict[str, list[int]] = {}
+        for at, path in enumerate(paths):
+            ancestor = tree_parents[path][0]
+            while ancestor is not None and not counts.get(ancestor):
+                ancestor = tree_parents[ancestor][0]
+            enclosing = -1
+            if ancestor is not None:
+                caller = self.parents[at]
+                while caller >= 0 and paths[caller] != ancestor:
+                    caller = self.parents[caller]
+                enclosing = index[caller] if caller >= 0 else -1
+            else:
+                enclosing = 0
+            calls = within.setdefault(path, [])
+            if index[at] == len(calls):  # calls of a path come in forward order
+                calls.append(enclosing)
+        return within
 
     @staticmethod
     def _add_registered(tree_parents: dict[str, tuple[str | None, Any]], prefix: str, name: str, top: Any) -> None:

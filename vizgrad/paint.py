@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from vizgrad.colors import FLAG_COLORS, VIRIDIS, ColorScale, text_color_for
 from vizgrad.dot import LINE_WIDTH, PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS
 from vizgrad.layout import FLAGS
+from vizgrad.view import BOX_KINDS, ViewPlan, bar_buckets, plan_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from vizgrad.graph import Graph
@@ -79,24 +81,50 @@ class _PaintPlan:
     nodes: tuple[tuple[str, str, tuple[tuple, ...], tuple | None], ...]  # id, kind, output keys, param key
     edges: tuple[tuple[str, tuple], ...]  # "src:slot", edge key
     single_root: bool
+    view: ViewPlan | None = None  # a view's boxes and bundles read rows of the graph it was made from
 
     @classmethod
     def of(cls, graph: Graph) -> _PaintPlan:
-        """The plan of ``graph``, made once and kept with the graph (so it goes with it)."""
+        """The plan of ``graph``, made once and kept with the graph (so it goes with it).
+
+        A box of a view has the keys ``("box", id, "in" | "out" | "max")`` and
+        ``("bar", id, k)``; an edge drawing several edges ``("bundle", "src:slot")``.
+        """
         plan = graph.__dict__.get("_paint_plan")
         if plan is None:
-            nodes = tuple((node.id, node.kind, tuple(("node", node.id, k) for k in range(max(node.outputs, 1))),
+            view = plan_of(graph)
+            nodes = tuple((node.id, node.kind, _output_keys(node, view),
                            ("param", node.name) if node.kind == "leaf" and node.name is not None else None)
                           for node in graph.nodes if node.kind in PAINTED_NODE_KINDS)
-            edges = tuple((f"{edge.src}:{edge.slot}", ("edge", edge.src, edge.slot))
+            edges = tuple((f"{edge.src}:{edge.slot}", _edge_key(edge, view))
                           for edge in graph.edges if edge.kind in PAINTED_EDGE_KINDS)
-            plan = cls(nodes, edges, len(graph.roots) == 1)
+            plan = cls(nodes, edges, len(graph.roots) == 1, view)
             object.__setattr__(graph, "_paint_plan", plan)
         return plan
 
 
+def _output_keys(node: Any, view: ViewPlan | None) -> tuple[tuple, ...]:
+    if node.kind not in BOX_KINDS:
+        return tuple(("node", node.id, k) for k in range(max(node.outputs, 1)))
+    box = view.boxes[node.id]
+    bars = tuple(("bar", node.id, k) for k in range(len(bar_buckets(box.count)))) if box.kind == "fold" else ()
+    return (("box", node.id, "in"), ("box", node.id, "out"), ("box", node.id, "max")) + bars
+
+
+def _edge_key(edge: Any, view: ViewPlan | None) -> tuple:
+    key = f"{edge.src}:{edge.slot}"
+    if view is None:
+        return ("edge", edge.src, edge.slot)
+    members = view.bundles[key]
+    original = view.source.edges[members[0]]
+    if len(members) == 1 and (original.src, original.slot) == (edge.src, edge.slot):
+        return ("edge", edge.src, edge.slot)
+    return ("bundle", key)
+
+
 # -- the painter -------------------------------------------------------------------------------------------------
-def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool = True) -> dict[str, Any]:
+def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool = True,
+                  graph: Graph | None = None) -> dict[str, Any]:
     """The paint of consecutive steps sharing one graph, as columns over the steps.
 
     Computed a node at a time across all steps, so thousands of steps cost
@@ -107,6 +135,10 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         steps: Steps of one graph.
         scale: The run's colour scale (see :func:`vizgrad.colors.scale_for`).
         inspector: Also give each node its ``stats`` columns (the report's inspector).
+        graph: What to paint: the steps' graph (the default) or a view of it
+            (:func:`vizgrad.view.view_of`), whose boxes get ``lines`` in / out /
+            max, ``stats`` ``in``, ``out``, ``inside`` and, for a fold,
+            ``bars``: per bar, ``color`` and ``height`` (hundredths of the strip).
 
     Returns:
         ``{"nodes": {node_id: {"fill", "flag", "lines", "stats"}}, "edges":
@@ -118,17 +150,20 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         ``one`` (a one-element finite gradient: show its value) and, only when
         some step has them, ``nan`` and ``inf`` counts.
     """
-    plan = _PaintPlan.of(steps[0].graph)
+    plan = _PaintPlan.of(graph if graph is not None else steps[0].graph)
     keys: dict[tuple, int] = {}
     output_slots = [[keys.setdefault(k, len(keys)) for k in output_keys] for _, _, output_keys, _ in plan.nodes]
     param_slots = [keys.setdefault(p, len(keys)) if p else -1 for _, _, _, p in plan.nodes]
     edge_slots = [keys.setdefault(k, len(keys)) for _, k in plan.edges]
-    data, present = gather_rows(steps, list(keys))
+    data, present = gather_rows(steps, list(keys)) if plan.view is None else _view_rows(steps, plan.view, list(keys))
     losses = [step.loss for step in steps]
     nodes: dict[str, dict[str, Any]] = {}
     stats_by_content: dict[bytes, dict[str, Any]] = {}
     grads_by_content: dict[bytes, list[str]] = {}
     for (node_id, kind, _keys, _param), slots, param_slot in zip(plan.nodes, output_slots, param_slots):
+        if kind in BOX_KINDS:
+            nodes[node_id] = _box_paint(data, present, slots, scale, inspector)
+            continue
         norm, nan, inf, numel, mean, has_scalar, found = _merged_columns(data, present, slots)
         flags = _flag_codes(norm, nan, inf, numel, found)
         grads_key = norm.tobytes() + mean.tobytes() + has_scalar.tobytes() + found.tobytes()
@@ -182,17 +217,199 @@ def step_of(segment: dict[str, Any], k: int) -> dict[str, Any]:
     nodes = {node_id: [PALETTE[column["fill"][k]], [line[k] for line in column["lines"]], FLAGS[column["flag"][k]],
                        INK[column["fill"][k]]]
              for node_id, column in segment["nodes"].items()}
+    for node_id, column in segment["nodes"].items():
+        if "bars" in column:  # a fold's strip: each bar's colour and height (hundredths of the strip)
+            nodes[node_id].append([(PALETTE[bar["color"][k]], bar["height"][k]) for bar in column["bars"]])
     edges = {key: [PALETTE[column["color"][k]], column["width"][k], FLAGS[column["flag"][k]]]
              for key, column in segment["edges"].items()}
     return {"n": nodes, "e": edges}
 
 
-def paint(step: Step, scale: ColorScale) -> dict[str, Any]:
-    """The paint of one step (a segment of one step), in :func:`step_of`'s form.
+def paint(step: Step, scale: ColorScale, graph: Graph | None = None) -> dict[str, Any]:
+    """The paint of one step (a segment of one step) on its graph or a view of it, in :func:`step_of`'s form.
 
     Saved-tensor and base nodes and their edges carry no gradient and are left out.
     """
-    return step_of(paint_segment([step], scale, inspector=False), 0)
+    return step_of(paint_segment([step], scale, inspector=False, graph=graph), 0)
+
+
+# -- boxes of views ----------------------------------------------------------------------------------------------
+_BAR_FULL = 100  # a bar's height is given in hundredths of the strip
+
+
+def _box_paint(data: np.ndarray, present: np.ndarray, slots: list[int], scale: ColorScale,
+               inspector: bool) -> dict[str, Any]:
+    """A collapsed module's or fold's paint: coloured by the gradient coming in, lines in / out / max, a fold's bars."""
+    come_in, go_out, inside = (data[:, slot] for slot in slots[:3])
+    found = present[:, slots[0]]
+    norm = come_in[:, 0]
+    flags = _flag_codes(norm, inside[:, 4], inside[:, 5], come_in[:, 6], found)
+    fill = np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
+    lines = [_norm_lines(prefix, rows[:, 0], present[:, slot])
+             for prefix, rows, slot in (("in", come_in, slots[0]), ("out", go_out, slots[1]), ("max", inside, slots[2]))]
+    out: dict[str, Any] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
+    if len(slots) > 3:
+        out["bars"] = [_bar_column(data[:, slot], present[:, slot], scale) for slot in slots[3:]]
+    if inspector:  # the inspector's numbers of a box: what comes in, what goes out, the largest inside
+        out["stats"] = {"in": _stat_column(come_in[:, 0], found),
+                        "out": _stat_column(go_out[:, 0], present[:, slots[1]]),
+                        "inside": _stat_column(inside[:, 0], present[:, slots[2]])}
+        if len(slots) > 3:  # a fold: the norm of each bar (the largest ``in`` of the instances it covers)
+            out["stats"]["bars"] = [_stat_column(data[:, slot, 0], present[:, slot]) for slot in slots[3:]]
+    return out
+
+
+def _norm_lines(prefix: str, norms: np.ndarray, found: np.ndarray) -> list[str]:
+    return [_line(prefix, _number(n if f else None, signed=False)) for n, f in zip(norms.tolist(), found.tolist())]
+
+
+def _bar_column(rows: np.ndarray, found: np.ndarray, scale: ColorScale) -> dict[str, list[int]]:
+    """One bar of a fold's strip at every step: its colour (a :data:`PALETTE` index) and height (0-100)."""
+    norm = rows[:, 0]
+    flags = _flag_codes(norm, rows[:, 4], rows[:, 5], rows[:, 6], found)
+    t = scale.positions(norm)
+    height = np.where(np.isnan(t), 0, np.rint(_BAR_FULL * (0.12 + 0.88 * np.nan_to_num(t)))).astype(np.int64)
+    height = np.where((flags == 1) | (flags == 2), _BAR_FULL, height)
+    color = np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
+    return {"color": color.tolist(), "height": height.tolist()}
+
+
+_VIEW_STEP_CHUNK = 32  # steps whose member rows are held at once (a 32k-node graph's rows are ~4 MB a step)
+
+
+def _view_rows(steps: Sequence[Step], view: ViewPlan, keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gather_rows` for a view's keys: its nodes' and edges' own rows, its boxes' and bundles' made of them.
+
+    A box's ``in`` is the gradient of the tensors made inside it and used
+    outside (the root of their squared norms summed: distinct tensors); its
+    ``out`` what it passes to the tensors it takes in: a tensor's whole
+    gradient when only the box uses it, else the gradients along the box's
+    edges to it; ``max`` the largest norm of any node inside. A fold's bar is
+    the largest ``in`` of the instances it covers (an instance's ``in``
+    counts the tensors the next instance takes). A bundle of edges is the
+    root of its edges' squared norms summed. NaN and Inf counts are summed.
+    """
+    groups, plain = _view_groups(view, keys)
+    data = np.full((len(steps), len(keys), 7), np.nan)
+    present = np.zeros((len(steps), len(keys)), dtype=bool)
+    if plain:
+        data[:, plain], present[:, plain] = gather_rows(steps, [keys[k] for k in plain])
+    if not groups:
+        return data, present
+    members: dict[tuple, int] = {}
+    columns = []
+    for k, how, member_keys, labels in groups:
+        columns.append((k, how, np.array([members.setdefault(m, len(members)) for m in member_keys], dtype=np.int64),
+                        labels))
+    member_list = list(members)
+    for start in range(0, len(steps), _VIEW_STEP_CHUNK):
+        chunk = steps[start:start + _VIEW_STEP_CHUNK]
+        rows, found = gather_rows(chunk, member_list)
+        at = slice(start, start + len(chunk))
+        for k, how, picked, labels in columns:
+            if how == "max":
+                data[at, k], present[at, k] = _largest(rows[:, picked], found[:, picked])
+            elif how == "bar":
+                data[at, k], present[at, k] = _largest_instance(rows[:, picked], found[:, picked], labels)
+            else:
+                data[at, k], present[at, k] = _combined(rows[:, picked], found[:, picked])
+    return data, present
+
+
+def _view_groups(view: ViewPlan, keys: list[tuple]) -> tuple[list[tuple[int, str, list[tuple], Any]], list[int]]:
+    """For each synthetic key of a view, how to make its row: ``(position, "sum" | "max" | "bar", member keys,
+    instance labels)``; and the positions of the keys the table has as they are."""
+    source = view.source
+    position = {node.id: at for at, node in enumerate(source.nodes)}
+    item_of, instance_of = view.item_of, view.instance_of
+    view_ids = {node_id: k for k, node_id in enumerate(view.item_ids)}
+    # Per drawn item: the tensors (node, output) it makes that are used outside, and per input
+    # tensor the edges it takes it along.
+    outputs: dict[int, dict[tuple, int]] = {}  # item -> output tensor key -> instance
+    inputs: dict[int, dict[tuple, list[tuple]]] = {}  # item -> input tensor key -> its edges from the item
+    instance_outputs: dict[int, dict[tuple, int]] = {}  # fold -> tensors used outside their instance
+    users: Counter[tuple] = Counter()  # tensor -> edges into it
+    for edge in source.edges:
+        if edge.kind not in PAINTED_EDGE_KINDS:
+            continue
+        a, b = position[edge.src], position[edge.dst]
+        tensor = ("node", edge.dst, edge.output)
+        users[tensor] += 1
+        src_item, dst_item = int(item_of[a]), int(item_of[b])
+        if src_item != dst_item:
+            outputs.setdefault(dst_item, {})[tensor] = int(instance_of[b])
+            inputs.setdefault(src_item, {}).setdefault(tensor, []).append(("edge", edge.src, edge.slot))
+        if src_item != dst_item or instance_of[a] != instance_of[b]:
+            instance_outputs.setdefault(dst_item, {})[tensor] = int(instance_of[b])
+    node_keys: dict[int, list[tuple]] = {}
+    for at, node in enumerate(source.nodes):
+        if node.kind in PAINTED_NODE_KINDS and item_of[at] >= 0:
+            node_keys.setdefault(int(item_of[at]), []).extend(("node", node.id, k) for k in range(max(node.outputs, 1)))
+    groups: list[tuple[int, str, list[tuple], Any]] = []
+    plain: list[int] = []
+    for k, key in enumerate(keys):
+        if key[0] == "box":
+            item = view_ids[key[1]]
+            if key[2] == "in":
+                groups.append((k, "sum", list(outputs.get(item, {})), None))
+            elif key[2] == "out":
+                members: list[tuple] = []
+                for tensor, edges in inputs.get(item, {}).items():
+                    members.extend([tensor] if users[tensor] == len(edges) else edges)
+                groups.append((k, "sum", members, None))
+            else:
+                groups.append((k, "max", node_keys.get(item, []), None))
+        elif key[0] == "bar":
+            item = view_ids[key[1]]
+            first, stop = bar_buckets(view.boxes[key[1]].count)[key[2]]
+            picked = [(tensor, inst) for tensor, inst in instance_outputs.get(item, {}).items() if first <= inst < stop]
+            groups.append((k, "bar", [t for t, _ in picked], np.array([i for _, i in picked], dtype=np.int64)))
+        elif key[0] == "bundle":
+            groups.append((k, "sum", [("edge", source.edges[e].src, source.edges[e].slot)
+                                      for e in view.bundles[key[1]]], None))
+        else:
+            plain.append(k)
+    return groups, plain
+
+
+def _combined(rows: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``(steps, members, 7)`` as one per step: root of summed squared norms, counts summed."""
+    out = np.full((len(rows), 7), np.nan)
+    merged = np.where(found[..., None], rows, 0.0)
+    out[:, 0] = np.sqrt((merged[..., 0] ** 2).sum(axis=1))
+    out[:, 4:7] = merged[..., 4:7].sum(axis=1)
+    return out, found.any(axis=1)
+
+
+def _largest(rows: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest norm of the members (NaN wins, as a flag must), counts summed."""
+    out = np.full((len(rows), 7), np.nan)
+    merged = np.where(found[..., None], rows, 0.0)
+    norms = np.where(found, rows[..., 0], -np.inf)
+    with np.errstate(invalid="ignore"):
+        out[:, 0] = norms.max(axis=1, initial=-np.inf)
+    out[:, 0] = np.where(np.isnan(norms).any(axis=1), np.nan, out[:, 0])
+    out[:, 4:7] = merged[..., 4:7].sum(axis=1)
+    return out, found.any(axis=1)
+
+
+def _largest_instance(rows: np.ndarray, found: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The largest per-instance combined norm among the instances the edges go into."""
+    out = np.full((len(rows), 7), np.nan)
+    present = np.zeros(len(rows), dtype=bool)
+    if rows.shape[1] == 0:
+        return out, present
+    labels, inverse = np.unique(instances, return_inverse=True)
+    merged = np.where(found[..., None], rows, 0.0)
+    for s in range(len(rows)):
+        squares = np.bincount(inverse, weights=merged[s, :, 0] ** 2, minlength=len(labels))
+        has = np.bincount(inverse, weights=found[s].astype(np.float64), minlength=len(labels)) > 0
+        if has.any():
+            with np.errstate(invalid="ignore"):
+                out[s, 0] = np.sqrt(squares[has]).max()
+            present[s] = True
+        out[s, 4:7] = merged[s, :, 4:7].sum(axis=0)
+    return out, present
 
 
 # -- columns -------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
 from vizgrad.panels import round_sig
+from vizgrad.view import ViewOptions, view_of
 
 __all__ = ["Report", "FLAGS", "embed_json", "sanitize_svg"]
 
@@ -124,6 +125,9 @@ class Report:
             or ``"wasm"``.
         title: Heading of the page (default: the run's ``meta["title"]`` or
             "vizgrad report").
+        view: What the graph view draws (modules collapsed, repeats folded; see
+            :class:`vizgrad.view.ViewOptions`); by default the most detailed
+            view within 150 drawn items.
 
     Raises:
         UsageError: The run has no steps, or ``every``/``steps`` select none.
@@ -133,7 +137,7 @@ class Report:
     """
 
     def __init__(self, run: Any, *, every: int = 1, steps: str | slice | None = None, engine: str | None = None,
-                 title: str | None = None) -> None:
+                 title: str | None = None, view: ViewOptions | None = None) -> None:
         if len(run.steps) == 0:
             raise UsageError("the run has no steps to report; call backward() inside vizgrad.record()")
         self.run = run
@@ -141,6 +145,7 @@ class Report:
         self.steps = steps
         self.engine = engine
         self.title = title or str(run.meta.get("title") or "vizgrad report")
+        self.view = view or ViewOptions()
         self.selected: list[int] = frames.select_steps(len(run.steps), every=every, steps=steps)
 
     def __repr__(self) -> str:
@@ -208,7 +213,8 @@ class Report:
         scale = frames.run_scale(self.run)  # the whole run's, as frame exports use: the same fills for a step
         page = _FrameData()
         for group in frames.segments(steps):
-            page.add_segment(group, cache.get(group[0].graph), scale)
+            drawn = view_of(group[0].graph, self.view)
+            page.add_segment(group, drawn, cache.get(drawn), scale)
 
         payload_params = self._params(steps)
         payload = {
@@ -226,7 +232,8 @@ class Report:
             "summary": {
                 "steps": len(self.run.steps),
                 "shown": len(steps),
-                "nodes": max(len(meta["nodes"]) for meta in page.layouts),
+                "nodes": max(len(step.graph.nodes) for step in steps),
+                "drawn": max(len(meta["nodes"]) for meta in page.layouts),
                 "layouts": len(page.layouts),
                 "params": len(payload_params),
                 "engine": _engine_name(self.engine),
@@ -289,10 +296,10 @@ class _FrameData:
             self.svgs.append(sanitize_svg(layout.svg))
         return index
 
-    def add_segment(self, steps: Sequence[Any], layout: Any, scale: ColorScale) -> None:
-        """Appends consecutive steps that share one graph, painted by :func:`frames.paint_segment`."""
-        painted = frames.paint_segment(steps, scale)
-        index = self._layout(steps[0].graph, layout, list(painted["nodes"]), list(painted["edges"]))
+    def add_segment(self, steps: Sequence[Any], drawn: Any, layout: Any, scale: ColorScale) -> None:
+        """Appends consecutive steps that share one graph, painted on ``drawn`` (the graph or a view of it)."""
+        painted = frames.paint_segment(steps, scale, graph=drawn)
+        index = self._layout(drawn, layout, list(painted["nodes"]), list(painted["edges"]))
         node_ids, edge_keys = self._orders[index]
         nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
         # Ops along a chain pass on the very same gradient: a column equal to an
@@ -321,8 +328,9 @@ class _FrameData:
 
 def _column_key(column: Any) -> tuple[Any, ...]:
     """A painted column as a hashable key: value lines (a list of lists) or inspector stats (a dict of lists)."""
-    if isinstance(column, dict):
-        return tuple((name, tuple(values)) for name, values in column.items())
+    if isinstance(column, dict):  # a fold's "bars" is a list of columns
+        return tuple((name, tuple(tuple(v) if isinstance(v, list) else v for v in values))
+                     for name, values in column.items())
     return tuple(map(tuple, column))
 
 

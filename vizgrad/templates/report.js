@@ -17,17 +17,18 @@
       const lineColumns = seg.nodes.map((n) => column(n, "lines"));
       const statColumns = seg.nodes.map((n) => column(n, "stats"));
       for (let i = 0; i < seg.count; i++) {
-        const np = [], ep = [], stats = [];
+        const np = [], ep = [], stats = [], bars = [];
         seg.nodes.forEach((n, k) => {
-          if (n === null) { np.push(null, 0, null); stats.push(null); return; }
+          if (n === null) { np.push(null, 0, null); stats.push(null); bars.push(null); return; }
           np.push(n.fill[i], n.flag[i], lineColumns[k].map((lines) => lines[i]));
           stats.push(statsEntry(statColumns[k], i));
+          bars.push(n.bars ? n.bars.map((b) => [b.color[i], b.height[i]]) : null);   // a fold's strip
         });
         for (const e of seg.edges) {
           if (e === null) ep.push(null, null, 0);
           else ep.push(e.color[i], e.width[i], e.flag[i]);
         }
-        out.push([seg.layout, np, ep, stats]);
+        out.push([seg.layout, np, ep, stats, bars]);
       }
     }
     return out;
@@ -36,6 +37,7 @@
   /** The inspector's statistics of one node at step i: null, the value of a one-element gradient,
       or [norm, mean, min, max] (+ NaN and Inf counts when there are any). */
   function statsEntry(st, i) {
+    if (st.in) return { box: [st.in[i], st.out[i], st.inside[i]] };   // a module box or fold
     if (st.norm[i] === null) return null;
     if (st.one[i]) return st.mean[i];
     const entry = [st.norm[i], st.mean[i], st.min[i], st.max[i]];
@@ -364,8 +366,13 @@
       const vals = [];
       g.querySelectorAll("text.vg-val").forEach((t) => { vals[Number(t.getAttribute("data-line")) || 0] = t; });
       const texts = Array.from(g.querySelectorAll("text"));
+      const strip = g.querySelector("rect.vg-strip");
+      const bars = [];
+      g.querySelectorAll("rect.vg-bar").forEach((r) => { bars[Number(r.getAttribute("data-bar"))] = r; });
       return {
-        g: g, shape: shape, vals: vals, texts: texts,
+        g: g, shape: shape, vals: vals, texts: texts, bars: bars, barState: [],
+        stripBottom: strip ? Number(strip.getAttribute("y")) + Number(strip.getAttribute("height")) : 0,
+        stripHeight: strip ? Number(strip.getAttribute("height")) : 0,
         fill0: shape ? shape.getAttribute("fill") : null, ink0: texts.map((t) => t.getAttribute("fill")),
         vals0: vals.map((t) => (t ? t.textContent : "")), fill: undefined, flag: "",
       };
@@ -405,10 +412,24 @@
   // Value lines are fixed-width; keep their spaces (SVG would collapse them).
   const keepSpaces = (text) => String(text).replace(/ /g, "\u00a0");
 
+  /** A fold's strip: each bar's height (hundredths of the strip) and colour at this step. */
+  function paintBars(N, bars) {
+    for (let j = 0; j < N.bars.length; j++) {
+      const rect = N.bars[j], bar = bars ? bars[j] : null;
+      const key = bar ? bar[0] + ":" + bar[1] : "";
+      if (!rect || N.barState[j] === key) continue;
+      N.barState[j] = key;
+      const size = bar ? (N.stripHeight * bar[1]) / 100 : 0;
+      rect.setAttribute("y", (N.stripBottom - size).toFixed(2));
+      rect.setAttribute("height", size.toFixed(2));
+      rect.setAttribute("fill", bar ? DATA.palette[bar[0]] : "#c8c8c8");
+    }
+  }
+
   function paint(pos) {
     const frame = FRAMES[pos];
     const L = mountLayout(frame[0]);
-    const np = frame[1], ep = frame[2];
+    const np = frame[1], ep = frame[2], bp = frame[4];
     for (let k = 0; k < L.nodes.length; k++) {
       const fill = np[3 * k], flag = DATA.flags[np[3 * k + 1]] || "";
       let lines = np[3 * k + 2];
@@ -430,6 +451,7 @@
           if (t.textContent !== value) t.textContent = value;
         }
         setFlag(N, flag);
+        if (N.bars.length) paintBars(N, bp[k]);
       }
     }
     for (let k = 0; k < L.edges.length; k++) {
@@ -573,6 +595,7 @@
       let entry = all[i];
       if (Array.isArray(entry) && entry.length === 1) entry = all[entry[0]];   // same as an earlier node
       if (entry === null || entry === undefined) return [null, null, null, null, 0, 0];
+      if (entry.box) return [entry.box[0], null, null, null, 0, 0, entry.box];   // in, out, largest inside
       if (!Array.isArray(entry)) return [typeof entry === "number" ? Math.abs(entry) : entry, entry, entry, entry, 0, 0];
       return [entry[0], entry[1], entry[2], entry[3], entry[4] || 0, entry[5] || 0];
     }
@@ -643,6 +666,12 @@
       row("step", String(XS[pos]));
       if (!stats || stats[0] === null) {
         row("gradient", !here ? "not in this step's graph shape" : i < 0 ? "not tracked (saved tensor)" : "none flowed here");
+        return;
+      }
+      if (stats[6]) {
+        row("‖g‖ coming in", fmt(stats[6][0]), typeof stats[6][0] === "string");
+        row("‖g‖ passed on", fmt(stats[6][1]), typeof stats[6][1] === "string");
+        row("largest ‖g‖ inside", fmt(stats[6][2]), typeof stats[6][2] === "string");
         return;
       }
       row("norm ‖g‖", fmt(stats[0]), typeof stats[0] === "string");

@@ -1,0 +1,236 @@
+"""Tests for views (vizgrad.view): collapsed modules, folded repeats, the default view's budget, and their gradients.
+
+Gradients of boxes are checked against an oracle: ``torch.autograd.grad`` of
+the loss with respect to the tensors that cross each box's boundary, caught
+by forward hooks on the modules themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import vizgrad
+from vizgrad import frames
+from vizgrad.errors import UsageError
+from vizgrad.graph import Graph
+from vizgrad.view import MAX_BARS, ViewOptions, bar_buckets, plan_of, scope_keys, view_of
+
+from models import TinyGPT
+
+
+def norm(*tensors: torch.Tensor | None) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors if t is not None))
+
+
+def box_stats(run: vizgrad.Run, drawn: Graph) -> dict[str, dict]:
+    """Each box's inspector numbers at the run's last step, by box key."""
+    painted = frames.paint_segment([run.steps[-1]], frames.run_scale(run), graph=drawn)
+    plan = plan_of(drawn)
+    return {box.key: {name: (column[-1] if name != "bars" else [bar[-1] for bar in column])
+                      for name, column in painted["nodes"][box.id]["stats"].items()}
+            for box in plan.boxes.values()}
+
+
+def hooked_io(modules: dict[str, nn.Module]) -> tuple[dict[str, list], list]:
+    """Forward hooks noting each module's input and output tensors at every call."""
+    seen: dict[str, list] = {name: [] for name in modules}
+    handles = [module.register_forward_hook(lambda m, args, out, name=name: seen[name].append((args, out)))
+               for name, module in modules.items()]
+    return seen, handles
+
+
+def test_collapsed_modules_carry_the_gradient_in_and_out_of_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(5, 3, requires_grad=True)
+    seen, handles = hooked_io({str(k): model[k] for k in range(3)})
+    with vizgrad.record(model) as run:
+        loss = model(x).pow(2).sum()
+        loss.backward(retain_graph=True)  # the oracle differentiates the very same graph
+    for handle in handles:
+        handle.remove()
+    y0, t, y2 = (seen[str(k)][0][1] for k in range(3))
+    g_x, g_y0, g_t, g_y2 = torch.autograd.grad(loss, [x, y0, t, y2])
+    drawn = view_of(run.steps[-1].graph, ViewOptions(depth=1))
+    plan = plan_of(drawn)
+    assert sorted(box.key for box in plan.boxes.values()) == ["0", "1", "2"]
+    assert [key for key, _, _ in plan.clusters] == [""]  # the model itself is drawn open
+    stats = box_stats(run, drawn)
+    approx = lambda value: pytest.approx(value, rel=1e-3)  # the report keeps 4 digits
+    assert stats["2"]["in"] == approx(norm(g_y2)) and stats["2"]["out"] == approx(norm(g_t))
+    assert stats["1"]["in"] == approx(norm(g_t)) and stats["1"]["out"] == approx(norm(g_y0))
+    assert stats["0"]["in"] == approx(norm(g_y0)) and stats["0"]["out"] == approx(norm(g_x))
+    assert stats["0"]["inside"] == approx(max(norm(g_y0), norm(model[0].weight.grad), norm(model[0].bias.grad)))
+    assert stats["1"]["inside"] == approx(norm(g_t))
+    # Edges between boxes carry the gradient of the tensor crossing them.
+    edges = frames.paint_segment([run.steps[-1]], frames.run_scale(run), graph=drawn)["edges"]
+    assert set(edges) == {f"{e.src}:{e.slot}" for e in drawn.edges if e.kind in ("grad", "root")}
+    box_of = {box.key: box.id for box in plan.boxes.values()}
+    between = [e for e in drawn.edges if (e.src, e.dst) == (box_of["2"], box_of["1"])]
+    assert len(between) == 1 and len(plan.bundles[f"{between[0].src}:{between[0].slot}"]) == 1
+
+
+def test_a_cell_called_in_a_loop_folds_into_one_recurrent_box_with_a_bar_per_time_step():
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(2, 3)
+    inputs = torch.randn(6, 4, 2)
+    seen, handles = hooked_io({"cell": cell})
+    with vizgrad.record() as run:
+        h = c = None
+        outputs = []
+        for x in inputs:
+            h, c = cell(x) if h is None else cell(x, (h, c))
+            outputs.append(h)
+        loss = torch.stack(outputs).pow(2).mean()
+        loss.backward(retain_graph=True)
+    for handle in handles:
+        handle.remove()
+    graph = run.steps[-1].graph
+    drawn = view_of(graph, ViewOptions(depth=0))
+    plan = plan_of(drawn)
+    (box,) = plan.boxes.values()
+    assert (box.kind, box.key, box.count, box.recurrent, box.type) == ("fold", "cell", 6, True, "LSTMCell")
+    assert len(drawn.nodes) == plan.visible < len(graph.nodes)
+    stats = box_stats(run, drawn)["cell"]
+    hs = [out[0] for _, out in seen["cell"]]
+    cs = [out[1] for _, out in seen["cell"]]
+    grads = torch.autograd.grad(loss, hs + cs[:-1], retain_graph=True)  # the last c is used by nothing
+    g_h, g_c = grads[:6], grads[6:] + (None,)
+    # Each instance's bar: the gradient of what it hands on (to the loss and to the next call).
+    assert stats["bars"] == [pytest.approx(norm(g_h[k], g_c[k]), rel=1e-3) for k in range(6)]
+    assert stats["in"] == pytest.approx(norm(*g_h), rel=1e-3)  # the fold's outputs the stack takes
+    # It hands on the gradients of the cell's weights (kept beside the fold: every call uses them), whole.
+    assert stats["out"] == pytest.approx(norm(*(p.grad for p in cell.parameters())), rel=1e-3)
+
+
+def test_long_folds_share_bars_and_keep_the_largest():
+    assert bar_buckets(5) == [(k, k + 1) for k in range(5)]
+    buckets = bar_buckets(1000)
+    assert len(buckets) == MAX_BARS and buckets[0][0] == 0 and buckets[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(buckets, buckets[1:]))
+
+
+def gpt_run(layers: int = 12) -> tuple[vizgrad.Run, nn.Module]:
+    torch.manual_seed(0)
+    model = TinyGPT(layers=layers)
+    tokens = torch.randint(0, 11, (2, 6))
+    with vizgrad.record(model) as run:
+        model(tokens, tokens).backward()
+    return run, model
+
+
+def test_a_gpt_opens_with_its_blocks_folded_within_the_budget():
+    run, _ = gpt_run(12)
+    graph = run.steps[-1].graph
+    assert len(graph.nodes) > 300
+    drawn = view_of(graph)
+    plan = plan_of(drawn)
+    assert plan.visible <= 150 and len(drawn.nodes) == plan.visible
+    folds = [box for box in plan.boxes.values() if box.kind == "fold"]
+    assert [(box.key, box.count, box.type) for box in folds] == [("h.0-11", 12, "Block")]
+    assert not folds[0].recurrent  # blocks feed one another, but no block is called twice
+    # Unfolding shows the twelve blocks; expanding one splits the fold around it.
+    unfolded = plan_of(view_of(graph, ViewOptions(depth=plan.depth, unfold=("h",))))  # as a click in the report
+    assert sorted(box.key for box in unfolded.boxes.values() if box.kind == "module" and box.type == "Block") == \
+        sorted(f"h.{k}" for k in range(12))
+    opened = plan_of(view_of(graph, ViewOptions(depth=plan.depth, expand=("h.3.attn",))))
+    assert sorted(box.key for box in opened.boxes.values() if box.kind == "fold") == ["h.0-2", "h.4-11"]
+    assert {"h.3", "h.3.attn"} <= {key for key, _, _ in opened.clusters}
+    assert "h.3.attn.qkv" in {key for key, _, _ in opened.clusters}  # inside, the view's depth goes on
+    assert opened.visible <= 150
+    collapsed = plan_of(view_of(graph, ViewOptions(depth=0)))
+    assert [box.key for box in collapsed.boxes.values()] == [""]  # the whole model as one box
+
+
+def test_fold_bars_of_blocks_follow_the_oracle_per_block():
+    torch.manual_seed(0)
+    model = TinyGPT(layers=4)
+    tokens = torch.randint(0, 11, (2, 6))
+    seen, handles = hooked_io({f"h.{k}": block for k, block in enumerate(model.h)})
+    with vizgrad.record(model) as run:
+        loss = model(tokens, tokens)
+        loss.backward(retain_graph=True)
+    for handle in handles:
+        handle.remove()
+    drawn = view_of(run.steps[-1].graph, ViewOptions(depth=2))  # the model and its ModuleList open
+    (fold,) = [box for box in plan_of(drawn).boxes.values() if box.kind == "fold"]
+    assert (fold.key, fold.count, fold.recurrent) == ("h.0-3", 4, False)
+    stats = box_stats(run, drawn)["h.0-3"]
+    outputs = [seen[f"h.{k}"][0][1] for k in range(4)]
+    grads = torch.autograd.grad(loss, outputs)
+    assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads]  # one bar per block, in order
+    assert stats["in"] == pytest.approx(norm(grads[-1]), rel=1e-3)  # only the last block's output leaves the fold
+
+
+def test_the_default_view_of_a_small_model_draws_everything_inside_module_clusters():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    with vizgrad.record(model) as run:
+        model(torch.randn(2, 3)).sum().backward()
+    graph = run.steps[-1].graph
+    drawn = view_of(graph)
+    plan = plan_of(drawn)
+    assert not plan.boxes and len(drawn.nodes) == len(graph.nodes)
+    assert [key for key, _, _ in plan.clusters] == ["", "0", "1", "2"]
+    assert scope_keys(graph) == ["", "0", "1", "2"]
+    dot = frames.graph_dot(drawn)
+    assert dot.count("subgraph cluster_") == 4
+
+
+def test_a_graph_without_modules_is_its_own_view():
+    w = torch.ones(3, requires_grad=True)
+    graph = vizgrad.trace((w * 2).sum(), params={"w": w})
+    assert view_of(graph) is graph and plan_of(graph) is None
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(depth=-1), "depth"), (dict(max_nodes=0), "max_nodes"), (dict(depth=1.5), "depth"),
+])
+def test_bad_view_options_say_what_to_give(options, message):
+    with pytest.raises(UsageError, match=message):
+        ViewOptions(**options)
+
+
+def test_a_module_run_twice_keeps_the_instances_of_its_children_apart():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.inner(self.inner(x))
+
+    outer = Twice()
+    with vizgrad.record(outer) as run:
+        y = outer(outer(torch.randn(1, 2)))
+        y.sum().backward()
+    graph = run.steps[-1].graph
+    inner = next(info for info in graph.modules if info.path == "inner")
+    assert inner.calls == 4 and inner.within == (0, 0, 1, 1)
+    keys = scope_keys(graph)
+    assert keys[:1] == ["@0"] or "@0" in keys  # the root (path "") runs twice
+    drawn = plan_of(view_of(graph, ViewOptions(depth=1, fold=False)))
+    assert sorted(box.key for box in drawn.boxes.values()) == ["inner@0", "inner@1", "inner@2", "inner@3"]
+
+
+def test_the_dot_of_a_view_matches_golden():
+    """Clusters for open modules, boxes with in / out / max lines, a fold with its strip, bundled edges."""
+    from test_frames import assert_golden
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3)), nn.Linear(3, 1))
+    cell = nn.RNNCell(1, 2)
+    with vizgrad.record(params={**dict(model.named_parameters(prefix="model")),
+                                **dict(cell.named_parameters(prefix="cell"))}) as run:
+        h = None
+        for x in torch.randn(3, 4, 1):
+            h = cell(x) if h is None else cell(x, h)
+        (model(torch.randn(4, 2)).sum() + h.sum()).backward()
+    graph = run.steps[-1].graph
+    drawn = view_of(graph, ViewOptions(depth=2, collapse=("model.2",)))
+    assert_golden("view.dot", frames.graph_dot(drawn))
+    assert graph.to_dot() == frames.graph_dot(view_of(graph), values=False)  # Graph.to_dot draws the default view
+    assert graph.to_dot(depth=2, collapse=["model.2"], values=True) == frames.graph_dot(drawn)

@@ -1,0 +1,584 @@
+"""Views of a graph: modules collapsed into boxes, repeated instances folded, the detail chosen to fit a budget.
+
+A view is itself a :class:`~vizgrad.graph.Graph`, so the DOT builder, the
+layout cache and the painter take it as they take a traced graph. Its nodes
+are the op nodes left visible and one node per collapsed module (kind
+``module``) or fold of repeated instances (kind ``fold``); its edges bundle
+the original edges that cross between the same two drawn items. What each
+drawn item stands for (which original nodes, edges and instances) is the
+view's :class:`ViewPlan`, kept with the view graph; the painter reads the
+gradients of a box or bundle from the rows of the original graph's nodes
+and edges.
+
+Scopes are module *instances*: a module called once per time step has one
+scope per call (``lstm1@5``), a module called once has its path as key
+(``model.h.3``). A node belongs to the scopes of the calls around the one that
+made it; a parameter to the innermost scope, within its owner, that holds
+every op using it (one LSTMCell's weights serve all its calls, so they sit
+beside the calls, not inside call 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections import Counter
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from vizgrad.errors import UsageError
+from vizgrad.graph import Edge, Graph, ModuleInfo, Node
+
+__all__ = ["DEFAULT_MAX_NODES", "MAX_BARS", "ViewOptions", "ViewPlan", "Box", "view_of", "scope_keys"]
+
+DEFAULT_MAX_NODES = 150
+"""Drawn items (op nodes, module boxes and folds) the default view stays within."""
+
+MAX_BARS = 48
+"""Bars in a fold's strip; more instances than this share a bar (it shows the largest of them)."""
+
+BOX_KINDS = ("module", "fold")
+"""Node kinds of a view's boxes: a collapsed module instance, a fold of repeated instances."""
+
+_NUMBERED = re.compile(r"^(.*)\.(\d+)$")  # an item of a container: ``model.h.3``
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewOptions:
+    """What a view shows.
+
+    Attributes:
+        depth: Modules nested less deep than this are drawn open (a top-level
+            module has depth 0, so ``depth=0`` draws every top-level module
+            as one box); ``None`` picks the most detailed view that fits
+            ``max_nodes``.
+        max_nodes: The budget of drawn items for ``depth=None``.
+        expand: Module paths or scope keys drawn open whatever the depth (with
+            the modules around them). A path with several calls opens them all;
+            ``lstm1@5`` opens call 5 only. A name may leave out the start of a
+            path: ``h.3`` is ``model.transformer.h.3``, ``attn`` every block's.
+        collapse: Paths or keys drawn as one box whatever the depth.
+        unfold: Folds drawn as their instances: a fold's key, its module path
+            or the container its items are in (``model.transformer.h``).
+        fold: Fold repeated instances at all (``False``: never).
+    """
+
+    depth: int | None = None
+    max_nodes: int = DEFAULT_MAX_NODES
+    expand: tuple[str, ...] = ()
+    collapse: tuple[str, ...] = ()
+    unfold: tuple[str, ...] = ()
+    fold: bool = True
+
+    def __post_init__(self) -> None:
+        if self.depth is not None and (not isinstance(self.depth, int) or self.depth < 0):
+            raise UsageError(f"depth must be a whole number >= 0 or None, got {self.depth!r}")
+        if not isinstance(self.max_nodes, int) or self.max_nodes < 1:
+            raise UsageError(f"max_nodes must be a whole number >= 1, got {self.max_nodes!r}")
+        for name in ("expand", "collapse", "unfold"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, name, tuple(sorted({str(v) for v in value})))
+
+
+@dataclasses.dataclass
+class _Scope:
+    """One module instance: a call of a module (or a container inside a call), and what is in it."""
+
+    path: str
+    instance: int
+    info: ModuleInfo
+    parent: _Scope | None
+    depth: int
+    order: tuple[int, int]  # the module's place in the tree, then the instance: siblings sort by it
+    key: str = ""
+    children: list[_Scope] = dataclasses.field(default_factory=list)
+    nodes: list[int] = dataclasses.field(default_factory=list)  # positions of the nodes directly inside
+    signature: Any = None
+
+    def ancestors(self) -> Iterable[_Scope]:
+        scope: _Scope | None = self
+        while scope is not None:
+            yield scope
+            scope = scope.parent
+
+
+@dataclasses.dataclass
+class _Fold:
+    """Sibling instances drawn as one box: the calls of one module, or like items of a container."""
+
+    key: str
+    members: list[_Scope]
+    by_path: bool  # calls of one module (else numbered items of a container)
+
+    @property
+    def container(self) -> str:
+        return self.members[0].path if self.by_path else _NUMBERED.match(self.members[0].path).group(1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Box:
+    """A drawn box: what a ``module`` or ``fold`` node of a view stands for.
+
+    Attributes:
+        id: Its node id in the view (``b0``, ``b1``, ...).
+        key: Its scope key (``model.h.3``, ``lstm1@5``) or fold key
+            (``model.transformer.h.0-11``, ``lstm1``).
+        kind: ``module`` or ``fold``.
+        type: The module class name.
+        count: Instances inside (1 for a module box).
+        members: Positions (in the original graph) of every node inside.
+        instances: For a fold, the positions of each instance's nodes, in call order.
+        recurrent: A fold of one module's calls that pass gradients to one another (a loop over time).
+    """
+
+    id: str
+    key: str
+    kind: str
+    type: str
+    count: int
+    members: tuple[int, ...]
+    instances: tuple[tuple[int, ...], ...] = ()
+    recurrent: bool = False
+
+
+@dataclasses.dataclass
+class ViewPlan:
+    """How a view graph was made from a graph, for drawing and painting it.
+
+    Attributes:
+        source: The original graph.
+        options: The options it was made with.
+        depth: The depth it was drawn at (the one picked when ``options.depth`` is ``None``).
+        boxes: The view's boxes, by node id.
+        bundles: For each view edge key ``src:slot``, the indices into
+            ``source.edges`` of the edges it draws.
+        clusters: The open scopes, drawn as Graphviz clusters: ``(key, label, parent key or None)``,
+            parents first.
+        cluster_of: The cluster each view node is drawn in (absent: none).
+        visible: Drawn items: op nodes, boxes and folds (clusters are not counted).
+        folded: The keys of the folds drawn.
+        item_ids: The view's node ids, by position.
+        item_of: For each node of ``source`` (by position), the view node (by
+            position) it is drawn as or inside; ``-1`` for none.
+        instance_of: For each node of ``source`` inside a fold, which of the
+            fold's instances it is in; ``-1`` elsewhere.
+    """
+
+    source: Graph
+    options: ViewOptions
+    depth: int | None
+    boxes: dict[str, Box]
+    bundles: dict[str, tuple[int, ...]]
+    clusters: list[tuple[str, str, str | None]]
+    cluster_of: dict[str, str]
+    visible: int
+    folded: tuple[str, ...] = ()
+    item_ids: tuple[str, ...] = ()
+    item_of: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    instance_of: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def identity(self) -> bool:
+        """Whether the view draws the original graph unchanged (no box, fold or cluster)."""
+        return not self.boxes and not self.clusters
+
+
+class _Scopes:
+    """The module instances of one graph as a tree, with each node's place in it."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.infos = {info.path: info for info in graph.modules}
+        self.rank = {info.path: at for at, info in enumerate(graph.modules)}
+        self.roots: list[_Scope] = []  # top-level scopes
+        self.loose: list[int] = []  # nodes in no scope
+        self.by_id: dict[tuple[str, int], _Scope] = {}
+        self.scope_of: list[_Scope | None] = [None] * len(graph.nodes)
+        self._chains: dict[tuple[str, int], _Scope | None] = {}
+        self._place()
+        self._name()
+        for scope in self.by_id.values():
+            scope.children.sort(key=lambda s: s.order)
+        self.roots.sort(key=lambda s: s.order)
+
+    # -- building -----------------------------------------------------------------------------------
+    def _scope(self, path: str, instance: int) -> _Scope | None:
+        """The scope of instance ``instance`` of ``path`` and of the instances around it, made on first use."""
+        found = self.by_id.get((path, instance))
+        if found is not None:
+            return found
+        info = self.infos.get(path)
+        if info is None:
+            return None
+        # Which instance of the parent holds this one: calls map through ``within``; a
+        # container without calls is part of the instance of the module around it.
+        outer = info.instance_of(instance) if info.calls else instance
+        parent = None
+        if info.parent is not None and outer >= 0:
+            parent_info = self.infos.get(info.parent)
+            if parent_info is not None:
+                parent = self._scope(info.parent, outer)
+        scope = _Scope(path, instance, info, parent, 0 if parent is None else parent.depth + 1,
+                       (self.rank.get(path, 0), instance))
+        self.by_id[(path, instance)] = scope
+        (parent.children if parent is not None else self.roots).append(scope)
+        return scope
+
+    def _place(self) -> None:
+        graph = self.graph
+        index = {node.id: at for at, node in enumerate(graph.nodes)}
+        consumers: dict[int, list[int]] = {}
+        saved_of: dict[int, int] = {}
+        for edge in graph.edges:
+            if edge.kind == "grad":
+                consumers.setdefault(index[edge.dst], []).append(index[edge.src])
+            elif edge.kind == "saved":
+                saved_of[index[edge.src]] = index[edge.dst]
+        later: list[int] = []
+        for at, node in enumerate(graph.nodes):
+            if node.kind in ("leaf", "saved", "base", "root"):
+                later.append(at)
+            elif node.module is not None:
+                self.scope_of[at] = self._scope(node.module, node.call)
+        for at in later:
+            node = graph.nodes[at]
+            if node.kind == "leaf" and node.module is not None:
+                self.scope_of[at] = self._leaf_scope(node.module, [self.scope_of[c] for c in consumers.get(at, ())])
+            elif node.kind == "saved" and at in saved_of:
+                self.scope_of[at] = self.scope_of[saved_of[at]]
+        for at, scope in enumerate(self.scope_of):
+            (scope.nodes if scope is not None else self.loose).append(at)
+
+    def _leaf_scope(self, owner: str, users: Sequence[_Scope | None]) -> _Scope | None:
+        """The innermost scope holding every user of a parameter, no deeper than its owner's instance."""
+        if not users or any(user is None for user in users):
+            return None
+        common: list[_Scope] = list(reversed(list(users[0].ancestors())))
+        for user in users[1:]:
+            chain = list(reversed(list(user.ancestors())))
+            size = 0
+            while size < min(len(common), len(chain)) and common[size] is chain[size]:
+                size += 1
+            del common[size:]
+        owner_line = set()
+        path: str | None = owner
+        while path is not None:
+            owner_line.add(path)
+            info = self.infos.get(path)
+            path = info.parent if info is not None else None
+        while common and common[-1].path not in owner_line:
+            common.pop()
+        return common[-1] if common else None
+
+    def _name(self) -> None:
+        """Keys: the path, with ``@k`` when the path has several instances in the graph."""
+        instances = Counter(path for path, _ in self.by_id)
+        for (path, instance), scope in self.by_id.items():
+            scope.key = f"{path}@{instance}" if instances[path] > 1 else path
+
+    # -- structure ------------------------------------------------------------------------------------
+    def signature(self, scope: _Scope) -> Any:
+        """What two scopes must share to fold together: class, ops inside and the children's signatures."""
+        if scope.signature is None:
+            ops = Counter((self.graph.nodes[at].op, self.graph.nodes[at].kind) for at in scope.nodes)
+            scope.signature = (scope.info.type, tuple(sorted(ops.items())),
+                               tuple(sorted(map(hash, (self.signature(child) for child in scope.children)))))
+        return scope.signature
+
+    def members(self, scope: _Scope) -> list[int]:
+        """Every node inside ``scope``, its children's included."""
+        out: list[int] = []
+        stack = [scope]
+        while stack:
+            current = stack.pop()
+            out.extend(current.nodes)
+            stack.extend(current.children)
+        return out
+
+    def folds(self, children: Sequence[_Scope]) -> list[_Fold]:
+        """The foldable groups among sibling scopes: the calls of one module, runs of like container items."""
+        out: list[_Fold] = []
+        by_path: dict[str, list[_Scope]] = {}
+        for child in children:
+            by_path.setdefault(child.path, []).append(child)
+        items: dict[str, list[tuple[int, _Scope]]] = {}
+        for path, group in by_path.items():
+            if len(group) > 1:
+                out.append(_Fold(path, sorted(group, key=lambda s: s.instance), True))
+                continue
+            match = _NUMBERED.match(path)
+            if match is not None:
+                items.setdefault(match.group(1), []).append((int(match.group(2)), group[0]))
+        for container, numbered in items.items():
+            numbered.sort(key=lambda pair: pair[0])
+            run: list[tuple[int, _Scope]] = []
+            for number, scope in numbered + [(-2, None)]:  # a sentinel ends the last run
+                if run and scope is not None and number == run[-1][0] + 1 and \
+                        self.signature(scope) == self.signature(run[-1][1]):
+                    run.append((number, scope))
+                    continue
+                if len(run) > 1:
+                    out.append(_Fold(f"{container}.{run[0][0]}-{run[-1][0]}", [s for _, s in run], False))
+                run = [(number, scope)] if scope is not None else []
+        return out
+
+
+def _named(names: Sequence[str], *candidates: str) -> bool:
+    """Whether a key or path is named: in full, or by its end after a dot (``h.3`` names ``model.h.3``)."""
+    return any(candidate == name or candidate.endswith("." + name) for name in names for candidate in candidates)
+
+
+def _matches(scope: _Scope, names: Sequence[str]) -> bool:
+    return bool(names) and _named(names, scope.key, scope.path)
+
+
+def scope_keys(graph: Graph) -> list[str]:
+    """Every scope key of ``graph`` (what ``expand`` and ``collapse`` take), parents first."""
+    scopes = _scopes_of(graph)
+    out: list[str] = []
+    stack = list(reversed(scopes.roots))
+    while stack:
+        scope = stack.pop()
+        out.append(scope.key)
+        stack.extend(reversed(scope.children))
+    return out
+
+
+def _scopes_of(graph: Graph) -> _Scopes:
+    scopes = graph.__dict__.get("_scopes")
+    if scopes is None:
+        scopes = _Scopes(graph)
+        object.__setattr__(graph, "_scopes", scopes)
+    return scopes
+
+
+class _Drawing:
+    """One choice of open scopes and folds, and what it draws."""
+
+    def __init__(self, scopes: _Scopes, options: ViewOptions, depth: int | None, fold: bool) -> None:
+        self.scopes = scopes
+        self.options = options
+        self.depth = depth
+        self.fold = fold
+        wanted = set()
+        for scope in scopes.by_id.values():
+            if _matches(scope, options.expand):
+                wanted.update(id(s) for s in scope.ancestors())
+        self.wanted = wanted  # opened on request, with what is around them
+        self.unfolded: set[int] = set()  # instances of unfolded folds: boxes, whatever the depth, unless opened
+        self.items: list[tuple[str, Any]] = []  # ("node", position) | ("box", scope) | ("fold", [scopes], fold)
+        self.clusters: list[tuple[_Scope, _Scope | None]] = []  # open scopes drawn, with their drawn parent
+        self.cluster_of_item: list[_Scope | None] = []
+        self._walk(None, scopes.loose, scopes.roots)
+
+    def _is_open(self, scope: _Scope) -> bool:
+        if _matches(scope, self.options.collapse):
+            return False
+        if id(scope) in self.wanted:
+            return True
+        if id(scope) in self.unfolded:
+            return False
+        return self.depth is None or scope.depth < self.depth
+
+    def _add(self, item: tuple[str, Any], cluster: _Scope | None) -> None:
+        self.items.append(item)
+        self.cluster_of_item.append(cluster)
+
+    def _walk(self, cluster: _Scope | None, nodes: Sequence[int], children: Sequence[_Scope]) -> None:
+        for at in nodes:
+            self._add(("node", at), cluster)
+        folded: dict[int, tuple[_Fold, list[_Scope]]] = {}
+        if self.fold:
+            for fold in self.scopes.folds(children):
+                unfold = self.options.unfold
+                if unfold and (_named(unfold, fold.key, fold.container) or any(_matches(m, unfold) for m in fold.members)):
+                    self.unfolded.update(id(m) for m in fold.members)  # unfolding shows the instances, closed
+                    continue
+                for part in self._split(fold):
+                    for member in part.members:
+                        folded[id(member)] = (part, part.members)
+        seen: set[str] = set()
+        for child in children:
+            entry = folded.get(id(child))
+            if entry is not None:
+                part, _ = entry
+                if part.key not in seen:
+                    seen.add(part.key)
+                    self._add(("fold", part), cluster)
+            elif self._is_open(child):
+                self.clusters.append((child, cluster))
+                self._walk(child, child.nodes, child.children)
+            else:
+                self._add(("box", child), cluster)
+
+    def _split(self, fold: _Fold) -> list[_Fold]:
+        """A fold cut around the members opened on request: the runs between them (of two or more) stay folded."""
+        parts: list[_Fold] = []
+        run: list[_Scope] = []
+        for member in fold.members + [None]:
+            if member is not None and id(member) not in self.wanted:
+                run.append(member)
+                continue
+            if len(run) > 1:
+                whole = len(run) == len(fold.members)
+                parts.append(_Fold(fold.key if whole else _part_key(fold, run), run, fold.by_path))
+            run = []
+        return parts
+
+    @property
+    def visible(self) -> int:
+        return len(self.items)
+
+
+def _part_key(fold: _Fold, run: Sequence[_Scope]) -> str:
+    if fold.by_path:
+        return f"{fold.members[0].path}@{run[0].instance}-{run[-1].instance}"
+    first, last = (_NUMBERED.match(s.path).group(2) for s in (run[0], run[-1]))
+    return f"{fold.container}.{first}-{last}"
+
+
+def _choose(scopes: _Scopes, options: ViewOptions) -> _Drawing:
+    """The drawing ``options`` ask for: at their depth, or the most detailed one within ``max_nodes``."""
+    if options.depth is not None:
+        return _Drawing(scopes, options, options.depth, options.fold)
+    everything = _Drawing(scopes, options, None, False)
+    if everything.visible <= options.max_nodes or not scopes.by_id:
+        return everything
+    deepest = max((s.depth for s in scopes.by_id.values()), default=0) + 1
+    best = None
+    for depth in range(deepest, -1, -1):
+        drawing = _Drawing(scopes, options, depth, options.fold)
+        if drawing.visible <= options.max_nodes:
+            return drawing
+        best = drawing
+    return best  # nothing fits: the least detailed
+
+
+def view_of(graph: Graph, options: ViewOptions | None = None) -> Graph:
+    """The view of ``graph`` that ``options`` ask for, as a graph (its plan: :func:`plan_of`).
+
+    Graphs without modules, and views that collapse and fold nothing, are
+    ``graph`` itself. Views are kept with the graph, one per options.
+    """
+    options = options or ViewOptions()
+    if not graph.modules:
+        return graph
+    views = graph.__dict__.get("_views")
+    if views is None:
+        views = {}
+        object.__setattr__(graph, "_views", views)
+    found = views.get(options)
+    if found is None:
+        found = views[options] = _build(graph, options)
+    return found
+
+
+def plan_of(graph: Graph) -> ViewPlan | None:
+    """The :class:`ViewPlan` of a view graph; ``None`` for a graph drawn as it is."""
+    return graph.__dict__.get("_view_plan")
+
+
+def _build(graph: Graph, options: ViewOptions) -> Graph:
+    scopes = _scopes_of(graph)
+    drawing = _choose(scopes, options)
+    if not drawing.clusters and all(kind == "node" for kind, _ in drawing.items):
+        return graph
+    nodes = graph.nodes
+    item_of = np.full(len(nodes), -1, dtype=np.int64)
+    instance_of = np.full(len(nodes), -1, dtype=np.int64)  # for nodes inside folds: which instance
+    view_nodes: list[Node] = []
+    boxes: dict[str, Box] = {}
+    cluster_of: dict[str, str] = {}
+    folded: list[str] = []
+    by_path_folds: set[str] = set()
+    for at, ((kind, what), cluster) in enumerate(zip(drawing.items, drawing.cluster_of_item)):
+        if kind == "node":
+            item_of[what] = at
+            node = nodes[what]
+            view_nodes.append(node)
+        else:
+            box_id = f"b{len(boxes)}"
+            if kind == "box":
+                members = scopes.members(what)
+                box = Box(box_id, what.key, "module", what.info.type, 1, tuple(members))
+            else:
+                instances = [scopes.members(m) for m in what.members]
+                members = [p for inst in instances for p in inst]
+                for k, inst in enumerate(instances):
+                    instance_of[inst] = k
+                box = Box(box_id, what.key, "fold", what.members[0].info.type, len(what.members), tuple(members),
+                          tuple(tuple(inst) for inst in instances))
+                folded.append(what.key)
+                if what.by_path:
+                    by_path_folds.add(box_id)
+            item_of[list(box.members)] = at
+            boxes[box_id] = box
+            view_nodes.append(Node(box_id, box.type, box.kind, name=box.key))
+        if cluster is not None:
+            cluster_of[view_nodes[-1].id] = cluster.key
+    ids = [n.id for n in view_nodes]
+    by_id = {node.id: at for at, node in enumerate(nodes)}
+    bundles: dict[tuple[int, int, str], list[int]] = {}
+    recurrent: set[int] = set()
+    for e, edge in enumerate(graph.edges):
+        a, b = item_of[by_id[edge.src]], item_of[by_id[edge.dst]]
+        if a < 0 or b < 0:
+            continue
+        if a == b:
+            box_id = ids[a]
+            if box_id in by_path_folds and instance_of[by_id[edge.src]] != instance_of[by_id[edge.dst]]:
+                recurrent.add(int(a))  # one module's calls handing gradients to one another: a loop
+            continue
+        bundles.setdefault((int(a), int(b), edge.kind), []).append(e)
+    for a in recurrent:
+        box = boxes[ids[a]]
+        boxes[box.id] = dataclasses.replace(box, recurrent=True)
+    edges: list[Edge] = []
+    keys: dict[str, tuple[int, ...]] = {}
+    next_slot: Counter[str] = Counter()
+    # A bundle out of an op node gets a slot past the op's own, so its key is no edge's of the graph.
+    first_free: dict[str, int] = {}
+    for edge in graph.edges:
+        first_free[edge.src] = max(first_free.get(edge.src, 0), edge.slot + 1)
+    for (a, b, kind), members in bundles.items():
+        src, dst = ids[a], ids[b]
+        first = graph.edges[members[0]]
+        if src not in boxes and len(members) == 1:
+            slot, output = first.slot, first.output  # one original edge: its own key and paint
+        else:
+            slot, output = next_slot[src] + first_free.get(src, 0), 0
+        next_slot[src] += 1
+        edges.append(Edge(src, dst, slot, output, kind))
+        keys[f"{src}:{slot}"] = tuple(members)
+    roots = tuple(root for root in graph.roots if item_of[by_id[root]] >= 0 and ids[item_of[by_id[root]]] == root)
+    clusters = [(scope.key, _cluster_label(scope), None if parent is None else parent.key)
+                for scope, parent in drawing.clusters]
+    view = Graph(tuple(view_nodes), tuple(edges), roots)
+    plan = ViewPlan(graph, options, drawing.depth, boxes, keys, clusters, cluster_of, drawing.visible,
+                    tuple(folded), tuple(ids), item_of, instance_of)
+    object.__setattr__(view, "_view_plan", plan)
+    return view
+
+
+def _cluster_label(scope: _Scope) -> str:
+    name = scope.key.rpartition(".")[2] if scope.key else scope.info.type
+    return f"{name} · {scope.info.type}" if name != scope.info.type else name
+
+
+def short_name(key: str) -> str:
+    """The last part of a scope or fold key, enough to tell a box from its siblings (``attn``, ``h.0-11``)."""
+    head, _, last = key.rpartition(".")
+    if re.match(r"^\d", last) and head:
+        return f"{head.rpartition('.')[2]}.{last}"
+    return last or key
+
+
+def bar_buckets(count: int) -> list[tuple[int, int]]:
+    """How a fold of ``count`` instances is cut into at most :data:`MAX_BARS` bars: ``(start, stop)`` each."""
+    bars = min(count, MAX_BARS)
+    edges = [math.floor(k * count / bars) for k in range(bars + 1)]
+    return [(edges[k], edges[k + 1]) for k in range(bars)]
