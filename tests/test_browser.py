@@ -370,3 +370,108 @@ def test_inspector_on_a_short_last_batch_shows_that_steps_node(browser, tmp_path
         assert page.errors == []
     finally:
         p.close()
+
+
+# --- views of a real model: collapse, fold, expand, the URL hash ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt_report(tmp_path_factory) -> Path:
+    """A GPT-style decoder of 12 blocks, 6 SGD steps."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from models import TinyGPT
+
+    torch.manual_seed(0)
+    model = TinyGPT(layers=12)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tokens = torch.randint(0, 11, (2, 6))
+    with vizgrad.record(model) as run:
+        for _ in range(6):
+            optimizer.zero_grad()
+            model(tokens, tokens).backward()
+            optimizer.step()
+    return run.report(engine="wasm").save(tmp_path_factory.mktemp("gpt") / "gpt.html")
+
+
+def call(page, script: str):
+    """Runs page code (awaiting it when it returns a promise)."""
+    return page.evaluate(f"async () => await ({script})")
+
+
+def drawn(page) -> dict:
+    return page.evaluate("""() => ({
+        blocks: [...document.querySelectorAll('#stage g.vg-module[data-module]')].map(g => g.dataset.module),
+        folds: [...document.querySelectorAll('#stage g.vg-fold[data-module]')].map(g => g.dataset.module),
+        open: [...document.querySelectorAll('#stage g.vg-cluster[data-module]')].map(g => g.dataset.module),
+        nodes: document.querySelectorAll('#stage g.vg-node').length,
+    })""")
+
+
+def test_a_gpt_opens_folded_and_expands_collapses_and_unfolds(browser, gpt_report: Path):
+    page = Page(browser, gpt_report)
+    p = page.page
+    call(p, "window.vizgrad.ready")
+    state = call(p, "window.vizgrad.state()")
+    assert state["visible"] <= 150 and state["step"] == 0
+    first = drawn(p)
+    assert first["folds"] == ["h.0-11"] and first["nodes"] == state["visible"]
+    assert "Block x12" in p.text_content('#stage g.vg-fold[data-module="h.0-11"]')
+    bars = p.eval_on_selector_all('#stage g.vg-fold rect.vg-bar', "rs => rs.map(r => Number(r.getAttribute('height')))")
+    assert len(bars) == 12 and all(h > 0 for h in bars)  # one bar per block, painted
+    # Unfold by a click on the fold: the twelve blocks, each a box.
+    p.click("#zoom-fit")
+    p.click('#stage g.vg-fold[data-module="h.0-11"]')
+    p.wait_for_function("window.vizgrad.state().unfolded.length === 1")
+    assert sorted(drawn(p)["blocks"], key=lambda k: (len(k), k))[:12] == [f"h.{k}" for k in range(12)]
+    # Expand one block through the page API: its children show; collapse returns.
+    assert call(p, "window.vizgrad.expand('h.3')") is True
+    opened = drawn(p)
+    assert "h.3" in opened["open"] and {"h.3.attn", "h.3.mlp"} <= set(opened["blocks"])
+    before = p.text_content('#stage g.vg-module[data-module="h.3.attn"] .vg-val')
+    p.click("#last")  # step switching keeps working after expansion
+    assert call(p, "window.vizgrad.state()")["step"] == 5
+    assert p.text_content('#stage g.vg-module[data-module="h.3.attn"] .vg-val') != before
+    assert call(p, "window.vizgrad.collapse('h.3')") is True
+    assert "h.3" in drawn(p)["blocks"] and "h.3" not in drawn(p)["open"]
+    assert call(p, "window.vizgrad.state()")["expanded"] == []
+    # Back to the overview.
+    p.click("#overview")
+    p.wait_for_function("window.vizgrad.state().unfolded.length === 0")
+    assert drawn(p)["folds"] == ["h.0-11"]
+    assert page.errors == [] and page.requests == [gpt_report.as_uri()]
+    p.close()
+
+
+def test_the_url_hash_reopens_a_view_at_a_step(browser, gpt_report: Path):
+    page = Page(browser, gpt_report)
+    p = page.page
+    call(p, "window.vizgrad.ready")
+    call(p, "window.vizgrad.unfold('h')")
+    call(p, "window.vizgrad.expand('h.3')")
+    call(p, "window.vizgrad.step(4)")
+    link = p.evaluate("location.hash")
+    assert "step=4" in link and "expand=h.3" in link and "unfold=h.0-11" in link
+    p.close()
+    reopened = Page(browser, Path(str(gpt_report)))
+    reopened.page.goto(gpt_report.as_uri() + link)
+    reopened.page.reload()  # a page opened on the link, not a hash change in an open one
+    call(reopened.page, "window.vizgrad.ready")
+    state = call(reopened.page, "window.vizgrad.state()")
+    assert (state["step"], state["expanded"], state["unfolded"]) == (4, ["h.3"], ["h.0-11"])
+    assert "h.3" in drawn(reopened.page)["open"]
+    # A link that names only what was opened reaches it by the clicks that open it.
+    reopened.page.goto(gpt_report.as_uri() + "#step=1&expand=h.5")
+    reopened.page.reload()
+    call(reopened.page, "window.vizgrad.ready")
+    state = call(reopened.page, "window.vizgrad.state()")
+    assert state["step"] == 1 and state["expanded"] == ["h.5"] and "h.5" in drawn(reopened.page)["open"]
+    # A link to a view the report did not prepare says so and shows the first view.
+    reopened.page.goto(gpt_report.as_uri() + "#step=2&expand=h.3.attn,h.7.attn,h.9.mlp")
+    reopened.page.reload()
+    call(reopened.page, "window.vizgrad.ready")
+    assert call(reopened.page, "window.vizgrad.state()")["view"] == 0
+    assert "not prepared" in reopened.page.text_content("#view-notice")
+    assert reopened.errors == []
+    reopened.page.close()

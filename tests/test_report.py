@@ -29,12 +29,10 @@ def page_data(text: str) -> dict:
 def frames_of(data: dict) -> list:
     """Per-step records ``[layout, node_paint, edge_paint, stats]``, rebuilt from the columns as report.js does."""
     out = []
+    columns = data["columns"]
     for segment in data["segments"]:
-        nodes = segment["nodes"]
-
-        def column(node: dict, field: str):  # a number: the same column as that earlier node's
-            return nodes[node[field]][field] if isinstance(node[field], int) else node[field]
-
+        nodes = [resolved(node, columns) for node in segment["nodes"]]
+        edges = [resolved(edge, columns) for edge in segment["edges"]]
         for i in range(segment["count"]):
             node_paint, edge_paint, stats = [], [], []
             for node in nodes:
@@ -42,18 +40,25 @@ def frames_of(data: dict) -> list:
                     node_paint += [None, 0, None]
                     stats.append(None)
                     continue
-                node_paint += [node["fill"][i], node["flag"][i], [lines[i] for lines in column(node, "lines")]]
-                columns = column(node, "stats")
-                if columns["norm"][i] is None:
+                node_paint += [node["fill"][i], node["flag"][i], [lines[i] for lines in node["lines"]]]
+                column = node["stats"]
+                if column["norm"][i] is None:
                     stats.append(None)
-                elif columns["one"][i]:
-                    stats.append(columns["mean"][i])
+                elif column["one"][i]:
+                    stats.append(column["mean"][i])
                 else:
-                    stats.append([columns[k][i] for k in ("norm", "mean", "min", "max")])
-            for edge in segment["edges"]:
+                    stats.append([column[k][i] for k in ("norm", "mean", "min", "max")])
+            for edge in edges:
                 edge_paint += [None, None, 0] if edge is None else [edge["color"][i], edge["width"][i], edge["flag"][i]]
             out.append([segment["layout"], node_paint, edge_paint, stats])
     return out
+
+
+def resolved(entry: dict | None, columns: list) -> dict | None:
+    """A painted node or edge of the page data with its column references replaced by the columns."""
+    if entry is None:
+        return None
+    return {field: [columns[r] for r in ref] if field == "lines" else columns[ref] for field, ref in entry.items()}
 
 
 @pytest.fixture(scope="module")
@@ -196,24 +201,7 @@ def test_report_of_a_run_with_two_topologies(tmp_path):
     assert "2 graph shapes" in text
 
 
-def shared_columns_the_old_way(painted: dict, node_ids: list[str]) -> list:
-    """The painted nodes with repeated columns as the position of their first node, by a linear scan of
-    the earlier ones (what report.py did before it hashed them): the reference for the page data."""
-    nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
-    for field in ("lines", "stats"):
-        seen: list = []
-        for position, node in enumerate(nodes):
-            if node is None:
-                continue
-            same = next((earlier for column, earlier in seen if column == node[field]), None)
-            if same is None:
-                seen.append((node[field], position))
-            else:
-                node[field] = same
-    return nodes
-
-
-def test_page_data_shares_equal_columns_as_before():
+def test_page_data_sends_each_distinct_column_once():
     x = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
     w = torch.tensor([[0.5], [-0.25]], requires_grad=True)
     b = torch.tensor([0.1], requires_grad=True)
@@ -228,17 +216,17 @@ def test_page_data_shares_equal_columns_as_before():
             b.grad = None
     chosen = [run[i] for i in range(len(run.steps))]
     scale = frames.scale_for(chosen)
-    expected = []
-    for layout_index, group in enumerate(frames.segments(chosen)):
-        painted = frames.paint_segment(group, scale)
-        nodes = shared_columns_the_old_way(painted, list(painted["nodes"]))
-        edges = [painted["edges"][key] for key in painted["edges"]]
-        expected.append({"layout": layout_index, "count": len(group), "nodes": nodes, "edges": edges})
     payload, _ = Report(run)._payload()
-    assert payload["segments"] == expected
-    assert [segment["count"] for segment in expected] == [3, 2]
-    shared = [node["stats"] for node in expected[1]["nodes"] if node is not None and isinstance(node["stats"], int)]
-    assert len(shared) >= 3  # the views pass their gradient on: sent as the first node's position
+    columns = payload["columns"]
+    for segment, group in zip(payload["segments"], frames.segments(chosen)):
+        painted = frames.paint_segment(group, scale)  # the page data holds exactly this
+        assert [resolved(node, columns) for node in segment["nodes"]] == list(painted["nodes"].values())
+        assert [resolved(edge, columns) for edge in segment["edges"]] == list(painted["edges"].values())
+    assert [segment["count"] for segment in payload["segments"]] == [3, 2]
+    keys = [json.dumps(column, sort_keys=True) for column in columns]
+    assert len(set(keys)) == len(keys)  # no column twice
+    chain = [node["stats"] for node in payload["segments"][1]["nodes"] if node is not None]
+    assert len(set(chain)) <= len(chain) - 3  # the views pass their gradient on: one column for them all
 
 
 class CountedFloat(float):
@@ -265,7 +253,7 @@ def test_sharing_equal_columns_does_linear_work_on_a_long_chain(monkeypatch):
     node_ids = [node.id for node in graph.nodes]
     half = len(node_ids) // 2
 
-    def paint_segment(steps, scale, graph=None):  # every column distinct in the first half, repeated in the second
+    def paint_segment(steps, scale, graph=None, rows=None):  # every column distinct in the first half, repeated in the second
         columns = {}
         for position, node_id in enumerate(node_ids):
             value = position % half
@@ -282,10 +270,10 @@ def test_sharing_equal_columns_does_linear_work_on_a_long_chain(monkeypatch):
     elements = 2 * len(node_ids)  # a few hashes and comparisons per number; a scan of the earlier columns is ~1e6
     assert CountedFloat.operations <= 4 * elements, f"{CountedFloat.operations} operations on {elements} numbers"
     nodes = page.segments[0]["nodes"]
-    assert [node["stats"] for node in nodes[half:2 * half]] == list(range(half))  # the earliest equal node
-    assert all(isinstance(node["stats"], dict) for node in nodes[:half])
-    assert [node["lines"] for node in nodes[:7]] == [[["g %d" % k, "x"]] for k in range(7)]
-    assert [node["lines"] for node in nodes[7:14]] == list(range(7))
+    stats = [node["stats"] for node in nodes]
+    assert stats[half:2 * half] == stats[:half] and len(set(stats[:half])) == half  # equal columns: one each
+    assert [page.columns[node["lines"][0]] for node in nodes[:7]] == [["g %d" % k, "x"] for k in range(7)]
+    assert [node["lines"] for node in nodes[7:14]] == [node["lines"] for node in nodes[:7]]
 
 
 # --- escaping -------------------------------------------------------------------------------------

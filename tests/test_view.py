@@ -17,7 +17,7 @@ import vizgrad
 from vizgrad import frames
 from vizgrad.errors import UsageError
 from vizgrad.graph import Graph
-from vizgrad.view import MAX_BARS, ViewOptions, bar_buckets, plan_of, scope_keys, view_of
+from vizgrad.view import MAX_BARS, ViewOptions, ViewState, bar_buckets, explore, plan_of, scope_keys, view_of
 
 from models import TinyGPT
 
@@ -234,3 +234,45 @@ def test_the_dot_of_a_view_matches_golden():
     assert_golden("view.dot", frames.graph_dot(drawn))
     assert graph.to_dot() == frames.graph_dot(view_of(graph), values=False)  # Graph.to_dot draws the default view
     assert graph.to_dot(depth=2, collapse=["model.2"], values=True) == frames.graph_dot(drawn)
+
+
+def test_unfolding_a_long_fold_shows_its_ends_around_a_fold_of_the_middle():
+    cell = nn.RNNCell(1, 2)
+    with vizgrad.record(params=dict(cell.named_parameters(prefix="cell"))) as run:
+        h = None
+        for x in torch.randn(30, 1, 1):
+            h = cell(x) if h is None else cell(x, h)
+        h.sum().backward()
+    graph = run.steps[-1].graph
+    (fold,) = plan_of(view_of(graph)).boxes.values()
+    assert (fold.key, fold.count) == ("cell", 30)
+
+    def drawn(*unfold: str) -> list[str]:
+        plan = plan_of(view_of(graph, ViewOptions(unfold=unfold)))
+        return [box.key for box in plan.boxes.values()]
+
+    ends = [f"cell@{k}" for k in (*range(6), *range(24, 30))]
+    assert sorted(drawn("cell")) == sorted(ends + ["cell@6-23"])
+    assert "cell@12-17" in drawn("cell", "cell@6-23")
+    inner = drawn("cell", "cell@6-23", "cell@12-17")
+    assert sorted(inner) == sorted(f"cell@{k}" for k in range(30))  # six are few enough to show them all
+
+
+def test_explore_prepares_the_clicks_from_the_first_view_and_back():
+    torch.manual_seed(0)
+    model = TinyGPT(layers=4)
+    with vizgrad.record(model) as run:
+        model(torch.randint(0, 11, (2, 6)), torch.randint(0, 11, (2, 6))).backward()
+    graph = run.steps[-1].graph
+    states, moves = explore(graph, budget=12)
+    assert states[0] == ViewState() and len(states) == len(moves) <= 12
+    unfolded = moves[0]["unfold"]["h.0-3"]
+    assert states[unfolded].unfold == ("h.0-3",)
+    opened = moves[unfolded]["expand"]["h.2"]
+    assert states[opened] == ViewState(expand=("h.2",), unfold=("h.0-3",))
+    assert moves[opened]["collapse"]["h.2"] == unfolded  # closing what a click opened goes back
+    plan = plan_of(view_of(graph, states[opened].options(graph, ViewOptions())))
+    assert "h.2" in {key for key, _, _ in plan.clusters}
+    assert {"h.2.attn", "h.2.mlp"} <= {box.key for box in plan.boxes.values()}  # one level at a time
+    with pytest.raises(UsageError, match="action"):
+        ViewState().after("open", "h.2")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from vizgrad.colors import FLAG_COLORS, VIRIDIS, ColorScale, text_color_for
 from vizgrad.dot import LINE_WIDTH, PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS
 from vizgrad.layout import FLAGS
+from vizgrad.rows import SegmentRows, gather_rows, view_rows
 from vizgrad.view import BOX_KINDS, ViewPlan, bar_buckets, plan_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -124,7 +124,7 @@ def _edge_key(edge: Any, view: ViewPlan | None) -> tuple:
 
 # -- the painter -------------------------------------------------------------------------------------------------
 def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool = True,
-                  graph: Graph | None = None) -> dict[str, Any]:
+                  graph: Graph | None = None, rows: SegmentRows | None = None) -> dict[str, Any]:
     """The paint of consecutive steps sharing one graph, as columns over the steps.
 
     Computed a node at a time across all steps, so thousands of steps cost
@@ -139,6 +139,8 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
             (:func:`vizgrad.view.view_of`), whose boxes get ``lines`` in / out /
             max, ``stats`` ``in``, ``out``, ``inside`` and, for a fold,
             ``bars``: per bar, ``color`` and ``height`` (hundredths of the strip).
+        rows: The steps' rows gathered once, to share between the views of one
+            segment (:class:`vizgrad.rows.SegmentRows`); made here when needed.
 
     Returns:
         ``{"nodes": {node_id: {"fill", "flag", "lines", "stats"}}, "edges":
@@ -151,18 +153,31 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         some step has them, ``nan`` and ``inf`` counts.
     """
     plan = _PaintPlan.of(graph if graph is not None else steps[0].graph)
+    # The views of a segment share most of what they draw: what one painted, the next takes as it is.
+    known = rows.painted if rows is not None else {}
+    node_names = [_content(plan.view, node_id, kind, inspector) for node_id, kind, _, _ in plan.nodes]
+    edge_names = [(key, inspector) if key[0] == "edge" else ("bundle", plan.view.bundles[key[1]])
+                  for _, key in plan.edges]
+    todo_nodes = [k for k, name in enumerate(node_names) if name not in known]
+    todo_edges = [k for k, name in enumerate(edge_names) if name not in known]
     keys: dict[tuple, int] = {}
-    output_slots = [[keys.setdefault(k, len(keys)) for k in output_keys] for _, _, output_keys, _ in plan.nodes]
-    param_slots = [keys.setdefault(p, len(keys)) if p else -1 for _, _, _, p in plan.nodes]
-    edge_slots = [keys.setdefault(k, len(keys)) for _, k in plan.edges]
-    data, present = gather_rows(steps, list(keys)) if plan.view is None else _view_rows(steps, plan.view, list(keys))
+    output_slots = [[keys.setdefault(k, len(keys)) for k in plan.nodes[at][2]] for at in todo_nodes]
+    param_slots = [keys.setdefault(plan.nodes[at][3], len(keys)) if plan.nodes[at][3] else -1 for at in todo_nodes]
+    edge_slots = [keys.setdefault(plan.edges[at][1], len(keys)) for at in todo_edges]
+    if not keys:
+        data, present = np.zeros((len(steps), 0, 7)), np.zeros((len(steps), 0), dtype=bool)
+    elif plan.view is None:
+        data, present = gather_rows(steps, list(keys))
+    else:
+        data, present = view_rows(rows if rows is not None else SegmentRows(steps), plan.view, list(keys))
     losses = [step.loss for step in steps]
     nodes: dict[str, dict[str, Any]] = {}
     stats_by_content: dict[bytes, dict[str, Any]] = {}
     grads_by_content: dict[bytes, list[str]] = {}
-    for (node_id, kind, _keys, _param), slots, param_slot in zip(plan.nodes, output_slots, param_slots):
+    for at, slots, param_slot in zip(todo_nodes, output_slots, param_slots):
+        node_id, kind, _, _ = plan.nodes[at]
         if kind in BOX_KINDS:
-            nodes[node_id] = _box_paint(data, present, slots, scale, inspector)
+            nodes[node_id] = known[node_names[at]] = _box_paint(data, present, slots, scale, inspector)
             continue
         norm, nan, inf, numel, mean, has_scalar, found = _merged_columns(data, present, slots)
         flags = _flag_codes(norm, nan, inf, numel, found)
@@ -183,7 +198,7 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         else:
             lines = [grads]
         fill = np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
-        nodes[node_id] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
+        nodes[node_id] = known[node_names[at]] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
         if inspector:
             # The inspector shows output 0; ops along a chain share that gradient, so equal columns are made once.
             rows, rows_found = data[:, slots[0]], present[:, slots[0]]
@@ -192,7 +207,8 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
                 stats_by_content[stats_key] = _stats_columns(rows, rows_found)
             nodes[node_id]["stats"] = stats_by_content[stats_key]
     edges: dict[str, dict[str, Any]] = {}
-    for (edge_key, _key), slot in zip(plan.edges, edge_slots):
+    for at, slot in zip(todo_edges, edge_slots):
+        edge_key = plan.edges[at][0]
         row, found = data[:, slot], present[:, slot]
         norm = row[:, 0]
         flags = _flag_codes(norm, row[:, 4], row[:, 5], row[:, 6], found)
@@ -202,8 +218,20 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
                           [_NO_GRAD_INDEX, np.where(flags == 1, _FLAG_COLOR_INDEX["nan"], _FLAG_COLOR_INDEX["inf"]),
                            _ZERO_EDGE_INDEX], color)
         width = np.select([flags == 4, (flags == 1) | (flags == 2), flags == 3], [1.0, _FLAG_EDGE_WIDTH, 1.0], width)
-        edges[edge_key] = {"color": color.tolist(), "width": width.tolist(), "flag": flags.tolist()}
-    return {"nodes": nodes, "edges": edges}
+        edges[edge_key] = known[edge_names[at]] = {"color": color.tolist(), "width": width.tolist(),
+                                                   "flag": flags.tolist()}
+    # In the plan's order; entries are copied, as a caller may change them (the report replaces equal columns).
+    if rows is None:
+        return {"nodes": nodes, "edges": edges}
+    return {"nodes": {node_id: dict(known[name]) for (node_id, _, _, _), name in zip(plan.nodes, node_names)},
+            "edges": {edge_key: dict(known[name]) for (edge_key, _), name in zip(plan.edges, edge_names)}}
+
+
+def _content(view: ViewPlan | None, node_id: str, kind: str, inspector: bool) -> tuple:
+    """What a drawn node's paint depends on: the node, or the box (a box is its members, whatever the view)."""
+    if kind in BOX_KINDS:
+        return ("box", view.boxes[node_id].key, inspector)
+    return ("node", node_id, inspector)
 
 
 def step_of(segment: dict[str, Any], k: int) -> dict[str, Any]:
@@ -274,170 +302,7 @@ def _bar_column(rows: np.ndarray, found: np.ndarray, scale: ColorScale) -> dict[
     return {"color": color.tolist(), "height": height.tolist()}
 
 
-_VIEW_STEP_CHUNK = 32  # steps whose member rows are held at once (a 32k-node graph's rows are ~4 MB a step)
-
-
-def _view_rows(steps: Sequence[Step], view: ViewPlan, keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`gather_rows` for a view's keys: its nodes' and edges' own rows, its boxes' and bundles' made of them.
-
-    A box's ``in`` is the gradient of the tensors made inside it and used
-    outside (the root of their squared norms summed: distinct tensors); its
-    ``out`` what it passes to the tensors it takes in: a tensor's whole
-    gradient when only the box uses it, else the gradients along the box's
-    edges to it; ``max`` the largest norm of any node inside. A fold's bar is
-    the largest ``in`` of the instances it covers (an instance's ``in``
-    counts the tensors the next instance takes). A bundle of edges is the
-    root of its edges' squared norms summed. NaN and Inf counts are summed.
-    """
-    groups, plain = _view_groups(view, keys)
-    data = np.full((len(steps), len(keys), 7), np.nan)
-    present = np.zeros((len(steps), len(keys)), dtype=bool)
-    if plain:
-        data[:, plain], present[:, plain] = gather_rows(steps, [keys[k] for k in plain])
-    if not groups:
-        return data, present
-    members: dict[tuple, int] = {}
-    columns = []
-    for k, how, member_keys, labels in groups:
-        columns.append((k, how, np.array([members.setdefault(m, len(members)) for m in member_keys], dtype=np.int64),
-                        labels))
-    member_list = list(members)
-    for start in range(0, len(steps), _VIEW_STEP_CHUNK):
-        chunk = steps[start:start + _VIEW_STEP_CHUNK]
-        rows, found = gather_rows(chunk, member_list)
-        at = slice(start, start + len(chunk))
-        for k, how, picked, labels in columns:
-            if how == "max":
-                data[at, k], present[at, k] = _largest(rows[:, picked], found[:, picked])
-            elif how == "bar":
-                data[at, k], present[at, k] = _largest_instance(rows[:, picked], found[:, picked], labels)
-            else:
-                data[at, k], present[at, k] = _combined(rows[:, picked], found[:, picked])
-    return data, present
-
-
-def _view_groups(view: ViewPlan, keys: list[tuple]) -> tuple[list[tuple[int, str, list[tuple], Any]], list[int]]:
-    """For each synthetic key of a view, how to make its row: ``(position, "sum" | "max" | "bar", member keys,
-    instance labels)``; and the positions of the keys the table has as they are."""
-    source = view.source
-    position = {node.id: at for at, node in enumerate(source.nodes)}
-    item_of, instance_of = view.item_of, view.instance_of
-    view_ids = {node_id: k for k, node_id in enumerate(view.item_ids)}
-    # Per drawn item: the tensors (node, output) it makes that are used outside, and per input
-    # tensor the edges it takes it along.
-    outputs: dict[int, dict[tuple, int]] = {}  # item -> output tensor key -> instance
-    inputs: dict[int, dict[tuple, list[tuple]]] = {}  # item -> input tensor key -> its edges from the item
-    instance_outputs: dict[int, dict[tuple, int]] = {}  # fold -> tensors used outside their instance
-    users: Counter[tuple] = Counter()  # tensor -> edges into it
-    for edge in source.edges:
-        if edge.kind not in PAINTED_EDGE_KINDS:
-            continue
-        a, b = position[edge.src], position[edge.dst]
-        tensor = ("node", edge.dst, edge.output)
-        users[tensor] += 1
-        src_item, dst_item = int(item_of[a]), int(item_of[b])
-        if src_item != dst_item:
-            outputs.setdefault(dst_item, {})[tensor] = int(instance_of[b])
-            inputs.setdefault(src_item, {}).setdefault(tensor, []).append(("edge", edge.src, edge.slot))
-        if src_item != dst_item or instance_of[a] != instance_of[b]:
-            instance_outputs.setdefault(dst_item, {})[tensor] = int(instance_of[b])
-    node_keys: dict[int, list[tuple]] = {}
-    for at, node in enumerate(source.nodes):
-        if node.kind in PAINTED_NODE_KINDS and item_of[at] >= 0:
-            node_keys.setdefault(int(item_of[at]), []).extend(("node", node.id, k) for k in range(max(node.outputs, 1)))
-    groups: list[tuple[int, str, list[tuple], Any]] = []
-    plain: list[int] = []
-    for k, key in enumerate(keys):
-        if key[0] == "box":
-            item = view_ids[key[1]]
-            if key[2] == "in":
-                groups.append((k, "sum", list(outputs.get(item, {})), None))
-            elif key[2] == "out":
-                members: list[tuple] = []
-                for tensor, edges in inputs.get(item, {}).items():
-                    members.extend([tensor] if users[tensor] == len(edges) else edges)
-                groups.append((k, "sum", members, None))
-            else:
-                groups.append((k, "max", node_keys.get(item, []), None))
-        elif key[0] == "bar":
-            item = view_ids[key[1]]
-            first, stop = bar_buckets(view.boxes[key[1]].count)[key[2]]
-            picked = [(tensor, inst) for tensor, inst in instance_outputs.get(item, {}).items() if first <= inst < stop]
-            groups.append((k, "bar", [t for t, _ in picked], np.array([i for _, i in picked], dtype=np.int64)))
-        elif key[0] == "bundle":
-            groups.append((k, "sum", [("edge", source.edges[e].src, source.edges[e].slot)
-                                      for e in view.bundles[key[1]]], None))
-        else:
-            plain.append(k)
-    return groups, plain
-
-
-def _combined(rows: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``(steps, members, 7)`` as one per step: root of summed squared norms, counts summed."""
-    out = np.full((len(rows), 7), np.nan)
-    merged = np.where(found[..., None], rows, 0.0)
-    out[:, 0] = np.sqrt((merged[..., 0] ** 2).sum(axis=1))
-    out[:, 4:7] = merged[..., 4:7].sum(axis=1)
-    return out, found.any(axis=1)
-
-
-def _largest(rows: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The largest norm of the members (NaN wins, as a flag must), counts summed."""
-    out = np.full((len(rows), 7), np.nan)
-    merged = np.where(found[..., None], rows, 0.0)
-    norms = np.where(found, rows[..., 0], -np.inf)
-    with np.errstate(invalid="ignore"):
-        out[:, 0] = norms.max(axis=1, initial=-np.inf)
-    out[:, 0] = np.where(np.isnan(norms).any(axis=1), np.nan, out[:, 0])
-    out[:, 4:7] = merged[..., 4:7].sum(axis=1)
-    return out, found.any(axis=1)
-
-
-def _largest_instance(rows: np.ndarray, found: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The largest per-instance combined norm among the instances the edges go into."""
-    out = np.full((len(rows), 7), np.nan)
-    present = np.zeros(len(rows), dtype=bool)
-    if rows.shape[1] == 0:
-        return out, present
-    labels, inverse = np.unique(instances, return_inverse=True)
-    merged = np.where(found[..., None], rows, 0.0)
-    for s in range(len(rows)):
-        squares = np.bincount(inverse, weights=merged[s, :, 0] ** 2, minlength=len(labels))
-        has = np.bincount(inverse, weights=found[s].astype(np.float64), minlength=len(labels)) > 0
-        if has.any():
-            with np.errstate(invalid="ignore"):
-                out[s, 0] = np.sqrt(squares[has]).max()
-            present[s] = True
-        out[s, 4:7] = merged[s, :, 4:7].sum(axis=0)
-    return out, present
-
-
 # -- columns -------------------------------------------------------------------------------------------------------
-def gather_rows(steps: Sequence[Step], keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, keys, 7)`` summary rows (NaN where missing) and the ``(steps, keys)`` mask of present ones.
-
-    Steps are grouped by their key index (a loop's steps share one): each
-    group looks its keys up once and takes its rows in one gather.
-    """
-    data = np.full((len(steps), len(keys), 7), np.nan)
-    present = np.zeros((len(steps), len(keys)), dtype=bool)
-    groups: dict[Any, list[int]] = {}
-    for s, step in enumerate(steps):
-        groups.setdefault(step.table.index, []).append(s)
-    for index, members in groups.items():
-        at = index.locate(keys)
-        found = at >= 0
-        if not found.any():
-            continue
-        picked = at[found]
-        stacked = np.stack([steps[s].table.rows[picked] for s in members])
-        rows = data[members]
-        rows[:, found] = stacked
-        data[members] = rows
-        present[np.ix_(members, np.flatnonzero(found))] = True
-    return data, present
-
-
 def _merged_columns(data: np.ndarray, present: np.ndarray, slots: list[int]) -> tuple[np.ndarray, ...]:
     """A node's gradient over its output slots for every step.
 

@@ -9,6 +9,8 @@ charts are all inline.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import xml.etree.ElementTree as ElementTree
 from functools import cached_property
@@ -22,12 +24,13 @@ from markupsafe import Markup
 
 from vizgrad import frames, gradtable
 from vizgrad.colors import FLAG_COLORS, ColorScale
-from vizgrad.paint import INK, gather_rows
+from vizgrad.paint import INK
+from vizgrad.rows import SegmentRows, gather_rows
 from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
 from vizgrad.panels import round_sig
-from vizgrad.view import ViewOptions, view_of
+from vizgrad.view import MAX_STATES, ViewOptions, explore, plan_of, view_of
 
 __all__ = ["Report", "FLAGS", "embed_json", "sanitize_svg"]
 
@@ -128,6 +131,9 @@ class Report:
         view: What the graph view draws (modules collapsed, repeats folded; see
             :class:`vizgrad.view.ViewOptions`); by default the most detailed
             view within 150 drawn items.
+        views: How many views (expanded, collapsed or unfolded by a click)
+            the report prepares, nearest to the first one first (see
+            :func:`vizgrad.view.explore`); each costs a layout per graph shape.
 
     Raises:
         UsageError: The run has no steps, or ``every``/``steps`` select none.
@@ -137,7 +143,7 @@ class Report:
     """
 
     def __init__(self, run: Any, *, every: int = 1, steps: str | slice | None = None, engine: str | None = None,
-                 title: str | None = None, view: ViewOptions | None = None) -> None:
+                 title: str | None = None, view: ViewOptions | None = None, views: int = MAX_STATES) -> None:
         if len(run.steps) == 0:
             raise UsageError("the run has no steps to report; call backward() inside vizgrad.record()")
         self.run = run
@@ -146,6 +152,9 @@ class Report:
         self.engine = engine
         self.title = title or str(run.meta.get("title") or "vizgrad report")
         self.view = view or ViewOptions()
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise UsageError(f"views must be a whole number >= 1, got {views!r}")
+        self.views = views
         self.selected: list[int] = frames.select_steps(len(run.steps), every=every, steps=steps)
 
     def __repr__(self) -> str:
@@ -193,10 +202,17 @@ class Report:
         with paused_gc():  # tens of thousands of small lists: no GC pass over the run meanwhile
             payload, layouts = self._payload()
         template = _environment().get_template("report.html.j2")
+        # The first view's layouts are drawn at once; the other views' are sent compressed and
+        # inflated in the page when a click first shows them (SVG shrinks about tenfold).
+        first = {segment["layout"] for segment in payload["segments"]}
+        plain = [(k, Markup(svg)) for k, svg in enumerate(layouts) if k in first]
+        packed = [(k, base64.b64encode(gzip.compress(svg.encode("utf-8"), mtime=0)).decode("ascii"))
+                  for k, svg in enumerate(layouts) if k not in first]
         return template.render(
             title=self.title,
             data_json=embed_json(payload),
-            layouts=[Markup(svg) for svg in layouts],
+            layouts=plain,
+            packed_layouts=packed,
             script=_inline_asset("report.js", "script"),
             style=_inline_asset("report.css", "style"),
             frame_style=Markup(frames.FRAME_CSS),
@@ -212,9 +228,24 @@ class Report:
         cache = frames.LayoutCache(self.engine)
         scale = frames.run_scale(self.run)  # the whole run's, as frame exports use: the same fills for a step
         page = _FrameData()
-        for group in frames.segments(steps):
-            drawn = view_of(group[0].graph, self.view)
-            page.add_segment(group, drawn, cache.get(drawn), scale)
+        groups = frames.segments(steps)
+        # The views a click can lead to, explored on the graph most steps have; each is drawn for every graph.
+        main = max(groups, key=len)[0].graph
+        states, transitions = explore(main, self.view, self.views)
+        views = []
+        shared = [SegmentRows(group) if group[0].graph.modules else None for group in groups]
+        for state, moves in zip(states, transitions):
+            page.segments = []
+            for group, rows in zip(groups, shared):
+                drawn = view_of(group[0].graph, state.options(group[0].graph, self.view))
+                page.add_segment(group, drawn, cache.get(drawn), scale, rows)
+            plan = plan_of(view_of(main, state.options(main, self.view)))
+            views.append({"expand": list(state.expand), "collapse": list(state.collapse), "unfold": list(state.unfold),
+                          "next": moves, "visible": plan.visible if plan is not None else len(main.nodes),
+                          "open": [key for key, _, _ in plan.clusters] if plan is not None else [],
+                          "segments": page.segments})
+        default = views[0].pop("segments")
+        shown_layouts = {segment["layout"] for segment in default}
 
         payload_params = self._params(steps)
         payload = {
@@ -226,15 +257,17 @@ class Report:
             "index": [step.index for step in steps],
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
             "layouts": page.layouts,
-            "segments": page.segments,
+            "columns": page.columns,
+            "segments": default,
+            "views": views,
             "params": payload_params,
             "panels": [panel.spec(self.run, self.selected) for panel in self.run.panels],
             "summary": {
                 "steps": len(self.run.steps),
                 "shown": len(steps),
                 "nodes": max(len(step.graph.nodes) for step in steps),
-                "drawn": max(len(meta["nodes"]) for meta in page.layouts),
-                "layouts": len(page.layouts),
+                "drawn": max(len(page.layouts[k]["nodes"]) for k in shown_layouts),
+                "layouts": len(shown_layouts),
                 "params": len(payload_params),
                 "engine": _engine_name(self.engine),
             },
@@ -261,20 +294,26 @@ class Report:
 
 
 class _FrameData:
-    """The per-step part of the page data, in columns: one segment per run of steps sharing a graph.
+    """The per-step part of the page data, in columns: one segment per run of steps sharing a graph, per view.
 
     A segment is ``{"layout", "count", "nodes", "edges"}``: per painted node of
-    the layout the columns of :func:`frames.paint_segment` (``fill`` indexes
-    :data:`frames.PALETTE`, ``flag`` :data:`FLAGS`, ``lines`` the value lines,
-    ``stats`` the inspector's numbers; either may be the position of an
-    earlier node with the same column), ``None`` for a node this graph lacks;
-    likewise per painted edge. The page rebuilds each step's record from them.
+    the layout, the positions in ``columns`` of its columns from
+    :func:`frames.paint_segment` (``fill`` indexes :data:`frames.PALETTE`,
+    ``flag`` :data:`FLAGS`, ``lines`` one column per value line, ``stats``
+    the inspector's numbers, ``bars`` a fold's strip), ``None`` for a node
+    this graph lacks; likewise per painted edge (``color``, ``width``,
+    ``flag``). Every distinct column is sent once: ops along a chain pass on
+    the same gradient, and the views of a report draw mostly the same nodes.
+    The page rebuilds each step's record from them.
     """
 
     def __init__(self) -> None:
         self.layouts: list[dict[str, Any]] = []
         self.svgs: list[str] = []
         self.segments: list[dict[str, Any]] = []
+        self.columns: list[Any] = []
+        self._column_at: dict[Any, int] = {}
+        self._column_of_object: dict[int, tuple[Any, int]] = {}  # the painter shares columns: each keyed once
         self._layout_index: dict[str, int] = {}
         self._orders: list[tuple[list[str], list[str]]] = []
 
@@ -296,42 +335,47 @@ class _FrameData:
             self.svgs.append(sanitize_svg(layout.svg))
         return index
 
-    def add_segment(self, steps: Sequence[Any], drawn: Any, layout: Any, scale: ColorScale) -> None:
+    def _column(self, column: Any) -> int:
+        """The position of ``column`` in ``columns``, adding it when no equal column is there."""
+        known = self._column_of_object.get(id(column))
+        if known is not None:
+            return known[1]
+        key = _frozen(column)
+        at = self._column_at.get(key)
+        if at is None:
+            at = self._column_at[key] = len(self.columns)
+            self.columns.append(column)
+        self._column_of_object[id(column)] = (column, at)  # kept, so its id stays its own
+        return at
+
+    def _refer(self, entry: dict[str, Any] | None) -> dict[str, Any] | None:
+        if entry is None:
+            return None
+        return {field: [self._column(line) for line in value] if field == "lines" else self._column(value)
+                for field, value in entry.items()}
+
+    def add_segment(self, steps: Sequence[Any], drawn: Any, layout: Any, scale: ColorScale,
+                    rows: SegmentRows | None = None) -> None:
         """Appends consecutive steps that share one graph, painted on ``drawn`` (the graph or a view of it)."""
-        painted = frames.paint_segment(steps, scale, graph=drawn)
+        painted = frames.paint_segment(steps, scale, graph=drawn, rows=rows)
         index = self._layout(drawn, layout, list(painted["nodes"]), list(painted["edges"]))
         node_ids, edge_keys = self._orders[index]
-        nodes = [painted["nodes"].get(node_id) for node_id in node_ids]
-        # Ops along a chain pass on the very same gradient: a column equal to an
-        # earlier node's is sent as that node's position instead. Looked up by its
-        # content, so a long chain costs one pass, not a scan of the earlier columns per node.
-        for field in ("lines", "stats"):
-            first_position: dict[Any, int] = {}
-            keys: dict[int, tuple[Any, Any]] = {}  # the painter shares columns: each one keyed once
-            for position, node in enumerate(nodes):
-                if node is None:
-                    continue
-                column = node[field]
-                known = keys.get(id(column))
-                if known is None:  # the column is kept with its key, so its id stays its own
-                    known = keys[id(column)] = (column, _column_key(column))
-                same = first_position.setdefault(known[1], position)
-                if same != position:
-                    node[field] = same
         self.segments.append({
             "layout": index,
             "count": len(steps),
-            "nodes": nodes,
-            "edges": [painted["edges"].get(edge_key) for edge_key in edge_keys],
+            "nodes": [self._refer(painted["nodes"].get(node_id)) for node_id in node_ids],
+            "edges": [self._refer(painted["edges"].get(edge_key)) for edge_key in edge_keys],
         })
 
 
-def _column_key(column: Any) -> tuple[Any, ...]:
-    """A painted column as a hashable key: value lines (a list of lists) or inspector stats (a dict of lists)."""
-    if isinstance(column, dict):  # a fold's "bars" is a list of columns
-        return tuple((name, tuple(tuple(v) if isinstance(v, list) else v for v in values))
-                     for name, values in column.items())
-    return tuple(map(tuple, column))
+def _frozen(value: Any) -> Any:
+    """A painted column as a hashable key (lists of numbers or strings, dicts of them, lists of those)."""
+    if isinstance(value, dict):
+        return ("dict", tuple((name, _frozen(item)) for name, item in value.items()))
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value) if value and isinstance(value[0], (list, dict)) else \
+            ("list", tuple(value))
+    return value
 
 
 def _legend() -> list[dict[str, Any]]:

@@ -42,6 +42,11 @@ MAX_BARS = 48
 BOX_KINDS = ("module", "fold")
 """Node kinds of a view's boxes: a collapsed module instance, a fold of repeated instances."""
 
+UNFOLD_ALL = 16
+"""Unfolding a fold of up to this many instances shows every one of them."""
+UNFOLD_ENDS = 6
+"""Unfolding a longer fold shows this many instances at each end and folds the middle ones (which unfold in turn)."""
+
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")  # an item of a container: ``model.h.3``
 
 
@@ -370,6 +375,7 @@ class _Drawing:
                 wanted.update(id(s) for s in scope.ancestors())
         self.wanted = wanted  # opened on request, with what is around them
         self.unfolded: set[int] = set()  # instances of unfolded folds: boxes, whatever the depth, unless opened
+        self.repeats: set[int] = set()  # every instance of a fold, folded or not
         self.items: list[tuple[str, Any]] = []  # ("node", position) | ("box", scope) | ("fold", [scopes], fold)
         self.clusters: list[tuple[_Scope, _Scope | None]] = []  # open scopes drawn, with their drawn parent
         self.cluster_of_item: list[_Scope | None] = []
@@ -382,6 +388,12 @@ class _Drawing:
             return True
         if id(scope) in self.unfolded:
             return False
+        parent = scope.parent
+        if parent is not None and id(parent) in self.wanted and (id(parent) in self.repeats or not self._by_depth(parent)):
+            return False  # a module the default hides, opened on request, shows its children closed: a level at a time
+        return self._by_depth(scope)
+
+    def _by_depth(self, scope: _Scope) -> bool:
         return self.depth is None or scope.depth < self.depth
 
     def _add(self, item: tuple[str, Any], cluster: _Scope | None) -> None:
@@ -394,11 +406,8 @@ class _Drawing:
         folded: dict[int, tuple[_Fold, list[_Scope]]] = {}
         if self.fold:
             for fold in self.scopes.folds(children):
-                unfold = self.options.unfold
-                if unfold and (_named(unfold, fold.key, fold.container) or any(_matches(m, unfold) for m in fold.members)):
-                    self.unfolded.update(id(m) for m in fold.members)  # unfolding shows the instances, closed
-                    continue
-                for part in self._split(fold):
+                self.repeats.update(id(m) for m in fold.members)
+                for part in self._parts(fold):
                     for member in part.members:
                         folded[id(member)] = (part, part.members)
         seen: set[str] = set()
@@ -415,8 +424,16 @@ class _Drawing:
             else:
                 self._add(("box", child), cluster)
 
-    def _split(self, fold: _Fold) -> list[_Fold]:
-        """A fold cut around the members opened on request: the runs between them (of two or more) stay folded."""
+    def _parts(self, fold: _Fold) -> list[_Fold]:
+        """What stays folded of a fold: the runs between members opened on request, less what is unfolded.
+
+        Unfolding shows the instances as boxes: all of them up to
+        :data:`UNFOLD_ALL`, else the first and last :data:`UNFOLD_ENDS`
+        around a fold of the middle ones (which unfolds in turn).
+        """
+        unfold = self.options.unfold
+        whole = bool(unfold) and (_named(unfold, fold.key, fold.container) or
+                                  any(_matches(m, unfold) for m in fold.members))
         parts: list[_Fold] = []
         run: list[_Scope] = []
         for member in fold.members + [None]:
@@ -424,10 +441,25 @@ class _Drawing:
                 run.append(member)
                 continue
             if len(run) > 1:
-                whole = len(run) == len(fold.members)
-                parts.append(_Fold(fold.key if whole else _part_key(fold, run), run, fold.by_path))
+                part = _Fold(fold.key if len(run) == len(fold.members) else _part_key(fold, run), run, fold.by_path)
+                parts.extend(self._unfolded(part, whole))
+            elif run:
+                self.unfolded.add(id(run[0]))  # one instance left between opened ones: a box of its own
             run = []
         return parts
+
+    def _unfolded(self, part: _Fold, asked: bool) -> list[_Fold]:
+        """``part`` itself, or, when it is unfolded, its instances as boxes and what stays folded of a long one."""
+        while asked or _named(self.options.unfold, part.key):
+            if len(part.members) <= UNFOLD_ALL:
+                self.unfolded.update(id(m) for m in part.members)
+                return []
+            ends = part.members[:UNFOLD_ENDS] + part.members[-UNFOLD_ENDS:]
+            self.unfolded.update(id(m) for m in ends)
+            middle = part.members[UNFOLD_ENDS:-UNFOLD_ENDS]
+            part = _Fold(_part_key(part, middle), middle, part.by_path)
+            asked = False
+        return [part]
 
     @property
     def visible(self) -> int:
@@ -435,6 +467,7 @@ class _Drawing:
 
 
 def _part_key(fold: _Fold, run: Sequence[_Scope]) -> str:
+    """The key of a run of a fold's members: ``lstm1@4-992``, ``model.h.0-2``."""
     if fold.by_path:
         return f"{fold.members[0].path}@{run[0].instance}-{run[-1].instance}"
     first, last = (_NUMBERED.match(s.path).group(2) for s in (run[0], run[-1]))
@@ -582,3 +615,123 @@ def bar_buckets(count: int) -> list[tuple[int, int]]:
     bars = min(count, MAX_BARS)
     edges = [math.floor(k * count / bars) for k in range(bars + 1)]
     return [(edges[k], edges[k + 1]) for k in range(bars)]
+
+
+# -- the states a report can be put in --------------------------------------------------------------------------
+
+MAX_STATES = 24
+"""View states a report prepares (each one a Graphviz layout per graph shape), nearest to the default first."""
+
+ACTIONS = ("expand", "collapse", "unfold")
+"""What a click does to a drawn item: open a module box, close an open module, unfold a fold."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewState:
+    """A view as the reader of a report makes it: what was opened, closed and unfolded on top of the default.
+
+    Attributes:
+        expand: Keys opened (boxes clicked).
+        collapse: Keys closed (open modules clicked).
+        unfold: Folds unfolded.
+    """
+
+    expand: tuple[str, ...] = ()
+    collapse: tuple[str, ...] = ()
+    unfold: tuple[str, ...] = ()
+
+    def after(self, action: str, key: str) -> ViewState:
+        """The state one click later: ``action`` (one of :data:`ACTIONS`) on the item ``key``."""
+        expand, collapse, unfold = set(self.expand), set(self.collapse), set(self.unfold)
+        if action == "expand":
+            if key in collapse:
+                collapse.discard(key)
+            else:
+                expand.add(key)
+        elif action == "collapse":
+            inside = {k for k in expand if k == key or k.startswith(key + ".") or k.startswith(key + "@")}
+            if inside:  # closing what was opened: it goes back, with what was opened inside it
+                expand -= inside
+            else:
+                collapse.add(key)
+        elif action == "unfold":
+            unfold.add(key)
+        else:
+            raise UsageError(f"unknown view action {action!r}; choose one of {', '.join(ACTIONS)}")
+        return ViewState(tuple(sorted(expand)), tuple(sorted(collapse)), tuple(sorted(unfold)))
+
+    def options(self, graph: Graph, base: ViewOptions) -> ViewOptions:
+        """The options drawing this state of ``graph``: the default's depth and folding, plus the clicks."""
+        depth, fold = base.depth, base.fold
+        if depth is None and graph.modules:
+            default = _choose(_scopes_of(graph), base)
+            depth, fold = default.depth, fold and default.fold
+        return ViewOptions(depth=depth, max_nodes=base.max_nodes, expand=base.expand + self.expand,
+                           collapse=base.collapse + self.collapse, unfold=base.unfold + self.unfold, fold=fold)
+
+
+def actions_of(drawn: Graph) -> list[tuple[str, str]]:
+    """The clicks a view offers: ``("expand", box)``, ``("unfold", fold)``, ``("collapse", open module)``."""
+    plan = plan_of(drawn)
+    if plan is None:
+        return []
+    out = [("unfold" if box.kind == "fold" else "expand", box.key) for box in plan.boxes.values()]
+    out += [("collapse", key) for key, _, _ in plan.clusters]
+    return out
+
+
+def explore(graph: Graph, base: ViewOptions | None = None, budget: int = MAX_STATES
+            ) -> tuple[list[ViewState], list[dict[str, dict[str, int]]]]:
+    """The states a report of ``graph`` prepares, and where each click leads from each of them.
+
+    Best first from the default: states that change fewer separate places
+    come first (opening a block and then its attention is one place; two
+    blocks are two), then those fewer clicks away; a close counts double
+    (closing what the default opens is the rarer wish). A state that draws
+    more than twice ``max_nodes`` items is left out (too big to lay out
+    well). Returns the states (the default first) and, per state, ``{action:
+    {key: state index}}`` for the clicks that lead to a prepared state
+    (closing what a click opened leads back to the state before it).
+    """
+    import heapq
+
+    base = base or ViewOptions()
+    limit = 2 * base.max_nodes
+    states: list[ViewState] = []
+    index: dict[ViewState, int] = {}
+    clicks_of: list[list[tuple[str, str, ViewState]]] = []
+    queue: list[tuple[tuple[int, int], int, ViewState]] = [((0, 0), 0, ViewState())]
+    queued = {ViewState()}
+    pushed = 1
+    while queue and len(states) < budget:
+        (_, clicks), _, state = heapq.heappop(queue)
+        drawn = view_of(graph, state.options(graph, base))
+        plan = plan_of(drawn)
+        if states and plan is not None and plan.visible > limit:
+            continue
+        index[state] = len(states)
+        states.append(state)
+        moves = []
+        for action, key in actions_of(drawn):
+            target = state.after(action, key)
+            moves.append((action, key, target))
+            if target not in queued:
+                queued.add(target)
+                heapq.heappush(queue, ((_places(target), clicks + 1), pushed, target))
+                pushed += 1
+        clicks_of.append(moves)
+    transitions: list[dict[str, dict[str, int]]] = [{} for _ in states]
+    for at, moves in enumerate(clicks_of):
+        for action, key, target in moves:
+            found = index.get(target)
+            if found is not None and found != at:
+                transitions[at].setdefault(action, {})[key] = found
+    return states, transitions
+
+
+def _places(state: ViewState) -> int:
+    """How many separate places of the graph a state changes (a close counts twice)."""
+    roots = [key for key in state.expand
+             if not any(key != other and (key.startswith(other + ".") or key.startswith(other + "@"))
+                        for other in state.expand)]
+    return len(roots) + len(state.unfold) + 2 * len(state.collapse)

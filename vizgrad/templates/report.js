@@ -5,33 +5,45 @@
 
   const DATA = JSON.parse(document.getElementById("vg-data").textContent);
   const SVG_NS = "http://www.w3.org/2000/svg";
-  const FRAMES = framesOf(DATA.segments);
+  const COLUMNS = DATA.columns;               // every distinct column once; nodes and edges refer to them
+  const VIEWS = DATA.views;                   // the views a click leads to; 0 is the one the page opens with
+  const viewFrames = [];
+  let currentView = 0;
+  let FRAMES = framesOf(DATA.segments);
+  viewFrames[0] = FRAMES;
 
-  /** Per-step records [layout, nodePaint, edgePaint, stats] rebuilt from the page's columns:
+  /** Per-step records [layout, nodePaint, edgePaint, stats, bars] rebuilt from the page's columns:
       one segment per run of steps sharing a graph, one column per painted node or edge. */
   function framesOf(segments) {
     const out = [];
     for (const seg of segments) {
-      // A number instead of a column: the same column as that earlier node's.
-      const column = (n, field) => (n === null ? null : typeof n[field] === "number" ? seg.nodes[n[field]][field] : n[field]);
-      const lineColumns = seg.nodes.map((n) => column(n, "lines"));
-      const statColumns = seg.nodes.map((n) => column(n, "stats"));
+      const col = (n, field) => (n === null || n[field] === undefined ? null : COLUMNS[n[field]]);
+      const fills = seg.nodes.map((n) => col(n, "fill")), flags = seg.nodes.map((n) => col(n, "flag"));
+      const lineColumns = seg.nodes.map((n) => (n === null ? null : n.lines.map((r) => COLUMNS[r])));
+      const statColumns = seg.nodes.map((n) => col(n, "stats"));
+      const barColumns = seg.nodes.map((n) => col(n, "bars"));
+      const edges = seg.edges.map((e) => (e === null ? null : [COLUMNS[e.color], COLUMNS[e.width], COLUMNS[e.flag]]));
       for (let i = 0; i < seg.count; i++) {
         const np = [], ep = [], stats = [], bars = [];
         seg.nodes.forEach((n, k) => {
           if (n === null) { np.push(null, 0, null); stats.push(null); bars.push(null); return; }
-          np.push(n.fill[i], n.flag[i], lineColumns[k].map((lines) => lines[i]));
-          stats.push(statsEntry(statColumns[k], i));
-          bars.push(n.bars ? n.bars.map((b) => [b.color[i], b.height[i]]) : null);   // a fold's strip
+          np.push(fills[k][i], flags[k][i], lineColumns[k].map((lines) => lines[i]));
+          stats.push(statColumns[k] ? statsEntry(statColumns[k], i) : null);
+          bars.push(barColumns[k] ? barColumns[k].map((b) => [b.color[i], b.height[i]]) : null);   // a fold's strip
         });
-        for (const e of seg.edges) {
+        for (const e of edges) {
           if (e === null) ep.push(null, null, 0);
-          else ep.push(e.color[i], e.width[i], e.flag[i]);
+          else ep.push(e[0][i], e[1][i], e[2][i]);
         }
         out.push([seg.layout, np, ep, stats, bars]);
       }
     }
     return out;
+  }
+
+  function framesOfView(v) {
+    if (!viewFrames[v]) viewFrames[v] = framesOf(v === 0 ? DATA.segments : VIEWS[v].segments);
+    return viewFrames[v];
   }
 
   /** The inspector's statistics of one node at step i: null, the value of a one-element gradient,
@@ -343,12 +355,32 @@
   const PT = 4 / 3;                           // Graphviz works in points; the page in CSS pixels
   let mounted = -1;
 
+  /** The SVG of layout k: from its <template>, or inflated from its compressed copy (see inflateLayouts). */
+  function layoutSvg(k) {
+    if (layouts[k].text !== undefined) {
+      const doc = new DOMParser().parseFromString(layouts[k].text, "image/svg+xml");
+      return document.importNode(doc.documentElement, true);
+    }
+    return document.importNode($("vg-layout-" + k).content.querySelector("svg"), true);
+  }
+
+  /** Inflates the compressed layouts view v draws (gzip, in the browser's own DecompressionStream). */
+  async function inflateLayouts(v) {
+    const wanted = new Set((v === 0 ? DATA.segments : VIEWS[v].segments).map((seg) => seg.layout));
+    for (const k of wanted) {
+      const source = $("vg-layout-" + k);
+      if (layouts[k].text !== undefined || source.tagName === "TEMPLATE") continue;
+      const bytes = Uint8Array.from(atob(source.textContent.trim()), (c) => c.charCodeAt(0));
+      const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+      layouts[k].text = await new Response(stream).text();
+    }
+  }
+
   /** Parses a layout's SVG (once) and finds the elements each step restyles. */
   function prepareLayout(k) {
     const L = layouts[k];
     if (L.svg) return L;
-    const template = $("vg-layout-" + k);
-    const svg = document.importNode(template.content.querySelector("svg"), true);
+    const svg = layoutSvg(k);
     L.width = L.meta.w * PT;
     L.height = L.meta.h * PT;
     svg.setAttribute("width", L.width.toFixed(1));
@@ -357,6 +389,8 @@
     const add = (map, key, g) => { if (!map.has(key)) map.set(key, []); map.get(key).push(g); };
     // A shared leaf may be drawn once per use: every copy carries the same data-node.
     svg.querySelectorAll("g.vg-node").forEach((g) => add(nodeGroups, g.getAttribute("data-node"), g));
+    L.modules = new Map();   // module key -> its box or cluster
+    svg.querySelectorAll("[data-module]").forEach((g) => L.modules.set(g.getAttribute("data-module"), g));
     svg.querySelectorAll("g.vg-edge").forEach((g) => { if (g.querySelector("path.vg-path")) add(edgeGroups, g.getAttribute("data-edge"), g); });
     L.groups = nodeGroups;
     L.position = new Map();
@@ -547,7 +581,7 @@
     viewport.addEventListener("pointerdown", (e) => {
       if (e.button !== 0) return;
       const node = e.target.closest ? e.target.closest("g.vg-node") : null;
-      start = { x: e.clientX, y: e.clientY, id: e.pointerId, node: node, dragging: false };
+      start = { x: e.clientX, y: e.clientY, id: e.pointerId, node: node, target: e.target, dragging: false };
     });
     viewport.addEventListener("pointermove", (e) => {
       if (!start || e.pointerId !== start.id) return;
@@ -565,7 +599,13 @@
     });
     const end = (e) => {
       if (!start || e.pointerId !== start.id) return;
-      if (!start.dragging && start.node) inspector.open(start.node.getAttribute("data-node"));
+      if (!start.dragging) {
+        const module = start.target && start.target.closest ? start.target.closest("[data-module]") : null;
+        const cluster = module && module.classList.contains("vg-cluster");
+        if (module && !cluster && e.shiftKey) inspector.open(module.getAttribute("data-node"));   // a box's numbers
+        else if (module && (!cluster || !start.node)) views.click(module);   // a box, or an open module's frame
+        else if (start.node) inspector.open(start.node.getAttribute("data-node"));
+      }
       viewport.classList.remove("vg-dragging");
       start = null;
     };
@@ -622,12 +662,14 @@
       self.layout = layout;
       const [nodeId, op, kind, name, shape, module] = info;
       $("inspector-title").textContent = name || op;
-      const shapeName = layouts.length > 1 ? "graph shape " + (layout + 1) + " of " + layouts.length : null;
+      // The graph shapes of this view (the other views have layouts of their own).
+      const shapes = [...new Set((currentView === 0 ? DATA.segments : VIEWS[currentView].segments).map((seg) => seg.layout))];
+      const shapeName = shapes.length > 1 ? "graph shape " + (shapes.indexOf(layout) + 1) + " of " + shapes.length : null;
       const parts = [name ? op : null, kind, shape, module, nodeId, shapeName].filter((p) => p);
       $("inspector-sub").textContent = parts.join(" · ");
       const values = history(layout, id);
       const scope = $("inspector-scope");
-      scope.hidden = layouts.length < 2;
+      scope.hidden = shapes.length < 2;
       const steps = values.filter((v) => v !== undefined).length;
       scope.textContent = "history over the " + steps.toLocaleString("en") + " of " + COUNT.toLocaleString("en") +
         " steps drawn with this graph shape";
@@ -882,6 +924,194 @@
     }, 150);
   });
 
+  // ------------------------------------------------------------------ views: expand, collapse, unfold
+  const views = (function () {
+    const notice = $("view-notice");
+    let noticeTimer = 0;
+
+    function say(text) {
+      notice.textContent = text;
+      notice.hidden = !text;
+      clearTimeout(noticeTimer);
+      if (text) noticeTimer = setTimeout(() => { notice.hidden = true; }, 4000);
+    }
+
+    /** Whether `name` names `key`: in full, or as its end after a dot (h.3 names model.h.3). */
+    const names = (name, key) => key === name || key.endsWith("." + name);
+
+    /** The nearest prepared view (fewest clicks from the current one) where `wanted(view)` holds. */
+    function nearest(wanted) {
+      const seen = new Map([[currentView, null]]);
+      const queue = [currentView];
+      while (queue.length) {
+        const v = queue.shift();
+        if (wanted(v)) return v;
+        for (const action in VIEWS[v].next) {
+          for (const key in VIEWS[v].next[action]) {
+            const w = VIEWS[v].next[action][key];
+            if (!seen.has(w)) { seen.set(w, v); queue.push(w); }
+          }
+        }
+      }
+      return -1;
+    }
+
+    /** The drawn items of view v (its layouts for the current step's graph shape). */
+    function drawnIn(v) {
+      const frames = framesOfView(v);
+      return layouts[frames[player.pos()][0]].meta;
+    }
+    const openIn = (v, name) => (VIEWS[v].open || []).some((key) => names(name, key));
+    const boxedIn = (v, name) => drawnIn(v).nodes.some((n) => (n[2] === "module" || n[2] === "fold") && n[3] !== null && names(name, n[3]));
+
+    /** Shows view v, keeping the item `anchor` (a module key) where it was on screen. */
+    async function show(v, anchor) {
+      if (v === currentView) return true;
+      let before = null;
+      const L = mounted >= 0 ? layouts[mounted] : null;
+      const element = anchor && L && L.modules ? L.modules.get(anchor) : null;
+      if (element) { const r = element.getBoundingClientRect(); before = { x: r.left + r.width / 2, y: r.top + r.height / 2 }; }
+      try {
+        await inflateLayouts(v);
+      } catch (error) {
+        say("this browser cannot open the other views (" + error.message + ")");
+        return false;
+      }
+      currentView = v;
+      FRAMES = framesOfView(v);
+      player.seek(player.pos());
+      const now = layouts[mounted];
+      const after = anchor && now.modules ? now.modules.get(anchor) || findByEnd(now, anchor) : null;
+      if (before && after) {
+        const r = after.getBoundingClientRect();
+        view.panBy(before.x - (r.left + r.width / 2), before.y - (r.top + r.height / 2));
+      }
+      hash.write();
+      return true;
+    }
+
+    function findByEnd(L, name) {
+      for (const [key, g] of L.modules) if (names(name, key)) return g;
+      return null;
+    }
+
+    /** The views where `action` on `name` has been done: it is open, closed, or its fold is unfolded. */
+    function doneIn(action, name) {
+      if (action === "expand") return (v) => openIn(v, name);
+      if (action === "collapse") return (v) => !openIn(v, name) && boxedIn(v, name);
+      const unfolded = (k) => names(name, k) || k.startsWith(name + ".") || k.startsWith(name + "@") ||
+        k.includes("." + name + ".");   // a fold's key, or its module or container
+      return (v) => VIEWS[v].unfold.some(unfolded);
+    }
+
+    /** Runs `action` on the module `name`: straight to a prepared view, else through the fewest clicks. */
+    async function act(action, name) {
+      const moves = VIEWS[currentView].next[action] || {};
+      const key = Object.keys(moves).find((k) => k === name) || Object.keys(moves).find((k) => names(name, k));
+      if (key !== undefined) return show(moves[key], key);
+      const done = doneIn(action, name);
+      if (done(currentView)) return true;
+      const target = nearest(done);
+      if (target < 0) {
+        say("no prepared view " + (action === "expand" ? "opens" : action === "collapse" ? "closes" : "unfolds") +
+          " " + name + "; render with --" + action + " " + name + " to draw it");
+        return false;
+      }
+      return show(target, name);
+    }
+
+    function click(element) {
+      const key = element.getAttribute("data-module");
+      if (element.classList.contains("vg-cluster")) return act("collapse", key);
+      const kind = element.classList.contains("vg-fold") ? "unfold" : "expand";
+      return act(kind, key);
+    }
+
+    $("overview").addEventListener("click", () => { show(0); });
+    return {
+      click: click, act: act, show: show, say: say,
+      current: () => currentView,
+      state: () => {
+        const V = VIEWS[currentView];
+        return { step: XS[player.pos()], view: currentView, expanded: V.expand.slice(), collapsed: V.collapse.slice(),
+          unfolded: V.unfold.slice(), visible: drawnIn(currentView).nodes.length };
+      },
+    };
+  })();
+
+  // ------------------------------------------------------------------ the URL hash: step, view and focus
+  const hash = (function () {
+    const list = (text) => (text ? text.split(",").filter((x) => x) : []);
+    const same = (a, b) => a.length === b.length && a.slice().sort().every((x, i) => x === b.slice().sort()[i]);
+    let writing = false;
+
+    function read() {
+      const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+      const expand = list(params.get("expand")), collapse = list(params.get("collapse")), unfold = list(params.get("unfold"));
+      const v = VIEWS.findIndex((V) => same(V.expand, expand) && same(V.collapse, collapse) && same(V.unfold, unfold));
+      const step = Number(params.get("step"));
+      const pos = params.has("step") ? XS.findIndex((x) => x === step) : -1;
+      return { view: v, expand: expand, collapse: collapse, unfold: unfold, pos: pos, focus: params.get("focus") };
+    }
+
+    /** Reaches the view a link names by its clicks, when it is not one of the prepared views as it is. */
+    async function replay(target) {
+      const outer = (a, b) => a.split(".").length - b.split(".").length;   // open the outer modules first
+      const clicks = [...target.unfold.map((k) => ["unfold", k]), ...target.expand.slice().sort(outer).map((k) => ["expand", k]),
+        ...target.collapse.map((k) => ["collapse", k])];
+      for (const [action, key] of clicks) {
+        if (!(await views.act(action, key))) return false;
+      }
+      return true;
+    }
+
+    function write() {
+      if (writing) return;
+      const V = VIEWS[currentView];
+      const parts = ["step=" + XS[player.pos()]];
+      if (V.expand.length) parts.push("expand=" + V.expand.map(encodeURIComponent).join(","));
+      if (V.collapse.length) parts.push("collapse=" + V.collapse.map(encodeURIComponent).join(","));
+      if (V.unfold.length) parts.push("unfold=" + V.unfold.map(encodeURIComponent).join(","));
+      if (inspector.node !== null) parts.push("focus=" + encodeURIComponent(inspector.node));
+      try { history.replaceState(null, "", "#" + parts.join("&")); } catch (error) { /* a sandboxed frame */ }
+    }
+
+    async function apply() {
+      const target = read();
+      writing = true;
+      try {
+        if (target.pos >= 0) player.seek(target.pos);
+        if (target.view >= 0) {
+          await views.show(target.view);
+        } else if (!(await replay(target))) {
+          await views.show(0);
+          views.say("the view in the link was not prepared in this report; showing the first view");
+        }
+        if (target.focus) inspector.open(target.focus);
+      } finally {
+        writing = false;
+      }
+    }
+
+    window.addEventListener("hashchange", () => { apply(); });
+    return { read: read, write: write, apply: apply };
+  })();
+
   player.seek(0);
-  window.vizgrad = { player: player, view: view, inspector: inspector, data: DATA };
+  const ready = hash.apply();
+  let hashTimer = 0;
+  const onStep = () => { clearTimeout(hashTimer); hashTimer = setTimeout(() => hash.write(), 250); };
+  $("slider").addEventListener("change", onStep);
+  document.addEventListener("keyup", onStep);
+
+  window.vizgrad = {
+    player: player, view: view, inspector: inspector, data: DATA, ready: ready,
+    /** Moves to the run's step `n` (its index, as the step label shows). */
+    step: (n) => { const pos = XS.indexOf(Number(n)); if (pos >= 0) { player.pause(); player.seek(pos); hash.write(); } return pos >= 0; },
+    expand: (path) => views.act("expand", String(path)),
+    collapse: (path) => views.act("collapse", String(path)),
+    unfold: (path) => views.act("unfold", String(path)),
+    overview: () => views.show(0),
+    state: () => views.state(),
+  };
 })();
