@@ -124,10 +124,16 @@ def test_wasm_trap_is_retried_once_in_a_fresh_session(monkeypatch, make_trap):
 
 
 def test_wasm_trap_twice_raises_layout_error(monkeypatch):
-    fake = _TrappingBackend(traps=2, trap=_wasmtime_trap("indirect call type mismatch"))
+    backtrace = "wasm trap: call stack exhausted\nwasm backtrace:\n" + "".join(f"  {k}: 0x1f2e - <unknown>!dot_position\n"
+                                                                          for k in range(20))
+    fake = _TrappingBackend(traps=2, trap=_wasmtime_trap(backtrace))
     monkeypatch.setattr(engine, "_wasm_backend", lambda: fake)
-    with pytest.raises(LayoutError, match="trapped 2 times.*indirect call type mismatch"):
-        engine.render_dot(SIMPLE_DOT, engine="wasm")
+    with pytest.raises(LayoutError, match=r"failed 2 times laying out a graph of 2 nodes \(.*call stack exhausted\)") \
+            as caught:
+        engine.render_dot('digraph {\n\ta [label=x]\n\tb [label=y]\n\ta -> b [id=e]\n}', engine="wasm")
+    message = str(caught.value)
+    assert "\n" not in message and "backtrace" not in message  # one readable line
+    assert "--max-nodes" in message and "--engine dot" in message
     assert fake.renders_attempted == 2
 
 

@@ -100,8 +100,13 @@ def test_export_html_goes_through_the_report(tmp_path):
     calls = []
 
     class FakeReport:
+        progress = None
+
+        def layouts_to_draw(self):
+            return 3
+
         def save(self, path):
-            calls.append(("save", path))
+            calls.append(("save", path, self.progress))
             return path
 
     class FakeRun:
@@ -112,7 +117,7 @@ def test_export_html_goes_through_the_report(tmp_path):
     view = ViewOptions(depth=1)
     assert export.export(FakeRun(), tmp_path / "r.html", every=2, steps="1:", view=view) == [tmp_path / "r.html"]
     assert calls == [("report", {"every": 2, "steps": "1:", "engine": None, "view": view}),
-                     ("save", tmp_path / "r.html")]
+                     ("save", tmp_path / "r.html", None)]  # no progress bar for 3 layouts off a terminal
 
 
 def test_export_rejects_bad_targets(seed_run, tmp_path):

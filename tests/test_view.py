@@ -276,3 +276,15 @@ def test_explore_prepares_the_clicks_from_the_first_view_and_back():
     assert {"h.2.attn", "h.2.mlp"} <= {box.key for box in plan.boxes.values()}  # one level at a time
     with pytest.raises(UsageError, match="action"):
         ViewState().after("open", "h.2")
+
+
+def test_a_report_counts_the_views_it_lays_out_as_it_goes():
+    run, _ = gpt_run(4)
+    report = run.report(views=5, engine="wasm")
+    ticks = []
+    report.progress = ticks.append
+    assert report.layouts_to_draw() == 5  # five views of one graph shape
+    report.html()
+    assert ticks == [1] * 5
+    with pytest.raises(UsageError, match="views"):
+        run.report(views=0)

