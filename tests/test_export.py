@@ -130,3 +130,24 @@ def test_export_rejects_bad_targets(seed_run, tmp_path):
         export.export(seed_run, tmp_path / "missing" / "x.dot")
     with pytest.raises(UsageError, match="every must be"):
         export.export(seed_run, tmp_path / "f", "svg", every=0)
+
+
+def test_gif_and_mp4_frames_show_the_step_the_loss_and_the_legend(seed_run, tmp_path):
+    from vizgrad import frames, raster
+
+    renderer = frames.FrameRenderer(seed_run, "wasm", steps="3:5")
+    annotated = list(renderer.annotated_svgs())
+    plain = list(renderer.svgs())
+    assert len(annotated) == 2
+    for index, svg, inner in zip((3, 4), annotated, plain):
+        assert f">step {index}</text>" in svg and f"loss {seed_run.steps[index].loss:.6g}" in svg
+        assert "gradient norm" in svg and ">NaN</text>" in svg and ">no gradient</text>" in svg
+        assert inner.split(">", 1)[1] in svg  # the frame itself, unchanged, inside
+    pytest.importorskip("resvg_py")
+    png = raster.svg_to_png(annotated[0])
+    from PIL import Image
+    import io
+
+    image = Image.open(io.BytesIO(png))
+    layout = renderer.layout_of(3)
+    assert image.size[1] == pytest.approx((layout.height + 72) * raster.SVG_DPI / 72, abs=2)

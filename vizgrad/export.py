@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vizgrad import raster
 from vizgrad.errors import OutputError, UsageError
-from vizgrad.frames import FrameRenderer, select_steps
+from vizgrad.frames import FrameRenderer, annotated_width, select_steps
 from vizgrad.view import ViewOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,7 +110,7 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
         raise UsageError(f"{str(target)!r} is a folder; give a file name ending in .{chosen}")
     frame_width = width if width is not None else _raster_width(renderer)
     with _progress_bar(len(renderer), f"Writing {target.name}", progress) as advance:
-        writer(renderer.svgs(), target, fps=fps, width=frame_width, progress=advance)
+        writer(renderer.annotated_svgs(), target, fps=fps, width=frame_width, progress=advance)
     return [target]
 
 
@@ -184,8 +184,8 @@ def _check_parent(target: Path) -> None:
 
 def _raster_width(renderer: FrameRenderer) -> int | None:
     """``None`` (natural size) unless the first frame's layout is wider than the cap."""
-    first = renderer.cache.get(renderer.run.steps[renderer.indices[0]].graph)
-    natural = first.width * raster.SVG_DPI / 72  # Graphviz units are points
+    first = renderer.layout_of(renderer.indices[0])  # of the view drawn: a big graph's whole layout may not exist
+    natural = annotated_width(first) * raster.SVG_DPI / 72  # Graphviz units are points
     return _MAX_RASTER_WIDTH if natural > _MAX_RASTER_WIDTH else None
 
 
