@@ -396,7 +396,8 @@ def gpt_report(tmp_path_factory) -> Path:
 
 
 def call(page, script: str):
-    """Runs page code (awaiting it when it returns a promise)."""
+    """Runs page code (awaiting it when it returns a promise), once the page has set itself up."""
+    page.wait_for_function("window.vizgrad !== undefined")
     return page.evaluate(f"async () => await ({script})")
 
 

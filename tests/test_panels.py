@@ -13,6 +13,8 @@ from vizgrad.errors import UsageError
 from vizgrad.panels import Panel, ScatterLine, Series, panel_from_dict, round_sig
 from vizgrad.run import Run, Step
 
+from pages import page_data
+
 
 def logged_run(data: list[dict]) -> Run:
     """A run whose steps carry only logged data (panels read nothing else)."""
@@ -107,7 +109,7 @@ def test_panels_reach_the_report_with_the_logged_data():
                 w -= 0.5 * w.grad
             w.grad = None
     text = run.report().html()
-    data = json.loads(text.split('id="vg-data">', 1)[1].split("</script>", 1)[0])
+    data = page_data(text)
     fit, slope = data["panels"]
     assert fit["title"] == "Data and fit" and len(fit["lines"]) == 4
     slopes = slope["series"][0]["values"]

@@ -13,17 +13,12 @@ import torch
 import vizgrad
 from vizgrad import demo, engine, frames, report
 from vizgrad.errors import OutputError, UsageError, VizgradError
+
+from pages import page_data
 from vizgrad.panels import ScatterLine
 from vizgrad.report import Report, embed_json, sanitize_svg
 
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-def page_data(text: str) -> dict:
-    """The JSON the report embeds for its script."""
-    match = re.search(r'<script type="application/json" id="vg-data">(.*?)</script>', text, re.S)
-    assert match, "no data script in the report"
-    return json.loads(match.group(1))
 
 
 def frames_of(data: dict) -> list:

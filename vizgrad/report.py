@@ -40,6 +40,9 @@ FLAGS = frames.FLAGS
 #: Significant digits of statistics and losses in the report.
 DIGITS = 4
 
+#: Characters of page data past which the report sends it gzip+base64 (inflated by the page; several times smaller).
+PACK_DATA_ABOVE = 32 * 1024
+
 #: Height of the report's frame when shown inline in Jupyter.
 NOTEBOOK_HEIGHT_PX = 780
 
@@ -203,17 +206,19 @@ class Report:
         with paused_gc():  # tens of thousands of small lists: no GC pass over the run meanwhile
             payload, layouts = self._payload()
         template = _environment().get_template("report.html.j2")
-        # The first view's layouts are drawn at once; the other views' are sent compressed and
-        # inflated in the page when a click first shows them (SVG shrinks about tenfold).
-        first = {segment["layout"] for segment in payload["segments"]}
+        # The first view's layouts are inline, the other views' compressed and inflated in the page when a
+        # click first shows them (SVG shrinks about tenfold); a big report compresses its data and every layout.
+        data = embed_json(payload)
+        packed = _packed(str(data)) if len(data) > PACK_DATA_ABOVE else None
+        first = {segment["layout"] for segment in payload["segments"]} if packed is None else set()
         plain = [(k, Markup(svg)) for k, svg in enumerate(layouts) if k in first]
-        packed = [(k, base64.b64encode(gzip.compress(svg.encode("utf-8"), mtime=0)).decode("ascii"))
-                  for k, svg in enumerate(layouts) if k not in first]
+        packed_layouts = [(k, _packed(svg)) for k, svg in enumerate(layouts) if k not in first]
         return template.render(
             title=self.title,
-            data_json=embed_json(payload),
+            data_json=None if packed else data,
+            data_packed=packed,
             layouts=plain,
-            packed_layouts=packed,
+            packed_layouts=packed_layouts,
             script=_inline_asset("report.js", "script"),
             style=_inline_asset("report.css", "style"),
             frame_style=Markup(frames.FRAME_CSS),
@@ -377,6 +382,11 @@ class _FrameData:
             "nodes": [self._refer(painted["nodes"].get(node_id)) for node_id in node_ids],
             "edges": [self._refer(painted["edges"].get(edge_key)) for edge_key in edge_keys],
         })
+
+
+def _packed(text: str) -> str:
+    """``text`` gzipped (with no timestamp: the same report is the same file) and base64-encoded."""
+    return base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")
 
 
 def _frozen(value: Any) -> Any:

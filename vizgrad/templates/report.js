@@ -1,9 +1,23 @@
 /* vizgrad report player: paints each step onto the laid-out graph and draws the charts.
    Data from the run is only ever written with textContent / setAttribute, never parsed as HTML. */
-(function () {
+/** The text of a gzip+base64 element (a big report's data, another view's layout), inflated by the browser. */
+async function inflateText(packed) {
+  const bytes = Uint8Array.from(atob(packed.trim()), (c) => c.charCodeAt(0));
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+  return new Response(stream).text();
+}
+
+(async function () {
   "use strict";
 
-  const DATA = JSON.parse(document.getElementById("vg-data").textContent);
+  const source = document.getElementById("vg-data");
+  let DATA;
+  try {
+    DATA = JSON.parse(source.dataset.encoding === "gzip+base64" ? await inflateText(source.textContent) : source.textContent);
+  } catch (error) {   // a browser without DecompressionStream (before Chrome 80, Firefox 113, Safari 16.4)
+    document.getElementById("stage").textContent = "This report needs a newer browser to open its data (" + error.message + ").";
+    throw error;
+  }
   const SVG_NS = "http://www.w3.org/2000/svg";
   const COLUMNS = DATA.columns;               // every distinct column once; nodes and edges refer to them
   const VIEWS = DATA.views;                   // the views a click leads to; 0 is the one the page opens with
@@ -370,9 +384,7 @@
     for (const k of wanted) {
       const source = $("vg-layout-" + k);
       if (layouts[k].text !== undefined || source.tagName === "TEMPLATE") continue;
-      const bytes = Uint8Array.from(atob(source.textContent.trim()), (c) => c.charCodeAt(0));
-      const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-      layouts[k].text = await new Response(stream).text();
+      layouts[k].text = await inflateText(source.textContent);
     }
   }
 
@@ -1097,6 +1109,7 @@
     return { read: read, write: write, apply: apply };
   })();
 
+  await inflateLayouts(0);   // a big report sends even its first view's layouts compressed
   player.seek(0);
   const ready = hash.apply();
   let hashTimer = 0;
