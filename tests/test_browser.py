@@ -395,9 +395,18 @@ def gpt_report(tmp_path_factory) -> Path:
     return run.report(engine="wasm").save(tmp_path_factory.mktemp("gpt") / "gpt.html")
 
 
+def wait_until(page, condition: str, seconds: float = 10) -> None:
+    """Polls a page expression from here until it holds (the page's CSP forbids the eval wait_for_function uses)."""
+    for _ in range(int(seconds / 0.05)):
+        if page.evaluate(f"() => {{ try {{ return !!({condition}); }} catch (error) {{ return false; }} }}"):
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the page never got to {condition}")
+
+
 def call(page, script: str):
     """Runs page code (awaiting it when it returns a promise), once the page has set itself up."""
-    page.wait_for_function("window.vizgrad !== undefined")
+    wait_until(page, "window.vizgrad !== undefined")
     return page.evaluate(f"async () => await ({script})")
 
 
@@ -424,7 +433,7 @@ def test_a_gpt_opens_folded_and_expands_collapses_and_unfolds(browser, gpt_repor
     # Unfold by a click on the fold: the twelve blocks, each a box.
     p.click("#zoom-fit")
     p.click('#stage g.vg-fold[data-module="h.0-11"]')
-    p.wait_for_function("window.vizgrad.state().unfolded.length === 1")
+    wait_until(p, "window.vizgrad.state().unfolded.length === 1")
     assert sorted(drawn(p)["blocks"], key=lambda k: (len(k), k))[:12] == [f"h.{k}" for k in range(12)]
     # Expand one block through the page API: its children show; collapse returns.
     assert call(p, "window.vizgrad.expand('h.3')") is True
@@ -439,7 +448,7 @@ def test_a_gpt_opens_folded_and_expands_collapses_and_unfolds(browser, gpt_repor
     assert call(p, "window.vizgrad.state()")["expanded"] == []
     # Back to the overview.
     p.click("#overview")
-    p.wait_for_function("window.vizgrad.state().unfolded.length === 0")
+    wait_until(p, "window.vizgrad.state().unfolded.length === 0")
     assert drawn(p)["folds"] == ["h.0-11"]
     assert page.errors == [] and page.requests == [gpt_report.as_uri()]
     p.close()
@@ -476,3 +485,28 @@ def test_the_url_hash_reopens_a_view_at_a_step(browser, gpt_report: Path):
     assert "not prepared" in reopened.page.text_content("#view-notice")
     assert reopened.errors == []
     reopened.page.close()
+
+
+def test_a_big_graph_paints_what_is_on_screen_first_and_the_rest_soon_after(browser, tmp_path):
+    from vizgrad.view import ViewOptions
+
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    with vizgrad.record(params={"w": w}) as run:
+        for scale in (1.0, 3.0):
+            y = w * scale
+            for _ in range(250):  # 250 ops in a chain: past the size painted by visibility
+                y = y * 1.001
+            y.sum().backward()
+            w.grad = None
+    path = run.report(view=ViewOptions(max_nodes=1000), engine="wasm").save(tmp_path / "chain.html")
+    page = Page(browser, path)
+    p = page.page
+    call(p, "window.vizgrad.ready")
+    leaf = 'g.vg-node[data-node="{}"] .vg-val[data-line="1"]'.format(run.steps[0].graph.find("w").id)
+    before = p.text_content(leaf)
+    p.click("#last")
+    # The loss (on screen at the first view) is painted at once; the parameter far above it soon after.
+    assert p.text_content('g.vg-node.vg-root .vg-val') != "" and call(p, "window.vizgrad.state()")["step"] == 1
+    wait_until(p, f"document.querySelector('{leaf}').textContent !== {before!r}")
+    assert page.errors == []
+    p.close()

@@ -438,6 +438,7 @@ async function inflateText(packed) {
   function mountLayout(k) {
     const L = prepareLayout(k);
     if (mounted !== k) {
+      pending.clear();
       stage.textContent = "";
       stage.appendChild(L.svg);
       const first = mounted === -1;
@@ -472,48 +473,106 @@ async function inflateText(packed) {
     }
   }
 
+  /** Paints node copy N: its fill, ink, value lines, flag and a fold's bars. */
+  function paintNode(N, fill, flag, lines, bars) {
+    if (fill !== N.fill) {
+      N.fill = fill;
+      if (N.shape) N.shape.setAttribute("fill", fill === null ? N.fill0 || "none" : DATA.palette[fill]);
+      const ink = fill === null ? null : DATA.ink[fill];
+      N.texts.forEach((t, j) => {
+        const c = ink || N.ink0[j];
+        if (c) t.setAttribute("fill", c); else t.removeAttribute("fill");
+      });
+    }
+    for (let j = 0; j < N.vals.length; j++) {
+      const t = N.vals[j];
+      if (!t) continue;
+      const value = lines ? (lines[j] === undefined ? "" : keepSpaces(lines[j])) : N.vals0[j];
+      if (t.textContent !== value) t.textContent = value;
+    }
+    setFlag(N, flag);
+    if (N.bars.length) paintBars(N, bars);
+  }
+
+  /** Paints edge copy E: its colour, width and flag. */
+  function paintEdge(E, color, width, flag) {
+    if (color !== E.color) {
+      E.color = color;
+      const c = color === null ? E.stroke0 || "#6b6b6b" : DATA.palette[color];
+      E.path.setAttribute("stroke", c);
+      E.heads.forEach((h) => { h.setAttribute("fill", c); h.setAttribute("stroke", c); });
+    }
+    if (width !== E.width) {
+      E.width = width;
+      E.path.setAttribute("stroke-width", width === null ? E.width0 || "1" : String(width));
+    }
+    setFlag(E, flag);
+  }
+
+  // A big layout is painted where it is on screen first; what lies outside waits (in `pending`) until it
+  // comes into view or the page is idle: a step switch then costs what is seen, not the whole graph's
+  // text layout and style (a 1,500-node graph: ~250 ms a switch in Chromium, painted whole).
+  const CULL_ABOVE = 400;   // painted nodes and edges of a layout past which it is painted by visibility
+
+  /** Where each node and edge copy of a mounted layout is, in unscaled stage pixels (measured once). */
+  function measure(L) {
+    if (L.places) return;
+    const s = stage.getBoundingClientRect(), k = view.get().k;
+    const place = (g) => { const r = g.getBoundingClientRect(); return [(r.left - s.left) / k, (r.top - s.top) / k, (r.right - s.left) / k, (r.bottom - s.top) / k]; };
+    L.places = true;
+    L.nodes.forEach((copies) => copies.forEach((N) => { N.place = place(N.g); }));
+    L.edges.forEach((copies) => copies.forEach((E) => { E.place = place(E.g); }));
+  }
+
+  /** The part of the stage on screen, with a margin of a fifth of a screen, in unscaled stage pixels. */
+  function onScreen() {
+    const v = view.get(), w = viewport.clientWidth, h = viewport.clientHeight;
+    return [(-v.x - w / 5) / v.k, (-v.y - h / 5) / v.k, (1.2 * w - v.x) / v.k, (1.2 * h - v.y) / v.k];
+  }
+  const inside = (p, r) => !p || (p[2] >= r[0] && p[0] <= r[2] && p[3] >= r[1] && p[1] <= r[3]);
+
+  const pending = new Map();   // node or edge copy -> the paint it waits for
+  let idle = 0;
+
+  function paintLater(item, args) {
+    pending.set(item, args);
+    if (!idle) idle = setTimeout(paintPending, 120, false);
+  }
+
+  /** Paints what waits: what came on screen (onlySeen), or everything, a slice at a time. */
+  function paintPending(onlySeen) {
+    idle = 0;
+    const r = onScreen(), started = performance.now();
+    for (const [item, args] of pending) {
+      if (onlySeen && !inside(item.place, r)) continue;
+      pending.delete(item);
+      if (item.path) paintEdge(item, ...args); else paintNode(item, ...args);
+      if (!onlySeen && performance.now() - started > 12) break;   // keep the page responsive
+    }
+    if (pending.size && !onlySeen && !idle) idle = setTimeout(paintPending, 30, false);
+  }
+
   function paint(pos) {
     const frame = FRAMES[pos];
     const L = mountLayout(frame[0]);
     const np = frame[1], ep = frame[2], bp = frame[4];
+    const cull = L.nodes.length + L.edges.length > CULL_ABOVE;
+    if (cull) measure(L);
+    const seen = cull ? onScreen() : null;
     for (let k = 0; k < L.nodes.length; k++) {
       const fill = np[3 * k], flag = DATA.flags[np[3 * k + 1]] || "";
       let lines = np[3 * k + 2];
       if (typeof lines === "number") lines = np[3 * lines + 2];   // same lines as an earlier node
       for (const N of L.nodes[k]) {
-        if (fill !== N.fill) {
-          N.fill = fill;
-          if (N.shape) N.shape.setAttribute("fill", fill === null ? N.fill0 || "none" : DATA.palette[fill]);
-          const ink = fill === null ? null : DATA.ink[fill];
-          N.texts.forEach((t, j) => {
-            const c = ink || N.ink0[j];
-            if (c) t.setAttribute("fill", c); else t.removeAttribute("fill");
-          });
-        }
-        for (let j = 0; j < N.vals.length; j++) {
-          const t = N.vals[j];
-          if (!t) continue;
-          const value = lines ? (lines[j] === undefined ? "" : keepSpaces(lines[j])) : N.vals0[j];
-          if (t.textContent !== value) t.textContent = value;
-        }
-        setFlag(N, flag);
-        if (N.bars.length) paintBars(N, bp[k]);
+        if (!cull || inside(N.place, seen)) { pending.delete(N); paintNode(N, fill, flag, lines, bp[k]); }
+        else paintLater(N, [fill, flag, lines, bp[k]]);
       }
     }
     for (let k = 0; k < L.edges.length; k++) {
       const color = ep[3 * k], width = ep[3 * k + 1], flag = DATA.flags[ep[3 * k + 2]] || "";
       for (const E of L.edges[k]) {
-        if (color !== E.color) {
-          E.color = color;
-          const c = color === null ? E.stroke0 || "#6b6b6b" : DATA.palette[color];
-          E.path.setAttribute("stroke", c);
-          E.heads.forEach((h) => { h.setAttribute("fill", c); h.setAttribute("stroke", c); });
-        }
-        if (width !== E.width) {
-          E.width = width;
-          E.path.setAttribute("stroke-width", width === null ? E.width0 || "1" : String(width));
-        }
-        setFlag(E, flag);
+        if (!cull || inside(E.place, seen)) { pending.delete(E); paintEdge(E, color, width, flag); }
+        else paintLater(E, [color, width, flag]);
       }
     }
   }
@@ -521,7 +580,11 @@ async function inflateText(packed) {
   // ------------------------------------------------------------------ zoom and pan
   const view = (function () {
     let x = 0, y = 0, k = 1;
-    const apply = () => { stage.style.transform = "translate(" + x.toFixed(1) + "px," + y.toFixed(1) + "px) scale(" + k.toFixed(4) + ")"; };
+    let seenTimer = 0;
+    const apply = () => {
+      stage.style.transform = "translate(" + x.toFixed(1) + "px," + y.toFixed(1) + "px) scale(" + k.toFixed(4) + ")";
+      if (pending.size && !seenTimer) seenTimer = requestAnimationFrame(() => { seenTimer = 0; paintPending(true); });
+    };
     const size = () => (mounted >= 0 ? layouts[mounted] : { width: 100, height: 100 });
     function zoomAt(factor, cx, cy) {
       const nk = clamp(k * factor, 0.03, 8);
