@@ -12,6 +12,9 @@ Workloads:
 - GPT-12: 12 blocks of width 64 (nanoGPT's layout, written out), 200 SGD steps.
 - LSTMCell x999: PyTorch's time-series example (two LSTMCells and a Linear,
   unrolled over 999 time steps: 31,981 nodes), 3 SGD steps.
+- LSTMCell(16, 32) x100 drawn whole: unrolled 100 steps, the loss over every
+  step (1,8xx nodes), as many SGD steps as the GPT, drawn node by node
+  (``max_nodes=2000``): the page's cost of a big drawing.
 
 Usage: python benchmarks/large_graphs.py [--gpt-steps 200] [--lstm-length 999] [--no-browser]
 """
@@ -32,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import vizgrad  # noqa: E402
 from vizgrad import engine  # noqa: E402
-from vizgrad.view import plan_of, view_of  # noqa: E402
+from vizgrad.view import ViewOptions, plan_of, view_of  # noqa: E402
 
 from models import Sequence, TinyGPT  # noqa: E402
 
@@ -65,13 +68,33 @@ def lstm_run(length: int, steps: int = 3) -> vizgrad.Run:
     return run
 
 
-def measure_report(name: str, run: vizgrad.Run, folder: Path) -> tuple[Path, dict[str, float]]:
+def cell_run(steps: int) -> vizgrad.Run:
+    """nn.LSTMCell(16, 32) unrolled 100 time steps, the loss summed over every step's h (1,8xx nodes)."""
+    torch.manual_seed(0)
+    cell = nn.LSTMCell(16, 32)
+    inputs = torch.randn(100, 8, 16)
+    optimizer = torch.optim.SGD(cell.parameters(), lr=0.1)
+    with vizgrad.record(cell) as run:
+        for _ in range(steps):
+            optimizer.zero_grad()
+            h = c = None
+            loss = torch.zeros(())
+            for x in inputs:
+                h, c = cell(x) if h is None else cell(x, (h, c))
+                loss = loss + h.pow(2).mean()
+            loss.backward()
+            optimizer.step()
+    return run
+
+
+def measure_report(name: str, run: vizgrad.Run, folder: Path, view: ViewOptions | None = None
+                   ) -> tuple[Path, dict[str, float]]:
     engine.reset_calls()
     start = time.perf_counter()
-    path = run.report(engine="wasm").save(folder / f"{name}.html")
+    path = run.report(engine="wasm", view=view).save(folder / f"{name}.html")
     seconds = time.perf_counter() - start
     graph = run.steps[-1].graph
-    drawn = view_of(graph)
+    drawn = view_of(graph, view)
     plan = plan_of(drawn)
     size = path.stat().st_size
     figures = {"nodes": len(graph.nodes), "drawn": plan.visible if plan else len(graph.nodes),
@@ -95,6 +118,17 @@ def measure_page(path: Path, switches: int = 40) -> dict[str, float]:
         ready = time.perf_counter() - start
         # Each switch is timed in the page: the player's handler alone, and up to the next frame drawn
         # (which waits for the display's next refresh, 16.7 ms at 60 Hz, at the least).
+        expand_ms = page.evaluate("""async () => {   // the first click a fold or box offers, timed to its next frame
+            const state = window.vizgrad.state(), view = window.vizgrad.data.views[state.view].next;
+            const action = view.unfold ? "unfold" : view.expand ? "expand" : null;
+            if (!action) return null;
+            const t0 = performance.now();
+            await window.vizgrad[action](Object.keys(view[action])[0]);
+            await new Promise((done) => requestAnimationFrame(done));
+            const ms = performance.now() - t0;
+            await window.vizgrad.overview();
+            return ms;
+        }""")
         handler, frame = page.evaluate("""async (count) => {
             const handler = [], frame = [], last = window.vizgrad.data.index.length - 1;
             const nextFrame = () => new Promise((done) => requestAnimationFrame(done));
@@ -112,7 +146,8 @@ def measure_page(path: Path, switches: int = 40) -> dict[str, float]:
         browser.close()
     if errors:
         raise SystemExit(f"page errors in {path.name}: {errors}")
-    return {"ready_s": ready, "handler_ms": statistics.median(handler), "switch_ms": statistics.median(frame)}
+    return {"ready_s": ready, "handler_ms": statistics.median(handler), "switch_ms": statistics.median(frame),
+            "expand_ms": expand_ms}
 
 
 def main() -> None:
@@ -124,12 +159,14 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for name, make in (("GPT-12", lambda: gpt_run(args.gpt_steps)),
-                           (f"LSTMCell x{args.lstm_length}", lambda: lstm_run(args.lstm_length))):
+        workloads = [("GPT-12", lambda: gpt_run(args.gpt_steps), None),
+                     (f"LSTMCell x{args.lstm_length}", lambda: lstm_run(args.lstm_length), None),
+                     ("LSTMCell(16, 32) x100 drawn whole", lambda: cell_run(args.gpt_steps), ViewOptions(max_nodes=2000))]
+        for name, make, view in workloads:
             start = time.perf_counter()
             run = make()
             recorded = time.perf_counter() - start
-            path, figures = measure_report(name.replace(" ", "_"), run, folder)
+            path, figures = measure_report(name.split()[0].replace("(", "").replace(",", ""), run, folder, view)
             figures["record_s"] = recorded
             if not args.no_browser:
                 figures.update(measure_page(path))
@@ -137,11 +174,12 @@ def main() -> None:
             print(f"{name}: {figures}", flush=True)
     print()
     print("| workload | nodes | drawn | steps | report build | size | per step | layouts | page ready "
-          "| step switch: handler, to next frame |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| step switch: handler, to next frame | first unfold or expand |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, f in rows:
-        page = (f"{f['ready_s']:.2f} s | {f['handler_ms']:.1f} ms, {f['switch_ms']:.1f} ms" if "ready_s" in f
-                else "- | -")
+        expand = f"{f['expand_ms']:.0f} ms" if f.get("expand_ms") is not None else "-"
+        page = (f"{f['ready_s']:.2f} s | {f['handler_ms']:.1f} ms, {f['switch_ms']:.1f} ms | {expand}"
+                if "ready_s" in f else "- | - | -")
         print(f"| {name} | {f['nodes']:,} | {f['drawn']} | {f['steps']} | {f['build_s']:.1f} s | "
               f"{f['bytes'] / 1e6:.2f} MB | {f['bytes_per_step'] / 1e3:.1f} KB | {f['layouts']} | {page} |")
 

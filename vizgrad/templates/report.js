@@ -27,32 +27,45 @@ async function inflateText(packed) {
   viewFrames[0] = FRAMES;
 
   /** Per-step records [layout, nodePaint, edgePaint, stats, bars] rebuilt from the page's columns:
-      one segment per run of steps sharing a graph, one column per painted node or edge. */
+      one segment per run of steps sharing a graph, one column per painted node or edge. Records are
+      made when a step is first drawn (a big report would spend seconds making them all at load). */
   function framesOf(segments) {
-    const out = [];
-    for (const seg of segments) {
-      const col = (n, field) => (n === null || n[field] === undefined ? null : COLUMNS[n[field]]);
-      const fills = seg.nodes.map((n) => col(n, "fill")), flags = seg.nodes.map((n) => col(n, "flag"));
-      const lineColumns = seg.nodes.map((n) => (n === null ? null : n.lines.map((r) => COLUMNS[r])));
-      const statColumns = seg.nodes.map((n) => col(n, "stats"));
-      const barColumns = seg.nodes.map((n) => col(n, "bars"));
-      const edges = seg.edges.map((e) => (e === null ? null : [COLUMNS[e.color], COLUMNS[e.width], COLUMNS[e.flag]]));
-      for (let i = 0; i < seg.count; i++) {
-        const np = [], ep = [], stats = [], bars = [];
-        seg.nodes.forEach((n, k) => {
-          if (n === null) { np.push(null, 0, null); stats.push(null); bars.push(null); return; }
-          np.push(fills[k][i], flags[k][i], lineColumns[k].map((lines) => lines[i]));
-          stats.push(statColumns[k] ? statsEntry(statColumns[k], i) : null);
-          bars.push(barColumns[k] ? barColumns[k].map((b) => [b.color[i], b.height[i]]) : null);   // a fold's strip
+    const owner = [], made = new Map();   // frame -> [segment, step within it]
+    segments.forEach((seg, s) => { for (let i = 0; i < seg.count; i++) owner.push([s, i]); });
+    const columnsOf = new Map();
+    function columns(s) {
+      if (!columnsOf.has(s)) {
+        const seg = segments[s];
+        const col = (n, field) => (n === null || n[field] === undefined ? null : COLUMNS[n[field]]);
+        columnsOf.set(s, {
+          fills: seg.nodes.map((n) => col(n, "fill")), flags: seg.nodes.map((n) => col(n, "flag")),
+          lines: seg.nodes.map((n) => (n === null ? null : n.lines.map((r) => COLUMNS[r]))),
+          stats: seg.nodes.map((n) => col(n, "stats")), bars: seg.nodes.map((n) => col(n, "bars")),
+          edges: seg.edges.map((e) => (e === null ? null : [COLUMNS[e.color], COLUMNS[e.width], COLUMNS[e.flag]])),
         });
-        for (const e of edges) {
-          if (e === null) ep.push(null, null, 0);
-          else ep.push(e[0][i], e[1][i], e[2][i]);
-        }
-        out.push([seg.layout, np, ep, stats, bars]);
       }
+      return columnsOf.get(s);
     }
-    return out;
+    function at(pos) {
+      let record = made.get(pos);
+      if (record) return record;
+      const [s, i] = owner[pos], seg = segments[s], c = columns(s);
+      const np = [], ep = [], stats = [], bars = [];
+      seg.nodes.forEach((n, k) => {
+        if (n === null) { np.push(null, 0, null); stats.push(null); bars.push(null); return; }
+        np.push(c.fills[k][i], c.flags[k][i], c.lines[k].map((lines) => lines[i]));
+        stats.push(c.stats[k] ? statsEntry(c.stats[k], i) : null);
+        bars.push(c.bars[k] ? c.bars[k].map((b) => [b.color[i], b.height[i]]) : null);   // a fold's strip
+      });
+      for (const e of c.edges) {
+        if (e === null) ep.push(null, null, 0);
+        else ep.push(e[0][i], e[1][i], e[2][i]);
+      }
+      record = [seg.layout, np, ep, stats, bars];
+      made.set(pos, record);
+      return record;
+    }
+    return { length: owner.length, at: at, layoutAt: (pos) => segments[owner[pos][0]].layout };
   }
 
   function framesOfView(v) {
@@ -524,9 +537,14 @@ async function inflateText(packed) {
     L.edges.forEach((copies) => copies.forEach((E) => { E.place = place(E.g); }));
   }
 
+  // The viewport's size, read when it changes: reading it while a step is painted forces a layout.
+  let viewportSize = null;
+  if (window.ResizeObserver) new ResizeObserver(() => { viewportSize = null; }).observe(viewport);
+
   /** The part of the stage on screen, with a margin of a fifth of a screen, in unscaled stage pixels. */
   function onScreen() {
-    const v = view.get(), w = viewport.clientWidth, h = viewport.clientHeight;
+    if (!viewportSize) viewportSize = [viewport.clientWidth, viewport.clientHeight];
+    const v = view.get(), w = viewportSize[0], h = viewportSize[1];
     return [(-v.x - w / 5) / v.k, (-v.y - h / 5) / v.k, (1.2 * w - v.x) / v.k, (1.2 * h - v.y) / v.k];
   }
   const inside = (p, r) => !p || (p[2] >= r[0] && p[0] <= r[2] && p[3] >= r[1] && p[1] <= r[3]);
@@ -553,7 +571,7 @@ async function inflateText(packed) {
   }
 
   function paint(pos) {
-    const frame = FRAMES[pos];
+    const frame = FRAMES.at(pos);
     const L = mountLayout(frame[0]);
     const np = frame[1], ep = frame[2], bp = frame[4];
     const cull = L.nodes.length + L.edges.length > CULL_ABOVE;
@@ -719,7 +737,11 @@ async function inflateText(packed) {
         null where no finite gradient. */
     function history(layout, id) {
       const i = layouts[layout].meta.painted.indexOf(id);
-      return FRAMES.map((f) => (f[0] !== layout ? undefined : i < 0 ? null : num(statsOf(f[3], i)[0])));
+      const out = [];
+      for (let pos = 0; pos < FRAMES.length; pos++) {
+        out.push(FRAMES.layoutAt(pos) !== layout ? undefined : i < 0 ? null : num(statsOf(FRAMES.at(pos)[3], i)[0]));
+      }
+      return out;
     }
 
     self.highlight = function () {
@@ -771,7 +793,7 @@ async function inflateText(packed) {
       chart.setPos(pos);
       const body = $("inspector-stats");
       body.textContent = "";
-      const frame = FRAMES[pos];
+      const frame = FRAMES.at(pos);
       const here = frame[0] === self.layout;
       const i = here ? layouts[frame[0]].meta.painted.indexOf(self.node) : -1;
       const stats = i < 0 ? null : statsOf(frame[3], i);
@@ -1034,7 +1056,7 @@ async function inflateText(packed) {
     /** The drawn items of view v (its layouts for the current step's graph shape). */
     function drawnIn(v) {
       const frames = framesOfView(v);
-      return layouts[frames[player.pos()][0]].meta;
+      return layouts[frames.layoutAt(player.pos())].meta;
     }
     const openIn = (v, name) => (VIEWS[v].open || []).some((key) => names(name, key));
     const boxedIn = (v, name) => drawnIn(v).nodes.some((n) => (n[2] === "module" || n[2] === "fold") && n[3] !== null && names(name, n[3]));
