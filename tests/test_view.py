@@ -288,3 +288,26 @@ def test_a_report_counts_the_views_it_lays_out_as_it_goes():
     assert ticks == [1] * 5
     with pytest.raises(UsageError, match="views"):
         run.report(views=0)
+
+
+def test_a_long_chain_outside_modules_folds_with_a_bar_per_op():
+    w = torch.tensor([1.0, -2.0], requires_grad=True)
+    with vizgrad.record(params={"w": w}) as run:
+        ys = [w * 2]
+        for k in range(40):
+            ys.append(ys[-1] * (1.0 + k / 10) if k % 2 else ys[-1].sin())  # a period of two ops
+        loss = ys[-1].pow(2).sum()
+        loss.backward(retain_graph=True)
+    graph = run.steps[-1].graph
+    assert not graph.modules and len(graph.nodes) > 40
+    drawn = view_of(graph, ViewOptions(max_nodes=10))
+    plan = plan_of(drawn)
+    (fold,) = plan.boxes.values()
+    assert (fold.key, fold.type, fold.count, fold.chain, fold.recurrent) == ("chain1", "SinBackward0+MulBackward0", 20,
+                                                                              True, True)
+    assert plan.visible <= 10 and "(chain)" in frames.graph_dot(drawn)
+    stats = box_stats(run, drawn)["chain1"]
+    # Each period's bar: the gradient of what it hands on (its last op's output), in forward order.
+    grads = torch.autograd.grad(loss, ys[2::2])
+    assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads]
+    assert view_of(graph) is graph  # 44 nodes fit the default budget: drawn as they are

@@ -119,7 +119,7 @@ def _box_lines(node: Node, graph: Graph | None) -> list[str]:
     title = short_name(node.name or "") or node.op
     if box is None or box.kind == "module":
         return [title, node.op] if title != node.op else [title]
-    kind = f"{node.op} x{box.count}" + (" (recurrent)" if box.recurrent else "")
+    kind = f"{node.op} x{box.count}" + (" (chain)" if box.chain else " (recurrent)" if box.recurrent else "")
     return [title, kind, STRIP_MARK, STRIP_MARK]
 
 

@@ -24,7 +24,7 @@ import dataclasses
 import math
 import re
 from collections import Counter
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -46,6 +46,11 @@ UNFOLD_ALL = 16
 """Unfolding a fold of up to this many instances shows every one of them."""
 UNFOLD_ENDS = 6
 """Unfolding a longer fold shows this many instances at each end and folds the middle ones (which unfold in turn)."""
+
+CHAIN_MIN = 16
+"""Ops a repeated chain outside modules must have to fold (as a module called in a loop does)."""
+CHAIN_PERIOD = 8
+"""The longest repeating unit of ops a chain is folded by."""
 
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")  # an item of a container: ``model.h.3``
 
@@ -100,6 +105,7 @@ class _Scope:
     depth: int
     order: tuple[int, int]  # the module's place in the tree, then the instance: siblings sort by it
     key: str = ""
+    synthetic: bool = False  # a run of a repeated op chain outside modules, not a module call
     children: list[_Scope] = dataclasses.field(default_factory=list)
     nodes: list[int] = dataclasses.field(default_factory=list)  # positions of the nodes directly inside
     signature: Any = None
@@ -138,6 +144,7 @@ class Box:
         members: Positions (in the original graph) of every node inside.
         instances: For a fold, the positions of each instance's nodes, in call order.
         recurrent: A fold of one module's calls that pass gradients to one another (a loop over time).
+        chain: A fold of a repeated run of ops outside modules (its instances: one period of the run).
     """
 
     id: str
@@ -148,6 +155,7 @@ class Box:
     members: tuple[int, ...]
     instances: tuple[tuple[int, ...], ...] = ()
     recurrent: bool = False
+    chain: bool = False
 
 
 @dataclasses.dataclass
@@ -203,8 +211,8 @@ class _Scopes:
         self.loose: list[int] = []  # nodes in no scope
         self.by_id: dict[tuple[str, int], _Scope] = {}
         self.scope_of: list[_Scope | None] = [None] * len(graph.nodes)
-        self._chains: dict[tuple[str, int], _Scope | None] = {}
         self._place()
+        self._fold_chains()
         self._name()
         for scope in self.by_id.values():
             scope.children.sort(key=lambda s: s.order)
@@ -257,6 +265,80 @@ class _Scopes:
                 self.scope_of[at] = self.scope_of[saved_of[at]]
         for at, scope in enumerate(self.scope_of):
             (scope.nodes if scope is not None else self.loose).append(at)
+
+    def _fold_chains(self) -> None:
+        """Long runs of a repeated op chain (``y = y * w`` a thousand times) as the instances of a made-up scope.
+
+        A chain is a path of ops each used by the previous one alone and using
+        no other op; its repeated part (the longest run with a period of up to
+        :data:`CHAIN_PERIOD` ops, at least :data:`CHAIN_MIN` long) becomes one
+        instance per period, so that it folds like a module called in a loop.
+        Parameters used only within one instance go into it.
+        """
+        graph = self.graph
+        index = {node.id: at for at, node in enumerate(graph.nodes)}
+        users: dict[int, list[int]] = {}
+        uses: dict[int, list[int]] = {}
+        for edge in graph.edges:
+            if edge.kind == "grad":
+                users.setdefault(index[edge.dst], []).append(index[edge.src])
+                uses.setdefault(index[edge.src], []).append(index[edge.dst])
+        ops = {at for at, node in enumerate(graph.nodes) if node.kind in ("op", "custom")}
+        number = 0
+        for parent, nodes in [(None, self.loose)] + [(scope, scope.nodes) for scope in list(self.by_id.values())]:
+            if len(nodes) < CHAIN_MIN:
+                continue
+            here = set(nodes)
+            following = {}  # op -> the one op it uses, when it is that op's only user
+            for at in nodes:
+                if at not in ops:
+                    continue
+                inputs = [u for u in uses.get(at, ()) if u in ops]
+                if len(inputs) == 1 and inputs[0] in here and users.get(inputs[0]) == [at]:
+                    following[at] = inputs[0]
+            heads = set(following) - set(following.values())
+            for head in sorted(heads):
+                chain = [head]
+                while chain[-1] in following:
+                    chain.append(following[chain[-1]])
+                run = _periodic_run([graph.nodes[at].op for at in chain])
+                if run is None:
+                    continue
+                start, stop, period = run
+                number += 1
+                self._add_chain(parent, chain[start:stop], period, number, users)
+
+    def _add_chain(self, parent: _Scope | None, chain: list[int], period: int, number: int,
+                   users: Mapping[int, list[int]]) -> None:
+        """Makes the instances of one repeated chain (in forward order: the op nearest the inputs first)."""
+        forward = list(reversed(chain))
+        units = [forward[k:k + period] for k in range(0, len(forward) - len(forward) % period, period)]
+        ops = [self.graph.nodes[at].op for at in units[0]]
+        path = (f"{parent.path}." if parent is not None and parent.path else "") + f"chain{number}"
+        kind = "+".join(dict.fromkeys(short_op_name(op) for op in ops))
+        info = ModuleInfo(path, kind, len(units), parent.path if parent is not None else None)
+        owner = parent.nodes if parent is not None else self.loose
+        moved: set[int] = set()
+        unit_of: dict[int, int] = {}
+        for k, unit in enumerate(units):
+            scope = _Scope(path, k, info, parent, 0 if parent is None else parent.depth + 1,
+                           (len(self.rank) + number, k), synthetic=True)
+            scope.nodes = list(unit)
+            for at in unit:
+                unit_of[at] = k
+                self.scope_of[at] = scope
+            moved.update(unit)
+            self.by_id[(path, k)] = scope
+            (parent.children if parent is not None else self.roots).append(scope)
+        for at in owner:  # parameters used by one instance alone go with it
+            if self.graph.nodes[at].kind == "leaf" and at not in moved:
+                used_by = {unit_of.get(u, -1) for u in users.get(at, ())}
+                if len(used_by) == 1 and -1 not in used_by:
+                    scope = self.by_id[(path, used_by.pop())]
+                    scope.nodes.append(at)
+                    self.scope_of[at] = scope
+                    moved.add(at)
+        owner[:] = [at for at in owner if at not in moved]
 
     def _leaf_scope(self, owner: str, users: Sequence[_Scope | None]) -> _Scope | None:
         """The innermost scope holding every user of a parameter, no deeper than its owner's instance."""
@@ -330,6 +412,32 @@ class _Scopes:
                     out.append(_Fold(f"{container}.{run[0][0]}-{run[-1][0]}", [s for _, s in run], False))
                 run = [(number, scope)] if scope is not None else []
         return out
+
+
+def short_op_name(op: str) -> str:
+    """An op name without the C++ namespace."""
+    return op.removeprefix("torch::autograd::")
+
+
+def _periodic_run(ops: Sequence[str]) -> tuple[int, int, int] | None:
+    """The longest stretch of ``ops`` that repeats a unit of up to :data:`CHAIN_PERIOD` ops: ``(start, stop, period)``.
+
+    ``None`` when no stretch of :data:`CHAIN_MIN` ops (and three periods) repeats.
+    """
+    best: tuple[int, int, int] | None = None
+    for period in range(1, CHAIN_PERIOD + 1):
+        at = period
+        while at < len(ops):
+            if ops[at] != ops[at - period]:
+                at += 1
+                continue
+            first = at - period  # ops[first:at + 1] repeats; see how far
+            while at < len(ops) and ops[at] == ops[at - period]:
+                at += 1
+            length = (at - first) // period * period
+            if length >= max(CHAIN_MIN, 3 * period) and (best is None or length > best[1] - best[0]):
+                best = (first, first + length, period)
+    return best
 
 
 def _named(names: Sequence[str], *candidates: str) -> bool:
@@ -418,6 +526,8 @@ class _Drawing:
                 if part.key not in seen:
                     seen.add(part.key)
                     self._add(("fold", part), cluster)
+            elif child.synthetic and id(child) not in self.unfolded:  # a chain's period not folded: its ops as they are
+                self._walk(cluster, child.nodes, child.children)
             elif self._is_open(child):
                 self.clusters.append((child, cluster))
                 self._walk(child, child.nodes, child.children)
@@ -498,8 +608,8 @@ def view_of(graph: Graph, options: ViewOptions | None = None) -> Graph:
     ``graph`` itself. Views are kept with the graph, one per options.
     """
     options = options or ViewOptions()
-    if not graph.modules:
-        return graph
+    if not graph.modules and len(graph.nodes) <= max(options.max_nodes, CHAIN_MIN):
+        return graph  # nothing to collapse, and too small to fold chains of
     views = graph.__dict__.get("_views")
     if views is None:
         views = {}
@@ -544,7 +654,7 @@ def _build(graph: Graph, options: ViewOptions) -> Graph:
                 for k, inst in enumerate(instances):
                     instance_of[inst] = k
                 box = Box(box_id, what.key, "fold", what.members[0].info.type, len(what.members), tuple(members),
-                          tuple(tuple(inst) for inst in instances))
+                          tuple(tuple(inst) for inst in instances), chain=what.members[0].synthetic)
                 folded.append(what.key)
                 if what.by_path:
                     by_path_folds.add(box_id)
