@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
 import pytest
+
+from pages import page_data
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -49,7 +52,8 @@ def test_report_cell_outputs_isolated_html(executed):
     (output,) = [o for o in outputs_of(executed, "report") if o.output_type == "execute_result"]
     page = output.data["text/html"]
     assert page.startswith("<iframe srcdoc=") and 'sandbox="allow-scripts"' in page
-    assert "Data and fit" in page
+    document = html.unescape(page.split('srcdoc="', 1)[1].split('" sandbox=', 1)[0])
+    assert [panel["title"] for panel in page_data(document)["panels"]] == ["Data and fit"]
 
 
 def test_live_view_ends_on_the_last_step(executed):
