@@ -311,3 +311,16 @@ def test_a_long_chain_outside_modules_folds_with_a_bar_per_op():
     grads = torch.autograd.grad(loss, ys[2::2])
     assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads]
     assert view_of(graph) is graph  # 44 nodes fit the default budget: drawn as they are
+
+
+def test_weights_of_a_module_never_called_sit_in_the_module_that_reads_them():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)  # attention reads out_proj.weight, never calls it
+    with vizgrad.record(layer) as run:
+        layer(torch.randn(3, 2, 8)).sum().backward()
+    graph = run.steps[-1].graph
+    assert "self_attn.out_proj" not in {info.path for info in graph.modules}
+    plan = plan_of(view_of(graph, ViewOptions(depth=1)))
+    attention = next(box for box in plan.boxes.values() if box.key == "self_attn")
+    weight = next(at for at, node in enumerate(graph.nodes) if node.name and node.name.endswith("out_proj.weight"))
+    assert weight in attention.members  # inside the attention box, not loose beside the model

@@ -351,7 +351,9 @@ class _Scopes:
             while size < min(len(common), len(chain)) and common[size] is chain[size]:
                 size += 1
             del common[size:]
-        owner_line = set()
+        # The owner and what holds it: its tree parents, and the paths its own path starts with (a module
+        # never called, as the out_proj a MultiheadAttention reads only the weights of, is not in the tree).
+        owner_line = {owner[:at] for at in range(len(owner)) if owner[at] == "."} | {owner, ""}
         path: str | None = owner
         while path is not None:
             owner_line.add(path)

@@ -457,6 +457,7 @@ async function inflateText(packed) {
       const first = mounted === -1;
       mounted = k;
       if (first) view.initial();
+      else view.settle();   // another graph shape or view: placed anew unless the reader moved the view
       if (inspector.node !== null) inspector.highlight();
     }
     return L;
@@ -656,6 +657,7 @@ async function inflateText(packed) {
       fit: () => { touch(); fit(); },
       reset: () => { touched = false; reset(); },
       initial: reset,
+      settle: () => { if (!touched) reset(); },
       zoomCenter: (f) => { touch(); zoomAt(f, viewport.clientWidth / 2, viewport.clientHeight / 2); },
       panBy: (dx, dy) => { touch(); x += dx; y += dy; apply(); },
       get: () => ({ x: x, y: y, k: k }),
