@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from vizgrad.errors import UsageError
-from vizgrad.graph import Edge, Graph, ModuleInfo, Node
+from vizgrad.graph import EDGE_KINDS, Edge, Graph, ModuleInfo, Node
 
 __all__ = ["DEFAULT_MAX_NODES", "MAX_BARS", "ViewOptions", "ViewPlan", "Box", "view_of", "scope_keys"]
 
@@ -174,6 +174,7 @@ class ViewPlan:
         cluster_of: The cluster each view node is drawn in (absent: none).
         visible: Drawn items: op nodes, boxes and folds (clusters are not counted).
         folded: The keys of the folds drawn.
+        folding: Whether it folds repeats (a default view that draws the graph whole does not).
         item_ids: The view's node ids, by position.
         item_of: For each node of ``source`` (by position), the view node (by
             position) it is drawn as or inside; ``-1`` for none.
@@ -190,6 +191,7 @@ class ViewPlan:
     cluster_of: dict[str, str]
     visible: int
     folded: tuple[str, ...] = ()
+    folding: bool = True  # whether it folds repeats (the default view of a graph that fits draws it whole)
     item_ids: tuple[str, ...] = ()
     item_of: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     instance_of: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -666,47 +668,70 @@ def _build(graph: Graph, options: ViewOptions) -> Graph:
         if cluster is not None:
             cluster_of[view_nodes[-1].id] = cluster.key
     ids = [n.id for n in view_nodes]
-    by_id = {node.id: at for at, node in enumerate(nodes)}
-    bundles: dict[tuple[int, int, str], list[int]] = {}
-    recurrent: set[int] = set()
-    for e, edge in enumerate(graph.edges):
-        a, b = item_of[by_id[edge.src]], item_of[by_id[edge.dst]]
-        if a < 0 or b < 0:
-            continue
-        if a == b:
-            box_id = ids[a]
-            if box_id in by_path_folds and instance_of[by_id[edge.src]] != instance_of[by_id[edge.dst]]:
-                recurrent.add(int(a))  # one module's calls handing gradients to one another: a loop
-            continue
-        bundles.setdefault((int(a), int(b), edge.kind), []).append(e)
-    for a in recurrent:
-        box = boxes[ids[a]]
-        boxes[box.id] = dataclasses.replace(box, recurrent=True)
+    arrays = _EdgeArrays.of(graph)
+    a, b = item_of[arrays.src], item_of[arrays.dst]
+    drawn = (a >= 0) & (b >= 0)
+    inner = drawn & (a == b)
+    # One module's calls handing gradients to one another: a loop.
+    looping = inner & (instance_of[arrays.src] != instance_of[arrays.dst])
+    for item in np.unique(a[looping]).tolist():
+        if ids[item] in by_path_folds:
+            boxes[ids[item]] = dataclasses.replace(boxes[ids[item]], recurrent=True)
+    crossing = np.flatnonzero(drawn & (a != b))
+    group = (a[crossing] * len(view_nodes) + b[crossing]) * len(EDGE_KINDS) + arrays.kind[crossing]
+    order = np.argsort(group, kind="stable")  # each bundle's edges in graph order
+    groups, starts = np.unique(group[order], return_index=True)
     edges: list[Edge] = []
     keys: dict[str, tuple[int, ...]] = {}
     next_slot: Counter[str] = Counter()
-    # A bundle out of an op node gets a slot past the op's own, so its key is no edge's of the graph.
-    first_free: dict[str, int] = {}
-    for edge in graph.edges:
-        first_free[edge.src] = max(first_free.get(edge.src, 0), edge.slot + 1)
-    for (a, b, kind), members in bundles.items():
-        src, dst = ids[a], ids[b]
+    bundles = sorted(zip(groups.tolist(), (tuple(m.tolist()) for m in np.split(crossing[order], starts[1:]))),
+                     key=lambda bundle: bundle[1][0])  # in the graph's order of their first edges
+    for code, members in bundles:
+        pair, kind = divmod(code, len(EDGE_KINDS))
+        src, dst = ids[pair // len(view_nodes)], ids[pair % len(view_nodes)]
         first = graph.edges[members[0]]
         if src not in boxes and len(members) == 1:
             slot, output = first.slot, first.output  # one original edge: its own key and paint
         else:
-            slot, output = next_slot[src] + first_free.get(src, 0), 0
+            # A bundle out of an op node gets a slot past the op's own, so its key is no edge's of the graph.
+            slot, output = next_slot[src] + arrays.first_free.get(src, 0), 0
         next_slot[src] += 1
-        edges.append(Edge(src, dst, slot, output, kind))
-        keys[f"{src}:{slot}"] = tuple(members)
-    roots = tuple(root for root in graph.roots if item_of[by_id[root]] >= 0 and ids[item_of[by_id[root]]] == root)
+        edges.append(Edge(src, dst, slot, output, EDGE_KINDS[kind]))
+        keys[f"{src}:{slot}"] = members
+    drawn_as = {node_id: ids[item] for node_id, item in zip((n.id for n in nodes), item_of.tolist()) if item >= 0}
+    roots = tuple(root for root in graph.roots if drawn_as.get(root) == root)
     clusters = [(scope.key, _cluster_label(scope), None if parent is None else parent.key)
                 for scope, parent in drawing.clusters]
     view = Graph(tuple(view_nodes), tuple(edges), roots)
     plan = ViewPlan(graph, options, drawing.depth, boxes, keys, clusters, cluster_of, drawing.visible,
-                    tuple(folded), tuple(ids), item_of, instance_of)
+                    tuple(folded), drawing.fold, tuple(ids), item_of, instance_of)
     object.__setattr__(view, "_view_plan", plan)
     return view
+
+
+@dataclasses.dataclass(frozen=True)
+class _EdgeArrays:
+    """A graph's edges as arrays (positions of their ends, kinds), made once per graph for its views."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    kind: np.ndarray  # index into EDGE_KINDS
+    first_free: dict[str, int]  # per source node: the first slot no edge of it has
+
+    @classmethod
+    def of(cls, graph: Graph) -> _EdgeArrays:
+        found = graph.__dict__.get("_edge_arrays")
+        if found is None:
+            position = {node.id: at for at, node in enumerate(graph.nodes)}
+            first_free: dict[str, int] = {}
+            for edge in graph.edges:
+                first_free[edge.src] = max(first_free.get(edge.src, 0), edge.slot + 1)
+            kinds = {kind: k for k, kind in enumerate(EDGE_KINDS)}
+            found = cls(np.array([position[e.src] for e in graph.edges], dtype=np.int64),
+                        np.array([position[e.dst] for e in graph.edges], dtype=np.int64),
+                        np.array([kinds.get(e.kind, 0) for e in graph.edges], dtype=np.int64), first_free)
+            object.__setattr__(graph, "_edge_arrays", found)
+        return found
 
 
 def _cluster_label(scope: _Scope) -> str:
@@ -778,9 +803,9 @@ class ViewState:
     def options(self, graph: Graph, base: ViewOptions) -> ViewOptions:
         """The options drawing this state of ``graph``: the default's depth and folding, plus the clicks."""
         depth, fold = base.depth, base.fold
-        if depth is None and graph.modules:
-            default = _choose(_scopes_of(graph), base)
-            depth, fold = default.depth, fold and default.fold
+        if depth is None and plan_of(view_of(graph, base)) is not None:
+            default = plan_of(view_of(graph, base))  # made once per graph and options, as every view is
+            depth, fold = default.depth, fold and default.folding
         return ViewOptions(depth=depth, max_nodes=base.max_nodes, expand=base.expand + self.expand,
                            collapse=base.collapse + self.collapse, unfold=base.unfold + self.unfold, fold=fold)
 
