@@ -324,3 +324,62 @@ def test_weights_of_a_module_never_called_sit_in_the_module_that_reads_them():
     attention = next(box for box in plan.boxes.values() if box.key == "self_attn")
     weight = next(at for at, node in enumerate(graph.nodes) if node.name and node.name.endswith("out_proj.weight"))
     assert weight in attention.members  # inside the attention box, not loose beside the model
+
+
+def test_review_cases_fold_keys_exact_clicks_chain_names_and_closing_what_was_opened():
+    class Cell(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.a(self.a(x).tanh())
+
+    cell = Cell()
+    with vizgrad.record(cell) as run:
+        x = torch.randn(1, 2)
+        for _ in range(4):
+            x = cell(x)
+        x.sum().backward()
+    graph = run.steps[-1].graph
+    # Two calls of `a` in each of four calls of the cell: opening two cells leaves folds of `a` in each, apart.
+    state = ViewState(expand=("@1", "@2"), unfold=("",))
+    plan = plan_of(view_of(graph, state.options(graph, ViewOptions(depth=1))))
+    keys = [box.key for box in plan.boxes.values()]
+    assert len(keys) == len(set(keys))
+    # Closing a call closes what was opened inside it (its children's calls have keys of their own).
+    from vizgrad.view import _scopes_of
+
+    inside = _scopes_of(graph).under("@1")
+    assert inside == {"@1", "a@2", "a@3"}
+    assert ViewState(expand=("@1", "a@2")).after("collapse", "@1", inside) == ViewState()
+
+    class Coder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(3))
+            self.decoder = nn.Module()
+            self.decoder.layers = nn.ModuleList(nn.Linear(2, 2) for _ in range(3))
+            self.chain1 = nn.Linear(2, 2)  # a module named as the made-up chain scopes are
+
+        def forward(self, x):
+            for layer in [*self.layers, *self.decoder.layers]:
+                x = layer(x)
+            x = self.chain1(x)
+            for _ in range(20):
+                x = x * 1.01
+            return x
+
+    model = Coder()
+    with vizgrad.record(model) as run:
+        model(torch.randn(1, 2)).sum().backward()
+    graph = run.steps[-1].graph
+    keys = scope_keys(graph)
+    assert len(keys) == len(set(keys)) and "chain1" in keys  # the module keeps its name; the chain takes another
+    assert [k for k in keys if k.startswith("chain")][1:3] == ["chain2@0", "chain2@1"]
+    clicked = ViewState(expand=("layers.1",))
+    plan = plan_of(view_of(graph, clicked.options(graph, ViewOptions(depth=1, fold=False))))
+    open_keys = {key for key, _, _ in plan.clusters}
+    assert "layers.1" in open_keys and "decoder.layers.1" not in open_keys  # a click names one module
+    named = plan_of(view_of(graph, ViewOptions(depth=1, fold=False, expand=("layers.1",))))
+    assert {"layers.1", "decoder.layers.1"} <= {key for key, _, _ in named.clusters}  # a name: every one ending so

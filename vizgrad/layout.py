@@ -139,6 +139,9 @@ def _slot_attribute(element: ET.Element, name: str, default: str, values: list[s
 
 def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
     """Post-process Graphviz SVG once into a :class:`Layout` with a precompiled template."""
+    # The slot marks must be ours alone: a name from user code holding them becomes U+FFFD.
+    for mark in (_SLOT_OPEN, _SLOT_CLOSE):
+        raw_svg = raw_svg.replace(mark.encode("utf-8"), "\ufffd".encode("utf-8"))
     try:
         root = ET.fromstring(raw_svg)
     except ET.ParseError as error:

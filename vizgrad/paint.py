@@ -201,10 +201,10 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         nodes[node_id] = known[node_names[at]] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
         if inspector:
             # The inspector shows output 0; ops along a chain share that gradient, so equal columns are made once.
-            rows, rows_found = data[:, slots[0]], present[:, slots[0]]
-            stats_key = rows.tobytes() + rows_found.tobytes()
+            first_rows, first_found = data[:, slots[0]], present[:, slots[0]]
+            stats_key = first_rows.tobytes() + first_found.tobytes()
             if stats_key not in stats_by_content:
-                stats_by_content[stats_key] = _stats_columns(rows, rows_found)
+                stats_by_content[stats_key] = _stats_columns(first_rows, first_found)
             nodes[node_id]["stats"] = stats_by_content[stats_key]
     edges: dict[str, dict[str, Any]] = {}
     for at, slot in zip(todo_edges, edge_slots):

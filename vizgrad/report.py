@@ -159,6 +159,7 @@ class Report:
             raise UsageError(f"views must be a whole number >= 1, got {views!r}")
         self.views = views
         self.progress: Callable[[int], Any] | None = None  # told of each view drawn (a progress bar's update)
+        self._explored: tuple[Any, list[Any], list[Any]] | None = None
         self.selected: list[int] = frames.select_steps(len(run.steps), every=every, steps=steps)
 
     def __repr__(self) -> str:
@@ -236,20 +237,22 @@ class Report:
         page = _FrameData()
         groups = frames.segments(steps)
         main, states, transitions = self._states(groups)
-        views = []
-        shared = [SegmentRows(group) if group[0].graph.modules else None for group in groups]
-        for state, moves in zip(states, transitions):
-            page.segments = []
-            for group, rows in zip(groups, shared):
+        per_view: list[list[dict[str, Any]]] = [[] for _ in states]
+        for group in groups:  # a segment's rows are held while its views are painted, then let go
+            rows = SegmentRows(group)
+            for state, segments in zip(states, per_view):
+                page.segments = segments
                 drawn = view_of(group[0].graph, state.options(group[0].graph, self.view))
-                page.add_segment(group, drawn, cache.get(drawn), scale, rows)
+                page.add_segment(group, drawn, cache.get(drawn), scale, rows if plan_of(drawn) else None)
                 if self.progress is not None:
                     self.progress(1)
+        views = []
+        for state, moves, segments in zip(states, transitions, per_view):
             plan = plan_of(view_of(main, state.options(main, self.view)))
             views.append({"expand": list(state.expand), "collapse": list(state.collapse), "unfold": list(state.unfold),
                           "next": moves, "visible": plan.visible if plan is not None else len(main.nodes),
                           "open": [key for key, _, _ in plan.clusters] if plan is not None else [],
-                          "segments": page.segments})
+                          "segments": segments})
         default = views[0].pop("segments")
         shown_layouts = {segment["layout"] for segment in default}
 
@@ -283,7 +286,9 @@ class Report:
     def _states(self, groups: Sequence[Sequence[Any]]) -> tuple[Any, list[Any], list[Any]]:
         """The views a click can lead to, explored on the graph most steps have (each is drawn for every graph)."""
         main = max(groups, key=len)[0].graph
-        return (main, *explore(main, self.view, self.views))
+        if self._explored is None or self._explored[0] is not main:
+            self._explored = (main, *explore(main, self.view, self.views))
+        return self._explored
 
     def layouts_to_draw(self) -> int:
         """How many (view, graph shape) pairs building the report lays out and paints: what ``progress`` counts."""

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["gather_rows", "SegmentRows", "view_rows"]
 
 #: Rows (steps times keys) a :class:`SegmentRows` holds at once; past this it gathers what each view asks for.
-_HELD_ROWS = 1 << 21
+_HELD_ROWS = 1 << 20
 
 
 def gather_rows(steps: Sequence[Step], keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:

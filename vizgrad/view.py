@@ -73,6 +73,8 @@ class ViewOptions:
         unfold: Folds drawn as their instances: a fold's key, its module path
             or the container its items are in (``model.transformer.h``).
         fold: Fold repeated instances at all (``False``: never).
+        clicked: What a report's reader opened, closed and unfolded on top
+            (full keys, matched exactly: ``layers.1`` is not ``decoder.layers.1``).
     """
 
     depth: int | None = None
@@ -81,6 +83,7 @@ class ViewOptions:
     collapse: tuple[str, ...] = ()
     unfold: tuple[str, ...] = ()
     fold: bool = True
+    clicked: ViewState | None = None
 
     def __post_init__(self) -> None:
         if self.depth is not None and (not isinstance(self.depth, int) or self.depth < 0):
@@ -299,48 +302,56 @@ class _Scopes:
                 if len(inputs) == 1 and inputs[0] in here and users.get(inputs[0]) == [at]:
                     following[at] = inputs[0]
             heads = set(following) - set(following.values())
+            made: list[tuple[list[int], int]] = []
             for head in sorted(heads):
                 chain = [head]
                 while chain[-1] in following:
                     chain.append(following[chain[-1]])
                 run = _periodic_run([graph.nodes[at].op for at in chain])
-                if run is None:
-                    continue
-                start, stop, period = run
-                number += 1
-                self._add_chain(parent, chain[start:stop], period, number, users)
+                if run is not None:
+                    start, stop, period = run
+                    made.append((chain[start:stop], period))
+            if made:
+                number = self._add_chains(parent, nodes, made, number, users)
 
-    def _add_chain(self, parent: _Scope | None, chain: list[int], period: int, number: int,
-                   users: Mapping[int, list[int]]) -> None:
-        """Makes the instances of one repeated chain (in forward order: the op nearest the inputs first)."""
-        forward = list(reversed(chain))
-        units = [forward[k:k + period] for k in range(0, len(forward) - len(forward) % period, period)]
-        ops = [self.graph.nodes[at].op for at in units[0]]
-        path = (f"{parent.path}." if parent is not None and parent.path else "") + f"chain{number}"
-        kind = "+".join(dict.fromkeys(short_op_name(op) for op in ops))
-        info = ModuleInfo(path, kind, len(units), parent.path if parent is not None else None)
-        owner = parent.nodes if parent is not None else self.loose
+    def _add_chains(self, parent: _Scope | None, owner: list[int], chains: list[tuple[list[int], int]], number: int,
+                    users: Mapping[int, list[int]]) -> int:
+        """Makes the instances of repeated chains of one scope (in forward order: the period nearest the inputs
+        first) and moves into each instance the parameters it alone uses. Returns the last chain number used."""
+        taken = set(self.infos) | {path for path, _ in self.by_id}
+        prefix = f"{parent.path}." if parent is not None and parent.path else ""
         moved: set[int] = set()
-        unit_of: dict[int, int] = {}
-        for k, unit in enumerate(units):
-            scope = _Scope(path, k, info, parent, 0 if parent is None else parent.depth + 1,
-                           (len(self.rank) + number, k), synthetic=True)
-            scope.nodes = list(unit)
-            for at in unit:
-                unit_of[at] = k
-                self.scope_of[at] = scope
-            moved.update(unit)
-            self.by_id[(path, k)] = scope
-            (parent.children if parent is not None else self.roots).append(scope)
+        unit_of: dict[int, _Scope] = {}
+        for chain, period in chains:
+            number += 1
+            while f"{prefix}chain{number}" in taken:  # a module may be named so
+                number += 1
+            path = f"{prefix}chain{number}"
+            taken.add(path)
+            forward = list(reversed(chain))
+            units = [forward[k:k + period] for k in range(0, len(forward) - len(forward) % period, period)]
+            kind = "+".join(dict.fromkeys(short_op_name(self.graph.nodes[at].op) for at in units[0]))
+            info = ModuleInfo(path, kind, len(units), parent.path if parent is not None else None)
+            for k, unit in enumerate(units):
+                scope = _Scope(path, k, info, parent, 0 if parent is None else parent.depth + 1,
+                               (len(self.rank) + number, k), synthetic=True)
+                scope.nodes = list(unit)
+                for at in unit:
+                    unit_of[at] = scope
+                    self.scope_of[at] = scope
+                moved.update(unit)
+                self.by_id[(path, k)] = scope
+                (parent.children if parent is not None else self.roots).append(scope)
         for at in owner:  # parameters used by one instance alone go with it
             if self.graph.nodes[at].kind == "leaf" and at not in moved:
-                used_by = {unit_of.get(u, -1) for u in users.get(at, ())}
-                if len(used_by) == 1 and -1 not in used_by:
-                    scope = self.by_id[(path, used_by.pop())]
+                holders = {id(unit_of.get(u)): unit_of.get(u) for u in users.get(at, ())}
+                if len(holders) == 1 and None not in holders.values():
+                    scope = next(iter(holders.values()))
                     scope.nodes.append(at)
                     self.scope_of[at] = scope
                     moved.add(at)
         owner[:] = [at for at in owner if at not in moved]
+        return number
 
     def _leaf_scope(self, owner: str, users: Sequence[_Scope | None]) -> _Scope | None:
         """The innermost scope holding every user of a parameter, no deeper than its owner's instance."""
@@ -367,9 +378,23 @@ class _Scopes:
 
     def _name(self) -> None:
         """Keys: the path, with ``@k`` when the path has several instances in the graph."""
-        instances = Counter(path for path, _ in self.by_id)
+        self.instances = Counter(path for path, _ in self.by_id)
         for (path, instance), scope in self.by_id.items():
-            scope.key = f"{path}@{instance}" if instances[path] > 1 else path
+            scope.key = f"{path}@{instance}" if self.instances[path] > 1 else path
+        self.by_key = {scope.key: scope for scope in self.by_id.values()}
+
+    def under(self, key: str) -> set[str]:
+        """The keys of the scopes inside the one keyed ``key`` (its calls' children too), itself included."""
+        scope = self.by_key.get(key)
+        if scope is None:
+            return {key}
+        out: set[str] = set()
+        stack = [scope]
+        while stack:
+            current = stack.pop()
+            out.add(current.key)
+            stack.extend(current.children)
+        return out
 
     # -- structure ------------------------------------------------------------------------------------
     def signature(self, scope: _Scope) -> Any:
@@ -399,7 +424,10 @@ class _Scopes:
         items: dict[str, list[tuple[int, _Scope]]] = {}
         for path, group in by_path.items():
             if len(group) > 1:
-                out.append(_Fold(path, sorted(group, key=lambda s: s.instance), True))
+                group.sort(key=lambda s: s.instance)
+                # Keyed by the path when these are all its calls, else by the calls they are (unique).
+                key = path if len(group) == self.instances[path] else f"{path}@{group[0].instance}-{group[-1].instance}"
+                out.append(_Fold(key, group, True))
                 continue
             match = _NUMBERED.match(path)
             if match is not None:
@@ -413,7 +441,10 @@ class _Scopes:
                     run.append((number, scope))
                     continue
                 if len(run) > 1:
-                    out.append(_Fold(f"{container}.{run[0][0]}-{run[-1][0]}", [s for _, s in run], False))
+                    key = f"{container}.{run[0][0]}-{run[-1][0]}"
+                    if self.instances[run[0][1].path] > 1:  # the container's module runs twice: which run
+                        key += f"@{run[0][1].instance}"
+                    out.append(_Fold(key, [s for _, s in run], False))
                 run = [(number, scope)] if scope is not None else []
         return out
 
@@ -449,10 +480,6 @@ def _named(names: Sequence[str], *candidates: str) -> bool:
     return any(candidate == name or candidate.endswith("." + name) for name in names for candidate in candidates)
 
 
-def _matches(scope: _Scope, names: Sequence[str]) -> bool:
-    return bool(names) and _named(names, scope.key, scope.path)
-
-
 def scope_keys(graph: Graph) -> list[str]:
     """Every scope key of ``graph`` (what ``expand`` and ``collapse`` take), parents first."""
     scopes = _scopes_of(graph)
@@ -483,7 +510,7 @@ class _Drawing:
         self.fold = fold
         wanted = set()
         for scope in scopes.by_id.values():
-            if _matches(scope, options.expand):
+            if self.asked("expand", scope.key, scope.path):
                 wanted.update(id(s) for s in scope.ancestors())
         self.wanted = wanted  # opened on request, with what is around them
         self.unfolded: set[int] = set()  # instances of unfolded folds: boxes, whatever the depth, unless opened
@@ -493,8 +520,17 @@ class _Drawing:
         self.cluster_of_item: list[_Scope | None] = []
         self._walk(None, scopes.loose, scopes.roots)
 
+    def asked(self, action: str, *candidates: str) -> bool:
+        """Whether the options ask ``action`` of one of these keys or paths: by name (an end of it will do)
+        or by a click (the full key)."""
+        names = getattr(self.options, action)
+        if names and _named(names, *candidates):
+            return True
+        clicked = self.options.clicked
+        return clicked is not None and any(candidate in getattr(clicked, action) for candidate in candidates)
+
     def _is_open(self, scope: _Scope) -> bool:
-        if _matches(scope, self.options.collapse):
+        if self.asked("collapse", scope.key, scope.path):
             return False
         if id(scope) in self.wanted:
             return True
@@ -545,9 +581,8 @@ class _Drawing:
         :data:`UNFOLD_ALL`, else the first and last :data:`UNFOLD_ENDS`
         around a fold of the middle ones (which unfolds in turn).
         """
-        unfold = self.options.unfold
-        whole = bool(unfold) and (_named(unfold, fold.key, fold.container) or
-                                  any(_matches(m, unfold) for m in fold.members))
+        whole = self.asked("unfold", fold.key, fold.container) or \
+            any(self.asked("unfold", m.key, m.path) for m in fold.members)
         parts: list[_Fold] = []
         run: list[_Scope] = []
         for member in fold.members + [None]:
@@ -564,7 +599,7 @@ class _Drawing:
 
     def _unfolded(self, part: _Fold, asked: bool) -> list[_Fold]:
         """``part`` itself, or, when it is unfolded, its instances as boxes and what stays folded of a long one."""
-        while asked or _named(self.options.unfold, part.key):
+        while asked or self.asked("unfold", part.key):
             if len(part.members) <= UNFOLD_ALL:
                 self.unfolded.update(id(m) for m in part.members)
                 return []
@@ -780,8 +815,12 @@ class ViewState:
     collapse: tuple[str, ...] = ()
     unfold: tuple[str, ...] = ()
 
-    def after(self, action: str, key: str) -> ViewState:
-        """The state one click later: ``action`` (one of :data:`ACTIONS`) on the item ``key``."""
+    def after(self, action: str, key: str, inside: Iterable[str] = ()) -> ViewState:
+        """The state one click later: ``action`` (one of :data:`ACTIONS`) on the item ``key``.
+
+        ``inside``: for a close, the keys of what the item holds (the calls of its children too), so
+        that closing what a click opened undoes the clicks made inside it.
+        """
         expand, collapse, unfold = set(self.expand), set(self.collapse), set(self.unfold)
         if action == "expand":
             if key in collapse:
@@ -789,9 +828,9 @@ class ViewState:
             else:
                 expand.add(key)
         elif action == "collapse":
-            inside = {k for k in expand if k == key or k.startswith(key + ".") or k.startswith(key + "@")}
-            if inside:  # closing what was opened: it goes back, with what was opened inside it
-                expand -= inside
+            opened = expand & ({key} | set(inside))
+            if opened:  # closing what was opened: it goes back, with what was opened inside it
+                expand -= opened
             else:
                 collapse.add(key)
         elif action == "unfold":
@@ -806,8 +845,8 @@ class ViewState:
         if depth is None and plan_of(view_of(graph, base)) is not None:
             default = plan_of(view_of(graph, base))  # made once per graph and options, as every view is
             depth, fold = default.depth, fold and default.folding
-        return ViewOptions(depth=depth, max_nodes=base.max_nodes, expand=base.expand + self.expand,
-                           collapse=base.collapse + self.collapse, unfold=base.unfold + self.unfold, fold=fold)
+        return ViewOptions(depth=depth, max_nodes=base.max_nodes, expand=base.expand, collapse=base.collapse,
+                           unfold=base.unfold, fold=fold, clicked=self if self != ViewState() else None)
 
 
 def actions_of(drawn: Graph) -> list[tuple[str, str]]:
@@ -837,6 +876,7 @@ def explore(graph: Graph, base: ViewOptions | None = None, budget: int = MAX_STA
 
     base = base or ViewOptions()
     limit = 2 * base.max_nodes
+    scopes = _scopes_of(graph)
     states: list[ViewState] = []
     index: dict[ViewState, int] = {}
     clicks_of: list[list[tuple[str, str, ViewState]]] = []
@@ -856,11 +896,11 @@ def explore(graph: Graph, base: ViewOptions | None = None, budget: int = MAX_STA
         states.append(state)
         moves = []
         for action, key in actions_of(drawn):
-            target = state.after(action, key)
+            target = state.after(action, key, scopes.under(key) if action == "collapse" else ())
             moves.append((action, key, target))
             if target not in queued:
                 queued.add(target)
-                heapq.heappush(queue, ((_places(target), clicks + 1), pushed, target))
+                heapq.heappush(queue, ((_places(target, scopes), clicks + 1), pushed, target))
                 pushed += 1
         clicks_of.append(moves)
     transitions: list[dict[str, dict[str, int]]] = [{} for _ in states]
@@ -872,9 +912,9 @@ def explore(graph: Graph, base: ViewOptions | None = None, budget: int = MAX_STA
     return states, transitions
 
 
-def _places(state: ViewState) -> int:
+def _places(state: ViewState, scopes: _Scopes) -> int:
     """How many separate places of the graph a state changes (a close counts twice)."""
-    roots = [key for key in state.expand
-             if not any(key != other and (key.startswith(other + ".") or key.startswith(other + "@"))
-                        for other in state.expand)]
+    opened = set(state.expand)
+    roots = [key for key in opened
+             if key not in scopes.by_key or not any(s.key in opened for s in list(scopes.by_key[key].ancestors())[1:])]
     return len(roots) + len(state.unfold) + 2 * len(state.collapse)

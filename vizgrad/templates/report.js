@@ -1140,13 +1140,20 @@ async function inflateText(packed) {
 
   // ------------------------------------------------------------------ the URL hash: step, view and focus
   const hash = (function () {
-    const list = (text) => (text ? text.split(",").filter((x) => x) : []);
+    // Keys are encoded one by one and joined by commas: a key may hold a comma, and the root module's is "".
+    const decode = (text) => { try { return decodeURIComponent(text); } catch (error) { return text; } };   // a bad link
+    const list = (raw) => (raw === undefined ? [] : raw.split(",").map(decode));
     const same = (a, b) => a.length === b.length && a.slice().sort().every((x, i) => x === b.slice().sort()[i]);
     let writing = false;
 
     function read() {
-      const params = new URLSearchParams(location.hash.replace(/^#/, ""));
-      const expand = list(params.get("expand")), collapse = list(params.get("collapse")), unfold = list(params.get("unfold"));
+      const raw = {};   // each parameter's value as written (not decoded: its commas split keys)
+      for (const part of location.hash.replace(/^#/, "").split("&")) {
+        const at = part.indexOf("=");
+        if (at > 0) raw[decode(part.slice(0, at))] = part.slice(at + 1);
+      }
+      const params = { has: (name) => name in raw, get: (name) => (name in raw ? decode(raw[name]) : null) };
+      const expand = list(raw.expand), collapse = list(raw.collapse), unfold = list(raw.unfold);
       const v = VIEWS.findIndex((V) => same(V.expand, expand) && same(V.collapse, collapse) && same(V.unfold, unfold));
       const step = Number(params.get("step"));
       const pos = params.has("step") ? XS.findIndex((x) => x === step) : -1;
