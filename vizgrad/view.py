@@ -24,7 +24,7 @@ import dataclasses
 import math
 import re
 from collections import Counter
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -386,15 +386,16 @@ class _Scopes:
     def under(self, key: str) -> set[str]:
         """The keys of the scopes inside the one keyed ``key`` (its calls' children too), itself included."""
         scope = self.by_key.get(key)
-        if scope is None:
-            return {key}
-        out: set[str] = set()
+        return {key} if scope is None else {inner.key for inner in self.subtree(scope)}
+
+    @staticmethod
+    def subtree(scope: _Scope) -> Iterator[_Scope]:
+        """``scope`` and every scope inside it."""
         stack = [scope]
         while stack:
             current = stack.pop()
-            out.add(current.key)
+            yield current
             stack.extend(current.children)
-        return out
 
     # -- structure ------------------------------------------------------------------------------------
     def signature(self, scope: _Scope) -> Any:
@@ -407,13 +408,7 @@ class _Scopes:
 
     def members(self, scope: _Scope) -> list[int]:
         """Every node inside ``scope``, its children's included."""
-        out: list[int] = []
-        stack = [scope]
-        while stack:
-            current = stack.pop()
-            out.extend(current.nodes)
-            stack.extend(current.children)
-        return out
+        return [at for inner in self.subtree(scope) for at in inner.nodes]
 
     def folds(self, children: Sequence[_Scope]) -> list[_Fold]:
         """The foldable groups among sibling scopes: the calls of one module, runs of like container items."""
