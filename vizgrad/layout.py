@@ -173,8 +173,12 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
         if "cluster" in classes:
             match = _CLUSTER_ID.match(element_id)
             if match is not None and view is not None and int(match.group(1)) < len(view.clusters):
+                module, label, _ = view.clusters[int(match.group(1))]
                 group.set("class", "cluster vg-cluster")
-                group.set("data-module", view.clusters[int(match.group(1))][0])
+                group.set("data-module", module)
+                for child in group:
+                    if child.tag == f"{{{_SVG_NS}}}title":  # Graphviz's is the cluster's DOT name
+                        child.text = f"{label} (click to close)"
         elif "node" in classes:
             match = _NODE_ID.match(element_id)
             node = by_id.get(match.group(1)) if match else None

@@ -862,15 +862,16 @@ def explore(graph: Graph, base: ViewOptions | None = None, budget: int = MAX_STA
     come first (opening a block and then its attention is one place; two
     blocks are two), then those fewer clicks away; a close counts double
     (closing what the default opens is the rarer wish). A state that draws
-    more than twice ``max_nodes`` items is left out (too big to lay out
-    well), and so are states past :data:`MAX_STATE_ITEMS` drawn items in all. Returns the states (the default first) and, per state, ``{action:
+    more than twice ``max_nodes`` items (or than 300, when ``max_nodes`` is
+    bigger) is left out (too big to lay out and send again), and so are
+    states past :data:`MAX_STATE_ITEMS` drawn items in all. Returns the states (the default first) and, per state, ``{action:
     {key: state index}}`` for the clicks that lead to a prepared state
     (closing what a click opened leads back to the state before it).
     """
     import heapq
 
     base = base or ViewOptions()
-    limit = 2 * base.max_nodes
+    limit = 2 * min(base.max_nodes, DEFAULT_MAX_NODES)  # the first view may be big if asked; a click's stays light
     scopes = _scopes_of(graph)
     states: list[ViewState] = []
     index: dict[ViewState, int] = {}
