@@ -7,7 +7,7 @@ import collections
 import graphviz
 
 from vizgrad.graph import Graph, Node, format_shape, short_op
-from vizgrad.view import plan_of, short_name
+from vizgrad.view import BOX_KINDS, plan_of, short_name
 
 __all__ = ["LINE_WIDTH", "STRIP_WIDTH", "STRIP_MARK", "KIND_STYLES", "PAINTED_NODE_KINDS", "PAINTED_EDGE_KINDS",
            "graph_dot", "value_line_count", "tooltip"]
@@ -46,7 +46,7 @@ _EDGE_STYLES: dict[str, dict[str, str]] = {
     "view": {"style": "dashed", "color": "#808000", "dir": "forward"},
 }
 #: Node and edge kinds that carry a gradient, painted per step (saved tensors and view bases do not).
-PAINTED_NODE_KINDS = ("op", "custom", "leaf", "root", "module", "fold")
+PAINTED_NODE_KINDS = ("op", "custom", "leaf", "root", *BOX_KINDS)
 PAINTED_EDGE_KINDS = ("grad", "root")
 
 # Sizes at which the graph attributes change (node counts, after copying shared leaves).
@@ -70,7 +70,7 @@ def _placeholders(node: Node) -> list[str]:
         return [_placeholder("val"), _placeholder("grad")]
     if node.kind == "root":
         return [_placeholder("loss")]
-    if node.kind in ("module", "fold"):
+    if node.kind in BOX_KINDS:
         return [_placeholder("in"), _placeholder("out"), _placeholder("max")]
     return [_placeholder("grad")] * value_line_count(node)
 
@@ -87,7 +87,7 @@ def _shape_text(shape: tuple[int, ...] | None, dtype: str | None = None) -> str 
 def _label_lines(node: Node, graph: Graph | None = None) -> list[str]:
     """The fixed text of a node's label (title, name, shape), before the value lines."""
     lines: list[str] = []
-    if node.kind in ("module", "fold"):
+    if node.kind in BOX_KINDS:
         return _box_lines(node, graph)
     if node.kind in ("op", "custom"):
         lines.append(short_op(node.op))
@@ -125,7 +125,7 @@ def _box_lines(node: Node, graph: Graph | None) -> list[str]:
 
 def tooltip(node: Node) -> str:
     """The hover text of a node: its op or kind, its name and its module."""
-    if node.kind in ("module", "fold"):
+    if node.kind in BOX_KINDS:
         return f"{node.op} · {node.name}" + (" (folded: click to unfold)" if node.kind == "fold" else "")
     parts = [short_op(node.op) if node.kind in ("op", "custom", "leaf") else node.kind]
     if node.name:

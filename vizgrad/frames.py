@@ -110,9 +110,7 @@ class FrameRenderer:
     def annotated_svgs(self) -> Iterator[str]:
         """The frames with a heading (step and loss) and the colour legend: what GIF and MP4 frames show."""
         for index, svg in self:
-            step = self.run.steps[index]
-            yield annotate(svg, self.cache.get(view_of(step.graph, self.view)), step=index, loss=step.loss,
-                           scale=self.scale)
+            yield annotate(svg, self.layout_of(index), step=index, loss=self.run.steps[index].loss, scale=self.scale)
 
     def layout_of(self, index: int) -> Layout:
         """The layout step ``index`` is drawn with (of the view this renderer draws)."""
@@ -122,7 +120,7 @@ class FrameRenderer:
         """The distinct layouts the selected steps use, in first-use order."""
         found: dict[str, Layout] = {}
         for index in self.indices:
-            layout = self.cache.get(view_of(self.run.steps[index].graph, self.view))
+            layout = self.layout_of(index)
             found.setdefault(layout.key, layout)
         return list(found.values())
 

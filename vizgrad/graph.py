@@ -192,6 +192,11 @@ class Graph:
         """Nodes keyed by id."""
         return {node.id: node for node in self.nodes}
 
+    @functools.cached_property
+    def position(self) -> dict[str, int]:
+        """Each node's position in ``nodes``, keyed by id."""
+        return {node.id: at for at, node in enumerate(self.nodes)}
+
     def node(self, node_id: str) -> Node:
         """The node with this id; ``KeyError`` names the valid range when missing."""
         try:

@@ -14,7 +14,7 @@ from vizgrad.dot import (PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS, STRIP_MARK, STR
                          value_line_count)
 from vizgrad.errors import LayoutError, UsageError
 from vizgrad.graph import Graph, Node
-from vizgrad.view import bar_buckets, plan_of
+from vizgrad.view import BOX_KINDS, bar_buckets, plan_of
 
 __all__ = ["FONT_FAMILY", "FLAGS", "FRAME_CSS", "Layout", "LayoutCache", "render_frame"]
 
@@ -213,7 +213,7 @@ def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: l
     else:
         group.set("class", base_class)
     group.set("data-node", node.id)
-    if node.kind in ("module", "fold"):
+    if node.kind in BOX_KINDS:
         group.set("data-module", node.name or "")
     texts: list[ET.Element] = []
     shape_done = False

@@ -156,8 +156,7 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
     # The views of a segment share most of what they draw: what one painted, the next takes as it is.
     known = rows.painted if rows is not None else {}
     node_names = [_content(plan.view, node_id, kind, inspector) for node_id, kind, _, _ in plan.nodes]
-    edge_names = [(key, inspector) if key[0] == "edge" else ("bundle", plan.view.bundles[key[1]])
-                  for _, key in plan.edges]
+    edge_names = [key if key[0] == "edge" else ("bundle", plan.view.bundles[key[1]]) for _, key in plan.edges]
     todo_nodes = [k for k, name in enumerate(node_names) if name not in known]
     todo_edges = [k for k, name in enumerate(edge_names) if name not in known]
     keys: dict[tuple, int] = {}
@@ -197,7 +196,7 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
                     flags[s] = 1 if math.isnan(loss) else 2
         else:
             lines = [grads]
-        fill = np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
+        fill = _fills(flags, norm, scale)
         nodes[node_id] = known[node_names[at]] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
         if inspector:
             # The inspector shows output 0; ops along a chain share that gradient, so equal columns are made once.
@@ -272,7 +271,7 @@ def _box_paint(data: np.ndarray, present: np.ndarray, slots: list[int], scale: C
     found = present[:, slots[0]]
     norm = come_in[:, 0]
     flags = _flag_codes(norm, inside[:, 4], inside[:, 5], come_in[:, 6], found)
-    fill = np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
+    fill = _fills(flags, norm, scale)
     lines = [_norm_lines(prefix, rows[:, 0], present[:, slot])
              for prefix, rows, slot in (("in", come_in, slots[0]), ("out", go_out, slots[1]), ("max", inside, slots[2]))]
     out: dict[str, Any] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
@@ -298,7 +297,7 @@ def _bar_column(rows: np.ndarray, found: np.ndarray, scale: ColorScale) -> dict[
     t = scale.positions(norm)
     height = np.where(np.isnan(t), 0, np.rint(_BAR_FULL * (0.12 + 0.88 * np.nan_to_num(t)))).astype(np.int64)
     height = np.where((flags == 1) | (flags == 2), _BAR_FULL, height)
-    color = np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
+    color = _fills(flags, norm, scale)
     return {"color": color.tolist(), "height": height.tolist()}
 
 
@@ -350,6 +349,11 @@ def _param_lines(data: np.ndarray, present: np.ndarray, slot: int) -> list[tuple
 def _palette_index(viridis: np.ndarray, none: int) -> np.ndarray:
     """:data:`PALETTE` indices of :meth:`ColorScale.color_indices`: the same, ``none`` where there is no colour."""
     return np.where(viridis < 0, none, viridis)
+
+
+def _fills(flags: np.ndarray, norm: np.ndarray, scale: ColorScale) -> np.ndarray:
+    """The fill of every step: a flag's colour where there is one, else the norm's place on the scale."""
+    return np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
 
 
 def _color_indices(norm: np.ndarray, scale: ColorScale) -> np.ndarray:

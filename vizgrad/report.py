@@ -243,7 +243,7 @@ class Report:
             for state, segments in zip(states, per_view):
                 page.segments = segments
                 drawn = view_of(group[0].graph, state.options(group[0].graph, self.view))
-                page.add_segment(group, drawn, cache.get(drawn), scale, rows if plan_of(drawn) else None)
+                page.add_segment(group, drawn, cache.get(drawn), scale, rows)
                 if self.progress is not None:
                     self.progress(1)
         views = []

@@ -77,7 +77,7 @@ class _SourceIndex:
         found = graph.__dict__.get("_source_index")
         if found is not None:
             return found
-        position = {node.id: at for at, node in enumerate(graph.nodes)}
+        position = graph.position
         keys: list[tuple] = []
         node_of_key: list[int] = []
         first: dict[str, int] = {}
@@ -111,23 +111,33 @@ class _SourceIndex:
 class SegmentRows:
     """The rows of a segment's steps for every node and edge key of their graph, gathered once.
 
-    Every view of the segment reads its boxes' and bundles' members from it.
-    Past :data:`_HELD_ROWS` rows it keeps nothing and gathers each request.
+    Every view of the segment reads its boxes' and bundles' members from it,
+    gathered on the first request; past :data:`_HELD_ROWS` rows it keeps
+    nothing and gathers each request. It also keeps what was painted, for
+    the next view to take as it is.
     """
 
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = list(steps)
-        self.source = _SourceIndex.of(self.steps[0].graph)
+        self._source: _SourceIndex | None = None
         self._held: tuple[np.ndarray, np.ndarray] | None = None
         self.painted: dict[tuple, dict[str, Any]] = {}  # paint of nodes, boxes and edges, for the next view
-        if len(self.steps) * len(self.source.keys) <= _HELD_ROWS:
-            self._held = gather_rows(self.steps, self.source.keys)
+
+    @property
+    def source(self) -> _SourceIndex:
+        """The keys of the segment's graph (made on first use: a graph without views never needs them)."""
+        if self._source is None:
+            self._source = _SourceIndex.of(self.steps[0].graph)
+        return self._source
 
     def take(self, members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows and presence of the keys at ``members`` (indices into the graph's keys), every step."""
+        keys = self.source.keys
+        if self._held is None and len(self.steps) * len(keys) <= _HELD_ROWS:
+            self._held = gather_rows(self.steps, keys)
         if self._held is not None:
             return self._held[0][:, members], self._held[1][:, members]
-        return gather_rows(self.steps, [self.source.keys[m] for m in members.tolist()])
+        return gather_rows(self.steps, [keys[m] for m in members.tolist()])
 
 
 def view_rows(segment: SegmentRows, view: ViewPlan, keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:

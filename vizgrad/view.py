@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from vizgrad.errors import UsageError
-from vizgrad.graph import EDGE_KINDS, Edge, Graph, ModuleInfo, Node
+from vizgrad.graph import EDGE_KINDS, Edge, Graph, ModuleInfo, Node, short_op
 
 __all__ = ["DEFAULT_MAX_NODES", "MAX_BARS", "ViewOptions", "ViewPlan", "Box", "view_of", "scope_keys"]
 
@@ -145,7 +145,6 @@ class Box:
         type: The module class name.
         count: Instances inside (1 for a module box).
         members: Positions (in the original graph) of every node inside.
-        instances: For a fold, the positions of each instance's nodes, in call order.
         recurrent: A fold of one module's calls that pass gradients to one another (a loop over time).
         chain: A fold of a repeated run of ops outside modules (its instances: one period of the run).
     """
@@ -156,7 +155,6 @@ class Box:
     type: str
     count: int
     members: tuple[int, ...]
-    instances: tuple[tuple[int, ...], ...] = ()
     recurrent: bool = False
     chain: bool = False
 
@@ -176,7 +174,6 @@ class ViewPlan:
             parents first.
         cluster_of: The cluster each view node is drawn in (absent: none).
         visible: Drawn items: op nodes, boxes and folds (clusters are not counted).
-        folded: The keys of the folds drawn.
         folding: Whether it folds repeats (a default view that draws the graph whole does not).
         item_ids: The view's node ids, by position.
         item_of: For each node of ``source`` (by position), the view node (by
@@ -193,16 +190,10 @@ class ViewPlan:
     clusters: list[tuple[str, str, str | None]]
     cluster_of: dict[str, str]
     visible: int
-    folded: tuple[str, ...] = ()
     folding: bool = True  # whether it folds repeats (the default view of a graph that fits draws it whole)
     item_ids: tuple[str, ...] = ()
     item_of: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     instance_of: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    @property
-    def identity(self) -> bool:
-        """Whether the view draws the original graph unchanged (no box, fold or cluster)."""
-        return not self.boxes and not self.clusters
 
 
 class _Scopes:
@@ -216,6 +207,7 @@ class _Scopes:
         self.loose: list[int] = []  # nodes in no scope
         self.by_id: dict[tuple[str, int], _Scope] = {}
         self.scope_of: list[_Scope | None] = [None] * len(graph.nodes)
+        self._links()
         self._place()
         self._fold_chains()
         self._name()
@@ -246,16 +238,22 @@ class _Scopes:
         (parent.children if parent is not None else self.roots).append(scope)
         return scope
 
+    def _links(self) -> None:
+        """The graph's grad edges by node position, both ways, and the op each saved tensor belongs to."""
+        position = self.graph.position
+        self.users: dict[int, list[int]] = {}  # node -> the ops using its output
+        self.uses: dict[int, list[int]] = {}  # op -> the nodes it uses
+        self.saved_of: dict[int, int] = {}
+        for edge in self.graph.edges:
+            if edge.kind == "grad":
+                self.users.setdefault(position[edge.dst], []).append(position[edge.src])
+                self.uses.setdefault(position[edge.src], []).append(position[edge.dst])
+            elif edge.kind == "saved":
+                self.saved_of[position[edge.src]] = position[edge.dst]
+
     def _place(self) -> None:
         graph = self.graph
-        index = {node.id: at for at, node in enumerate(graph.nodes)}
-        consumers: dict[int, list[int]] = {}
-        saved_of: dict[int, int] = {}
-        for edge in graph.edges:
-            if edge.kind == "grad":
-                consumers.setdefault(index[edge.dst], []).append(index[edge.src])
-            elif edge.kind == "saved":
-                saved_of[index[edge.src]] = index[edge.dst]
+        consumers, saved_of = self.users, self.saved_of
         later: list[int] = []
         for at, node in enumerate(graph.nodes):
             if node.kind in ("leaf", "saved", "base", "root"):
@@ -281,13 +279,7 @@ class _Scopes:
         Parameters used only within one instance go into it.
         """
         graph = self.graph
-        index = {node.id: at for at, node in enumerate(graph.nodes)}
-        users: dict[int, list[int]] = {}
-        uses: dict[int, list[int]] = {}
-        for edge in graph.edges:
-            if edge.kind == "grad":
-                users.setdefault(index[edge.dst], []).append(index[edge.src])
-                uses.setdefault(index[edge.src], []).append(index[edge.dst])
+        users, uses = self.users, self.uses
         ops = {at for at, node in enumerate(graph.nodes) if node.kind in ("op", "custom")}
         number = 0
         for parent, nodes in [(None, self.loose)] + [(scope, scope.nodes) for scope in list(self.by_id.values())]:
@@ -330,7 +322,7 @@ class _Scopes:
             taken.add(path)
             forward = list(reversed(chain))
             units = [forward[k:k + period] for k in range(0, len(forward) - len(forward) % period, period)]
-            kind = "+".join(dict.fromkeys(short_op_name(self.graph.nodes[at].op) for at in units[0]))
+            kind = "+".join(dict.fromkeys(short_op(self.graph.nodes[at].op) for at in units[0]))
             info = ModuleInfo(path, kind, len(units), parent.path if parent is not None else None)
             for k, unit in enumerate(units):
                 scope = _Scope(path, k, info, parent, 0 if parent is None else parent.depth + 1,
@@ -444,11 +436,6 @@ class _Scopes:
         return out
 
 
-def short_op_name(op: str) -> str:
-    """An op name without the C++ namespace."""
-    return op.removeprefix("torch::autograd::")
-
-
 def _periodic_run(ops: Sequence[str]) -> tuple[int, int, int] | None:
     """The longest stretch of ``ops`` that repeats a unit of up to :data:`CHAIN_PERIOD` ops: ``(start, stop, period)``.
 
@@ -546,18 +533,17 @@ class _Drawing:
     def _walk(self, cluster: _Scope | None, nodes: Sequence[int], children: Sequence[_Scope]) -> None:
         for at in nodes:
             self._add(("node", at), cluster)
-        folded: dict[int, tuple[_Fold, list[_Scope]]] = {}
+        folded: dict[int, _Fold] = {}  # instance -> the fold drawn for it
         if self.fold:
             for fold in self.scopes.folds(children):
                 self.repeats.update(id(m) for m in fold.members)
                 for part in self._parts(fold):
                     for member in part.members:
-                        folded[id(member)] = (part, part.members)
+                        folded[id(member)] = part
         seen: set[str] = set()
         for child in children:
-            entry = folded.get(id(child))
-            if entry is not None:
-                part, _ = entry
+            part = folded.get(id(child))
+            if part is not None:
                 if part.key not in seen:
                     seen.add(part.key)
                     self._add(("fold", part), cluster)
@@ -670,7 +656,6 @@ def _build(graph: Graph, options: ViewOptions) -> Graph:
     view_nodes: list[Node] = []
     boxes: dict[str, Box] = {}
     cluster_of: dict[str, str] = {}
-    folded: list[str] = []
     by_path_folds: set[str] = set()
     for at, ((kind, what), cluster) in enumerate(zip(drawing.items, drawing.cluster_of_item)):
         if kind == "node":
@@ -688,8 +673,7 @@ def _build(graph: Graph, options: ViewOptions) -> Graph:
                 for k, inst in enumerate(instances):
                     instance_of[inst] = k
                 box = Box(box_id, what.key, "fold", what.members[0].info.type, len(what.members), tuple(members),
-                          tuple(tuple(inst) for inst in instances), chain=what.members[0].synthetic)
-                folded.append(what.key)
+                          chain=what.members[0].synthetic)
                 if what.by_path:
                     by_path_folds.add(box_id)
             item_of[list(box.members)] = at
@@ -728,13 +712,13 @@ def _build(graph: Graph, options: ViewOptions) -> Graph:
         next_slot[src] += 1
         edges.append(Edge(src, dst, slot, output, EDGE_KINDS[kind]))
         keys[f"{src}:{slot}"] = members
-    drawn_as = {node_id: ids[item] for node_id, item in zip((n.id for n in nodes), item_of.tolist()) if item >= 0}
-    roots = tuple(root for root in graph.roots if drawn_as.get(root) == root)
+    roots = tuple(root for root in graph.roots
+                  if item_of[graph.position[root]] >= 0 and ids[item_of[graph.position[root]]] == root)
     clusters = [(scope.key, _cluster_label(scope), None if parent is None else parent.key)
                 for scope, parent in drawing.clusters]
     view = Graph(tuple(view_nodes), tuple(edges), roots)
     plan = ViewPlan(graph, options, drawing.depth, boxes, keys, clusters, cluster_of, drawing.visible,
-                    tuple(folded), drawing.fold, tuple(ids), item_of, instance_of)
+                    drawing.fold, tuple(ids), item_of, instance_of)
     object.__setattr__(view, "_view_plan", plan)
     return view
 
@@ -752,7 +736,7 @@ class _EdgeArrays:
     def of(cls, graph: Graph) -> _EdgeArrays:
         found = graph.__dict__.get("_edge_arrays")
         if found is None:
-            position = {node.id: at for at, node in enumerate(graph.nodes)}
+            position = graph.position
             first_free: dict[str, int] = {}
             for edge in graph.edges:
                 first_free[edge.src] = max(first_free.get(edge.src, 0), edge.slot + 1)

@@ -1037,18 +1037,19 @@ async function inflateText(packed) {
 
     /** Whether `name` names `key`: in full, or as its end after a dot (h.3 names model.h.3). */
     const names = (name, key) => key === name || key.endsWith("." + name);
+    /** The key among `keys` that `name` names: itself first, else one it is the end of. */
+    const byName = (keys, name) => { const all = [...keys]; return all.find((k) => k === name) ?? all.find((k) => names(name, k)); };
 
     /** The nearest prepared view (fewest clicks from the current one) where `wanted(view)` holds. */
     function nearest(wanted) {
-      const seen = new Map([[currentView, null]]);
+      const seen = new Set([currentView]);
       const queue = [currentView];
       while (queue.length) {
         const v = queue.shift();
         if (wanted(v)) return v;
         for (const action in VIEWS[v].next) {
-          for (const key in VIEWS[v].next[action]) {
-            const w = VIEWS[v].next[action][key];
-            if (!seen.has(w)) { seen.set(w, v); queue.push(w); }
+          for (const w of Object.values(VIEWS[v].next[action])) {
+            if (!seen.has(w)) { seen.add(w); queue.push(w); }
           }
         }
       }
@@ -1080,18 +1081,14 @@ async function inflateText(packed) {
       FRAMES = framesOfView(v);
       player.seek(player.pos());
       const now = layouts[mounted];
-      const after = anchor && now.modules ? now.modules.get(anchor) || findByEnd(now, anchor) : null;
+      const found = anchor && now.modules ? byName(now.modules.keys(), anchor) : undefined;
+      const after = found !== undefined ? now.modules.get(found) : null;
       if (before && after) {
         const r = after.getBoundingClientRect();
         view.panBy(before.x - (r.left + r.width / 2), before.y - (r.top + r.height / 2));
       }
       hash.write();
       return true;
-    }
-
-    function findByEnd(L, name) {
-      for (const [key, g] of L.modules) if (names(name, key)) return g;
-      return null;
     }
 
     /** The views where `action` on `name` has been done: it is open, closed, or its fold is unfolded. */
@@ -1106,7 +1103,7 @@ async function inflateText(packed) {
     /** Runs `action` on the module `name`: straight to a prepared view, else through the fewest clicks. */
     async function act(action, name) {
       const moves = VIEWS[currentView].next[action] || {};
-      const key = Object.keys(moves).find((k) => k === name) || Object.keys(moves).find((k) => names(name, k));
+      const key = byName(Object.keys(moves), name);
       if (key !== undefined) return show(moves[key], key);
       const done = doneIn(action, name);
       if (done(currentView)) return true;
