@@ -274,10 +274,11 @@ def test_live_tensors_belong_to_the_step_not_the_shared_graph():
 
     w = torch.randn(3, requires_grad=True)
     with vizgrad.record({"w": w}) as run:  # default live_steps: several live steps share one graph
-        h0 = w * 2
-        h0.sum().backward()
-        h1 = w * 2
-        h1.sum().backward()
+        h = w * 2
+        h.sum().backward()
+        h0, h = h, w * 2  # one variable names the node on both steps, so they share one graph
+        h.sum().backward()
+        h1 = h
     assert run.steps[0].graph is run.steps[1].graph
     assert run.steps[0].graph.node_of(h0).id == run.steps[0].graph.node_of(h1).id
     def lean_step() -> tuple[vizgrad.Run, weakref.ref]:

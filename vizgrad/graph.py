@@ -244,6 +244,17 @@ class Graph:
                 continue
         raise LookupError("this tensor is not part of the graph's live steps (or it does not require grad)")
 
+    @functools.cached_property
+    def variable_names(self) -> dict[str, str]:
+        """Node id -> name of the ops and roots named after variables of the user's code (leaves excluded)."""
+        return {n.id: n.name for n in self.nodes if n.name is not None and n.kind in ("op", "custom", "root")}
+
+    @property
+    def loss_name(self) -> str | None:
+        """The roots' variable names (``errD_fake``; several joined by ``+``), ``None`` where one has none."""
+        names = [self.by_id[root].name for root in self.roots]
+        return None if None in names else "+".join(names)  # type: ignore[arg-type]
+
     # -- identity ----------------------------------------------------------------
     @functools.cached_property
     def structural_hash(self) -> str:

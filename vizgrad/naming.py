@@ -10,7 +10,7 @@ from typing import Any, Container, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 
-__all__ = ["Binding", "caller_scope", "leaf_names", "variable_names", "explicit_names", "InferredLeafNames"]
+__all__ = ["Binding", "caller_scope", "leaf_names", "scope_dicts", "variable_names", "explicit_names", "InferredLeafNames"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -20,9 +20,19 @@ _CAPTURE_FILES = frozenset(os.path.join(_VIZGRAD_DIR, f"{name}.py")
                            for name in ("recorder", "naming", "tracing", "run", "stats", "graph"))
 
 
+_internal_code: dict[types.CodeType, bool] = {}  # code object -> not user code (asked on every step)
+
+
 def _is_internal(frame: types.FrameType) -> bool:
-    filename = frame.f_code.co_filename
-    return filename.startswith((_TORCH_DIR, "<frozen ")) or os.path.abspath(filename) in _CAPTURE_FILES
+    code = frame.f_code
+    internal = _internal_code.get(code)
+    if internal is None:
+        filename = code.co_filename
+        internal = filename.startswith((_TORCH_DIR, "<frozen ")) or os.path.abspath(filename) in _CAPTURE_FILES
+        if len(_internal_code) > 4096:  # generated code (exec, notebooks) must not grow it forever
+            _internal_code.clear()
+        _internal_code[code] = internal
+    return internal
 
 
 class Binding(NamedTuple):
@@ -71,6 +81,28 @@ def caller_scope(depth: int = 4) -> list[Binding]:
         return scope
     finally:
         del frame  # frames in locals make reference cycles
+
+
+def scope_dicts(depth: int = 4) -> list[Mapping[str, Any]]:
+    """The namespaces :func:`caller_scope` reads, nearest first, as dicts (no binding made): for every step."""
+    frame = sys._getframe(1)
+    try:
+        while frame is not None and _is_internal(frame):
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return []
+        nearest_globals = frame.f_globals
+        found: list[Mapping[str, Any]] = []
+        for _ in range(depth):
+            if frame is None or frame.f_locals is nearest_globals:
+                break
+            if not _is_internal(frame):
+                found.append(frame.f_locals)
+            frame = frame.f_back  # type: ignore[assignment]
+        found.append(nearest_globals)
+        return found
+    finally:
+        del frame
 
 
 def holder_name(scope: Iterable[Binding], obj: Any) -> str | None:
@@ -261,15 +293,21 @@ class InferredLeafNames:
 
 
 def variable_names(
-    scope: Sequence[Binding], roots: Sequence[torch.Tensor],
-) -> tuple[dict[int, str], list[str | None]]:
-    """Names of intermediate tensors in scope, by ``id(grad_fn)``, and the roots' variable names."""
-    fn_names: dict[int, str] = {}
+    scope: Iterable[Mapping[str, Any]], roots: Sequence[torch.Tensor],
+) -> tuple[dict[Any, str], list[str | None]]:
+    """Names of intermediate tensors in the namespaces ``scope`` (nearest first), by ``grad_fn``, and the roots' names.
+
+    Read on every recorded step (a loop's variables name different tensors
+    from step to step), so it makes nothing but the two results.
+    """
+    fn_names: dict[Any, str] = {}
     by_tensor: dict[int, str] = {}
-    for var, value, _where in scope:
-        if isinstance(value, torch.Tensor) and value.grad_fn is not None and _visible(var):
-            by_tensor.setdefault(id(value), var)
-            # Only output 0 names the node: a split's pieces share one grad_fn.
-            if value.output_nr == 0:
-                fn_names.setdefault(id(value.grad_fn), var)
+    tensor = torch.Tensor
+    for namespace in scope:
+        for var, value in namespace.items():
+            if isinstance(value, tensor) and value.grad_fn is not None and _visible(var):
+                by_tensor.setdefault(id(value), var)
+                # Only output 0 names the node: a split's pieces share one grad_fn.
+                if value.output_nr == 0:
+                    fn_names.setdefault(value.grad_fn, var)
     return fn_names, [by_tensor.get(id(r)) for r in roots]

@@ -277,11 +277,13 @@ class Recorder:
         # each active recorder wraps the backward() of the ones before it, so all record every step.
         self._started_event = _watch.event
         self._baselines[threading.get_ident()] = _sequence_counter()
+        self.run.loop.watch()
         _patches.add(self)
 
     def stop(self) -> None:
         """Restores ``torch.autograd.backward`` (when no other recorder is active) and flushes the store."""
         try:
+            self.run.loop.unwatch()
             _patches.remove(self)
         finally:
             if self.store is not None:
@@ -348,8 +350,8 @@ class Recorder:
     def _prepare(self, tracked: tuple[torch.Tensor, ...], seeds: Any) -> _StepWork:
         """Traces the graph and chooses the nodes to hook, before ``backward()`` runs."""
         as_roots(tracked)
-        # The user's scope is read only when a name is missing: a new leaf, or a new
-        # graph whose intermediates need variable names. A loop's later steps skip it.
+        # The user's bindings are read only when a leaf has no name yet; variables, which
+        # name other tensors from step to step (errD_real, errD_fake), are read every step.
         scope = _LazyScope()
         with self._lock:
             names: Any = self._explicit_names
@@ -358,7 +360,7 @@ class Recorder:
                 names.begin_step(scope)
             try:
                 graph, live = self.tracer.trace(tracked, names,
-                                                lambda: naming.variable_names(scope.items(), tracked),
+                                                lambda: naming.variable_names(naming.scope_dicts(), tracked),
                                                 modules=modules.call_log(), shapes_later=True,
                                                 scope_name=scope.name_of)
             finally:
@@ -437,7 +439,7 @@ class Recorder:
                 plan.positions, plan.index = positions, index
         table = batch.to_table(index, self._held(batch, index, plan, work.reducer))
         return Step(len(self.run.steps), _loss(graph, table), graph, table=table, live=live,
-                    limits=(self.keep, self.hold))
+                    limits=(self.keep, self.hold), loop=self.run.loop)
 
     def _add_extra_values(self, values: list[Any], work: _StepWork, plan: _GraphPlan) -> None:
         """Appends the roots' values and seeds and the named leaves' values and ``.grad`` (as ``plan.extra_keys``)."""
@@ -495,12 +497,16 @@ class Recorder:
             loss = _loss(work.graph, table)
         except Exception:
             loss = None
-        return Step(len(self.run.steps), loss, work.graph, table=table, live=live, limits=(self.keep, self.hold))
+        return Step(len(self.run.steps), loss, work.graph, table=table, live=live, limits=(self.keep, self.hold), loop=self.run.loop)
 
     def _append(self, step: Step) -> None:
         if self.run._pending_data:
             step.data.update(self.run._pending_data)
             self.run._pending_data.clear()
+        loop = self.run.loop
+        step.stepped = loop.take_step()
+        if loop.optimizers != self.run.meta.get("optimizers", []):
+            self.run.meta["optimizers"] = list(loop.optimizers)
         if self._live_steps:
             self._live_steps[-1].release_values()  # only the newest step holds full gradients
         self._live_steps.append(step)
@@ -509,6 +515,7 @@ class Recorder:
         try:
             self.run.steps.append(step)  # with a run file, this appends to disk in one transaction
         except VizgradError as error:  # a step that ends after its block (another thread's), a full disk...
+            loop.untake_step(step.stepped)
             _warn(f"vizgrad could not keep step {step.index} ({error}); training goes on without it")
 
     def _transposes(self, grads: Iterable[Any]) -> list[Any]:

@@ -6,13 +6,14 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, MutableSequence, Seque
 
 from vizgrad.gradtable import GradTable, NotKeptError, Summary, SummaryMap, ValueKey, ValueMap
 from vizgrad.graph import Graph
+from vizgrad.loop import Iteration, TrainingLoop, build_iterations
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from vizgrad.tracing import LiveMap
 
-__all__ = ["Step", "Run", "ValueKey", "SummaryMap", "ValueMap", "NotKeptError"]
+__all__ = ["Step", "Run", "Iteration", "ValueKey", "SummaryMap", "ValueMap", "NotKeptError"]
 
 
 class Step:
@@ -32,6 +33,10 @@ class Step:
         live: The live autograd objects of the step (the recorder's), for
             :meth:`grad_of` and ``graph.node_of`` while the step is recent.
         limits: ``(keep, hold)`` the step was recorded with, for messages.
+        loop: The run's :class:`~vizgrad.loop.TrainingLoop`, which knows the
+            step's iteration (without one, each step is its own).
+        stepped: Ordinals of the optimizers that stepped between the previous
+            ``backward()`` and this one (what the loop groups by).
 
     ``summaries`` and ``values`` read the table: every gradient's summary, and
     the full values kept (a copy on each access, so changing one leaves the
@@ -42,7 +47,8 @@ class Step:
                  summaries: Mapping[ValueKey, Summary] | None = None,
                  values: Mapping[ValueKey, torch.Tensor] | None = None, data: dict[str, Any] | None = None, *,
                  table: GradTable | None = None, live: LiveMap | None = None,
-                 limits: tuple[int | None, int | None] | None = None) -> None:
+                 limits: tuple[int | None, int | None] | None = None, loop: TrainingLoop | None = None,
+                 stepped: Sequence[int] = ()) -> None:
         self.index = index
         self.loss = loss
         self.graph = graph
@@ -55,11 +61,23 @@ class Step:
         self._table = table
         self._live = live
         self._limits = limits
+        self._loop = loop
+        self.stepped = tuple(stepped)
         if live is not None:
             live.attach(graph)
 
     def __repr__(self) -> str:
         return f"<vizgrad.Step {self.index} loss={self.loss!r} nodes={len(self.graph.nodes)}>"
+
+    @property
+    def iteration(self) -> int:
+        """Which iteration (round of ``optimizer.step()``) the step belongs to; see :meth:`Run.iterations`."""
+        return self.index if self._loop is None else self._loop.iteration(self.index)
+
+    @property
+    def loss_name(self) -> str | None:
+        """The variable name of the step's root in the user's code on this step (``errD_fake``), or ``None``."""
+        return self.graph.loss_name
 
     @property
     def table(self) -> GradTable:
@@ -186,6 +204,7 @@ class Run:
         self.steps: MutableSequence[Step] = steps if steps is not None else []
         self.meta: dict[str, Any] = dict(meta or {})
         self.panels: list[Any] = list(panels)
+        self.loop = TrainingLoop()
         self._pending_data: dict[str, Any] = {}
 
     def __len__(self) -> int:
@@ -220,6 +239,23 @@ class Run:
     def losses(self) -> list[float | None]:
         """The loss of every step (``None`` where the roots were not scalars)."""
         return [step.loss for step in self.steps]
+
+    def loss_names(self) -> list[str | None]:
+        """The loss name of every step (see :attr:`Step.loss_name`)."""
+        return [step.loss_name for step in self.steps]
+
+    def iterations(self) -> list[Iteration]:
+        """The steps grouped by ``optimizer.step()``, each iteration with its loss per loss name.
+
+        Every ``backward()`` is a step; the steps whose gradients one round of
+        optimizer steps applied are one iteration (gradient accumulation,
+        L-BFGS's closure calls, a GAN's D and G steps). A run without an
+        optimizer has one iteration per step.
+        """
+        grouped = self.loop.iterations()[:len(self.steps)]
+        after = grouped[-1] + 1 if grouped else 0  # steps the loop never saw (added by hand): one iteration each
+        grouped = grouped + list(range(after, after + len(self.steps) - len(grouped)))
+        return build_iterations(grouped, self.losses(), self.loss_names())
 
     def param_names(self) -> list[str]:
         """Names of every parameter seen, in first-seen order."""

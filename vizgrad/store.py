@@ -23,6 +23,7 @@ from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradErro
 from vizgrad.gradtable import (GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows, decode_values,
                                encode_index, encode_rows, stored_norm_range, unpack_blob, value_key)
 from vizgrad.graph import Graph
+from vizgrad.loop import TrainingLoop
 from vizgrad.run import Run, Step
 
 __all__ = [
@@ -41,8 +42,9 @@ __all__ = [
 ]
 
 #: Version of the tables below; a file with a higher one was written by a newer vizgrad.
-#: Version 1 (summaries with their keys in every step) is still read.
-SCHEMA_VERSION = 2
+#: Versions 1 (summaries with their keys in every step) and 2 (no optimizer
+#: marks: each step is its own iteration) are still read.
+SCHEMA_VERSION = 3
 #: ``PRAGMA application_id`` of every run file ("VGRD"), which tells them from other SQLite files.
 APPLICATION_ID = 0x56475244
 #: Suffix suggested for run files (any name works: files are recognised by content).
@@ -80,14 +82,17 @@ CREATE TABLE steps (
     norm_hi REAL,                  -- so colour scales span a run without reading its rows
     summaries BLOB NOT NULL,       -- crc32 + float64 rows [norm, mean, min, max, nan, inf, numel]
     kept BLOB NOT NULL,            -- packed kept values: header of dtypes and shapes + raw bytes
-    data TEXT NOT NULL             -- JSON of the values logged with run.log()
+    data TEXT NOT NULL,            -- JSON of the values logged with run.log()
+    stepped TEXT NOT NULL          -- optimizers (by ordinal) that stepped since the previous step: "0,1", ""
 );
 """
 #: The columns a step is read from, by schema version (version 1 kept its keys inside ``summaries``).
 _STEP_COLUMNS = {1: "idx, graph, NULL, loss, summaries, kept, data",
-                 2: "idx, graph, grad_index, loss, summaries, kept, data"}
+                 2: "idx, graph, grad_index, loss, summaries, kept, data",
+                 3: "idx, graph, grad_index, loss, summaries, kept, data"}
 _CHECKED_COLUMNS = {1: "idx, graph, loss, params, summaries, kept, data",
-                    2: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data"}
+                    2: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data",
+                    3: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data, stepped"}
 
 
 # -- validation --------------------------------------------------------------------------------------------
@@ -245,7 +250,9 @@ class StoredStep(Step):
 
     def __init__(self, index: int, loss: float | None, graph: Graph, data: dict[str, Any], store: RunStore,
                  grad_index: int | None, summaries: bytes, values: bytes) -> None:
-        super().__init__(index, loss, graph, data=data)
+        marks = store.loop.stepped
+        super().__init__(index, loss, graph, data=data, loop=store.loop,
+                         stepped=marks[index] if index < len(marks) else ())
         self._source: tuple[RunStore, int | None, bytes, bytes] | None = (store, grad_index, summaries, values)
 
     @property
@@ -334,6 +341,17 @@ class RunStore:
         self._values = ValuesEncoder()
         self._params: tuple[GradIndex, str] | None = None
         self._written_meta: dict[str, str] = {}
+        self.loop = TrainingLoop(self._read_stepped())
+
+    def _read_stepped(self) -> list[tuple[int, ...]]:
+        """Each step's optimizer marks, in order (files before schema 3 have none: one iteration per step)."""
+        if self.version < 3:
+            return [()] * self._count
+        try:
+            rows = self._connection.execute("SELECT stepped FROM steps ORDER BY idx").fetchall()
+            return [tuple(int(mark) for mark in text.split(",")) if text else () for (text,) in rows]
+        except (sqlite3.DatabaseError, ValueError, AttributeError) as error:
+            raise _damaged(self.path, f"its optimizer marks do not decode: {error}") from None
 
     # -- opening ---------------------------------------------------------------------------------------
     @classmethod
@@ -396,15 +414,18 @@ class RunStore:
         loss, data = _encode_loss(step.loss), _dumps(step.data) if step.data else "{}"
         params = self._params_text(table.index)
         norm_lo, norm_hi = stored_norm_range(table)
+        stepped = ",".join(map(str, step.stepped))
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute(
-                "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data, "
+                "stepped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (step.index, self._graphs.id_of(self._connection, step.graph),
                  self._indexes.id_of(self._connection, table.index), loss, params, norm_lo, norm_hi,
-                 summaries, values, data))
+                 summaries, values, data, stepped))
             self._write_run_meta(meta, panels)
         self._count += 1
+        if self.loop is not step._loop:  # a run saved to a file: the file's loop learns the marks
+            self.loop.add_step(step.stepped)
 
     def update_data(self, step: Step) -> None:
         """Rewrites the logged data of a step already written (after ``run.log``)."""
@@ -489,6 +510,13 @@ class RunStore:
         """Every step's loss, in one query."""
         with self._lock, self._error_context("read"):
             return [_decode_loss(text) for (text,) in self._connection.execute("SELECT loss FROM steps ORDER BY idx")]
+
+    def loss_names(self) -> list[str | None]:
+        """Every step's loss name, in one query (read from its graph)."""
+        with self._lock, self._error_context("read"):
+            graph_ids = [graph_id for (graph_id,) in self._connection.execute("SELECT graph FROM steps ORDER BY idx")]
+            names = {graph_id: self._graph(graph_id).loss_name for graph_id in set(graph_ids)}
+        return [names[graph_id] for graph_id in graph_ids]
 
     def param_names(self) -> list[str]:
         """Names of every parameter seen, in first-seen order, in one query."""
@@ -686,6 +714,9 @@ class StoredRun(Run):
     def __init__(self, store: RunStore, meta: Mapping[str, Any] | None = None, panels: Sequence[Any] = ()) -> None:
         super().__init__(StepSequence(store, on_append=self._append), meta, panels)
         self.store = store
+        self.loop = store.loop  # the recorder's marks and the file's are one list
+        if not store.loop.optimizers:
+            store.loop.optimizers = [str(name) for name in self.meta.get("optimizers", [])]
         #: False for a file whose recording was killed (or still runs); it holds every completed step.
         self.complete = True
 
@@ -703,6 +734,9 @@ class StoredRun(Run):
 
     def losses(self) -> list[float | None]:
         return self.store.losses()
+
+    def loss_names(self) -> list[str | None]:
+        return self.store.loss_names()
 
     def param_names(self) -> list[str]:
         return self.store.param_names()

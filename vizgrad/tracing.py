@@ -18,6 +18,7 @@ __all__ = ["trace", "Tracer", "LiveMap", "as_roots", "attach_live"]
 
 _ACCUMULATE = "torch::autograd::AccumulateGrad"
 _SAVED_PREFIX = "_saved_"
+_RENAMED_KINDS = frozenset(("op", "custom", "root"))  # the nodes variables name (leaves take parameter names)
 _name = operator.methodcaller("name")
 _sequence_nr = operator.methodcaller("_sequence_nr")
 # dir() on a backward node is slow; its saved attributes depend only on its class.
@@ -280,6 +281,7 @@ class Tracer:
         self.cache_size = cache_size
         self._cache: dict[tuple[Any, ...], Graph] = {}
         self._structures: dict[Any, Graph] = {}  # for shapes_later: shapes not in the key
+        self._renamed: dict[tuple[Any, ...], Graph] = {}  # (key, names) -> a cached graph named as in a later step
         self._last_structure: tuple[list[Any], _Key | None] = ([], None)  # the last key, with the lists it was made of
 
     def trace(
@@ -302,9 +304,10 @@ class Tracer:
         Args:
             roots: Tensors to trace from.
             names: Leaf tensor id -> name (parameters).
-            variable_names: Called only when a new graph is built: returns
-                ``(id(grad_fn) -> variable name, root variable names)`` for
-                naming intermediates. A loop's later steps reuse those names.
+            variable_names: Returns ``(grad_fn -> variable name, root variable
+                names)`` for naming intermediates. Called on every trace: a
+                graph of a known structure is renamed when the variables now
+                name other nodes (a GAN's ``errD_real`` and ``errD_fake``).
             modules: The forward thread's log of module calls (see
                 :mod:`vizgrad.modules`): each node gets the innermost module
                 call that made it, each leaf its parameter's owner.
@@ -370,12 +373,16 @@ class Tracer:
                 self._last_structure = (columns, structure)
             graph = self._structures.get(structure)
             if graph is not None:
+                if variable_names is not None:
+                    graph = self._named_now(graph, structure, variable_names(), position, root_info)
                 live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, structure, ops,
                                [leaf[0] for leaf in leaves], sequence)
                 return graph, live
         meta = _read_metadata(fns)
         signature = (tuple(root_info), tuple(ops), tuple(arity), tuple(children), tuple(meta), leaves, node_modules)
         graph = None if self.saved else self._cache.get(signature)
+        if graph is not None and variable_names is not None:
+            graph = self._named_now(graph, signature, variable_names(), position, root_info)
         if graph is None:
             node_paths, leaf_paths, tree = None, {}, ()
             if attribution is not None and node_modules:
@@ -385,7 +392,7 @@ class Tracer:
                         leaf_paths)
             if variable_names is not None:
                 fn_names, root_names = variable_names()
-                raw = [entry if entry[1] == "leaf" else (entry[0], entry[1], fn_names.get(id(fn)), *entry[3:])
+                raw = [entry if entry[1] == "leaf" else (entry[0], entry[1], fn_names.get(fn), *entry[3:])
                        for fn, entry in zip(fns, raw)]
                 root_info = [info if info[5] is not None or name is None else (*info[:5], name, info[6])
                              for info, name in zip(root_info, root_names)]
@@ -399,6 +406,25 @@ class Tracer:
         live = LiveMap(fns, positions, {id(r): graph.roots[i] for i, r in enumerate(roots)}, ops=ops,
                        leaf_at=[leaf[0] for leaf in leaves], sequence=sequence)
         return graph, live
+
+    def _named_now(self, graph: Graph, key: Any, found: tuple[Mapping[Any, str], Sequence[str | None]],
+                   position: Mapping[Any, int], root_info: Sequence[tuple[Any, ...]]) -> Graph:
+        """``graph`` (found by ``key``) with its ops and roots named by the variables that hold them in this step."""
+        fn_names, root_names = found
+        wanted = {f"n{position[fn]}": name for fn, name in fn_names.items() if fn in position}
+        for info, name in zip(root_info, root_names):
+            wanted[f"n{info[0]}"] = info[5] if info[5] is not None else name
+        wanted = {node_id: name for node_id, name in wanted.items() if name is not None}
+        if wanted == graph.variable_names:
+            return graph
+        renamed_key = (key, tuple(sorted(wanted.items())))
+        renamed = self._renamed.get(renamed_key)
+        if renamed is None:
+            nodes = tuple(node if node.kind not in _RENAMED_KINDS or wanted.get(node.id) == node.name
+                          else dataclasses.replace(node, name=wanted.get(node.id)) for node in graph.nodes)
+            renamed = Graph(nodes, graph.edges, graph.roots, graph.modules)
+            self._remember(self._renamed, renamed_key, renamed)
+        return renamed
 
     def with_read_shapes(self, graph: Graph, live: LiveMap) -> Graph:
         """``graph`` with every op's shape, dtype and output count read from its live node (after a lookup by structure).
@@ -535,7 +561,7 @@ def trace(
     scope = naming.caller_scope()
     try:
         names = naming.leaf_names(params, scope)
-        fn_names, root_names = naming.variable_names(scope, root_tuple)
+        fn_names, root_names = naming.variable_names(naming.scope_dicts(), root_tuple)
         graph, live = Tracer(saved=saved).trace(
             root_tuple, names, lambda: (fn_names, root_names), modules=call_log(),
             scope_name=functools.partial(naming.holder_name, scope))

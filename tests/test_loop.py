@@ -1,0 +1,165 @@
+"""Training-loop steps: iterations grouped by optimizer.step(), loss names and variable names read on every step."""
+
+import sqlite3
+
+import pytest
+import torch
+from torch import nn
+
+import vizgrad
+from vizgrad.loop import group_iterations
+
+
+@pytest.mark.parametrize("stepped, pending, expected", [
+    ([(), (), ()], (), [0, 1, 2]),                                   # no optimizer: a step each
+    ([(), (0,), (0,), (0,)], (), [0, 1, 2, 3]),                       # one backward per update
+    ([(), (), (0,), (), (0,), ()], (), [0, 0, 1, 1, 2, 2]),           # accumulation of 2, mid-iteration
+    ([(), (), (0,), (), (0,), ()], (0,), [0, 0, 1, 1, 2, 2]),         # ... the last update done
+    ([(), (), (0,), (1,), (), (0,)], (1,), [0, 0, 0, 1, 1, 1]),       # GAN: D real, D fake, step D, G, step G
+    ([(), (), (0,), (1,), (), (0,)], (), [0, 0, 0, 1, 1, 1]),         # ... G's step not made yet
+    ([(), (0, 1), (0, 1)], (), [0, 1, 2]),                            # two optimizers after each backward
+    ([(), (), (), (0,), (), ()], (0,), [0, 0, 0, 1, 1, 1]),           # L-BFGS: 3 closure calls per step()
+])
+def test_grouping(stepped, pending, expected):
+    assert group_iterations(stepped, pending) == expected
+
+
+def test_gradient_accumulation_makes_one_iteration_of_each_pair_with_the_summed_loss(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    accum, printed = 2, []
+    with vizgrad.record(model, save=tmp_path / "run.vizgrad") as run:
+        for _ in range(3):
+            total = 0.0
+            for micro in range(accum):
+                part = slice(micro * 4, micro * 4 + 4)
+                loss = nn.functional.mse_loss(model(x[part]), y[part]) / accum
+                loss.backward()
+                total += loss.item()
+            optimizer.step()
+            optimizer.zero_grad()
+            printed.append(total)
+    assert [step.iteration for step in run.steps] == [s // 2 for s in range(6)]
+    assert [step.loss_name for step in run.steps] == ["loss"] * 6
+    iterations = run.iterations()
+    assert [it.steps for it in iterations] == [(0, 1), (2, 3), (4, 5)]
+    assert [it.loss for it in iterations] == pytest.approx(printed, rel=1e-6)
+    assert run.meta["optimizers"] == ["SGD"]
+    loaded = vizgrad.load(tmp_path / "run.vizgrad")
+    assert [step.iteration for step in loaded.steps] == [s // 2 for s in range(6)]
+    assert [it.loss for it in loaded.iterations()] == pytest.approx(printed, rel=1e-6)
+    assert loaded.loss_names() == ["loss"] * 6
+
+
+def test_a_run_saved_from_memory_keeps_its_iterations(tmp_path):
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.Adam(model.parameters())
+    with vizgrad.record(model) as run:
+        for _ in range(2):
+            for _ in range(3):
+                model(torch.ones(1, 2)).sum().backward()
+            optimizer.step()
+    assert [step.iteration for step in run.steps] == [0, 0, 0, 1, 1, 1]
+    run.save(tmp_path / "saved.vizgrad")
+    loaded = vizgrad.load(tmp_path / "saved.vizgrad")
+    assert [step.iteration for step in loaded.steps] == [0, 0, 0, 1, 1, 1]
+    assert [step.stepped for step in loaded.steps] == [(), (), (), (0,), (), ()]
+
+
+class _Discriminator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+
+    def forward(self, x):
+        return self.main(x).view(-1)
+
+
+def test_a_gan_loop_names_each_loss_and_its_intermediates_on_every_step():
+    torch.manual_seed(0)
+    netD, netG = _Discriminator(), nn.Sequential(nn.Linear(2, 4), nn.Tanh())
+    optD = torch.optim.Adam(netD.parameters(), lr=1e-3)
+    optG = torch.optim.Adam(netG.parameters(), lr=1e-3)
+    criterion = nn.BCEWithLogitsLoss()
+    real, ones, zeros = torch.randn(5, 4), torch.ones(5), torch.zeros(5)
+    with vizgrad.record() as run:
+        for _ in range(3):
+            netD.zero_grad()
+            out_real = netD(real)
+            errD_real = criterion(out_real, ones)
+            errD_real.backward()
+            fake = netG(torch.randn(5, 2))
+            out_fake = netD(fake.detach())
+            errD_fake = criterion(out_fake, zeros)
+            errD_fake.backward()
+            optD.step()
+            netG.zero_grad()
+            out_g = netD(fake)
+            errG = criterion(out_g, ones)
+            errG.backward()
+            optG.step()
+    assert [step.loss_name for step in run.steps] == ["errD_real", "errD_fake", "errG"] * 3
+    assert [step.iteration for step in run.steps] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # D on real and D on fake.detach() have one topology: the names still follow the step.
+    assert run.steps[0].graph.structural_hash == run.steps[1].graph.structural_hash
+    for step, expected in zip(run.steps, ["out_real", "out_fake", "out_g"] * 3):
+        assert {n.name for n in step.graph.nodes if n.kind == "op"} >= {expected}
+        assert not {"out_real", "out_fake", "out_g"} - {expected} & {n.name for n in step.graph.nodes}
+    losses = run.iterations()[1].losses
+    assert set(losses) == {"errD_real", "errD_fake", "errG"}
+    assert losses["errG"] == pytest.approx(run.steps[5].loss)
+
+
+def test_lbfgs_closure_calls_are_one_iteration_per_step_call():
+    torch.manual_seed(0)
+    w = torch.zeros(3, requires_grad=True)
+    target = torch.tensor([1.0, -2.0, 0.5])
+    optimizer = torch.optim.LBFGS([w], max_iter=5)
+    calls = []
+
+    def closure():
+        optimizer.zero_grad()
+        loss = ((w - target) ** 2).sum()
+        loss.backward()
+        calls[-1] += 1
+        return loss
+
+    with vizgrad.record(params={"w": w}) as run:
+        for _ in range(3):
+            calls.append(0)
+            optimizer.step(closure)
+    assert sum(calls) == len(run.steps) and max(calls) > 1
+    expected = [number for number, count in enumerate(calls) for _ in range(count)]
+    assert [step.iteration for step in run.steps] == expected
+    assert [len(it.steps) for it in run.iterations()] == calls
+
+
+def test_steps_without_an_optimizer_are_their_own_iterations_and_unnamed_roots_have_no_name():
+    w = torch.ones(2, requires_grad=True)
+    with vizgrad.record(params={"w": w}) as run:
+        for _ in range(3):
+            (w * 2).sum().backward()
+    assert [step.iteration for step in run.steps] == [0, 1, 2]
+    assert [step.loss_name for step in run.steps] == [None] * 3
+    assert [it.losses for it in run.iterations()] == [{None: 4.0}] * 3
+
+
+def test_files_of_schema_2_load_with_one_iteration_per_step(tmp_path):
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    path = tmp_path / "old.vizgrad"
+    with vizgrad.record(model, save=path):
+        for _ in range(2):
+            model(torch.ones(1, 2)).sum().backward()
+            model(torch.ones(1, 2)).sum().backward()
+            optimizer.step()
+    connection = sqlite3.connect(path)
+    connection.execute("ALTER TABLE steps DROP COLUMN stepped")
+    connection.execute("UPDATE meta SET value = '2' WHERE key = 'vizgrad_schema'")
+    connection.commit()
+    connection.close()
+    loaded = vizgrad.load(path)
+    assert [step.iteration for step in loaded.steps] == [0, 1, 2, 3]
+    assert len(loaded.iterations()) == 4

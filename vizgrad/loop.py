@@ -1,0 +1,174 @@
+"""The training loop around the steps: which optimizers stepped between ``backward()`` calls, and the iterations that makes."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = ["Iteration", "TrainingLoop", "group_iterations"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Iteration:
+    """One update of the model: the ``backward()`` steps whose gradients one round of ``optimizer.step()`` applied.
+
+    Attributes:
+        index: 0-based position among the run's iterations.
+        steps: Indices of its steps, in order.
+        losses: Loss name (``None`` for a root without a variable name) ->
+            the sum of that name's step losses in the iteration: with
+            gradient accumulation, the loss the script averages
+            (``loss / accum`` summed over the micro-steps). ``None`` where a
+            step of that name had no scalar loss.
+    """
+
+    index: int
+    steps: tuple[int, ...]
+    losses: dict[str | None, float | None]
+
+    @property
+    def loss(self) -> float | None:
+        """The iteration's loss when it has one loss name (the usual case), else ``None``."""
+        return next(iter(self.losses.values())) if len(self.losses) == 1 else None
+
+
+def group_iterations(stepped: Sequence[Sequence[int]], pending: Sequence[int] = ()) -> list[int]:
+    """The iteration of each step, from the optimizers (by ordinal) that stepped before it since the previous step.
+
+    Steps between two optimizer steps form a phase, closed by the optimizers
+    that step after it. Consecutive phases closed by different optimizers
+    are one iteration (a GAN: D's phase, then G's); a phase closed by an
+    optimizer that already stepped in the current iteration starts the next
+    one (gradient accumulation: every ``accum`` steps; L-BFGS: each
+    ``step(closure)`` with its closure calls). The last phase, which no
+    optimizer closed yet (``pending`` lists any that stepped since), joins
+    the current iteration unless that one already holds every optimizer
+    seen. With no optimizer at all, every step is its own iteration.
+
+    >>> group_iterations([(), (), (0,), (), (0,), ()])   # accumulation of 2
+    [0, 0, 1, 1, 2, 2]
+    >>> group_iterations([(), (), (0,), (1,), (), (0,)])  # D, D, G per iteration
+    [0, 0, 0, 1, 1, 1]
+    """
+    count = len(stepped)
+    if not any(stepped) and not pending:
+        return list(range(count))
+    starts = [at for at in range(count) if at == 0 or stepped[at]]  # first step of each phase
+    closers = [tuple(stepped[start]) for start in starts[1:]] + [tuple(pending)]
+    every = {ordinal for marks in stepped for ordinal in marks} | set(pending)
+    result = [0] * count
+    iteration, seen = 0, set()
+    for phase, start in enumerate(starts):
+        end = starts[phase + 1] if phase + 1 < len(starts) else count
+        closing = set(closers[phase])
+        if seen and (closing & seen or (not closing and seen >= every)):
+            iteration, seen = iteration + 1, set()
+        seen |= closing
+        result[start:end] = [iteration] * (end - start)
+    return result
+
+
+class TrainingLoop:
+    """Notes, per recorded step, the optimizers that stepped since the previous step (torch's global step hook).
+
+    Optimizers are numbered in the order they first step. The marks are what
+    run files keep; :meth:`iterations` groups the steps with
+    :func:`group_iterations`.
+    """
+
+    def __init__(self, stepped: Iterable[Sequence[int]] = (), optimizers: Sequence[str] = ()) -> None:
+        self.stepped: list[tuple[int, ...]] = [tuple(marks) for marks in stepped]
+        self.optimizers: list[str] = list(optimizers)  # class names, by ordinal
+        self.pending: list[int] = []
+        self._ordinals: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._grouped: list[int] | None = None
+        self._handle: Any = None
+
+    # -- watching ---------------------------------------------------------------------------------------------
+    def watch(self) -> None:
+        """Starts counting ``optimizer.step()`` calls (of every optimizer of the process)."""
+        if self._handle is None:
+            from torch.optim import optimizer as torch_optimizer  # here: reading a run file needs no torch
+
+            self._handle = torch_optimizer.register_optimizer_step_post_hook(self._stepped)
+
+    def unwatch(self) -> None:
+        """Stops counting."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        with self._lock:
+            ordinal = self._ordinals.get(optimizer)
+            if ordinal is None:
+                ordinal = self._ordinals[optimizer] = len(self.optimizers)
+                self.optimizers.append(type(optimizer).__name__)
+            self.pending.append(ordinal)
+            self._grouped = None
+
+    def ordinal_of(self, optimizer: Any) -> int | None:
+        """The number given to ``optimizer``, once it stepped."""
+        return self._ordinals.get(optimizer)
+
+    # -- steps ------------------------------------------------------------------------------------------------
+    def take_step(self) -> tuple[int, ...]:
+        """Marks a new step: returns (and clears) the optimizers that stepped since the previous one."""
+        with self._lock:
+            marks, self.pending = tuple(self.pending), []
+            self.stepped.append(marks)
+            self._grouped = None
+            return marks
+
+    def untake_step(self, marks: Sequence[int]) -> None:
+        """Undoes the last :meth:`take_step` (its step could not be kept): its marks count for the next step."""
+        with self._lock:
+            self.stepped.pop()
+            self.pending[:0] = marks
+            self._grouped = None
+
+    def add_step(self, marks: Sequence[int]) -> None:
+        """Appends a step read back from a file."""
+        self.stepped.append(tuple(marks))
+        self._grouped = None
+
+    def iterations(self) -> list[int]:
+        """The iteration of every step so far (recomputed when a step or an optimizer step came since)."""
+        with self._lock:
+            if self._grouped is None or len(self._grouped) != len(self.stepped):
+                self._grouped = group_iterations(self.stepped, self.pending)
+            return self._grouped
+
+    def iteration(self, index: int) -> int:
+        """The iteration of step ``index``."""
+        grouped = self.iterations()
+        return grouped[index] if 0 <= index < len(grouped) else index
+
+
+def summed(values: Iterable[float | None]) -> float | None:
+    """The sum of ``values``, ``None`` when one is missing."""
+    total = 0.0
+    for value in values:
+        if value is None:
+            return None
+        total += value
+    return total
+
+
+def build_iterations(grouped: Sequence[int], losses: Sequence[float | None],
+                     names: Sequence[str | None], index_of: Callable[[int], int] = int) -> list[Iteration]:
+    """:class:`Iteration` objects from each step's iteration, loss and loss name (steps in order)."""
+    members: dict[int, list[int]] = {}
+    for at, iteration in enumerate(grouped):
+        members.setdefault(iteration, []).append(at)
+    result = []
+    for number, (iteration, ats) in enumerate(sorted(members.items())):
+        by_name: dict[str | None, list[float | None]] = {}
+        for at in ats:
+            by_name.setdefault(names[at], []).append(losses[at])
+        result.append(Iteration(number, tuple(index_of(at) for at in ats),
+                                {name: summed(values) for name, values in by_name.items()}))
+    return result
