@@ -276,6 +276,32 @@ class Run:
                 series.append(summary.mean if summary.numel == 1 else summary.norm)
         return series
 
+    def grad_norms(self, by: str = "module", kind: str = "param_grad", depth: int | None = None,
+                   measure: str = "norm") -> tuple[list[str], Any]:
+        """Each layer's gradient norm on every step: ``(names, numpy array steps x names)``, NaN where none flowed.
+
+        Args:
+            by: ``"module"``: one column per module (modules hold their
+                submodules' parameters, as ``module.parameters()`` does);
+                ``"param"``: one per named parameter.
+            kind: ``"param_grad"``: the norm of the parameters' ``.grad``
+                right after each ``backward()``; ``"output"``: of the gradient
+                flowing into the module's outputs (the tensors its calls hand
+                to code outside them; for a parameter, what the step delivered).
+            depth: ``None``: every module; a number: the modules a view drawn
+                at that depth shows as boxes (that deep, or shallower without
+                modules inside), plus, for ``param_grad``, each parameter an
+                open module owns itself, so every parameter counts once.
+            measure: ``"norm"`` (L2), ``"rms"`` (norm / sqrt(elements)) or
+                ``"max"`` (largest |grad|).
+
+        Columns are in forward order; the report's gradient-flow panel and
+        ``vizgrad info`` read the same numbers.
+        """
+        from vizgrad.health import grad_norms
+
+        return grad_norms(self, by, kind, depth, measure)
+
     def norm_range(self) -> tuple[float, float] | None:
         """The smallest and largest finite, non-zero node and edge gradient norm of every step; ``None`` if none."""
         from vizgrad.colors import norm_range

@@ -474,6 +474,11 @@ def scope_keys(graph: Graph) -> list[str]:
     return out
 
 
+def module_scopes(graph: Graph) -> _Scopes:
+    """The module instances of ``graph`` as a tree (made once per graph): what gradient health reads per call."""
+    return _scopes_of(graph)
+
+
 def _scopes_of(graph: Graph) -> _Scopes:
     scopes = graph.__dict__.get("_scopes")
     if scopes is None:

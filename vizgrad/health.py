@@ -1,0 +1,244 @@
+"""Gradient health per layer over time: each module's (or parameter's) gradient norm, RMS and largest |grad| per step."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import numpy as np
+
+from vizgrad.errors import UsageError
+from vizgrad.graph import Graph
+
+__all__ = ["BY", "KINDS", "MEASURES", "Flow", "Layers", "layers_of", "grad_flow", "grad_norms"]
+
+BY = ("module", "param")
+#: ``param_grad``: the parameters' ``.grad`` right after ``backward()``; ``output``: the gradient flowing
+#: into a module's outputs (for a parameter: the gradient this ``backward()`` delivered to it).
+KINDS = ("param_grad", "output")
+#: ``norm``: the L2 norm of all the layer's gradients; ``rms``: norm / sqrt(elements), which keeps tensor
+#: size from looking like health; ``max``: the largest |grad| element.
+MEASURES = ("norm", "rms", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The rows of one graph: each a name and the value keys whose gradients it sums."""
+
+    names: tuple[str, ...]
+    keys: tuple[tuple[tuple[Any, ...], ...], ...]
+
+
+def _check(by: str, kind: str, depth: int | None) -> None:
+    if by not in BY:
+        raise UsageError(f"by must be one of {', '.join(map(repr, BY))}, got {by!r}")
+    if kind not in KINDS:
+        raise UsageError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise UsageError(f"depth must be a whole number >= 0 or None, got {depth!r}")
+
+
+def layers_of(graph: Graph, by: str = "module", kind: str = "param_grad", depth: int | None = None) -> Layers:
+    """What each row of ``graph`` sums, in forward order (see :func:`grad_norms`); cached on the graph."""
+    _check(by, kind, depth)
+    cache = graph.__dict__.setdefault("_vizgrad_layers", {})
+    found = cache.get((by, kind, depth))
+    if found is None:
+        found = cache[(by, kind, depth)] = _param_layers(graph, kind) if by == "param" else \
+            _module_layers(graph, kind, depth)
+    return found
+
+
+def _param_layers(graph: Graph, kind: str) -> Layers:
+    """One row per named leaf: by their modules' forward order, else nearest the inputs first (the traversal
+    starts at the loss, so reversed)."""
+    rank = {info.path: at for at, info in enumerate(graph.modules)}
+    leaves = [node for node in reversed(graph.nodes) if node.kind == "leaf" and node.name is not None]
+    leaves.sort(key=lambda node: rank.get(node.module, len(rank)))  # type: ignore[arg-type]
+    names = tuple(dict.fromkeys(node.name for node in leaves))  # type: ignore[misc]
+    if kind == "param_grad":
+        return Layers(names, tuple((("param_grad", name),) for name in names))
+    by_name: dict[str, list[tuple[Any, ...]]] = {}
+    for node in leaves:
+        by_name.setdefault(node.name, []).append(("node", node.id, 0))  # type: ignore[arg-type]
+    return Layers(names, tuple(tuple(by_name[name]) for name in names))
+
+
+def _rows_at(graph: Graph, depth: int | None) -> tuple[list[str], dict[str, int]]:
+    """The module rows at ``depth`` (every module for ``None``) in forward order, and each module's tree depth.
+
+    At a depth, the rows are what a view drawn at that depth shows as boxes:
+    the modules that deep, and shallower ones without modules inside.
+    """
+    infos = {info.path: info for info in graph.modules}
+    level: dict[str, int] = {}
+
+    def depth_of(path: str) -> int:
+        if path not in level:
+            parent = infos[path].parent
+            level[path] = 0 if parent is None or parent not in infos else depth_of(parent) + 1
+        return level[path]
+
+    for path in infos:
+        depth_of(path)
+    if depth is None:
+        return list(infos), level
+    parents = {info.parent for info in graph.modules}
+    return [path for path in infos if level[path] == depth or (level[path] < depth and path not in parents)], level
+
+
+def _module_layers(graph: Graph, kind: str, depth: int | None) -> Layers:
+    rows, level = _rows_at(graph, depth)
+    infos = {info.path: info for info in graph.modules}
+    ancestors: dict[str | None, tuple[str, ...]] = {None: ()}
+
+    def lineage(path: str | None) -> tuple[str, ...]:
+        if path not in ancestors:
+            parent = infos[path].parent if path in infos else None  # type: ignore[index]
+            ancestors[path] = (path,) + lineage(parent if parent in infos else None)  # type: ignore[operator]
+        return ancestors[path]
+
+    wanted = set(rows)
+    if kind == "param_grad":
+        keys: dict[str, list[tuple[Any, ...]]] = {row: [] for row in rows}
+        loose: dict[str, tuple[Any, ...]] = {}  # parameters of an open module with modules inside
+        for node in reversed(graph.nodes):
+            if node.kind != "leaf" or node.name is None or node.module is None:
+                continue
+            key = ("param_grad", node.name)
+            # Every module holds its submodules' parameters; at a depth, rows do not nest.
+            owners = [path for path in lineage(node.module) if path in wanted]
+            for owner in owners if depth is None else owners[:1]:
+                if key not in keys[owner]:
+                    keys[owner].append(key)
+            if not owners and depth is not None and level.get(node.module, 0) < depth:
+                loose.setdefault(node.name, key)
+        names = [row for row in rows if keys[row]]
+        layers = [(row, tuple(keys[row])) for row in names] + [(name, (key,)) for name, key in loose.items()]
+        return Layers(tuple(name for name, _ in layers), tuple(k for _, k in layers))
+    return _output_layers(graph, rows)
+
+
+def _output_layers(graph: Graph, rows: Sequence[str]) -> Layers:
+    """Per module: the gradients flowing into the outputs of its calls (tensors a node outside the call uses)."""
+    from vizgrad.view import module_scopes
+
+    scopes = module_scopes(graph)
+    nodes, position = graph.nodes, graph.position
+    into: dict[int, list[Any]] = {}
+    for edge in graph.edges:
+        if edge.kind in ("grad", "root"):
+            into.setdefault(position[edge.dst], []).append((position[edge.src], edge.output))
+    instances: dict[str, list[Any]] = {}
+    for scope in scopes.by_id.values():
+        if not scope.synthetic:
+            instances.setdefault(scope.path, []).append(scope)
+    names, keys = [], []
+    for row in rows:
+        found: dict[tuple[Any, ...], None] = {}
+        for scope in instances.get(row, ()):
+            members = set(_subtree_nodes(scope))
+            for at in members:
+                if nodes[at].kind in ("op", "custom"):
+                    for src, output in into.get(at, ()):
+                        if src not in members:
+                            found.setdefault(("node", nodes[at].id, output), None)
+        if found:
+            names.append(row)
+            keys.append(tuple(found))
+    return Layers(tuple(names), tuple(keys))
+
+
+def _subtree_nodes(scope: Any) -> list[int]:
+    out, stack = [], [scope]
+    while stack:
+        current = stack.pop()
+        out.extend(current.nodes)
+        stack.extend(current.children)
+    return out
+
+
+@dataclasses.dataclass
+class Flow:
+    """Per layer and step: ``norm``, ``rms`` and ``max`` (|grad|) arrays of shape ``(steps, layers)``, NaN where none.
+
+    Attributes:
+        names: The layers (module paths or parameter names), in forward order.
+        steps: The step indices of the rows.
+        norm, rms, max: The measures (see :data:`MEASURES`).
+    """
+
+    names: list[str]
+    steps: list[int]
+    norm: np.ndarray
+    rms: np.ndarray
+    max: np.ndarray
+
+    def measure(self, name: str) -> np.ndarray:
+        """The array of one of :data:`MEASURES`."""
+        if name not in MEASURES:
+            raise UsageError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {name!r}")
+        return getattr(self, name)
+
+
+def grad_flow(run: Any, by: str = "module", kind: str = "param_grad", depth: int | None = None,
+              steps: Sequence[int] | None = None) -> Flow:
+    """Every layer's gradient measures over ``steps`` (all by default); one pass over the steps' summary rows."""
+    _check(by, kind, depth)
+    chosen = range(len(run.steps)) if steps is None else steps
+    names: dict[str, int] = {}
+    plans: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    per_step: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for at in chosen:
+        step = run.steps[at]
+        graph, table = step.graph, step.table
+        layers = layers_of(graph, by, kind, depth)
+        plan_key = (id(layers), id(table.index))
+        plan = plans.get(plan_key)
+        if plan is None:  # the rows each layer sums, made once per graph and key index
+            columns = np.array([names.setdefault(name, len(names)) for name in layers.names], dtype=np.int64)
+            rows, owners = [], []
+            for layer, layer_keys in enumerate(layers.keys):
+                for key in layer_keys:
+                    row = table.index.get(key)
+                    if row is not None:
+                        rows.append(row)
+                        owners.append(layer)
+            plan = plans[plan_key] = (columns, np.array(rows, dtype=np.int64), np.array(owners, dtype=np.int64))
+            if len(plans) > 256:
+                plans.pop(next(iter(plans)))
+        columns, rows, owners = plan
+        summary = table.rows[rows] if len(rows) else np.zeros((0, 7))
+        count = len(columns)
+        squares = np.bincount(owners, weights=summary[:, 0] ** 2, minlength=count)
+        numel = np.bincount(owners, weights=summary[:, 6], minlength=count)
+        largest = np.full(count, -np.inf)
+        np.maximum.at(largest, owners, np.maximum(np.abs(summary[:, 2]), np.abs(summary[:, 3])))
+        present = np.bincount(owners, minlength=count) > 0
+        norm = np.where(present, np.sqrt(squares), np.nan)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rms = np.where(present & (numel > 0), norm / np.sqrt(numel), np.nan)
+        per_step.append((columns, norm, rms, np.where(present, largest, np.nan)))
+    shape = (len(per_step), len(names))
+    out = [np.full(shape, np.nan) for _ in range(3)]
+    for row, (columns, *measures) in enumerate(per_step):
+        for array, values in zip(out, measures):
+            array[row, columns] = values
+    return Flow(list(names), list(chosen), *out)
+
+
+def grad_norms(run: Any, by: str = "module", kind: str = "param_grad", depth: int | None = None,
+               measure: str = "norm") -> tuple[list[str], np.ndarray]:
+    """``(names, array steps x names)`` of each layer's gradient norm per step (see :meth:`Run.grad_norms`)."""
+    if measure not in MEASURES:
+        raise UsageError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
+    flow = grad_flow(run, by, kind, depth)
+    return flow.names, flow.measure(measure)
+
+
+def log_range(values: np.ndarray) -> tuple[float, float] | None:
+    """The smallest and largest finite positive value of ``values``, for a log colour scale; ``None`` if none."""
+    finite = values[np.isfinite(values) & (values > 0)]
+    if not finite.size:
+        return None
+    return float(finite.min()), float(finite.max())
