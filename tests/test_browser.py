@@ -376,8 +376,13 @@ def test_inspector_on_a_short_last_batch_shows_that_steps_node(browser, tmp_path
 
 
 @pytest.fixture(scope="module")
-def gpt_report(tmp_path_factory) -> Path:
-    """A GPT-style decoder of 12 blocks, 6 SGD steps."""
+def gpt_report(gpt) -> Path:
+    return gpt[1]
+
+
+@pytest.fixture(scope="module")
+def gpt(tmp_path_factory) -> tuple[vizgrad.Run, Path]:
+    """A GPT-style decoder of 12 blocks, 6 SGD steps: the run and its report."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -392,7 +397,7 @@ def gpt_report(tmp_path_factory) -> Path:
             optimizer.zero_grad()
             model(tokens, tokens).backward()
             optimizer.step()
-    return run.report(engine="wasm").save(tmp_path_factory.mktemp("gpt") / "gpt.html")
+    return run, run.report(engine="wasm").save(tmp_path_factory.mktemp("gpt") / "gpt.html")
 
 
 def wait_until(page, condition: str, seconds: float = 10) -> None:
@@ -508,5 +513,42 @@ def test_a_big_graph_paints_what_is_on_screen_first_and_the_rest_soon_after(brow
     # The loss (on screen at the first view) is painted at once; the parameter far above it soon after.
     assert p.text_content('g.vg-node.vg-root .vg-val') != "" and call(p, "window.vizgrad.state()")["step"] == 1
     wait_until(p, f"document.querySelector('{leaf}').textContent !== {before!r}")
+    assert page.errors == []
+    p.close()
+
+
+def test_the_gradient_flow_panel_shows_each_layer_and_a_click_goes_to_that_step_and_layer(browser, gpt):
+    run, path = gpt
+    page = Page(browser, path)
+    p = page.page
+    call(p, "window.vizgrad.ready")
+    panel = p.locator('[data-panel="gradient-flow"]')
+    assert panel.is_visible()
+    # One row per block (the blocks folded in the graph are rows of their own), as run.grad_norms has them.
+    names, rms = run.grad_norms(by="module", depth=1, measure="rms")
+    assert names == ["wte", "h", "ln_f"]
+    names, rms = run.grad_norms(by="module", depth=2, measure="rms")
+    assert names == ["wte", *[f"h.{k}" for k in range(12)], "ln_f"]
+    rows = p.eval_on_selector_all('[data-panel="gradient-flow"] [data-layer]', "rs => rs.map(r => r.dataset.layer)")
+    assert rows == names and call(p, "window.vizgrad.flow.rows()") == len(names)
+    for k, name in enumerate(names):  # the page's numbers are the API's (stored on a log scale of 65,532 steps)
+        cell = call(p, f"window.vizgrad.flow.cell({name!r}, 4)")
+        assert cell["rms"] == pytest.approx(rms[4, k], rel=2e-3)
+    # Coarser and finer rows come from the same numbers.
+    p.select_option("#flow-depth", label="depth 1")
+    assert p.eval_on_selector_all('[data-panel="gradient-flow"] [data-layer]', "rs => rs.length") == 3
+    _, coarse = run.grad_norms(by="module", depth=1)
+    assert call(p, "window.vizgrad.flow.cell('h', 2)")["norm"] == pytest.approx(coarse[2, 1], rel=2e-3)
+    p.select_option("#flow-depth", label="depth 2")
+    # A click on the cell of block h.7 at step 3: the player is at step 3, the fold holding h.7 is marked.
+    box = p.locator(".vg-flow-heat").bounding_box()
+    x = box["x"] + box["width"] * (3 + 0.5) / len(run.steps)
+    y = box["y"] + box["height"] * (names.index("h.7") + 0.5) / len(names)
+    p.mouse.click(x, y)
+    assert call(p, "window.vizgrad.state()")["step"] == 3
+    assert p.text_content("#step-label") == "3"
+    marked = p.eval_on_selector_all("#stage .vg-flow-focus", "els => els.map(e => e.dataset.module)")
+    assert marked == ["h.0-11"]
+    assert "h.7 · step 3" in p.text_content("#flow-readout")
     assert page.errors == []
     p.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-from typing import Any, Sequence
+import math
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -173,6 +175,8 @@ class Flow:
     norm: np.ndarray
     rms: np.ndarray
     max: np.ndarray
+    numel: np.ndarray  # elements summed per layer and step (0 where none)
+    present: np.ndarray  # whether any gradient of the layer was recorded on the step (NaN values may be real)
 
     def measure(self, name: str) -> np.ndarray:
         """The array of one of :data:`MEASURES`."""
@@ -181,16 +185,15 @@ class Flow:
         return getattr(self, name)
 
 
-def grad_flow(run: Any, by: str = "module", kind: str = "param_grad", depth: int | None = None,
-              steps: Sequence[int] | None = None) -> Flow:
-    """Every layer's gradient measures over ``steps`` (all by default); one pass over the steps' summary rows."""
+def grad_flow(steps: Iterable[Any], by: str = "module", kind: str = "param_grad", depth: int | None = None) -> Flow:
+    """Every layer's gradient measures over ``steps``; one pass over the steps' summary rows."""
     _check(by, kind, depth)
-    chosen = range(len(run.steps)) if steps is None else steps
     names: dict[str, int] = {}
     plans: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     per_step: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-    for at in chosen:
-        step = run.steps[at]
+    indices: list[int] = []
+    for step in steps:
+        indices.append(step.index)
         graph, table = step.graph, step.table
         layers = layers_of(graph, by, kind, depth)
         plan_key = (id(layers), id(table.index))
@@ -218,13 +221,13 @@ def grad_flow(run: Any, by: str = "module", kind: str = "param_grad", depth: int
         norm = np.where(present, np.sqrt(squares), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             rms = np.where(present & (numel > 0), norm / np.sqrt(numel), np.nan)
-        per_step.append((columns, norm, rms, np.where(present, largest, np.nan)))
+        per_step.append((columns, norm, rms, np.where(present, largest, np.nan), numel, present))
     shape = (len(per_step), len(names))
-    out = [np.full(shape, np.nan) for _ in range(3)]
+    out = [np.full(shape, np.nan) for _ in range(3)] + [np.zeros(shape), np.zeros(shape, dtype=bool)]
     for row, (columns, *measures) in enumerate(per_step):
         for array, values in zip(out, measures):
             array[row, columns] = values
-    return Flow(list(names), list(chosen), *out)
+    return Flow(list(names), indices, *out)
 
 
 def grad_norms(run: Any, by: str = "module", kind: str = "param_grad", depth: int | None = None,
@@ -232,7 +235,7 @@ def grad_norms(run: Any, by: str = "module", kind: str = "param_grad", depth: in
     """``(names, array steps x names)`` of each layer's gradient norm per step (see :meth:`Run.grad_norms`)."""
     if measure not in MEASURES:
         raise UsageError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
-    flow = grad_flow(run, by, kind, depth)
+    flow = grad_flow(run.steps, by, kind, depth)
     return flow.names, flow.measure(measure)
 
 
@@ -242,3 +245,94 @@ def log_range(values: np.ndarray) -> tuple[float, float] | None:
     if not finite.size:
         return None
     return float(finite.min()), float(finite.max())
+
+
+# -- the report's gradient-flow panel ------------------------------------------------------------------------
+#: Codes of the page's uint16 columns: no gradient, an exact zero, NaN or Inf; the rest a log scale.
+CODE_NONE, CODE_ZERO, CODE_BAD = 0, 1, 65535
+#: Rows the panel shows first at most, so each row is tall enough for its name.
+READABLE_ROWS = 40
+_CODE_SPAN = CODE_BAD - 2
+
+
+def log_codes(values: np.ndarray, present: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``values`` as uint16 codes on the log10 scale from ``lo`` to ``hi`` (see :data:`CODE_NONE`)."""
+    codes = np.full(values.shape, CODE_NONE, dtype="<u2")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log10(values)
+    positive = present & np.isfinite(logs)
+    span = hi - lo if hi > lo else 1.0
+    codes[positive] = 2 + np.round(np.clip((logs[positive] - lo) / span, 0, 1) * (_CODE_SPAN - 1)).astype("<u2")
+    codes[present & (values == 0)] = CODE_ZERO
+    codes[present & ~np.isfinite(values)] = CODE_BAD
+    return codes
+
+
+def flow_panel(steps: Sequence[Any], depth: int | None, max_rows: int = 256) -> dict[str, Any] | None:
+    """The data of the report's gradient-flow panel over ``steps``; ``None`` when no parameter got a gradient.
+
+    Rows are the finest layers (modules without modules inside, and the
+    parameters an open module owns itself; parameters when there are no
+    modules). Each coarser depth is given as a grouping of them, which the
+    page sums (norms add in squares), so one copy of the numbers serves
+    every depth. ``depth`` picks the depth shown first (the report's view).
+    """
+    graphs: dict[int, Graph] = {}
+    for step in steps:
+        graphs.setdefault(id(step.graph), step.graph)
+    deepest = max((_deepest(graph) for graph in graphs.values()), default=-1)
+    by = "module" if deepest >= 0 else "param"
+    finest = deepest if by == "module" else None
+    flow = grad_flow(steps, by, "param_grad", finest)
+    if not flow.names or len(flow.names) > max_rows * 4:
+        return None
+    main = max(graphs.values(), key=lambda graph: sum(step.graph is graph for step in steps))
+    depths = []
+    if by == "module":
+        finest_layers = layers_of(main, "module", "param_grad", finest)
+        key_row = {layer_keys[0]: flow.names.index(name) for name, layer_keys in
+                   zip(finest_layers.names, finest_layers.keys) if name in flow.names and layer_keys}
+        for level in range(deepest + 1):
+            coarse = layers_of(main, "module", "param_grad", level)
+            group = list(range(len(flow.names)))  # rows of other graph shapes stay rows of their own
+            for number, layer_keys in enumerate(coarse.keys):
+                for key in layer_keys:
+                    row = key_row.get(key)
+                    if row is not None:
+                        group[row] = -1 - number
+            names = list(coarse.names)
+            for row, value in enumerate(group):  # a row no coarse layer took keeps its name
+                if value >= 0:
+                    group[row] = len(names)
+                    names.append(flow.names[row])
+                else:
+                    group[row] = -1 - value
+            if len(names) <= max_rows:
+                depths.append({"depth": level, "names": names, "group": group})
+    params = {node.name for graph in graphs.values() for node in graph.nodes if node.kind == "leaf"}
+    both = np.concatenate([flow.norm.ravel(), flow.max.ravel()])
+    found = log_range(both)
+    lo, hi = (math.log10(found[0]), math.log10(found[1])) if found else (0.0, 0.0)
+    numel = np.nanmax(np.where(flow.numel > 0, flow.numel, np.nan), axis=0) if len(flow.steps) else []
+    # Shown first: the most detailed depth whose rows can carry their names (repeated blocks as rows of
+    # their own, not one folded row), and never coarser than the view the report opens with.
+    readable = [at for at, grouping in enumerate(depths) if len(grouping["names"]) <= READABLE_ROWS]
+    shown = readable[-1] if readable else 0
+    if depth is not None and readable:
+        shown = max(shown, min(readable, key=lambda at: abs(depths[at]["depth"] - depth)))
+    return {
+        "by": by, "kind": "param_grad", "names": flow.names,
+        "params": [name in params and by == "module" or by == "param" for name in flow.names],
+        "numel": [0 if not np.isfinite(n) else int(n) for n in numel],
+        "depths": depths, "depth": shown,
+        "lo": lo, "hi": hi, "steps": len(flow.steps),
+        "norm": base64.b64encode(log_codes(flow.norm, flow.present, lo, hi).tobytes()).decode("ascii"),
+        "max": base64.b64encode(log_codes(flow.max, flow.present, lo, hi).tobytes()).decode("ascii"),
+    }
+
+
+def _deepest(graph: Graph) -> int:
+    """The tree depth of the deepest module of ``graph`` (top-level modules are 0); -1 without modules."""
+    if not graph.modules:
+        return -1
+    return max(_rows_at(graph, None)[1].values())

@@ -23,12 +23,13 @@ import numpy as np
 from markupsafe import Markup
 
 from vizgrad import frames, gradtable
-from vizgrad.colors import FLAG_COLORS, ColorScale
+from vizgrad.colors import FLAG_COLORS, VIRIDIS, ColorScale
 from vizgrad.paint import INK
 from vizgrad.rows import SegmentRows, gather_rows
 from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
+from vizgrad.health import flow_panel
 from vizgrad.panels import round_sig
 from vizgrad.view import MAX_STATES, ViewOptions, explore, plan_of, view_of
 
@@ -255,6 +256,11 @@ class Report:
                           "segments": segments})
         default = views[0].pop("segments")
         shown_layouts = {segment["layout"] for segment in default}
+        first_plan = plan_of(view_of(main, states[0].options(main, self.view)))
+        flow = flow_panel(steps, first_plan.depth if first_plan is not None else None)
+        if flow is not None:
+            # Low to high as the graph's scale runs (reversed viridis: pale yellow to dark purple).
+            flow["colors"] = {"ramp": list(reversed(VIRIDIS)), **{flag: FLAG_COLORS[flag] for flag in ("nan", "zero")}}
 
         payload_params = self._params(steps)
         payload = {
@@ -270,6 +276,7 @@ class Report:
             "segments": default,
             "views": views,
             "params": payload_params,
+            "flow": flow,
             "panels": [panel.spec(self.run, self.selected) for panel in self.run.panels],
             "summary": {
                 "steps": len(self.run.steps),

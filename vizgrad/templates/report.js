@@ -660,6 +660,14 @@ async function inflateText(packed) {
       settle: () => { if (!touched) reset(); },
       zoomCenter: (f) => { touch(); zoomAt(f, viewport.clientWidth / 2, viewport.clientHeight / 2); },
       panBy: (dx, dy) => { touch(); x += dx; y += dy; apply(); },
+      /** Pans so that element `g` of the graph is in the middle, at the current zoom. */
+      centerOn: (g) => {
+        touch();
+        const b = nodeBox(g);
+        x = viewport.clientWidth / 2 - (b.x + b.w / 2) * k;
+        y = viewport.clientHeight / 2 - (b.y + b.h / 2) * k;
+        apply();
+      },
       get: () => ({ x: x, y: y, k: k }),
     };
   })();
@@ -839,6 +847,245 @@ async function inflateText(packed) {
     markerId: "loss-marker", label: "loss over steps (" + (lossLog ? "log" : "linear") + " scale)", xTitle: "step",
     empty: "no scalar loss recorded",
   }));
+
+  // ------------------------------------------------------------------ gradient flow: layers by steps
+  const flow = (function () {
+    const F = DATA.flow, card = $("flow-card");
+    const none = { setPos: () => {}, render: () => {}, rows: () => 0, focus: () => false, cell: () => null };
+    if (!F || !F.names.length) return none;
+    card.hidden = false;
+    const R = F.names.length, S = F.steps;
+    const span = F.hi - F.lo;
+    /** uint16 codes (see health.log_codes) to values: NaN for no gradient, Infinity for NaN/Inf, 0 for zero. */
+    function decode(b64) {
+      const bin = atob(b64), out = new Float64Array(bin.length / 2);
+      for (let i = 0; i < out.length; i++) {
+        const c = bin.charCodeAt(2 * i) | (bin.charCodeAt(2 * i + 1) << 8);
+        out[i] = c === 0 ? NaN : c === 1 ? 0 : c === 65535 ? Infinity : Math.pow(10, F.lo + ((c - 2) / 65532) * span);
+      }
+      return out;
+    }
+    const NORM = decode(F.norm), MAX = decode(F.max);
+    const depthSelect = $("flow-depth"), measureSelect = $("flow-measure"), box = $("flow"), readout = $("flow-readout");
+    const groupings = F.depths.length ? F.depths : [{ depth: null, names: F.names, group: F.names.map((_, r) => r) }];
+    groupings.forEach((g, at) => {
+      const option = htmlEl("option", null, g.depth === null ? "parameters" : at === groupings.length - 1 ? "finest" : "depth " + g.depth, depthSelect);
+      option.value = String(at);
+    });
+    depthSelect.value = String(clamp(F.depth, 0, groupings.length - 1));
+    depthSelect.parentElement.hidden = groupings.length < 2;
+    $("flow-sub").textContent = (F.by === "module" ? "per module" : "per parameter") + ", of .grad after each backward()";
+
+    /** One grouping's numbers: norm (norms add in squares), RMS (norm / sqrt(elements)) and max per step and row. */
+    let table = null;
+    function aggregate(at) {
+      const g = groupings[at], G = g.names.length;
+      const norm = new Float64Array(S * G).fill(NaN), max = new Float64Array(S * G).fill(NaN), rms = new Float64Array(S * G).fill(NaN);
+      const numel = new Float64Array(G);
+      g.group.forEach((k, r) => { numel[k] += F.numel[r] || 0; });
+      for (let s = 0; s < S; s++) {
+        for (let r = 0; r < R; r++) {
+          const v = NORM[s * R + r];
+          if (Number.isNaN(v)) continue;
+          const i = s * G + g.group[r], m = MAX[s * R + r];
+          norm[i] = Number.isNaN(norm[i]) ? v * v : norm[i] + v * v;
+          max[i] = Number.isNaN(max[i]) || m > max[i] ? m : max[i];
+        }
+        for (let k = 0; k < G; k++) {
+          const i = s * G + k;
+          norm[i] = Math.sqrt(norm[i]);
+          rms[i] = numel[k] > 0 ? norm[i] / Math.sqrt(numel[k]) : NaN;
+        }
+      }
+      const isParam = g.names.map((name) => F.names.some((n, r) => n === name && F.params[r]));
+      table = { names: g.names, G: G, norm: norm, rms: rms, max: max, isParam: isParam };
+    }
+
+    const logRange = (values) => {
+      let lo = Infinity, hi = -Infinity;
+      for (const v of values) if (v > 0 && v < Infinity) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+      return lo <= hi ? [Math.log10(lo), Math.log10(hi)] : [0, 0];
+    };
+    const shown = () => (measureSelect.value === "norm" ? table.norm : table.rms);
+    const ramp = F.colors.ramp;
+    const hex = (c) => [parseInt(c.slice(1, 3), 16), parseInt(c.slice(3, 5), 16), parseInt(c.slice(5, 7), 16)];
+    const RAMP = ramp.map(hex), BAD = hex(F.colors.nan), ZERO = hex(F.colors.zero), NONE = [246, 248, 250];
+
+    let canvas = null, marker = null, heatBox = null, labels = [], bars = [], columns = 0, range = [0, 0], rowHeight = 8;
+    /** Draws the rows of the current grouping: labels, the heatmap (one pixel column per bucket of steps) and bars. */
+    function render() {
+      box.textContent = "";
+      const G = table.G;
+      rowHeight = clamp(Math.floor(360 / G), 3, 14);
+      box.style.gridTemplateColumns = (rowHeight >= 9 ? "104px" : "0") + " minmax(0, 1fr) 58px";
+      const labelBox = htmlEl("div", "vg-flow-labels", null, box);
+      heatBox = htmlEl("div", "vg-flow-heat-box", null, box);
+      const barBox = htmlEl("div", "vg-flow-bars", null, box);
+      labels = table.names.map((name, k) => {
+        const row = htmlEl("div", "vg-flow-label", null, labelBox);
+        htmlEl("span", null, rowHeight >= 9 ? name || "(model)" : "", row);
+        row.style.height = rowHeight + "px";
+        row.title = (name || "(model)") + " — click to find it in the graph";
+        row.setAttribute("data-layer", name);
+        row.addEventListener("click", () => focus(k));
+        return row;
+      });
+      bars = table.names.map((name, k) => {
+        const bar = htmlEl("div", "vg-flow-bar", null, barBox);
+        bar.style.height = rowHeight + "px";
+        bar.title = name || "(model)";
+        const maxBar = htmlEl("span", "vg-flow-max", null, bar), midBar = htmlEl("span", "vg-flow-mid", null, bar);
+        bar.addEventListener("click", () => focus(k));
+        return [bar, maxBar, midBar];
+      });
+      canvas = htmlEl("canvas", "vg-flow-heat", null, heatBox);
+      canvas.setAttribute("role", "img");
+      canvas.setAttribute("aria-label", "gradient " + measureSelect.value + " per layer (rows) and step (columns), log colour scale");
+      marker = htmlEl("div", "vg-flow-marker", null, heatBox);
+      const width = Math.max(40, heatBox.clientWidth || 180);
+      columns = Math.min(S, Math.round(width));
+      canvas.width = columns;
+      canvas.height = G;
+      canvas.style.height = G * rowHeight + "px";
+      const values = shown();
+      range = logRange(values);
+      const image = canvas.getContext("2d").createImageData(columns, G);
+      const lo = range[0], width10 = range[1] - range[0] || 1;
+      for (let c = 0; c < columns; c++) {
+        const a = Math.floor((c * S) / columns), b = Math.max(a + 1, Math.floor(((c + 1) * S) / columns));
+        for (let k = 0; k < G; k++) {
+          let logSum = 0, count = 0, bad = false, zero = false;
+          for (let s = a; s < b; s++) {   // a bucket's colour: the geometric mean; NaN/Inf wins, then zero
+            const v = values[s * G + k];
+            if (v === Infinity) bad = true;
+            else if (v === 0) zero = true;
+            else if (v > 0) { logSum += Math.log10(v); count++; }
+          }
+          const rgb = bad ? BAD : count ? RAMP[clamp(Math.round(((logSum / count - lo) / width10) * (RAMP.length - 1)), 0, RAMP.length - 1)]
+            : zero ? ZERO : NONE;
+          const p = (k * columns + c) * 4;
+          image.data[p] = rgb[0]; image.data[p + 1] = rgb[1]; image.data[p + 2] = rgb[2]; image.data[p + 3] = 255;
+        }
+      }
+      canvas.getContext("2d").putImageData(image, 0, 0);
+      const axis = htmlEl("div", "vg-flow-axis", null, box);
+      htmlEl("span", null, "step " + XS[0], axis);
+      htmlEl("span", null, String(XS[S - 1]), axis);
+      htmlEl("div", "vg-flow-key", "now", box).title = "this step: " + (measureSelect.value === "norm" ? "norm" : "RMS") +
+        " (dark) and max |grad| (light), log scale";
+      const key = htmlEl("div", "vg-flow-scale", null, box);
+      htmlEl("span", null, fmt(Number(Math.pow(10, range[0]).toPrecision(2))), key);
+      const strip = htmlEl("span", "vg-flow-strip", null, key);
+      strip.style.background = "linear-gradient(to right, " + ramp.join(", ") + ")";
+      htmlEl("span", null, fmt(Number(Math.pow(10, range[1]).toPrecision(2))), key);
+      htmlEl("span", "vg-flow-scale-name", (measureSelect.value === "norm" ? "‖grad‖" : "RMS |grad|") + ", log", key);
+      canvas.addEventListener("mousemove", (e) => { const at = cellAt(e); if (at) say(at[0], at[1]); });
+      canvas.addEventListener("mouseleave", () => say(null));
+      canvas.addEventListener("click", (e) => {
+        const at = cellAt(e);
+        if (!at) return;
+        player.pause();
+        player.seek(at[1]);
+        focus(at[0]);
+        hash.write();
+      });
+      setPos(lastPos);
+    }
+
+    /** [row, step position] under a pointer event on the heatmap. */
+    function cellAt(e) {
+      const r = canvas.getBoundingClientRect();
+      if (r.width <= 0 || r.height <= 0) return null;
+      const k = clamp(Math.floor(((e.clientY - r.top) / r.height) * table.G), 0, table.G - 1);
+      const c = clamp(Math.floor(((e.clientX - r.left) / r.width) * columns), 0, columns - 1);
+      const a = Math.floor((c * S) / columns), b = Math.max(a + 1, Math.floor(((c + 1) * S) / columns));
+      return [k, Math.floor((a + b - 1) / 2)];
+    }
+
+    const value = (array, s, k) => { const v = array[s * table.G + k]; return Number.isNaN(v) ? "no gradient" : v === Infinity ? "NaN/Inf" : fmt(v); };
+    function say(k, s) {
+      if (k === null) { readout.textContent = ""; return; }
+      const pos = s === undefined ? lastPos : s;
+      readout.textContent = (table.names[k] || "(model)") + " · step " + XS[pos] + " · RMS " + value(table.rms, pos, k) +
+        " · ‖g‖ " + value(table.norm, pos, k) + " · max |g| " + value(table.max, pos, k);
+    }
+
+    let lastPos = 0;
+    function setPos(pos) {
+      lastPos = pos;
+      if (!canvas) return;
+      marker.style.left = ((pos + 0.5) / S) * 100 + "%";
+      const mid = shown(), lo = Math.min(range[0], logRange(table.max)[0]), hi = Math.max(range[1], logRange(table.max)[1]);
+      const scale = (v) => (v > 0 && v < Infinity ? clamp((Math.log10(v) - lo) / (hi - lo || 1), 0.02, 1) * 100 : 0);
+      bars.forEach(([bar, maxBar, midBar], k) => {
+        const m = table.max[pos * table.G + k], v = mid[pos * table.G + k];
+        bar.classList.toggle("vg-bad", m === Infinity || v === Infinity);
+        maxBar.style.width = (m === Infinity ? 100 : scale(m)) + "%";
+        midBar.style.width = (v === Infinity ? 100 : scale(v)) + "%";
+      });
+    }
+
+    /** The element drawing module `path`: its box, a fold holding it (`h.0-11`, `cell@0-999`), a box of one
+        of its calls (`cell@3`), or its open frame; null when none is on screen. */
+    function drawnAs(path) {
+      const quoted = CSS.escape(path);
+      const box = stage.querySelector('g.vg-node[data-module="' + quoted + '"]');
+      if (box) return box;
+      for (const fold of stage.querySelectorAll("g.vg-fold[data-module]")) {
+        const key = fold.getAttribute("data-module");
+        const siblings = /^(.*)\.(\d+)-(\d+)$/.exec(key), calls = /^(.*)@(\d+)-(\d+)$/.exec(key);
+        if (calls && (path === calls[1] || path.startsWith(calls[1] + "."))) return fold;
+        if (siblings && path.startsWith(siblings[1] + ".")) {
+          const number = Number(path.slice(siblings[1].length + 1).split(".")[0]);
+          if (number >= Number(siblings[2]) && number <= Number(siblings[3])) return fold;
+        }
+      }
+      return stage.querySelector('g.vg-node[data-module^="' + quoted + '@"]') ||
+        stage.querySelector('g.vg-cluster[data-module="' + quoted + '"]');
+    }
+
+    /** Finds layer `k` in the graph on screen: its box, the drawn box around it, or its first node. */
+    function focus(k) {
+      const name = table.names[k];
+      document.querySelectorAll(".vg-flow-focus").forEach((el) => el.classList.remove("vg-flow-focus"));
+      if (mounted < 0) return false;
+      const meta = layouts[mounted].meta;
+      let target = null;
+      if (table.isParam[k]) {
+        const leaf = meta.nodes.find((n) => n[2] === "leaf" && n[3] === name);
+        target = leaf ? stage.querySelector('[data-node="' + CSS.escape(leaf[0]) + '"]') : null;
+      } else {
+        for (let path = name; target === null;) {   // the module, or the nearest module around it that is drawn
+          target = drawnAs(path);
+          const cut = path.lastIndexOf(".");
+          if (target || cut < 0) break;
+          path = path.slice(0, cut);
+        }
+        if (!target) {
+          const inside = meta.nodes.find((n) => n[5] !== null && n[5] !== undefined && (n[5] === name || n[5].startsWith(name + ".")));
+          target = inside ? stage.querySelector('[data-node="' + CSS.escape(inside[0]) + '"]') : null;
+        }
+      }
+      labels.forEach((row, j) => row.classList.toggle("vg-flow-focus", j === k));
+      say(k);
+      if (!target) return false;
+      target.classList.add("vg-flow-focus");
+      view.centerOn(target);
+      if (target.classList.contains("vg-node")) inspector.open(target.getAttribute("data-node"));
+      return true;
+    }
+
+    depthSelect.addEventListener("change", () => { aggregate(Number(depthSelect.value)); render(); });
+    measureSelect.addEventListener("change", render);
+    aggregate(Number(depthSelect.value));
+    render();
+    return {
+      setPos: setPos, render: render, focus: (name) => { const k = table.names.indexOf(name); return k >= 0 && focus(k); },
+      rows: () => table.G, names: () => table.names.slice(),
+      cell: (name, pos) => { const k = table.names.indexOf(name); return k < 0 ? null : { norm: table.norm[pos * table.G + k], rms: table.rms[pos * table.G + k], max: table.max[pos * table.G + k] }; },
+    };
+  })();
+  charts.push(flow);
 
   (function parameterCharts() {
     const box = $("params");
@@ -1216,6 +1463,7 @@ async function inflateText(packed) {
     collapse: (path) => views.act("collapse", String(path)),
     unfold: (path) => views.act("unfold", String(path)),
     overview: () => views.show(0),
+    flow: flow,
     state: () => views.state(),
   };
 })();
