@@ -116,7 +116,7 @@ def test_export_html_goes_through_the_report(tmp_path):
 
     view = ViewOptions(depth=1)
     assert export.export(FakeRun(), tmp_path / "r.html", every=2, steps="1:", view=view) == [tmp_path / "r.html"]
-    assert calls == [("report", {"every": 2, "steps": "1:", "engine": None, "view": view}),
+    assert calls == [("report", {"every": 2, "steps": "1:", "engine": None, "view": view, "scale": "rms"}),
                      ("save", tmp_path / "r.html", None)]  # no progress bar for 3 layouts off a terminal
 
 
@@ -141,7 +141,7 @@ def test_gif_and_mp4_frames_show_the_step_the_loss_and_the_legend(seed_run, tmp_
     assert len(annotated) == 2
     for index, svg, inner in zip((3, 4), annotated, plain):
         assert f">step {index}</text>" in svg and f"loss {seed_run.steps[index].loss:.6g}" in svg
-        assert "gradient norm" in svg and ">NaN</text>" in svg and ">no gradient</text>" in svg
+        assert "gradient RMS" in svg and ">NaN</text>" in svg and ">no gradient</text>" in svg
         assert inner.split(">", 1)[1] in svg  # the frame itself, unchanged, inside
     pytest.importorskip("resvg_py")
     png = raster.svg_to_png(annotated[0])

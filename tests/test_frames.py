@@ -17,7 +17,7 @@ import vizgrad
 from vizgrad.graph import Graph, Node
 from vizgrad.run import Step
 from vizgrad import engine, frames
-from vizgrad.colors import VIRIDIS, ColorScale, colorbar, colormap, scale_for, text_color_for
+from vizgrad.colors import scale_between, VIRIDIS, ColorScale, colorbar, colormap, scale_for, text_color_for
 from vizgrad.errors import UsageError
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -195,12 +195,21 @@ def test_paint_is_json_with_fixed_width_lines(seed_run):
         node = step.graph.node(node_id)
         assert re.fullmatch(r"#[0-9a-f]{6}", fill) and flag == "" and ink in ("#000000", "#ffffff")
         assert len(lines) == frames.value_line_count(node) and all(len(x) == frames.LINE_WIDTH for x in lines)
-        norm = step.stats(node_id)["norm"]
-        assert fill == scale.color(norm)
+        stats = step.stats(node_id)
+        # Colour by RMS (norm / sqrt(elements)) by default: the (8, 1) gradients sit 8 ** 0.5 lower.
+        assert fill == scale.color(stats["norm"], stats["numel"])
+        assert scale.position(stats["norm"], stats["numel"]) == pytest.approx(
+            scale_between((10 ** scale.lo, 10 ** scale.hi)).position(stats["norm"] / math.sqrt(stats["numel"])))
     for key, (color, width, flag) in painted["e"].items():
         src, slot = key.split(":")
-        norm = step.edge_stats(src, int(slot))["norm"]
-        assert color == scale.color(norm) and width == scale.width(norm) and 1 <= width <= 6 and flag == ""
+        stats = step.edge_stats(src, int(slot))
+        norm, numel = stats["norm"], stats["numel"]
+        assert color == scale.color(norm, numel) and width == scale.width(norm, numel) and 1 <= width <= 6
+        assert flag == ""
+    by_norm = scale_for(seed_run.steps, "norm")
+    painted = frames.paint(step, by_norm)
+    for node_id, (fill, _, _, _) in painted["n"].items():
+        assert fill == by_norm.color(step.stats(node_id)["norm"])
 
 
 def _assert_segments_equal_paint(run: vizgrad.Run) -> None:
@@ -351,7 +360,7 @@ def test_scale_for_ignores_zero_nan_inf_and_falls_back():
 
     scale = scale_for([FakeStep([0.0, 1e-2, math.nan]), FakeStep([math.inf, 1e2])])
     assert (scale.lo, scale.hi) == pytest.approx((-2.0, 2.0))
-    assert scale_for([FakeStep([0.0])]) == ColorScale(-3.0, 1.0)
+    assert scale_for([FakeStep([0.0])]) == ColorScale(-3.0, 1.0, "rms")
     single = scale_for([FakeStep([10.0, 10.0])])
     assert (single.lo, single.hi) == pytest.approx((0.5, 1.5))
 

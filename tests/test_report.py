@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import html
 import json
+import math
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -383,3 +386,33 @@ def test_run_demo_works_without_a_system_graphviz(tmp_path, monkeypatch):
     data = page_data(text)
     assert len(frames_of(data)) == 40
     assert data["panels"][0]["kind"] == "scatter_line" and len(data["panels"][0]["lines"]) == 40
+
+
+def test_colours_follow_rms_by_default_and_norm_on_request_and_the_legend_says_which(seed_run, tmp_path):
+    rms, norm = seed_run.report(), seed_run.report(scale="norm")
+    assert "gradient RMS ‖g‖/√n (log scale)" in rms.html() and "gradient norm ‖g‖ (log scale)" in norm.html()
+    data_rms, data_norm = page_data(rms.html()), page_data(norm.html())
+    assert data_rms["colorbar"]["label"].startswith("gradient RMS") and data_rms["flow"]["measure"] == "rms"
+    assert data_norm["flow"]["measure"] == "norm"
+    # The scale spans the run's RMS values: the seed's (8, 1) gradients sit sqrt(8) below their norms.
+    lo_rms, hi_rms = seed_run.norm_range("rms")
+    assert data_rms["colorbar"]["lo"] == pytest.approx(math.log10(lo_rms))
+    assert data_norm["colorbar"]["hi"] == pytest.approx(math.log10(seed_run.norm_range()[1]))
+    seed_run.save(tmp_path / "seed.vizgrad")
+    loaded = vizgrad.load(tmp_path / "seed.vizgrad")
+    assert loaded.norm_range("rms") == pytest.approx((lo_rms, hi_rms))  # from the file's columns
+    with pytest.raises(vizgrad.UsageError, match="scale must be one of 'rms', 'norm'"):
+        seed_run.report(scale="abs")
+
+
+def test_the_flow_panel_data_holds_each_parameter_per_step(seed_run):
+    from vizgrad.health import CODE_NONE, log_codes
+
+    flow = page_data(seed_run.report(steps="0:50").html())["flow"]
+    assert flow["by"] == "param" and flow["steps"] == 50 and flow["depths"] == []
+    names, norms = seed_run.grad_norms(by="param")
+    assert sorted(flow["names"]) == sorted(names)
+    codes = np.frombuffer(base64.b64decode(flow["norm"]), dtype="<u2").reshape(50, len(names))
+    order = [names.index(name) for name in flow["names"]]
+    expected = log_codes(norms[:50][:, order], np.ones((50, len(names)), dtype=bool), flow["lo"], flow["hi"])
+    assert (codes == expected).all() and (codes != CODE_NONE).all()

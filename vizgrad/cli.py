@@ -101,10 +101,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 @click.option("--unfold", multiple=True, metavar="PATH",
               help="Draw the instances of a fold one by one (repeatable): its module or container, e.g. "
                    "transformer.h or lstm1.")
+@click.option("--scale", type=click.Choice(["rms", "norm"]), default="rms", show_default=True,
+              help="What colours show: gradient RMS (norm / sqrt(elements): tensor size does not look like health) "
+                   "or norm.")
 @click.option("-q", "--quiet", is_flag=True, help="Silence the script's output, vizgrad's messages and progress bars.")
 def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt: str | None, save: Path | None,
            every: int, steps: str | None, engine: str, depth: int | None, max_nodes: int, expand: tuple[str, ...],
-           collapse: tuple[str, ...], unfold: tuple[str, ...], quiet: bool) -> None:
+           collapse: tuple[str, ...], unfold: tuple[str, ...], scale: str, quiet: bool) -> None:
     """Record a script's gradients (or read a saved run) and draw every step.
 
     TARGET is a Python script, run unmodified as __main__ with ARGS (put them
@@ -127,7 +130,8 @@ def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt:
     fmt, output = _choose_output(export, target, output, fmt)
     _check_writable(output, fmt)
     view = ViewOptions(depth=depth, max_nodes=max_nodes, expand=expand, collapse=collapse, unfold=unfold)
-    options = {"every": every, "steps": steps, "engine": engine, "progress": False if quiet else None, "view": view}
+    options = {"every": every, "steps": steps, "engine": engine, "progress": False if quiet else None, "view": view,
+               "scale": scale}
     if is_run:
         _render_run_file(export, target, output, fmt, save, options, quiet)
     else:

@@ -10,6 +10,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from vizgrad.errors import UsageError
+
 __all__ = [
     "VIRIDIS",
     "FLAG_COLORS",
@@ -18,6 +20,8 @@ __all__ = [
     "scale_for",
     "norm_range",
     "scale_between",
+    "MEASURES",
+    "measured",
     "colorbar",
     "text_color_for",
 ]
@@ -116,17 +120,44 @@ def text_color_for(fill: str) -> str:
     return "#000000" if luminance > 0.179 else "#ffffff"
 
 
+#: What a colour scale places: ``rms`` (norm / sqrt(elements): tensor size does not look like health)
+#: or ``norm`` (the L2 norm itself).
+MEASURES = ("rms", "norm")
+
+
+def measured(norms: np.ndarray, numel: np.ndarray | None, measure: str) -> np.ndarray:
+    """``norms`` as ``measure`` has them: divided by sqrt(elements) for ``rms`` (where the element count is known)."""
+    norms = np.asarray(norms, dtype=np.float64)
+    if measure == "norm" or numel is None:
+        return norms
+    numel = np.asarray(numel, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(numel > 0, norms / np.sqrt(np.where(numel > 0, numel, 1.0)), norms)
+
+
 @dataclasses.dataclass(frozen=True)
 class ColorScale:
-    """Maps gradient norms to colours and edge widths on a log10 scale.
+    """Maps gradient norms (or RMS values) to colours and edge widths on a log10 scale.
 
     Attributes:
-        lo: log10 of the smallest norm the scale distinguishes (and below).
+        lo: log10 of the smallest value the scale distinguishes (and below).
         hi: log10 of the largest (and above).
+        measure: What the scale places (see :data:`MEASURES`): the methods
+            take norms and, for ``rms``, the element counts beside them.
     """
 
     lo: float
     hi: float
+    measure: str = "norm"
+
+    def measured(self, norms: np.ndarray, numel: np.ndarray | None = None) -> np.ndarray:
+        """What this scale places for each norm (see :func:`measured`)."""
+        return measured(norms, numel, self.measure)
+
+    @property
+    def title(self) -> str:
+        """What the colours show, for a legend."""
+        return "gradient RMS ‖g‖/√n (log scale)" if self.measure == "rms" else "gradient norm ‖g‖ (log scale)"
 
     def positions(self, norms: np.ndarray) -> np.ndarray:
         """Where each norm falls on the scale, in ``[0, 1]``; NaN for zero, negative, NaN or Inf (the one rule)."""
@@ -137,33 +168,33 @@ class ColorScale:
             t = (np.log10(np.where(valid, norms, 1.0)) - self.lo) / span if span > 0 else np.full(norms.shape, 0.5)
         return np.where(valid, np.clip(t, 0.0, 1.0), np.nan)
 
-    def color_indices(self, norms: np.ndarray) -> np.ndarray:
-        """The :data:`VIRIDIS` index (reversed: 0 for the largest norms) of each norm; -1 where it has no position."""
-        t = self.positions(norms)
+    def color_indices(self, norms: np.ndarray, numel: np.ndarray | None = None) -> np.ndarray:
+        """The :data:`VIRIDIS` index (reversed: 0 for the largest) of each norm; -1 where it has no position."""
+        t = self.positions(self.measured(norms, numel))
         index = len(VIRIDIS) - 1 - np.rint(np.nan_to_num(t) * (len(VIRIDIS) - 1)).astype(np.int64)
         return np.where(np.isnan(t), -1, index)
 
-    def widths(self, norms: np.ndarray) -> np.ndarray:
-        """Edge widths in px growing with log10 norm, 1 to 6, rounded to 0.1 px; 1 where a norm has no position."""
-        return np.round(1.0 + 5.0 * np.nan_to_num(self.positions(norms)), 1)
+    def widths(self, norms: np.ndarray, numel: np.ndarray | None = None) -> np.ndarray:
+        """Edge widths in px growing with the log10 value, 1 to 6, rounded to 0.1 px; 1 where one has no position."""
+        return np.round(1.0 + 5.0 * np.nan_to_num(self.positions(self.measured(norms, numel))), 1)
 
-    def position(self, norm: float) -> float | None:
+    def position(self, norm: float, numel: int | None = None) -> float | None:
         """:meth:`positions` of one norm (``None`` for none)."""
-        t = float(self.positions(np.array([norm]))[0])
+        t = float(self.positions(self.measured(np.array([norm]), None if numel is None else np.array([numel])))[0])
         return None if math.isnan(t) else t
 
-    def color(self, norm: float) -> str | None:
-        """The colour of ``norm``, or ``None`` when it has no position (see :meth:`positions`)."""
-        index = int(self.color_indices(np.array([norm]))[0])
+    def color(self, norm: float, numel: int | None = None) -> str | None:
+        """The colour of ``norm`` (of ``numel`` elements), or ``None`` when it has no position (see :meth:`positions`)."""
+        index = int(self.color_indices(np.array([norm]), None if numel is None else np.array([numel]))[0])
         return None if index < 0 else VIRIDIS[index]
 
-    def width(self, norm: float) -> float:
+    def width(self, norm: float, numel: int | None = None) -> float:
         """:meth:`widths` of one norm."""
-        return float(self.widths(np.array([norm]))[0])
+        return float(self.widths(np.array([norm]), None if numel is None else np.array([numel]))[0])
 
 
-def scale_for(steps: Iterable[Any]) -> ColorScale:
-    """The colour scale spanning every node and edge gradient norm of these steps.
+def scale_for(steps: Iterable[Any], measure: str = "rms") -> ColorScale:
+    """The colour scale spanning every node and edge gradient norm (or RMS, see :data:`MEASURES`) of these steps.
 
     Zero, NaN and Inf norms are left out (they are flagged, not coloured). With
     no usable norm the scale falls back to 1e-3 .. 1e1; a single distinct norm
@@ -171,15 +202,16 @@ def scale_for(steps: Iterable[Any]) -> ColorScale:
 
     Args:
         steps: :class:`vizgrad.run.Step` objects (e.g. ``run.steps``).
+        measure: ``rms`` (the default) or ``norm``.
 
     Returns:
         The :class:`ColorScale`.
     """
-    return scale_between(norm_range(step.table for step in steps))
+    return scale_between(norm_range((step.table for step in steps), measure), measure)
 
 
-def norm_range(tables: Iterable[Any]) -> tuple[float, float] | None:
-    """The smallest and largest finite, non-zero node and edge gradient norm of these gradient tables; ``None`` if none.
+def norm_range(tables: Iterable[Any], measure: str = "norm") -> tuple[float, float] | None:
+    """The smallest and largest finite, non-zero node and edge gradient norm (or RMS) of these tables; ``None`` if none.
 
     Tables are read in chunks whose pending rows are computed together (a
     stored run of thousands of steps costs a few vectorised passes).
@@ -199,8 +231,9 @@ def norm_range(tables: Iterable[Any]) -> tuple[float, float] | None:
             groups.setdefault(table.index, []).append(table)
         for index, group in groups.items():
             rows = index.gradient_rows
-            norms = np.concatenate([table.rows[rows, 0] for table in group]) if len(group) > 1 \
-                else group[0].rows[rows, 0]
+            stacked = np.concatenate([table.rows[rows] for table in group]) if len(group) > 1 \
+                else group[0].rows[rows]
+            norms = measured(stacked[:, 0], stacked[:, 6], measure)
             norms = norms[np.isfinite(norms) & (norms > 0)]
             if norms.size:
                 lo = min(lo, float(norms.min()))
@@ -208,18 +241,20 @@ def norm_range(tables: Iterable[Any]) -> tuple[float, float] | None:
     return None if lo > hi else (lo, hi)
 
 
-def scale_between(norms: tuple[float, float] | None) -> ColorScale:
-    """The colour scale from the norm range ``(lo, hi)`` of :func:`norm_range` (see :func:`scale_for`).
+def scale_between(norms: tuple[float, float] | None, measure: str = "norm") -> ColorScale:
+    """The colour scale from the range ``(lo, hi)`` of :func:`norm_range` (see :func:`scale_for`).
 
-    >>> scale_between((0.01, 10.0)), scale_between(None)
-    (ColorScale(lo=-2.0, hi=1.0), ColorScale(lo=-3.0, hi=1.0))
+    >>> scale_between((0.01, 10.0)), scale_between(None, "rms")
+    (ColorScale(lo=-2.0, hi=1.0, measure='norm'), ColorScale(lo=-3.0, hi=1.0, measure='rms'))
     """
+    if measure not in MEASURES:
+        raise UsageError(f"the colour scale must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
     if norms is None:
-        return ColorScale(*_FALLBACK_RANGE)
+        return ColorScale(*_FALLBACK_RANGE, measure)
     low, high = math.log10(norms[0]), math.log10(norms[1])
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
-    return ColorScale(low, high)
+    return ColorScale(low, high, measure)
 
 
 def colorbar(scale: ColorScale, stops: int = 16) -> dict[str, Any]:
@@ -257,6 +292,6 @@ def colorbar(scale: ColorScale, stops: int = 16) -> dict[str, Any]:
         "hi": scale.hi,
         "stops": stop_list,
         "ticks": ticks,
-        "label": "gradient norm (log scale)",
+        "label": scale.title,
         "css": css,
     }

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from vizgrad import raster
 from vizgrad.errors import OutputError, UsageError
-from vizgrad.frames import FrameRenderer, annotated_width, select_steps
+from vizgrad.frames import FrameRenderer, annotated_width, run_scale, select_steps
 from vizgrad.view import ViewOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,7 +56,8 @@ def format_for(path: str | os.PathLike[str], fmt: str | None = None) -> str:
 
 def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, every: int = 1,
            steps: str | slice | int | None = None, engine: str | None = None, progress: bool | None = None,
-           fps: float = 10, width: int | None = None, view: ViewOptions | None = None) -> list[Path]:
+           fps: float = 10, width: int | None = None, view: ViewOptions | None = None,
+           scale: str = "rms") -> list[Path]:
     """Writes ``run`` to ``path`` as ``fmt``, laying out each graph topology once.
 
     * ``html``: the player report (``run.report(...).save(path)``);
@@ -83,6 +84,8 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
         view: What is drawn of each graph (collapsed modules, folded
             repeats; see :class:`vizgrad.view.ViewOptions`); by default the
             most detailed view within 150 drawn items.
+        scale: What the colours show: ``"rms"`` (norm / sqrt(elements), the
+            default) or ``"norm"``; the legend says which.
 
     Returns:
         The paths written.
@@ -96,13 +99,13 @@ def export(run: Run, path: str | os.PathLike[str], fmt: str | None = None, *, ev
     chosen = format_for(path, fmt)
     target = Path(path)
     if chosen == "html":
-        report = run.report(every=every, steps=steps, engine=engine, view=view)
+        report = run.report(every=every, steps=steps, engine=engine, view=view, scale=scale)
         with _progress_bar(report.layouts_to_draw(), f"Laying out {target.name}", progress) as advance:
             report.progress = advance
             return [report.save(target)]
     if chosen == "dot":
         return _write_dot(run, target, select_steps(len(run.steps), every, steps), view)
-    renderer = FrameRenderer(run, engine, every=every, steps=steps, view=view)
+    renderer = FrameRenderer(run, engine, every=every, steps=steps, view=view, scale=run_scale(run, scale))
     if chosen == "svg":
         return _write_svg(renderer, target, progress)
     writer = raster.write_gif if chosen == "gif" else raster.write_mp4

@@ -33,9 +33,12 @@ __all__ = [
 _PAINT_CHUNK = 256
 
 
-def run_scale(run: Run) -> ColorScale:
-    """The colour scale spanning every gradient of the whole run: the same fills whatever steps are drawn."""
-    return scale_between(run.norm_range())
+def run_scale(run: Run, measure: str = "rms") -> ColorScale:
+    """The colour scale spanning every gradient of the whole run: the same fills whatever steps are drawn.
+
+    ``measure``: ``rms`` (norm / sqrt(elements), the default: tensor size does not look like health) or ``norm``.
+    """
+    return scale_between(run.norm_range(measure), measure)
 
 
 def segments(steps: Sequence[Step]) -> list[list[Step]]:
@@ -181,5 +184,5 @@ def annotate(svg: str, layout: Layout, *, step: int, loss: float | None, scale: 
         f'<defs><linearGradient id="vg-legend">{stops}</linearGradient></defs>'
         f'<g font-size="9" fill="#24292f">'
         f'<rect x="10" y="{top:.1f}" width="180" height="10" fill="url(#vg-legend)" stroke="#8c959f" stroke-width="0.5"/>'
-        f'{ticks}<text x="10" y="{top - 2:.1f}">gradient norm</text>{"".join(flags)}</g></svg>'
+        f'{ticks}<text x="10" y="{top - 2:.1f}">{html.escape(bar["label"])}</text>{"".join(flags)}</g></svg>'
     )

@@ -682,8 +682,8 @@ def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any], list[S
     return buffers, kept, pending
 
 
-def stored_norm_range(table: GradTable) -> tuple[float | None, float | None]:
-    """The smallest and largest finite non-zero gradient norm of a table, without computing pending rows.
+def stored_norm_range(table: GradTable, measure: str = "norm") -> tuple[float | None, float | None]:
+    """The smallest and largest finite non-zero gradient norm (or RMS) of a table, without computing pending rows.
 
     ``(None, None)`` when it has none, or when a gradient's row is still to
     compute (then the run's range is found by reading its steps).
@@ -695,7 +695,9 @@ def stored_norm_range(table: GradTable) -> tuple[float | None, float | None]:
         is_gradient[table.index.gradient_rows] = True
     if any(is_gradient[segments.rows_at].any() for segments in pending):
         return None, None
-    norms = rows[:, 0]
+    from vizgrad.colors import measured
+
+    norms = measured(rows[:, 0], rows[:, 6], measure)
     usable = is_gradient & (norms > 0) & (norms < np.inf)
     if not usable.any():
         return None, None

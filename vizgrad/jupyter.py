@@ -168,13 +168,13 @@ class LiveView:
 
     def _widen_norms(self, step: Step) -> None:
         """Grows the colour scale's range with this step's gradient norms (every step counts)."""
-        found = norm_range([step.table])
+        found = norm_range([step.table], "rms")
         if found is not None and self._norms is not None:
             found = (min(found[0], self._norms[0]), max(found[1], self._norms[1]))
         self._norms = found or self._norms
 
     def _scale(self) -> ColorScale:
-        return scale_between(self._norms)
+        return scale_between(self._norms, "rms")
 
     def _sparkline(self, width: int = 160, height: int = 28) -> str:
         """The loss so far as a small inline SVG line (log scale)."""

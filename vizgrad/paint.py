@@ -196,7 +196,7 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
                     flags[s] = 1 if math.isnan(loss) else 2
         else:
             lines = [grads]
-        fill = _fills(flags, norm, scale)
+        fill = _fills(flags, norm, scale, numel)
         nodes[node_id] = known[node_names[at]] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
         if inspector:
             # The inspector shows output 0; ops along a chain share that gradient, so equal columns are made once.
@@ -211,8 +211,8 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         row, found = data[:, slot], present[:, slot]
         norm = row[:, 0]
         flags = _flag_codes(norm, row[:, 4], row[:, 5], row[:, 6], found)
-        color = _palette_index(scale.color_indices(norm), _ZERO_EDGE_INDEX)
-        width = scale.widths(norm)
+        color = _palette_index(scale.color_indices(norm, row[:, 6]), _ZERO_EDGE_INDEX)
+        width = scale.widths(norm, row[:, 6])
         color = np.select([flags == 4, (flags == 1) | (flags == 2), flags == 3],
                           [_NO_GRAD_INDEX, np.where(flags == 1, _FLAG_COLOR_INDEX["nan"], _FLAG_COLOR_INDEX["inf"]),
                            _ZERO_EDGE_INDEX], color)
@@ -271,7 +271,7 @@ def _box_paint(data: np.ndarray, present: np.ndarray, slots: list[int], scale: C
     found = present[:, slots[0]]
     norm = come_in[:, 0]
     flags = _flag_codes(norm, inside[:, 4], inside[:, 5], come_in[:, 6], found)
-    fill = _fills(flags, norm, scale)
+    fill = _fills(flags, norm, scale, come_in[:, 6])
     lines = [_norm_lines(prefix, rows[:, 0], present[:, slot])
              for prefix, rows, slot in (("in", come_in, slots[0]), ("out", go_out, slots[1]), ("max", inside, slots[2]))]
     out: dict[str, Any] = {"fill": fill.tolist(), "flag": flags.tolist(), "lines": lines}
@@ -294,10 +294,10 @@ def _bar_column(rows: np.ndarray, found: np.ndarray, scale: ColorScale) -> dict[
     """One bar of a fold's strip at every step: its colour (a :data:`PALETTE` index) and height (0-100)."""
     norm = rows[:, 0]
     flags = _flag_codes(norm, rows[:, 4], rows[:, 5], rows[:, 6], found)
-    t = scale.positions(norm)
+    t = scale.positions(scale.measured(norm, rows[:, 6]))
     height = np.where(np.isnan(t), 0, np.rint(_BAR_FULL * (0.12 + 0.88 * np.nan_to_num(t)))).astype(np.int64)
     height = np.where((flags == 1) | (flags == 2), _BAR_FULL, height)
-    color = _fills(flags, norm, scale)
+    color = _fills(flags, norm, scale, rows[:, 6])
     return {"color": color.tolist(), "height": height.tolist()}
 
 
@@ -351,14 +351,14 @@ def _palette_index(viridis: np.ndarray, none: int) -> np.ndarray:
     return np.where(viridis < 0, none, viridis)
 
 
-def _fills(flags: np.ndarray, norm: np.ndarray, scale: ColorScale) -> np.ndarray:
-    """The fill of every step: a flag's colour where there is one, else the norm's place on the scale."""
-    return np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, scale))
+def _fills(flags: np.ndarray, norm: np.ndarray, scale: ColorScale, numel: np.ndarray) -> np.ndarray:
+    """The fill of every step: a flag's colour where there is one, else the norm's (or RMS's) place on the scale."""
+    return np.where(flags > 0, _FLAG_FILL[flags], _color_indices(norm, numel, scale))
 
 
-def _color_indices(norm: np.ndarray, scale: ColorScale) -> np.ndarray:
+def _color_indices(norm: np.ndarray, numel: np.ndarray, scale: ColorScale) -> np.ndarray:
     """Palette index of every norm's colour, the zero grey where it has no position."""
-    return _palette_index(scale.color_indices(norm), _FLAG_COLOR_INDEX["zero"])
+    return _palette_index(scale.color_indices(norm, numel), _FLAG_COLOR_INDEX["zero"])
 
 
 def _stats_columns(rows: np.ndarray, found: np.ndarray) -> dict[str, Any]:

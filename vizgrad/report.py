@@ -23,7 +23,7 @@ import numpy as np
 from markupsafe import Markup
 
 from vizgrad import frames, gradtable
-from vizgrad.colors import FLAG_COLORS, VIRIDIS, ColorScale
+from vizgrad.colors import FLAG_COLORS, MEASURES, VIRIDIS, ColorScale
 from vizgrad.paint import INK
 from vizgrad.rows import SegmentRows, gather_rows
 from vizgrad.errors import LayoutError, OutputError, UsageError
@@ -138,6 +138,10 @@ class Report:
         views: How many views (expanded, collapsed or unfolded by a click)
             the report prepares, nearest to the first one first (see
             :func:`vizgrad.view.explore`); each costs a layout per graph shape.
+        scale: What the colours of nodes, edges and the gradient-flow panel
+            show: ``"rms"`` (norm / sqrt(elements), the default, so that a
+            big matrix does not look exploding nor a scalar vanishing) or
+            ``"norm"``. The legend says which.
 
     Raises:
         UsageError: The run has no steps, or ``every``/``steps`` select none.
@@ -147,7 +151,10 @@ class Report:
     """
 
     def __init__(self, run: Any, *, every: int = 1, steps: str | slice | None = None, engine: str | None = None,
-                 title: str | None = None, view: ViewOptions | None = None, views: int = MAX_STATES) -> None:
+                 title: str | None = None, view: ViewOptions | None = None, views: int = MAX_STATES,
+                 scale: str = "rms") -> None:
+        if scale not in MEASURES:
+            raise UsageError(f"scale must be one of {', '.join(map(repr, MEASURES))}, got {scale!r}")
         if len(run.steps) == 0:
             raise UsageError("the run has no steps to report; call backward() inside vizgrad.record()")
         self.run = run
@@ -159,6 +166,7 @@ class Report:
         if isinstance(views, bool) or not isinstance(views, int) or views < 1:
             raise UsageError(f"views must be a whole number >= 1, got {views!r}")
         self.views = views
+        self.scale = scale
         self.progress: Callable[[int], Any] | None = None  # told of each view drawn (a progress bar's update)
         self._explored: tuple[Any, list[Any], list[Any]] | None = None
         self.selected: list[int] = frames.select_steps(len(run.steps), every=every, steps=steps)
@@ -226,6 +234,7 @@ class Report:
             frame_style=Markup(frames.FRAME_CSS),
             summary=payload["summary"],
             legend=_legend(),
+            colorbar_title=payload["colorbar"]["label"],
         )
 
     def _payload(self) -> tuple[dict[str, Any], list[str]]:
@@ -234,7 +243,7 @@ class Report:
         # Summaries the recorder left to compute: all steps in one vectorised pass.
         gradtable.resolve(step.table for step in steps)
         cache = frames.LayoutCache(self.engine)
-        scale = frames.run_scale(self.run)  # the whole run's, as frame exports use: the same fills for a step
+        scale = frames.run_scale(self.run, self.scale)  # the whole run's, as frame exports use: the same fills
         page = _FrameData()
         groups = frames.segments(steps)
         main, states, transitions = self._states(groups)
@@ -261,6 +270,7 @@ class Report:
         if flow is not None:
             # Low to high as the graph's scale runs (reversed viridis: pale yellow to dark purple).
             flow["colors"] = {"ramp": list(reversed(VIRIDIS)), **{flag: FLAG_COLORS[flag] for flag in ("nan", "zero")}}
+            flow["measure"] = self.scale
 
         payload_params = self._params(steps)
         payload = {

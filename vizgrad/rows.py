@@ -252,8 +252,13 @@ def _largest_instance(rows: np.ndarray, found: np.ndarray, instances: np.ndarray
     for s in range(len(rows)):
         squares = np.bincount(inverse, weights=merged[s, :, 0] ** 2, minlength=len(labels))
         has = np.bincount(inverse, weights=found[s].astype(np.float64), minlength=len(labels)) > 0
+        out[s, 4:6] = merged[s, :, 4:6].sum(axis=0)
         if has.any():
-            out[s, 0] = np.sqrt(squares[has]).max()
+            largest = int(np.argmax(np.where(has, squares, -np.inf)))
+            out[s, 0] = np.sqrt(squares[largest])
+            # That instance's elements, so an RMS colour is of the instance the bar shows.
+            out[s, 6] = np.bincount(inverse, weights=merged[s, :, 6], minlength=len(labels))[largest]
             present[s] = True
-        out[s, 4:7] = merged[s, :, 4:7].sum(axis=0)
+        else:
+            out[s, 6] = 0.0
     return out, present

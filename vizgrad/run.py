@@ -302,11 +302,11 @@ class Run:
 
         return grad_norms(self, by, kind, depth, measure)
 
-    def norm_range(self) -> tuple[float, float] | None:
-        """The smallest and largest finite, non-zero node and edge gradient norm of every step; ``None`` if none."""
+    def norm_range(self, measure: str = "norm") -> tuple[float, float] | None:
+        """The smallest and largest finite, non-zero node and edge gradient norm (or ``"rms"``) of every step."""
         from vizgrad.colors import norm_range
 
-        return norm_range(step.table for step in self.steps)
+        return norm_range((step.table for step in self.steps), measure)
 
     def graphs(self) -> dict[str, Graph]:
         """Distinct graphs of the run, keyed by structural hash, in first-seen order."""

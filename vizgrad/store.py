@@ -80,6 +80,8 @@ CREATE TABLE steps (
     params TEXT NOT NULL,          -- JSON list of the parameter names of the step
     norm_lo REAL,                  -- smallest and largest finite non-zero node/edge gradient norm,
     norm_hi REAL,                  -- so colour scales span a run without reading its rows
+    rms_lo REAL,                   -- the same of norm / sqrt(elements) (schema 3)
+    rms_hi REAL,
     summaries BLOB NOT NULL,       -- crc32 + float64 rows [norm, mean, min, max, nan, inf, numel]
     kept BLOB NOT NULL,            -- packed kept values: header of dtypes and shapes + raw bytes
     data TEXT NOT NULL,            -- JSON of the values logged with run.log()
@@ -92,7 +94,8 @@ _STEP_COLUMNS = {1: "idx, graph, NULL, loss, summaries, kept, data",
                  3: "idx, graph, grad_index, loss, summaries, kept, data"}
 _CHECKED_COLUMNS = {1: "idx, graph, loss, params, summaries, kept, data",
                     2: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data",
-                    3: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data, stepped"}
+                    3: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, kept, data, "
+                       "stepped"}
 
 
 # -- validation --------------------------------------------------------------------------------------------
@@ -414,13 +417,14 @@ class RunStore:
         loss, data = _encode_loss(step.loss), _dumps(step.data) if step.data else "{}"
         params = self._params_text(table.index)
         norm_lo, norm_hi = stored_norm_range(table)
+        rms_lo, rms_hi = stored_norm_range(table, "rms")
         stepped = ",".join(map(str, step.stepped))
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute(
-                "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data, "
-                "stepped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, "
+                "kept, data, stepped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (step.index, self._graphs.id_of(self._connection, step.graph),
-                 self._indexes.id_of(self._connection, table.index), loss, params, norm_lo, norm_hi,
+                 self._indexes.id_of(self._connection, table.index), loss, params, norm_lo, norm_hi, rms_lo, rms_hi,
                  summaries, values, data, stepped))
             self._write_run_meta(meta, panels)
         self._count += 1
@@ -544,17 +548,19 @@ class RunStore:
         with self._lock, self._error_context("read"):
             return dict(self._connection.execute("SELECT key, value FROM meta"))
 
-    def norm_range(self) -> tuple[float, float] | None | Any:
-        """The smallest and largest finite non-zero gradient norm of the run, from one query.
+    def norm_range(self, measure: str = "norm") -> tuple[float, float] | None | Any:
+        """The smallest and largest finite non-zero gradient norm (or RMS) of the run, from one query.
 
-        ``NotImplemented`` where a step did not store its range (schema 1, or
-        rows left to compute from kept values): the caller reads the steps.
+        ``NotImplemented`` where a step did not store its range (schema 1, an
+        RMS before schema 3, or rows left to compute from kept values): the
+        caller reads the steps.
         """
-        if self.version < 2:
+        if self.version < (3 if measure == "rms" else 2):
             return NotImplemented
+        low_column, high_column = ("rms_lo", "rms_hi") if measure == "rms" else ("norm_lo", "norm_hi")
         with self._lock, self._error_context("read"):
             low, high, unknown = self._connection.execute(
-                "SELECT min(norm_lo), max(norm_hi), count(*) - count(norm_lo) FROM steps").fetchone()
+                f"SELECT min({low_column}), max({high_column}), count(*) - count({low_column}) FROM steps").fetchone()
         if unknown:
             return NotImplemented
         return None if low is None or high is None else (float(low), float(high))
@@ -744,9 +750,9 @@ class StoredRun(Run):
     def graphs(self) -> dict[str, Graph]:
         return self.store.graphs()
 
-    def norm_range(self) -> tuple[float, float] | None:
-        stored = self.store.norm_range()
-        return super().norm_range() if stored is NotImplemented else stored
+    def norm_range(self, measure: str = "norm") -> tuple[float, float] | None:
+        stored = self.store.norm_range(measure)
+        return super().norm_range(measure) if stored is NotImplemented else stored
 
     def close(self) -> None:
         """Finishes writing (when recording) and closes the file; the run cannot be read afterwards."""

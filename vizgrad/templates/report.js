@@ -873,6 +873,7 @@ async function inflateText(packed) {
       option.value = String(at);
     });
     depthSelect.value = String(clamp(F.depth, 0, groupings.length - 1));
+    measureSelect.value = F.measure === "norm" ? "norm" : "rms";   // as the graph's colours, to begin with
     depthSelect.parentElement.hidden = groupings.length < 2;
     $("flow-sub").textContent = (F.by === "module" ? "per module" : "per parameter") + ", of .grad after each backward()";
 
