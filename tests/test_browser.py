@@ -552,3 +552,32 @@ def test_the_gradient_flow_panel_shows_each_layer_and_a_click_goes_to_that_step_
     assert "h.7 · step 3" in p.text_content("#flow-readout")
     assert page.errors == []
     p.close()
+
+
+def test_a_gan_report_draws_a_loss_curve_per_name_by_iteration(browser, tmp_path):
+    torch.manual_seed(0)
+    netD, netG = torch.nn.Linear(4, 1), torch.nn.Linear(2, 4)
+    optD, optG = torch.optim.SGD(netD.parameters(), lr=0.1), torch.optim.SGD(netG.parameters(), lr=0.1)
+    bce = torch.nn.BCEWithLogitsLoss()
+    with vizgrad.record() as run:
+        for _ in range(4):
+            errD_real = bce(netD(torch.randn(3, 4)).view(-1), torch.ones(3))
+            errD_real.backward()
+            fake = netG(torch.randn(3, 2))
+            errD_fake = bce(netD(fake.detach()).view(-1), torch.zeros(3))
+            errD_fake.backward()
+            optD.step()
+            errG = bce(netD(fake).view(-1), torch.ones(3))
+            errG.backward()
+            optG.step()
+    page = Page(browser, run.report().save(tmp_path / "gan.html"))
+    p = page.page
+    call(p, "window.vizgrad.ready")
+    assert p.locator('[data-panel="iteration-loss"]').is_visible()
+    legend = p.eval_on_selector_all("#iteration-legend [data-loss]", "els => els.map(e => e.dataset.loss)")
+    assert legend == ["errD_real", "errD_fake", "errG"]
+    assert p.eval_on_selector_all("#iteration-chart path", "ps => ps.filter(p => p.getAttribute('d')).length") >= 3
+    call(p, "window.vizgrad.step(7)")
+    assert p.text_content("#iteration-label") == "2" and p.text_content("#step-label") == "7"
+    assert page.errors == []
+    p.close()

@@ -416,3 +416,33 @@ def test_the_flow_panel_data_holds_each_parameter_per_step(seed_run):
     order = [names.index(name) for name in flow["names"]]
     expected = log_codes(norms[:50][:, order], np.ones((50, len(names)), dtype=bool), flow["lo"], flow["hi"])
     assert (codes == expected).all() and (codes != CODE_NONE).all()
+
+
+def test_iterations_of_several_steps_get_one_loss_curve_per_name_summed_over_the_iteration():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 3)
+    with vizgrad.record(model) as run:
+        for _ in range(3):
+            for _ in range(2):  # accumulation of 2
+                loss = model(x).pow(2).mean() / 2
+                loss.backward()
+                aux = model(x).abs().mean()
+                aux.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    loop = page_data(run.report().html())["loop"]
+    assert loop["iteration"] == [0] * 4 + [1] * 4 + [2] * 4 and loop["count"] == 3 and loop["optimizers"] == ["SGD"]
+    curves = {curve["name"]: curve for curve in loop["losses"]}
+    assert set(curves) == {"loss", "aux"}
+    assert curves["loss"]["at"] == [3, 7, 11]  # drawn at the last step of each iteration
+    for k, iteration in enumerate(run.iterations()):
+        assert curves["loss"]["values"][k] == pytest.approx(sum(run.steps[i].loss for i in iteration.steps[0::2]), rel=1e-5)
+        assert curves["aux"]["values"][k] == pytest.approx(sum(run.steps[i].loss for i in iteration.steps[1::2]), rel=1e-5)
+    # One step per iteration and one loss name: the step curve is all there is.
+    with vizgrad.record(model) as plain:
+        for _ in range(2):
+            model(x).sum().backward()
+            optimizer.step()
+    assert page_data(plain.report().html())["loop"] is None

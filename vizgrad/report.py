@@ -235,6 +235,7 @@ class Report:
             summary=payload["summary"],
             legend=_legend(),
             colorbar_title=payload["colorbar"]["label"],
+            loop=payload["loop"] is not None,
         )
 
     def _payload(self) -> tuple[dict[str, Any], list[str]]:
@@ -273,6 +274,7 @@ class Report:
             flow["measure"] = self.scale
 
         payload_params = self._params(steps)
+        loop = self._loop(steps)
         payload = {
             "title": self.title,
             "flags": list(FLAGS),
@@ -281,6 +283,7 @@ class Report:
             "colorbar": frames.colorbar(scale),
             "index": [step.index for step in steps],
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
+            "loop": loop,
             "layouts": page.layouts,
             "columns": page.columns,
             "segments": default,
@@ -311,6 +314,36 @@ class Report:
         """How many (view, graph shape) pairs building the report lays out and paints: what ``progress`` counts."""
         groups = frames.segments([self.run[i] for i in self.selected])
         return len(self._states(groups)[1]) * len(groups)
+
+    def _loop(self, steps: Sequence[Any]) -> dict[str, Any] | None:
+        """The training loop of the shown steps: each frame's iteration and one loss curve per loss name.
+
+        An iteration's loss of a name is the sum of that name's step losses
+        over the whole iteration (with gradient accumulation, the loss the
+        script averages), drawn at the last shown step of the iteration.
+        ``None`` when every iteration is one step of one loss name: the step
+        curve says it all.
+        """
+        iterations = self.run.iterations()
+        names = {name for iteration in iterations for name in iteration.losses}
+        if len(names) < 2 and all(len(iteration.steps) == 1 for iteration in iterations):
+            return None
+        frame_of = {step.index: frame for frame, step in enumerate(steps)}
+        of_frame = [0] * len(steps)
+        curves: dict[str | None, dict[str, list[Any]]] = {}
+        for iteration in iterations:
+            frames_in = [frame_of[index] for index in iteration.steps if index in frame_of]
+            for frame in frames_in:
+                of_frame[frame] = iteration.index
+            if not frames_in:
+                continue
+            for name, loss in iteration.losses.items():
+                curve = curves.setdefault(name, {"at": [], "values": []})
+                curve["at"].append(frames_in[-1])
+                curve["values"].append(None if loss is None else _number(loss, 6))
+        optimizers = list(getattr(self.run.loop, "optimizers", []))
+        return {"iteration": of_frame, "count": len(iterations), "optimizers": optimizers,
+                "losses": [{"name": name, **curve} for name, curve in curves.items()]}
 
     def _params(self, steps: Sequence[Any]) -> list[dict[str, Any]]:
         """Trajectory of every parameter over the shown steps: its value when scalar, else its norm.

@@ -86,6 +86,7 @@ async function inflateText(packed) {
 
   const COUNT = FRAMES.length;
   const XS = DATA.index;                      // the run's step index of every frame
+  const STEP_XS = XS;
   const SERIES_COLORS = ["#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e", "#0e7490", "#9a6700", "#6e7781"];
   const PARAMS_SHOWN = 8;                     // parameter charts drawn before "show all"
   const $ = (id) => document.getElementById(id);
@@ -166,6 +167,7 @@ async function inflateText(packed) {
    * undefined a step the series does not cover (the line goes straight past it).
    */
   function makeChart(container, opts) {
+    const XS = opts.xs || STEP_XS;   // x of every frame: its step, or its iteration (never decreasing)
     const state = { svg: null, setPos: () => {} };
     const height = opts.height || 120;
 
@@ -848,6 +850,34 @@ async function inflateText(packed) {
     empty: "no scalar loss recorded",
   }));
 
+  // With optimizer iterations of several steps, or several losses (a GAN's errD_real, errD_fake, errG):
+  // one curve per loss name, each point an iteration's loss of that name summed over its steps.
+  (function iterationLosses() {
+    const loop = DATA.loop;
+    if (!loop) return;
+    const card = $("iteration-card");
+    card.hidden = false;
+    const series = loop.losses.map((curve, k) => {
+      const values = new Array(COUNT).fill(undefined);
+      curve.at.forEach((frame, i) => { values[frame] = curve.values[i]; });
+      return { name: curve.name === null ? "loss" : curve.name, values: values, color: SERIES_COLORS[k % SERIES_COLORS.length] };
+    });
+    const all = series.flatMap((s) => s.values.filter((v) => typeof v === "number"));
+    const log = all.length > 0 && !all.some((v) => v <= 0);
+    $("iteration-scale").textContent = (log ? "log" : "linear") + " scale, by iteration";
+    const legend = $("iteration-legend");
+    series.forEach((s) => {
+      const item = htmlEl("span", "vg-series", null, legend);
+      htmlEl("span", "vg-swatch", null, item).style.background = s.color;
+      htmlEl("span", null, s.name, item);
+      item.setAttribute("data-loss", s.name);
+    });
+    charts.push(makeChart($("iteration-chart"), {
+      series: series, log: log, height: 130, xs: loop.iteration, xTitle: "iteration (optimizer.step())",
+      label: "loss of each iteration by loss name", empty: "no scalar loss recorded",
+    }));
+  })();
+
   // ------------------------------------------------------------------ gradient flow: layers by steps
   const flow = (function () {
     const F = DATA.flow, card = $("flow-card");
@@ -1194,6 +1224,7 @@ async function inflateText(packed) {
       const loss = $("loss-value");
       loss.textContent = fmt(DATA.loss[pos]);
       loss.classList.toggle("vg-bad", typeof DATA.loss[pos] === "string");   // NaN or Inf
+      if (DATA.loop) $("iteration-label").textContent = String(DATA.loop.iteration[pos]);
       $("step-counter").textContent = (pos + 1).toLocaleString("en") + " / " + COUNT.toLocaleString("en");
       charts.forEach((c) => c.setPos(pos));
       inspector.update(pos);
