@@ -163,3 +163,22 @@ def test_files_of_schema_2_load_with_one_iteration_per_step(tmp_path):
     loaded = vizgrad.load(path)
     assert [step.iteration for step in loaded.steps] == [0, 1, 2, 3]
     assert len(loaded.iterations()) == 4
+
+
+def test_learning_rates_are_kept_per_iteration_and_group_and_survive_the_run_file(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                                 {"params": model[1].parameters(), "lr": 0.01}])
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    with vizgrad.record(model, save=tmp_path / "lr.vizgrad") as run:
+        for _ in range(3):
+            for _ in range(2):
+                model(torch.ones(1, 2)).sum().backward()
+            optimizer.step()
+            schedule.step()
+    for source in (run, vizgrad.load(tmp_path / "lr.vizgrad")):
+        assert source.loop.learning_rates("0.weight") == pytest.approx([0.1, 0.05, 0.025])
+        assert source.loop.learning_rates("1.bias") == pytest.approx([0.01, 0.005, 0.0025])
+        assert source.loop.learning_rates("nothing") == [None, None, None]
+        assert source.loop.groups[0] == [["0.weight", "0.bias"], ["1.weight", "1.bias"]]

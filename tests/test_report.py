@@ -446,3 +446,26 @@ def test_iterations_of_several_steps_get_one_loss_curve_per_name_summed_over_the
             model(x).sum().backward()
             optimizer.step()
     assert page_data(plain.report().html())["loop"] is None
+
+
+def test_the_parameter_panel_has_each_gradient_norm_and_the_update_ratio_of_each_iteration():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x = torch.randn(5, 3)
+    grads, weights = [], []
+    with vizgrad.record(model) as run:
+        for _ in range(4):
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            grads.append(float(model.weight.grad.norm()))
+            weights.append(float(model.weight.norm()))
+            optimizer.step()
+    params = {p["name"]: p for p in page_data(run.report().html())["params"]}
+    assert params["weight"]["grads"] == pytest.approx(grads, rel=1e-3)
+    update = params["weight"]["update"]
+    assert update["at"] == [0, 1, 2, 3]
+    assert update["values"] == pytest.approx([0.05 * g / w for g, w in zip(grads, weights)], rel=1e-3)
+    with vizgrad.record(model) as no_optimizer:  # a hand-written update: no learning rate known, no ratio
+        model(x).sum().backward()
+    assert "update" not in page_data(no_optimizer.report().html())["params"][0]

@@ -7,7 +7,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Sequence
 
-__all__ = ["Iteration", "TrainingLoop", "group_iterations"]
+__all__ = ["Iteration", "TrainingLoop", "group_iterations", "encode_marks", "decode_marks"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +78,17 @@ class TrainingLoop:
     :func:`group_iterations`.
     """
 
-    def __init__(self, stepped: Iterable[Sequence[int]] = (), optimizers: Sequence[str] = ()) -> None:
+    def __init__(self, stepped: Iterable[Sequence[int]] = (), optimizers: Sequence[str] = (),
+                 rates: Iterable[Sequence[tuple[float | None, ...]]] | None = None) -> None:
         self.stepped: list[tuple[int, ...]] = [tuple(marks) for marks in stepped]
+        # Per step, beside each mark: the learning rate of each of that optimizer's parameter groups then.
+        self.rates: list[tuple[tuple[float | None, ...], ...]] = [tuple(map(tuple, r)) for r in rates] \
+            if rates is not None else [((),) * len(marks) for marks in self.stepped]
         self.optimizers: list[str] = list(optimizers)  # class names, by ordinal
+        self.groups: dict[int, list[list[str]]] = {}  # ordinal -> the parameter names of each of its groups
+        self.name_of: Callable[[Any], str | None] = lambda tensor: None  # a parameter's name (the recorder's)
         self.pending: list[int] = []
+        self.pending_rates: list[tuple[float | None, ...]] = []
         self._ordinals: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._grouped: list[int] | None = None
@@ -107,7 +114,12 @@ class TrainingLoop:
             if ordinal is None:
                 ordinal = self._ordinals[optimizer] = len(self.optimizers)
                 self.optimizers.append(type(optimizer).__name__)
+            groups = getattr(optimizer, "param_groups", [])
+            if ordinal not in self.groups or len(self.groups[ordinal]) != len(groups):
+                self.groups[ordinal] = [[name for name in map(self.name_of, group.get("params", ())) if name]
+                                        for group in groups]
             self.pending.append(ordinal)
+            self.pending_rates.append(tuple(_rate(group.get("lr")) for group in groups))
             self._grouped = None
 
     def ordinal_of(self, optimizer: Any) -> int | None:
@@ -119,7 +131,9 @@ class TrainingLoop:
         """Marks a new step: returns (and clears) the optimizers that stepped since the previous one."""
         with self._lock:
             marks, self.pending = tuple(self.pending), []
+            rates, self.pending_rates = tuple(self.pending_rates), []
             self.stepped.append(marks)
+            self.rates.append(rates)
             self._grouped = None
             return marks
 
@@ -128,12 +142,41 @@ class TrainingLoop:
         with self._lock:
             self.stepped.pop()
             self.pending[:0] = marks
+            self.pending_rates[:0] = self.rates.pop()
             self._grouped = None
 
-    def add_step(self, marks: Sequence[int]) -> None:
-        """Appends a step read back from a file."""
+    def add_step(self, marks: Sequence[int], rates: Sequence[tuple[float | None, ...]] = ()) -> None:
+        """Appends a step read back from a file (or saved from another run)."""
         self.stepped.append(tuple(marks))
+        self.rates.append(tuple(rates) if rates else ((),) * len(marks))
         self._grouped = None
+
+    def rates_of(self, index: int) -> tuple[tuple[float | None, ...], ...]:
+        """Beside each mark of step ``index``: the learning rates of that optimizer's groups."""
+        return self.rates[index] if index < len(self.rates) else ()
+
+    def learning_rates(self, name: str) -> list[float | None]:
+        """The learning rate ``name``'s optimizer applied at the end of each iteration; ``None`` where unknown.
+
+        The rate of an iteration is that of the step of the parameter's
+        optimizer that closed it (the first one after its last step).
+        """
+        where = [(ordinal, group) for ordinal, groups in self.groups.items()
+                 for group, names in enumerate(groups) if name in names]
+        grouped = self.iterations()
+        count = grouped[-1] + 1 if grouped else 0
+        out: list[float | None] = [None] * count
+        if not where:
+            return out
+        ordinal, group = where[0]
+        events = [(at, mark, rate) for at in range(len(self.stepped))
+                  for mark, rate in zip(self.stepped[at], self.rates_of(at) or ((),) * len(self.stepped[at]))]
+        events += [(len(self.stepped), mark, rate) for mark, rate in zip(self.pending, self.pending_rates)]
+        for at, mark, rate in events:
+            if mark == ordinal and 0 < at and group < len(rate):
+                iteration = grouped[at - 1]  # the events before step ``at`` close what came before it
+                out[iteration] = rate[group]
+        return out
 
     def iterations(self) -> list[int]:
         """The iteration of every step so far (recomputed when a step or an optimizer step came since)."""
@@ -146,6 +189,35 @@ class TrainingLoop:
         """The iteration of step ``index``."""
         grouped = self.iterations()
         return grouped[index] if 0 <= index < len(grouped) else index
+
+
+def encode_marks(marks: Sequence[int], rates: Sequence[Sequence[float | None]]) -> str:
+    """A step's optimizer marks as text: ``0@0.001;0.01,1@0.0002`` (ordinal, then its groups' learning rates)."""
+    parts = []
+    for at, mark in enumerate(marks):
+        rate = rates[at] if at < len(rates) else ()
+        parts.append(f"{mark}@" + ";".join("" if r is None else repr(float(r)) for r in rate) if rate else str(mark))
+    return ",".join(parts)
+
+
+def decode_marks(text: str | None) -> tuple[tuple[int, ...], tuple[tuple[float | None, ...], ...]]:
+    """Inverse of :func:`encode_marks` (``ValueError`` for text that is not such marks)."""
+    if not text:
+        return (), ()
+    marks, rates = [], []
+    for part in text.split(","):
+        mark, _, rate = part.partition("@")
+        marks.append(int(mark))
+        rates.append(tuple(float(r) if r else None for r in rate.split(";")) if rate else ())
+    return tuple(marks), tuple(rates)
+
+
+def _rate(value: Any) -> float | None:
+    """A learning rate as a float (a tensor one too); ``None`` when there is none."""
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def summed(values: Iterable[float | None]) -> float | None:

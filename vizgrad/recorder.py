@@ -24,6 +24,7 @@ from vizgrad.errors import RecordingWarning, UsageError, VizgradError
 from vizgrad.gcpause import paused_gc
 from vizgrad.gradtable import GradIndex, GradTable
 from vizgrad.graph import Graph
+from vizgrad.loop import encode_marks
 from vizgrad.run import Run, Step
 from vizgrad.stats import SEGMENT_LIMIT, Batch, Reduced, Reducer, SummaryMemo, summarize, summarize_distinct
 from vizgrad.tracing import LiveMap, Tracer, as_roots
@@ -277,13 +278,18 @@ class Recorder:
         # each active recorder wraps the backward() of the ones before it, so all record every step.
         self._started_event = _watch.event
         self._baselines[threading.get_ident()] = _sequence_counter()
+        names = self._explicit_names if self._explicit_names is not None else self._inferred_names
+        self.run.loop.name_of = lambda tensor: names.get(id(tensor))
         self.run.loop.watch()
         _patches.add(self)
 
     def stop(self) -> None:
         """Restores ``torch.autograd.backward`` (when no other recorder is active) and flushes the store."""
         try:
-            self.run.loop.unwatch()
+            loop = self.run.loop
+            loop.unwatch()
+            if loop.pending:  # optimizer steps after the last backward(): they close its iteration
+                self.run.meta["optimizer_pending"] = encode_marks(loop.pending, loop.pending_rates)
             _patches.remove(self)
         finally:
             if self.store is not None:
@@ -507,6 +513,9 @@ class Recorder:
         step.stepped = loop.take_step()
         if loop.optimizers != self.run.meta.get("optimizers", []):
             self.run.meta["optimizers"] = list(loop.optimizers)
+        groups = {str(ordinal): names for ordinal, names in loop.groups.items()}
+        if groups != self.run.meta.get("optimizer_groups", {}):
+            self.run.meta["optimizer_groups"] = groups
         if self._live_steps:
             self._live_steps[-1].release_values()  # only the newest step holds full gradients
         self._live_steps.append(step)

@@ -354,14 +354,43 @@ class Report:
         for step in steps:
             names.update(dict.fromkeys(step.params))
         rows, present = gather_rows(steps, [("param", name) for name in names])
+        grad_rows, grad_present = gather_rows(steps, [("param_grad", name) for name in names])
+        last_of = self._iteration_ends(steps)
         out = []
         for k, name in enumerate(names):
             found = present[:, k]
             scalar = bool(found.any() and rows[np.argmax(found), k, 6] == 1)
             series = np.where(rows[:, k, 6] == 1, rows[:, k, 1], rows[:, k, 0])
             values = [round_sig(value, 6) if is_found else None for value, is_found in zip(series.tolist(), found)]
-            out.append({"name": name, "scalar": scalar, "values": values})
+            grads = [round_sig(value, 4) if is_found else None
+                     for value, is_found in zip(grad_rows[:, k, 0].tolist(), grad_present[:, k])]
+            entry: dict[str, Any] = {"name": name, "scalar": scalar, "values": values, "grads": grads}
+            rates = self.run.loop.learning_rates(name)
+            if any(rate is not None for rate in rates) and last_of:
+                # |lr * grad| / |param| with the .grad and value the optimizer saw (its iteration's last step).
+                at, ratios = [], []
+                for iteration, frame in last_of.items():
+                    rate = rates[iteration] if iteration < len(rates) else None
+                    norm, grad = rows[frame, k, 0], grad_rows[frame, k, 0]
+                    if rate is None or not (found[frame] and grad_present[frame, k]) or not norm > 0:
+                        continue
+                    at.append(frame)
+                    ratios.append(round_sig(abs(rate) * grad / norm, 4))
+                entry["update"] = {"at": at, "values": ratios}
+            out.append(entry)
         return out
+
+    def _iteration_ends(self, steps: Sequence[Any]) -> dict[int, int]:
+        """Iteration -> the frame of its last shown step, for the iterations an optimizer closed."""
+        stepped = any(self.run.loop.stepped) or bool(self.run.loop.pending)
+        if not stepped:
+            return {}
+        grouped = self.run.loop.iterations()
+        ends: dict[int, int] = {}
+        for frame, step in enumerate(steps):
+            if step.index < len(grouped):
+                ends[grouped[step.index]] = frame
+        return ends
 
 
 class _FrameData:

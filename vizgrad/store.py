@@ -23,7 +23,7 @@ from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradErro
 from vizgrad.gradtable import (GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows, decode_values,
                                encode_index, encode_rows, stored_norm_range, unpack_blob, value_key)
 from vizgrad.graph import Graph
-from vizgrad.loop import TrainingLoop
+from vizgrad.loop import TrainingLoop, decode_marks, encode_marks
 from vizgrad.run import Run, Step
 
 __all__ = [
@@ -344,15 +344,16 @@ class RunStore:
         self._values = ValuesEncoder()
         self._params: tuple[GradIndex, str] | None = None
         self._written_meta: dict[str, str] = {}
-        self.loop = TrainingLoop(self._read_stepped())
+        marks = self._read_stepped()
+        self.loop = TrainingLoop([m for m, _ in marks], rates=[r for _, r in marks])
 
-    def _read_stepped(self) -> list[tuple[int, ...]]:
+    def _read_stepped(self) -> list[tuple[tuple[int, ...], tuple[tuple[float | None, ...], ...]]]:
         """Each step's optimizer marks, in order (files before schema 3 have none: one iteration per step)."""
         if self.version < 3:
-            return [()] * self._count
+            return [((), ())] * self._count
         try:
             rows = self._connection.execute("SELECT stepped FROM steps ORDER BY idx").fetchall()
-            return [tuple(int(mark) for mark in text.split(",")) if text else () for (text,) in rows]
+            return [decode_marks(text) for (text,) in rows]
         except (sqlite3.DatabaseError, ValueError, AttributeError) as error:
             raise _damaged(self.path, f"its optimizer marks do not decode: {error}") from None
 
@@ -418,7 +419,8 @@ class RunStore:
         params = self._params_text(table.index)
         norm_lo, norm_hi = stored_norm_range(table)
         rms_lo, rms_hi = stored_norm_range(table, "rms")
-        stepped = ",".join(map(str, step.stepped))
+        rates = step._loop.rates_of(step.index) if step._loop is not None else ()
+        stepped = encode_marks(step.stepped, rates)
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute(
                 "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, "
@@ -429,7 +431,7 @@ class RunStore:
             self._write_run_meta(meta, panels)
         self._count += 1
         if self.loop is not step._loop:  # a run saved to a file: the file's loop learns the marks
-            self.loop.add_step(step.stepped)
+            self.loop.add_step(step.stepped, rates)
 
     def update_data(self, step: Step) -> None:
         """Rewrites the logged data of a step already written (after ``run.log``)."""
@@ -723,6 +725,13 @@ class StoredRun(Run):
         self.loop = store.loop  # the recorder's marks and the file's are one list
         if not store.loop.optimizers:
             store.loop.optimizers = [str(name) for name in self.meta.get("optimizers", [])]
+        pending = self.meta.get("optimizer_pending")
+        if isinstance(pending, str) and store.version >= 3 and not store.loop.pending and not store.writable:
+            store.loop.pending, store.loop.pending_rates = map(list, decode_marks(pending))
+        if not store.loop.groups:
+            groups = self.meta.get("optimizer_groups", {})
+            store.loop.groups = {int(k): [[str(n) for n in names] for names in v] for k, v in groups.items()} \
+                if isinstance(groups, dict) else {}
         #: False for a file whose recording was killed (or still runs); it holds every completed step.
         self.complete = True
 

@@ -1127,6 +1127,7 @@ async function inflateText(packed) {
     const readouts = [];
     const addParam = (p, i) => {
       const wrap = htmlEl("div", "vg-param", null, box);
+      wrap.setAttribute("data-param", p.name);
       const head = htmlEl("div", "vg-param-head", null, wrap);
       htmlEl("span", "vg-param-name", p.scalar ? p.name : "‖" + p.name + "‖", head).title = p.name;
       const value = htmlEl("span", "vg-param-value", "", head);
@@ -1134,6 +1135,22 @@ async function inflateText(packed) {
       charts.push(makeChart(htmlEl("div", "vg-chart", null, wrap), {
         series: [{ name: p.name, values: p.values, color: SERIES_COLORS[(i + 1) % SERIES_COLORS.length] }],
         height: 70, label: p.name,
+      }));
+      if (!p.grads || !p.grads.some((g) => g !== null)) return;
+      // Its gradient beside it: ‖.grad‖ after each backward(), and the update ratio where the optimizer is known.
+      const series = [{ name: "‖grad‖", values: p.grads, color: "#8250df" }];
+      const gradHead = htmlEl("div", "vg-param-head vg-param-grad", null, wrap);
+      htmlEl("span", "vg-param-name", "‖grad‖" + (p.update ? " · update lr·‖g‖/‖p‖" : ""), gradHead);
+      const gradValue = htmlEl("span", "vg-param-value", "", gradHead);
+      let ratios = null;
+      if (p.update) {
+        ratios = new Array(COUNT).fill(undefined);
+        p.update.at.forEach((frame, k) => { ratios[frame] = p.update.values[k]; });
+        series.push({ name: "update ratio", values: ratios, color: "#bc4c00" });
+      }
+      readouts.push([gradValue, p.grads, ratios]);
+      charts.push(makeChart(htmlEl("div", "vg-chart", null, wrap), {
+        series: series, log: true, height: 60, label: p.name + " gradient norm" + (p.update ? " and update ratio" : ""),
       }));
     };
     DATA.params.slice(0, PARAMS_SHOWN).forEach(addParam);
@@ -1146,7 +1163,15 @@ async function inflateText(packed) {
         player.seek(player.pos());
       });
     }
-    charts.push({ render: () => {}, setPos: (pos) => readouts.forEach(([el, values]) => { el.textContent = fmt(values[pos]); }) });
+    /** The update ratio of the iteration a frame is in: at its last frame, so the nearest one on or after `pos`. */
+    const ratioAt = (ratios, pos) => {
+      for (let k = pos; k < COUNT; k++) if (ratios[k] !== undefined) return ratios[k];
+      return undefined;
+    };
+    charts.push({ render: () => {}, setPos: (pos) => readouts.forEach(([el, values, ratios]) => {
+      const ratio = ratios ? ratioAt(ratios, pos) : undefined;
+      el.textContent = fmt(values[pos]) + (ratio !== undefined ? " · " + fmt(ratio) : "");
+    }) });
   })();
 
   (function userPanels() {
