@@ -182,3 +182,36 @@ def test_learning_rates_are_kept_per_iteration_and_group_and_survive_the_run_fil
         assert source.loop.learning_rates("1.bias") == pytest.approx([0.01, 0.005, 0.0025])
         assert source.loop.learning_rates("nothing") == [None, None, None]
         assert source.loop.groups[0] == [["0.weight", "0.bias"], ["1.weight", "1.bias"]]
+
+
+def test_clipping_is_recorded_on_its_step_with_each_gradient_before_and_after(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    with vizgrad.record(model, save=tmp_path / "clip.vizgrad") as run:
+        for limit in (0.5, 1e6):
+            optimizer.zero_grad()
+            (model(torch.randn(8, 4)) * 10).pow(2).mean().backward()
+            before = {name: float(p.grad.norm()) for name, p in model.named_parameters()}
+            total = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=limit)
+            after = {name: float(p.grad.norm()) for name, p in model.named_parameters()}
+            seen.append((before, float(total), after))
+            optimizer.step()
+        optimizer.zero_grad()
+        model(torch.randn(2, 4)).sum().backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), clip_value=0.01)
+    for source in (run, vizgrad.load(tmp_path / "clip.vizgrad")):
+        for step, (before, total, after) in zip(source.steps, seen):
+            clip = step.clip
+            assert clip["function"] == "clip_grad_norm_" and clip["total_before"] == pytest.approx(total, rel=1e-6)
+            assert clip["before"] == pytest.approx(before, rel=1e-6) and clip["after"] == pytest.approx(after, rel=1e-6)
+            # What backward() left in .grad is what the step recorded: the numbers before clipping.
+            names, norms = source.grad_norms(by="param")
+            assert norms[step.index, names.index("weight")] == pytest.approx(before["weight"], rel=1e-6)
+        assert source.steps[0].clip["total_after"] == pytest.approx(0.5, rel=1e-5) and source.steps[0].clip["limit"] == 0.5
+        assert source.steps[1].clip["total_after"] == pytest.approx(seen[1][1], rel=1e-6)  # under the limit: unchanged
+        assert source.steps[2].clip["function"] == "clip_grad_value_" and source.steps[2].clip["limit"] == 0.01
+        assert max(source.steps[2].clip["after"].values()) <= 0.01 * 2 ** 0.5 * 4
+    assert torch.nn.utils.clip_grad_norm_.__name__ == "clip_grad_norm_"
+    assert not hasattr(torch.nn.utils.clip_grad_norm_, "__wrapped_by_vizgrad__")  # restored after recording

@@ -459,7 +459,7 @@ def test_the_parameter_panel_has_each_gradient_norm_and_the_update_ratio_of_each
             optimizer.zero_grad()
             model(x).pow(2).sum().backward()
             grads.append(float(model.weight.grad.norm()))
-            weights.append(float(model.weight.norm()))
+            weights.append(float(model.weight.detach().norm()))
             optimizer.step()
     params = {p["name"]: p for p in page_data(run.report().html())["params"]}
     assert params["weight"]["grads"] == pytest.approx(grads, rel=1e-3)
@@ -469,3 +469,25 @@ def test_the_parameter_panel_has_each_gradient_norm_and_the_update_ratio_of_each
     with vizgrad.record(model) as no_optimizer:  # a hand-written update: no learning rate known, no ratio
         model(x).sum().backward()
     assert "update" not in page_data(no_optimizer.report().html())["params"][0]
+
+
+def test_clipped_steps_are_marked_with_the_gradients_before_and_after():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with vizgrad.record(model) as run:
+        for limit in (0.1, 1e9):
+            optimizer.zero_grad()
+            (model(torch.randn(6, 3)) * 5).pow(2).mean().backward()
+            total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), limit))
+            clipped = float(model.weight.grad.norm())
+            optimizer.step()
+    data = page_data(run.report().html())
+    clips = data["clips"]
+    assert clips["at"] == [0, 1] and clips["function"] == ["clip_grad_norm_"] * 2 and clips["limit"] == [0.1, 1e9]
+    assert clips["after"][0] == pytest.approx(0.1, rel=1e-3) and clips["before"][1] == pytest.approx(total, rel=1e-3)
+    weight = next(p for p in data["params"] if p["name"] == "weight")
+    assert weight["clipped"]["at"] == [0, 1] and weight["clipped"]["values"][1] == pytest.approx(clipped, rel=1e-3)
+    # The update ratio uses the gradient the optimizer got: the clipped one.
+    norm = run.steps[1].param_stats("weight")["norm"]
+    assert weight["update"]["values"][1] == pytest.approx(0.1 * clipped / norm, rel=1e-3)

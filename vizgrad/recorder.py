@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.autograd import function as _function
 
-from vizgrad import modules, naming
+from vizgrad import clipping, modules, naming
 from vizgrad.capture import NodeCapture, patch_lock
 from vizgrad.errors import RecordingWarning, UsageError, VizgradError
 from vizgrad.gcpause import paused_gc
@@ -281,6 +281,7 @@ class Recorder:
         names = self._explicit_names if self._explicit_names is not None else self._inferred_names
         self.run.loop.name_of = lambda tensor: names.get(id(tensor))
         self.run.loop.watch()
+        clipping.watch(self._clipped)
         _patches.add(self)
 
     def stop(self) -> None:
@@ -288,12 +289,35 @@ class Recorder:
         try:
             loop = self.run.loop
             loop.unwatch()
+            clipping.unwatch(self._clipped)
             if loop.pending:  # optimizer steps after the last backward(): they close its iteration
                 self.run.meta["optimizer_pending"] = encode_marks(loop.pending, loop.pending_rates)
             _patches.remove(self)
         finally:
             if self.store is not None:
                 self.store.close()
+
+    def _clipped(self, record: dict[str, Any]) -> None:
+        """Notes a gradient clip on the latest step: each named parameter's gradient norm before and after."""
+        with self._lock:
+            if not self._live_steps:
+                return
+            step = self._live_steps[-1]
+            name_of = self.run.loop.name_of
+            clip = dict(step.clip) if step.clip else {"function": record["function"], "limit": record["limit"],
+                                                      "before": {}, "after": {}, "squares": [0.0, 0.0]}
+            for param, before, after in zip(record["params"], record["before"], record["after"]):
+                name = name_of(param)
+                if name is not None:
+                    clip["before"][name], clip["after"][name] = before, after
+            squares = clip.pop("squares", None) or [clip["total_before"] ** 2, clip["total_after"] ** 2]
+            squares = [squares[0] + sum(b * b for b in record["before"]), squares[1] + sum(a * a for a in record["after"])]
+            clip["total_before"], clip["total_after"] = math.sqrt(squares[0]), math.sqrt(squares[1])
+            step.clip = clip
+            try:
+                self.run._on_step_clip(step)
+            except VizgradError as error:
+                _warn(f"vizgrad could not keep the clipping of step {step.index} ({error})")
 
     # -- one step -------------------------------------------------------------------------------------------
     def backward(self, tensors: Any, gradient: Any = None, retain_graph: bool | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import math
 import xml.etree.ElementTree as ElementTree
 from functools import cached_property
 from importlib import resources
@@ -284,6 +285,7 @@ class Report:
             "index": [step.index for step in steps],
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
             "loop": loop,
+            "clips": self._clips(steps),
             "layouts": page.layouts,
             "columns": page.columns,
             "segments": default,
@@ -367,18 +369,38 @@ class Report:
             entry: dict[str, Any] = {"name": name, "scalar": scalar, "values": values, "grads": grads}
             rates = self.run.loop.learning_rates(name)
             if any(rate is not None for rate in rates) and last_of:
-                # |lr * grad| / |param| with the .grad and value the optimizer saw (its iteration's last step).
+                # |lr * grad| / |param| with the .grad and value the optimizer saw (its iteration's last step,
+                # after any clipping).
                 at, ratios = [], []
                 for iteration, frame in last_of.items():
                     rate = rates[iteration] if iteration < len(rates) else None
                     norm, grad = rows[frame, k, 0], grad_rows[frame, k, 0]
+                    clip = steps[frame].clip
+                    if clip and name in clip.get("after", {}):  # the optimizer got the clipped gradient
+                        grad = clip["after"][name]
                     if rate is None or not (found[frame] and grad_present[frame, k]) or not norm > 0:
                         continue
                     at.append(frame)
                     ratios.append(round_sig(abs(rate) * grad / norm, 4))
                 entry["update"] = {"at": at, "values": ratios}
+            clipped = [(frame, step.clip["after"][name]) for frame, step in enumerate(steps)
+                       if step.clip and name in step.clip.get("after", {})]
+            if clipped:
+                entry["clipped"] = {"at": [frame for frame, _ in clipped],
+                                    "values": [round_sig(norm, 4) for _, norm in clipped]}
             out.append(entry)
         return out
+
+    @staticmethod
+    def _clips(steps: Sequence[Any]) -> dict[str, Any] | None:
+        """The shown steps followed by a gradient clip: frame, function, limit, total norm before and after."""
+        rows = [(frame, step.clip) for frame, step in enumerate(steps) if step.clip]
+        if not rows:
+            return None
+        return {"at": [frame for frame, _ in rows], "function": [clip.get("function") for _, clip in rows],
+                "limit": [clip.get("limit") for _, clip in rows],
+                "before": [round_sig(clip.get("total_before", math.nan), 4) for _, clip in rows],
+                "after": [round_sig(clip.get("total_after", math.nan), 4) for _, clip in rows]}
 
     def _iteration_ends(self, steps: Sequence[Any]) -> dict[int, int]:
         """Iteration -> the frame of its last shown step, for the iterations an optimizer closed."""

@@ -63,6 +63,9 @@ class Step:
         self._limits = limits
         self._loop = loop
         self.stepped = tuple(stepped)
+        #: A gradient clip after this step's backward(): ``function``, ``limit``, ``total_before``,
+        #: ``total_after`` and per parameter name ``before`` / ``after`` norms; ``None`` without one.
+        self.clip: dict[str, Any] | None = None
         if live is not None:
             live.attach(graph)
 
@@ -230,6 +233,9 @@ class Run:
 
     def _on_step_data(self, step: Step) -> None:
         """Hook for stores that persist logged data; in memory there is nothing to do."""
+
+    def _on_step_clip(self, step: Step) -> None:
+        """Hook for stores that persist a step's clipping record (it comes after the step is written)."""
 
     def add_panel(self, panel: Any) -> None:
         """Adds a user panel to the report (see :mod:`vizgrad.panels`)."""

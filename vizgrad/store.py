@@ -85,17 +85,18 @@ CREATE TABLE steps (
     summaries BLOB NOT NULL,       -- crc32 + float64 rows [norm, mean, min, max, nan, inf, numel]
     kept BLOB NOT NULL,            -- packed kept values: header of dtypes and shapes + raw bytes
     data TEXT NOT NULL,            -- JSON of the values logged with run.log()
-    stepped TEXT NOT NULL          -- optimizers (by ordinal) that stepped since the previous step: "0,1", ""
+    stepped TEXT NOT NULL,         -- optimizers (by ordinal) that stepped since the previous step: "0,1", ""
+    clip TEXT                      -- JSON of a gradient clip after the step (Step.clip), NULL for none
 );
 """
 #: The columns a step is read from, by schema version (version 1 kept its keys inside ``summaries``).
 _STEP_COLUMNS = {1: "idx, graph, NULL, loss, summaries, kept, data",
                  2: "idx, graph, grad_index, loss, summaries, kept, data",
-                 3: "idx, graph, grad_index, loss, summaries, kept, data"}
+                 3: "idx, graph, grad_index, loss, summaries, kept, data, clip"}
 _CHECKED_COLUMNS = {1: "idx, graph, loss, params, summaries, kept, data",
                     2: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data",
                     3: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, kept, data, "
-                       "stepped"}
+                       "stepped, clip"}
 
 
 # -- validation --------------------------------------------------------------------------------------------
@@ -424,10 +425,10 @@ class RunStore:
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute(
                 "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, "
-                "kept, data, stepped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "kept, data, stepped, clip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (step.index, self._graphs.id_of(self._connection, step.graph),
                  self._indexes.id_of(self._connection, table.index), loss, params, norm_lo, norm_hi, rms_lo, rms_hi,
-                 summaries, values, data, stepped))
+                 summaries, values, data, stepped, None if step.clip is None else _dumps(step.clip)))
             self._write_run_meta(meta, panels)
         self._count += 1
         if self.loop is not step._loop:  # a run saved to a file: the file's loop learns the marks
@@ -439,6 +440,14 @@ class RunStore:
             raise RecordingError(f"run file {self.path} is closed for writing; log values while recording")
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute("UPDATE steps SET data = ? WHERE idx = ?", (_dumps(step.data), step.index))
+
+    def update_clip(self, step: Step) -> None:
+        """Rewrites the clipping record of a step already written."""
+        if not self.writable:
+            raise RecordingError(f"run file {self.path} is closed for writing")
+        with self._lock, self._error_context("write"), _transaction(self._connection):
+            self._connection.execute("UPDATE steps SET clip = ? WHERE idx = ?",
+                                     (None if step.clip is None else _dumps(step.clip), step.index))
 
     def write_run_meta(self, meta: Mapping[str, Any] | None, panels: Sequence[Any] | None) -> None:
         """Writes the run's ``meta`` and panels when they changed since last written."""
@@ -580,9 +589,12 @@ class RunStore:
             return GradTable(index, rows.copy() if pending else rows, buffers, kept, pending)
 
     def _step_from_row(self, row: tuple) -> StoredStep:
-        index, graph_id, grad_index, loss, summaries, values, data = row
-        return StoredStep(index, _decode_loss(loss), self._graph(graph_id), json.loads(data), self, grad_index,
+        index, graph_id, grad_index, loss, summaries, values, data, *rest = row
+        step = StoredStep(index, _decode_loss(loss), self._graph(graph_id), json.loads(data), self, grad_index,
                           summaries, values)
+        if rest and rest[0] is not None:
+            step.clip = json.loads(rest[0])
+        return step
 
     def _graph(self, graph_id: int) -> Graph:
         return self._graphs.get(self._connection, graph_id, self.path)
@@ -746,6 +758,10 @@ class StoredRun(Run):
     def _on_step_data(self, step: Step) -> None:
         if self.store.writable:
             self.store.update_data(step)
+
+    def _on_step_clip(self, step: Step) -> None:
+        if self.store.writable and step.index < len(self.store):
+            self.store.update_clip(step)
 
     def losses(self) -> list[float | None]:
         return self.store.losses()

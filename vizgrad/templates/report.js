@@ -1148,6 +1148,11 @@ async function inflateText(packed) {
         p.update.at.forEach((frame, k) => { ratios[frame] = p.update.values[k]; });
         series.push({ name: "update ratio", values: ratios, color: "#bc4c00" });
       }
+      if (p.clipped) {   // the gradient after clip_grad_norm_ / clip_grad_value_, on the steps it ran
+        const after = new Array(COUNT).fill(undefined);
+        p.clipped.at.forEach((frame, k) => { after[frame] = p.clipped.values[k]; });
+        series.push({ name: "after clipping", values: after, color: "#1a7f37" });
+      }
       readouts.push([gradValue, p.grads, ratios]);
       charts.push(makeChart(htmlEl("div", "vg-chart", null, wrap), {
         series: series, log: true, height: 60, label: p.name + " gradient norm" + (p.update ? " and update ratio" : ""),
@@ -1230,6 +1235,12 @@ async function inflateText(packed) {
     });
   })();
 
+  // Steps followed by a gradient clip, by frame.
+  const clipAt = new Map();
+  if (DATA.clips) DATA.clips.at.forEach((frame, k) => clipAt.set(frame, {
+    function: DATA.clips.function[k], limit: DATA.clips.limit[k], before: DATA.clips.before[k], after: DATA.clips.after[k],
+  }));
+
   // ------------------------------------------------------------------ player
   const player = (function () {
     const slider = $("slider"), playButton = $("play"), speed = $("speed");
@@ -1250,6 +1261,14 @@ async function inflateText(packed) {
       loss.textContent = fmt(DATA.loss[pos]);
       loss.classList.toggle("vg-bad", typeof DATA.loss[pos] === "string");   // NaN or Inf
       if (DATA.loop) $("iteration-label").textContent = String(DATA.loop.iteration[pos]);
+      const clip = clipAt.get(pos), badge = $("clip-badge");
+      badge.hidden = !clip;
+      if (clip) {
+        badge.textContent = (clip.after < clip.before * (1 - 1e-6) ? "clipped " : "clip ran ") +
+          "‖g‖ " + fmt(clip.before) + " → " + fmt(clip.after);
+        badge.title = clip.function + (clip.limit !== null ? " with limit " + fmt(clip.limit) : "") +
+          " after this step's backward(): the gradients shown are before it";
+      }
       $("step-counter").textContent = (pos + 1).toLocaleString("en") + " / " + COUNT.toLocaleString("en");
       charts.forEach((c) => c.setPos(pos));
       inspector.update(pos);
