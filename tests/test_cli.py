@@ -293,6 +293,37 @@ def test_info_summarises_a_run_file(saved_run):
     assert lines[3] == "loss:       first 955.291, last 8.63133, min 8.63133 (step 5)"
     assert lines[4] == "parameters: w (1, 1), b (1, 1)"
     assert "title:      regression.py" in lines
+    # Per-layer gradient norms of the first and last iteration (a step each here: no optimizer).
+    run = vizgrad.load(saved_run)
+    names, norms = run.grad_norms(by="param")
+    _, rms = run.grad_norms(by="param", measure="rms")
+    at = lines.index("gradients:  ‖.grad‖ per parameter, RMS in brackets; first iteration -> last")
+    for k, name in enumerate(names):
+        row = next(line for line in lines[at + 1:] if line.split()[0] == name)
+        assert f"{norms[0, k]:.3e} ({rms[0, k]:.3e}) -> {norms[5, k]:.3e} ({rms[5, k]:.3e})" in row
+        assert row.endswith(f"x{norms[5, k] / norms[0, k]:.3g}")
+
+
+def test_info_shows_iterations_and_layers_of_a_model_trained_with_an_optimizer(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with vizgrad.record(model, save=tmp_path / "mlp.vizgrad") as run:
+        for _ in range(3):
+            for _ in range(2):
+                loss = model(torch.randn(5, 3)).pow(2).mean() / 2
+                loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    lines = invoke("info", tmp_path / "mlp.vizgrad").output.splitlines()
+    assert "iterations: 3 (SGD; 2 steps each)" in lines
+    first, last = run.iterations()[0].losses["loss"], run.iterations()[-1].losses["loss"]
+    assert f"  loss per iteration (summed over its steps): first {first:.6g}, last {last:.6g}" in lines
+    at = lines.index("gradients:  ‖.grad‖ per module (depth 1), RMS in brackets; first iteration -> last")
+    names, norms = run.grad_norms(by="module", depth=1)
+    assert names == ["0", "2"]
+    for k, name in enumerate(names):  # the .grad of each iteration's last step: what optimizer.step() used
+        assert lines[at + 1 + k].split()[:2] == [name, f"{norms[1, k]:.3e}"]
 
 
 def test_info_of_an_interrupted_recording(tmp_path):

@@ -220,16 +220,27 @@ def test_rendering_the_example_equals_rendering_its_saved_run(tmp_path):
     assert run.steps[-1].param("b").item() == pytest.approx(3.0, abs=0.05)
 
 
-def test_version_and_info_start_without_torch(tmp_path, seed_run):
-    """``vizgrad --version`` and ``vizgrad info`` read no tensor, so they do not import torch (seconds saved)."""
+def test_version_and_the_info_summary_start_without_torch(tmp_path, seed_run):
+    """``vizgrad --version`` reads no tensor, so it does not import torch (seconds saved); ``vizgrad info``
+    prints its summary before it imports torch to read the per-layer gradients."""
     seed_run.save(tmp_path / "run.vizgrad")
-    probe = ("import sys, runpy; sys.argv = ['vizgrad'] + sys.argv[1:]\n"
+    probe = ("import sys, runpy, importlib.abc\n"
+             "class Mark(importlib.abc.MetaPathFinder):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch': print('importing torch', flush=True)\n"
+             "sys.meta_path.insert(0, Mark())\n"
+             "sys.argv = ['vizgrad'] + sys.argv[1:]\n"
              "try:\n    runpy.run_module('vizgrad', run_name='__main__')\n"
              "except SystemExit as stop:\n    code = stop.code\n"
              "print('torch imported:', 'torch' in sys.modules)\nsys.exit(code)")
-    for args in (["--version"], ["info", "run.vizgrad"]):
-        result = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path, env=_environment(),
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout.strip().endswith("torch imported: False"), result.stdout
-    assert "steps:      50" in result.stdout
+    result = subprocess.run([sys.executable, "-c", probe, "--version"], cwd=tmp_path, env=_environment(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("torch imported: False"), result.stdout
+    result = subprocess.run([sys.executable, "-c", probe, "info", "run.vizgrad"], cwd=tmp_path, env=_environment(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    summary_end = next(at for at, line in enumerate(lines) if line.startswith("parameters:"))
+    assert "steps:      50" in lines[:summary_end] and lines.index("importing torch") > summary_end
+    assert any(line.startswith("gradients:") for line in lines[summary_end:])

@@ -345,8 +345,9 @@ def info(run_file: Path) -> None:
         run.store.disconnect()
 
 
-def describe(run: Any, path: Path) -> list[str]:
-    """The lines ``vizgrad info`` prints for a stored run."""
+def describe(run: Any, path: Path) -> Iterator[str]:
+    """The lines ``vizgrad info`` prints for a stored run: the summary, which reads no tensor (no torch to
+    import), then each layer's gradient norms (gradients are decoded with torch)."""
     count = len(run.steps)
     state = "complete" if getattr(run, "complete", True) else "incomplete: the recording stopped before it ended"
     lines = [f"run file:   {path} ({state})", f"steps:      {count}"]
@@ -364,6 +365,7 @@ def describe(run: Any, path: Path) -> list[str]:
         lines.append(f"loss:       first {losses[0][1]:.6g}, last {losses[-1][1]:.6g}{lowest}")
     elif count:
         lines.append("loss:       none (the roots of backward() were not scalars)")
+    lines += _loop_lines(run) if count else []
     params = _param_shapes(graphs)
     names = run.param_names() if count else []
     if names:
@@ -372,7 +374,59 @@ def describe(run: Any, path: Path) -> list[str]:
     for key in ("title", "script"):
         if run.meta.get(key):
             lines.append(f"{key + ':':<11} {run.meta[key]}")
+    yield from lines
+    if count:
+        yield from _gradient_lines(run)
+
+
+def _loop_lines(run: Any) -> list[str]:
+    """Iterations (grouped by optimizer.step()) and each loss name's first and last iteration loss."""
+    iterations = run.iterations()
+    optimizers = list(run.loop.optimizers)
+    if not optimizers:
+        return []
+    sizes = sorted({len(iteration.steps) for iteration in iterations})
+    each = f"{_span(sizes)} step{'s' if sizes[-1] > 1 else ''} each"
+    lines = [f"iterations: {len(iterations)} ({', '.join(optimizers)}; {each})"]
+    names = list(dict.fromkeys(name for iteration in iterations for name in iteration.losses))
+    if len(names) > 1 or sizes[-1] > 1:
+        for name in names:
+            values = [it.losses[name] for it in iterations if it.losses.get(name) is not None]
+            if values:
+                label = f"loss {name}" if len(names) > 1 and name else "loss"
+                lines.append(f"  {label} per iteration (summed over its steps): first {values[0]:.6g}, "
+                             f"last {values[-1]:.6g}")
     return lines
+
+
+def _gradient_lines(run: Any, limit: int = 40) -> list[str]:
+    """Each layer's gradient norm (the .grad an optimizer step used) in the first and the last iteration."""
+    from vizgrad.health import grad_flow, readable_rows
+
+    iterations = run.iterations()
+    first, last = iterations[0].steps[-1], iterations[-1].steps[-1]
+    steps = [run.steps[first]] if first == last else [run.steps[first], run.steps[last]]
+    by, depth = readable_rows(steps)
+    flow = grad_flow(steps, by, "param_grad", depth)
+    if not flow.names:
+        return []
+    where = "per parameter" if by == "param" else f"per module (depth {depth})"
+    title = "first iteration" if first == last else "first iteration -> last"
+    lines = [f"gradients:  ‖.grad‖ {where}, RMS in brackets; {title}"]
+    width = min(36, max(len(name or "(model)") for name in flow.names))
+    for k, name in enumerate(flow.names[:limit]):
+        cells = [f"{_sci(flow.norm[row, k])} ({_sci(flow.rms[row, k])})" for row in range(len(steps))]
+        change = ""
+        if len(steps) == 2 and flow.norm[0, k] > 0 and math.isfinite(flow.norm[1, k] / flow.norm[0, k]):
+            change = f"  x{flow.norm[1, k] / flow.norm[0, k]:.3g}"
+        lines.append(f"  {(name or '(model)')[:width]:<{width}}  {' -> '.join(cells)}{change}")
+    if len(flow.names) > limit:
+        lines.append(f"  ... {len(flow.names) - limit} more (run.grad_norms() has them all)")
+    return lines
+
+
+def _sci(value: float) -> str:
+    return "–" if value != value else f"{value:.3e}"
 
 
 def _span(values: Sequence[int]) -> str:

@@ -331,6 +331,20 @@ def flow_panel(steps: Sequence[Any], depth: int | None, max_rows: int = 256) -> 
     }
 
 
+def readable_rows(steps: Sequence[Any]) -> tuple[str, int | None]:
+    """``(by, depth)`` of the most detailed layers of ``steps`` that fit :data:`READABLE_ROWS` rows (what the
+    gradient-flow panel and ``vizgrad info`` show first)."""
+    graphs = {id(step.graph): step.graph for step in steps}.values()
+    deepest = max((_deepest(graph) for graph in graphs), default=-1)
+    if deepest < 0:
+        return "param", None
+    main = max(graphs, key=len)
+    for depth in range(deepest, -1, -1):
+        if len(layers_of(main, "module", "param_grad", depth).names) <= READABLE_ROWS:
+            return "module", depth
+    return "module", 0
+
+
 def _deepest(graph: Graph) -> int:
     """The tree depth of the deepest module of ``graph`` (top-level modules are 0); -1 without modules."""
     if not graph.modules:
