@@ -250,8 +250,9 @@ def log_range(values: np.ndarray) -> tuple[float, float] | None:
 # -- the report's gradient-flow panel ------------------------------------------------------------------------
 #: Codes of the page's uint16 columns: no gradient, an exact zero, NaN or Inf; the rest a log scale.
 CODE_NONE, CODE_ZERO, CODE_BAD = 0, 1, 65535
-#: Rows the panel shows first at most, so each row is tall enough for its name.
-READABLE_ROWS = 40
+#: Rows the panel shows first at most, so each row is tall enough for its name; unless that makes fewer
+#: than FEWEST_ROWS, when it shows the most detailed depth within MOST_ROWS.
+READABLE_ROWS, FEWEST_ROWS, MOST_ROWS = 40, 8, 200
 _CODE_SPAN = CODE_BAD - 2
 
 
@@ -268,14 +269,14 @@ def log_codes(values: np.ndarray, present: np.ndarray, lo: float, hi: float) -> 
     return codes
 
 
-def flow_panel(steps: Sequence[Any], depth: int | None, max_rows: int = 256) -> dict[str, Any] | None:
+def flow_panel(steps: Sequence[Any], max_rows: int = 256) -> dict[str, Any] | None:
     """The data of the report's gradient-flow panel over ``steps``; ``None`` when no parameter got a gradient.
 
     Rows are the finest layers (modules without modules inside, and the
     parameters an open module owns itself; parameters when there are no
     modules). Each coarser depth is given as a grouping of them, which the
     page sums (norms add in squares), so one copy of the numbers serves
-    every depth. ``depth`` picks the depth shown first (the report's view).
+    every depth; ``depth`` is the one shown first (see :func:`_first_grouping`).
     """
     graphs: dict[int, Graph] = {}
     for step in steps:
@@ -316,10 +317,7 @@ def flow_panel(steps: Sequence[Any], depth: int | None, max_rows: int = 256) -> 
     numel = np.nanmax(np.where(flow.numel > 0, flow.numel, np.nan), axis=0) if len(flow.steps) else []
     # Shown first: the most detailed depth whose rows can carry their names (repeated blocks as rows of
     # their own, not one folded row), and never coarser than the view the report opens with.
-    readable = [at for at, grouping in enumerate(depths) if len(grouping["names"]) <= READABLE_ROWS]
-    shown = readable[-1] if readable else 0
-    if depth is not None and readable:
-        shown = max(shown, min(readable, key=lambda at: abs(depths[at]["depth"] - depth)))
+    shown = _first_grouping([len(grouping["names"]) for grouping in depths])
     return {
         "by": by, "kind": "param_grad", "names": flow.names,
         "params": [name in params and by == "module" or by == "param" for name in flow.names],
@@ -331,18 +329,32 @@ def flow_panel(steps: Sequence[Any], depth: int | None, max_rows: int = 256) -> 
     }
 
 
+def _first_grouping(rows: Sequence[int]) -> int:
+    """Which depth (of those with ``rows`` rows, coarsest first) to show first.
+
+    The most detailed one whose rows can carry their names (at most
+    :data:`READABLE_ROWS`: a GPT's blocks, each a row), unless that leaves
+    fewer than :data:`FEWEST_ROWS` (two stages of fifty blocks): then the most
+    detailed one within :data:`MOST_ROWS`.
+    """
+    if not rows:
+        return 0
+    readable = [at for at, count in enumerate(rows) if count <= READABLE_ROWS]
+    if readable and rows[readable[-1]] >= FEWEST_ROWS:
+        return readable[-1]
+    fitting = [at for at, count in enumerate(rows) if count <= MOST_ROWS]
+    return fitting[-1] if fitting else 0
+
+
 def readable_rows(steps: Sequence[Any]) -> tuple[str, int | None]:
-    """``(by, depth)`` of the most detailed layers of ``steps`` that fit :data:`READABLE_ROWS` rows (what the
-    gradient-flow panel and ``vizgrad info`` show first)."""
+    """``(by, depth)`` of the layers of ``steps`` the gradient-flow panel and ``vizgrad info`` show first."""
     graphs = {id(step.graph): step.graph for step in steps}.values()
     deepest = max((_deepest(graph) for graph in graphs), default=-1)
     if deepest < 0:
         return "param", None
     main = max(graphs, key=len)
-    for depth in range(deepest, -1, -1):
-        if len(layers_of(main, "module", "param_grad", depth).names) <= READABLE_ROWS:
-            return "module", depth
-    return "module", 0
+    counts = [len(layers_of(main, "module", "param_grad", depth).names) for depth in range(deepest + 1)]
+    return "module", _first_grouping(counts)
 
 
 def _deepest(graph: Graph) -> int:

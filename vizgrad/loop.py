@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Sequence
@@ -161,22 +162,30 @@ class TrainingLoop:
         The rate of an iteration is that of the step of the parameter's
         optimizer that closed it (the first one after its last step).
         """
-        where = [(ordinal, group) for ordinal, groups in self.groups.items()
-                 for group, names in enumerate(groups) if name in names]
+        where = next(((ordinal, group) for ordinal, groups in self.groups.items()
+                      for group, names in enumerate(groups) if name in names), None)
         grouped = self.iterations()
         count = grouped[-1] + 1 if grouped else 0
-        out: list[float | None] = [None] * count
-        if not where:
-            return out
-        ordinal, group = where[0]
-        events = [(at, mark, rate) for at in range(len(self.stepped))
-                  for mark, rate in zip(self.stepped[at], self.rates_of(at) or ((),) * len(self.stepped[at]))]
-        events += [(len(self.stepped), mark, rate) for mark, rate in zip(self.pending, self.pending_rates)]
-        for at, mark, rate in events:
-            if mark == ordinal and 0 < at and group < len(rate):
-                iteration = grouped[at - 1]  # the events before step ``at`` close what came before it
-                out[iteration] = rate[group]
-        return out
+        if where is None:
+            return [None] * count
+        return list(self._rates_by_iteration(len(self.stepped), len(self.pending)).get(where, [None] * count))
+
+    @functools.lru_cache(maxsize=4)  # noqa: B019 - one loop per run; keyed by how many steps it has seen
+    def _rates_by_iteration(self, _steps: int, _pending: int) -> dict[tuple[int, int], tuple[float | None, ...]]:
+        """(optimizer, group) -> its learning rate at the end of each iteration, in one pass over the marks."""
+        grouped = self.iterations()
+        count = grouped[-1] + 1 if grouped else 0
+        out: dict[tuple[int, int], list[float | None]] = {}
+        events = [(at, marks, self.rates_of(at)) for at, marks in enumerate(self.stepped) if marks]
+        events.append((len(self.stepped), tuple(self.pending), tuple(self.pending_rates)))
+        for at, marks, rates in events:
+            if at == 0:
+                continue
+            iteration = grouped[at - 1]  # the optimizer steps before step ``at`` close what came before it
+            for mark, rate in zip(marks, rates):
+                for group, value in enumerate(rate):
+                    out.setdefault((mark, group), [None] * count)[iteration] = value
+        return {key: tuple(values) for key, values in out.items()}
 
     def iterations(self) -> list[int]:
         """The iteration of every step so far (recomputed when a step or an optimizer step came since)."""

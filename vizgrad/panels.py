@@ -40,12 +40,32 @@ import dataclasses
 import math
 from typing import Any, ClassVar, Mapping, Sequence
 
+import numpy as np
+
 from vizgrad.errors import UsageError
 
-__all__ = ["Panel", "ScatterLine", "Series", "panel_from_dict", "round_sig"]
+__all__ = ["Panel", "ScatterLine", "Series", "panel_from_dict", "round_sig", "round_sig_all"]
 
 #: Significant digits kept for numbers drawn in panels (the report is a picture, not a data file).
 DIGITS = 5
+
+
+def round_sig_all(values: Any, digits: int = DIGITS, found: Any = None) -> list[float | None]:
+    """:func:`round_sig` of every value of an array at once (``None`` where missing, not finite or not ``found``).
+
+    >>> round_sig_all([3.14159265, float("nan"), 0.0, -123456.0], 3)
+    [3.14, None, 0.0, -123000.0]
+    """
+    array = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(array) if found is None else np.isfinite(array) & np.asarray(found, dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        decimals = np.where(finite & (array != 0), digits - 1 - np.floor(np.log10(np.abs(array))), 0).astype(np.int64)
+    out: list[float | None] = [None] * len(array)
+    for decimal in np.unique(decimals[finite]):  # np.round is exact decimal rounding per number of decimals
+        at = np.flatnonzero(finite & (decimals == decimal))
+        for k, value in zip(at.tolist(), np.round(array[at], int(decimal)).tolist()):
+            out[k] = value
+    return out
 
 
 def round_sig(value: Any, digits: int = DIGITS) -> float | None:

@@ -31,7 +31,7 @@ from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
 from vizgrad.health import flow_panel
-from vizgrad.panels import round_sig
+from vizgrad.panels import round_sig, round_sig_all
 from vizgrad.view import MAX_STATES, ViewOptions, explore, plan_of, view_of
 
 __all__ = ["Report", "FLAGS", "embed_json", "sanitize_svg"]
@@ -267,8 +267,7 @@ class Report:
                           "segments": segments})
         default = views[0].pop("segments")
         shown_layouts = {segment["layout"] for segment in default}
-        first_plan = plan_of(view_of(main, states[0].options(main, self.view)))
-        flow = flow_panel(steps, first_plan.depth if first_plan is not None else None)
+        flow = flow_panel(steps)
         if flow is not None:
             # Low to high as the graph's scale runs (reversed viridis: pale yellow to dark purple).
             flow["colors"] = {"ramp": list(reversed(VIRIDIS)), **{flag: FLAG_COLORS[flag] for flag in ("nan", "zero")}}
@@ -363,9 +362,8 @@ class Report:
             found = present[:, k]
             scalar = bool(found.any() and rows[np.argmax(found), k, 6] == 1)
             series = np.where(rows[:, k, 6] == 1, rows[:, k, 1], rows[:, k, 0])
-            values = [round_sig(value, 6) if is_found else None for value, is_found in zip(series.tolist(), found)]
-            grads = [round_sig(value, 4) if is_found else None
-                     for value, is_found in zip(grad_rows[:, k, 0].tolist(), grad_present[:, k])]
+            values = round_sig_all(series, 6, found)
+            grads = round_sig_all(grad_rows[:, k, 0], 4, grad_present[:, k])
             entry: dict[str, Any] = {"name": name, "scalar": scalar, "values": values, "grads": grads}
             rates = self.run.loop.learning_rates(name)
             if any(rate is not None for rate in rates) and last_of:

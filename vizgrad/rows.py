@@ -242,23 +242,27 @@ def _largest(rows: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def _largest_instance(rows: np.ndarray, found: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The largest per-instance combined norm among the instances the member tensors belong to."""
+    """The largest per-instance combined norm among the instances the member tensors belong to.
+
+    Its element count is that instance's (so an RMS is of the instance shown);
+    NaN and Inf counts are summed over every member. All steps at once: the
+    members sorted by instance, each instance's squares summed by ``reduceat``.
+    """
     out = np.full((len(rows), 7), np.nan)
     present = np.zeros(len(rows), dtype=bool)
-    if rows.shape[1] == 0:
+    if rows.shape[1] == 0 or len(rows) == 0:
         return out, present
-    labels, inverse = np.unique(instances, return_inverse=True)
-    merged = np.where(found[..., None], rows, 0.0)
-    for s in range(len(rows)):
-        squares = np.bincount(inverse, weights=merged[s, :, 0] ** 2, minlength=len(labels))
-        has = np.bincount(inverse, weights=found[s].astype(np.float64), minlength=len(labels)) > 0
-        out[s, 4:6] = merged[s, :, 4:6].sum(axis=0)
-        if has.any():
-            largest = int(np.argmax(np.where(has, squares, -np.inf)))
-            out[s, 0] = np.sqrt(squares[largest])
-            # That instance's elements, so an RMS colour is of the instance the bar shows.
-            out[s, 6] = np.bincount(inverse, weights=merged[s, :, 6], minlength=len(labels))[largest]
-            present[s] = True
-        else:
-            out[s, 6] = 0.0
+    order = np.argsort(instances, kind="stable")
+    labels = instances[order]
+    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    merged = np.where(found[..., None], rows, 0.0)[:, order]
+    squares = np.add.reduceat(merged[..., 0] ** 2, starts, axis=1)
+    numel = np.add.reduceat(merged[..., 6], starts, axis=1)
+    has = np.add.reduceat(found[:, order].astype(np.int64), starts, axis=1) > 0
+    largest = np.argmax(np.where(has, squares, -np.inf), axis=1)
+    steps = np.arange(len(rows))
+    present = has.any(axis=1)
+    out[:, 0] = np.where(present, np.sqrt(squares[steps, largest]), np.nan)
+    out[:, 6] = np.where(present, numel[steps, largest], 0.0)
+    out[:, 4:6] = merged[..., 4:6].sum(axis=1)
     return out, present
