@@ -133,3 +133,29 @@ def test_live_context_manager_records_and_shows(fake_display):
     assert len(run.steps) == 5
     drawn = [html for html in fake_display.shown if "step <b>" in html]
     assert [h.split("step <b>")[1].split("<")[0] for h in drawn] == ["0", "2", "4"]
+
+
+def test_live_view_shows_the_gradient_flow_of_recent_steps_per_layer(fake_display):
+    import re
+
+    import torch
+
+    from vizgrad.jupyter import live
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Tanh(),
+                                torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with live(interval=0, params=model) as run:
+        for _ in range(6):
+            optimizer.zero_grad()
+            model(torch.randn(4, 3)).pow(2).mean().backward()
+            optimizer.step()
+    shown = fake_display.shown[-1]
+    strip = re.search(r'<svg class="vizgrad-flow".*?</svg>', shown, re.S).group(0)
+    names, rms = run.grad_norms(by="module", depth=1, measure="rms")
+    assert names == ["0", "2", "4"]
+    assert re.findall(r'text-anchor="end">([^<]*)</text>', strip) == names  # one row per layer with parameters
+    cells = sum(len(re.findall(r"M[\d.]+ [\d.]+h", d)) for d in re.findall(r' d="([^"]*)"', strip))
+    assert cells == 6 * len(names)  # every (step, layer) has a cell: six columns
+    assert f"steps 0–5, log colour {rms.min():.2g} … {rms.max():.2g}" in shown

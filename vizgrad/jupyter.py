@@ -25,6 +25,7 @@ from vizgrad import frames
 from vizgrad.view import view_of
 from vizgrad.colors import ColorScale, norm_range, scale_between
 from vizgrad.errors import MissingDependencyError, UsageError
+from vizgrad.health import grad_flow, readable_rows
 from vizgrad.recorder import record
 from vizgrad.run import Run, Step
 
@@ -32,6 +33,10 @@ __all__ = ["LiveView", "live"]
 
 #: Most loss values the sparkline draws (older ones are thinned out).
 _SPARK_POINTS = 240
+#: Recent steps the gradient-flow strip keeps, and the most columns it draws of them.
+_FLOW_STEPS, _FLOW_COLUMNS = 240, 60
+#: Colour levels of the strip (cells of one level are one SVG path).
+_FLOW_LEVELS = 24
 
 
 def _display_module() -> Any:
@@ -71,6 +76,8 @@ class LiveView:
         self.draws = 0
         self._handle: Any = None
         self._losses: list[float | None] = []
+        self._flow: list[tuple[int, dict[str, float]]] = []  # recent steps: (index, layer -> gradient RMS)
+        self._flow_rows: tuple[str, list[str]] = ("param", [])  # what the rows are, and their names
         self._norms: tuple[float, float] | None = None  # smallest and largest gradient norm so far
         self._pending: Step | None = None  # held back by the throttle
         self._latest: Step | None = None
@@ -86,6 +93,7 @@ class LiveView:
         """Takes a new step; redraws now if the last redraw is old enough, else soon."""
         self._losses.append(step.loss)
         self._widen_norms(step)
+        self._note_flow(step)
         self._latest = step
         if step.index % self.every:
             return
@@ -137,6 +145,7 @@ class LiveView:
             '<div style="display:flex;gap:18px;align-items:center;margin-bottom:4px">'
             f'<b>vizgrad</b><span>step <b>{step.index}</b></span><span>loss <b>{html.escape(loss)}</b></span>'
             f'{self._sparkline()}</div>'
+            f'{self._flow_strip()}'
             f'<div style="max-height:{self.height}px;overflow:auto;border:1px solid #d1d9e0;border-radius:6px">'
             f'<div style="height:{min(self.height - 10, layout.height * 4 / 3):.0f}px">'
             f'{svg}</div></div></div>'
@@ -175,6 +184,52 @@ class LiveView:
 
     def _scale(self) -> ColorScale:
         return scale_between(self._norms, "rms")
+
+    def _note_flow(self, step: Step) -> None:
+        """Keeps this step's gradient RMS per layer (the rows the report's flow panel opens with)."""
+        by, depth = readable_rows([step])
+        flow = grad_flow([step], by, "param_grad", depth)
+        self._flow.append((step.index, {name: float(flow.rms[0, k]) for k, name in enumerate(flow.names)}))
+        del self._flow[:-_FLOW_STEPS]
+        self._flow_rows = (by if by == "param" else f"module depth {depth}", flow.names)
+
+    def _flow_strip(self, width: int = 480, row: int = 9) -> str:
+        """The gradient-flow strip: layers (rows) by recent steps (columns), coloured by RMS on a log scale."""
+        kind, names = self._flow_rows
+        if not names or not self._flow:
+            return ""
+        names = names[:40]
+        columns = min(_FLOW_COLUMNS, len(self._flow))
+        cells = []  # (column, row, log10 value) of the geometric mean of each bucket of steps
+        for c in range(columns):
+            bucket = self._flow[c * len(self._flow) // columns:(c + 1) * len(self._flow) // columns]
+            for r, name in enumerate(names):
+                logs = [math.log10(v) for _, values in bucket if (v := values.get(name, math.nan)) > 0
+                        and math.isfinite(v)]
+                if logs:
+                    cells.append((c, r, sum(logs) / len(logs)))
+        if not cells:
+            return ""
+        lo, hi = min(cell[2] for cell in cells), max(cell[2] for cell in cells)
+        span = hi - lo or 1.0
+        label = 110
+        cell = (width - label) / columns
+        paths: dict[int, list[str]] = {}
+        for c, r, value in cells:
+            level = round((value - lo) / span * (_FLOW_LEVELS - 1))
+            paths.setdefault(level, []).append(f"M{label + c * cell:.1f} {r * row}h{cell:.2f}v{row}h{-cell:.2f}z")
+        ramp = [ColorScale(0, 1).color(10 ** (k / (_FLOW_LEVELS - 1))) or "#cccccc" for k in range(_FLOW_LEVELS)]
+        body = "".join(f'<path fill="{ramp[level]}" d="{"".join(d)}"/>' for level, d in sorted(paths.items()))
+        texts = "".join(f'<text x="{label - 4}" y="{r * row + row - 1}" text-anchor="end">'
+                        f'{html.escape(name or "(model)")}</text>' for r, name in enumerate(names))
+        height = len(names) * row
+        first, last = self._flow[0][0], self._flow[-1][0]
+        return (f'<div style="margin:2px 0 6px;color:#59636e;font-size:11px">gradient flow: RMS of .grad per '
+                f'{html.escape(kind)}, steps {first}–{last}, log colour {10 ** lo:.2g} … {10 ** hi:.2g}</div>'
+                f'<svg class="vizgrad-flow" style="display:block;margin-bottom:6px" width="{width}" height="{height}" '
+                f'viewBox="0 0 {width} {height}" '
+                f'font-size="{row - 1}" font-family="system-ui,sans-serif" fill="#59636e" role="img" '
+                f'aria-label="gradient RMS per layer and step">{texts}{body}</svg>')
 
     def _sparkline(self, width: int = 160, height: int = 28) -> str:
         """The loss so far as a small inline SVG line (log scale)."""
