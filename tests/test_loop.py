@@ -215,3 +215,19 @@ def test_clipping_is_recorded_on_its_step_with_each_gradient_before_and_after(tm
         assert max(source.steps[2].clip["after"].values()) <= 0.01 * 2 ** 0.5 * 4
     assert torch.nn.utils.clip_grad_norm_.__name__ == "clip_grad_norm_"
     assert not hasattr(torch.nn.utils.clip_grad_norm_, "__wrapped_by_vizgrad__")  # restored after recording
+
+
+def test_two_clips_after_one_backward_keep_the_first_norm_before_and_the_last_after():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    with vizgrad.record(model) as run:
+        (model(torch.randn(4, 3)) * 10).sum().backward()
+        before = {name: float(p.grad.norm()) for name, p in model.named_parameters()}
+        torch.nn.utils.clip_grad_value_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+        after = {name: float(p.grad.norm()) for name, p in model.named_parameters()}
+    clip = run.steps[0].clip
+    assert clip["function"] == "clip_grad_value_" and clip["limit"] == 1.0  # the first clip names the record
+    assert clip["before"] == pytest.approx(before, rel=1e-6) and clip["after"] == pytest.approx(after, rel=1e-6)
+    assert clip["total_after"] == pytest.approx(0.5, rel=1e-5)
+    assert clip["total_before"] == pytest.approx(sum(v * v for v in before.values()) ** 0.5, rel=1e-6)

@@ -189,7 +189,7 @@ def grad_flow(steps: Iterable[Any], by: str = "module", kind: str = "param_grad"
     """Every layer's gradient measures over ``steps``; one pass over the steps' summary rows."""
     _check(by, kind, depth)
     names: dict[str, int] = {}
-    plans: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    plans: dict[tuple[int, int], tuple[Any, Any, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     per_step: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     indices: list[int] = []
     for step in steps:
@@ -197,7 +197,9 @@ def grad_flow(steps: Iterable[Any], by: str = "module", kind: str = "param_grad"
         graph, table = step.graph, step.table
         layers = layers_of(graph, by, kind, depth)
         plan_key = (id(layers), id(table.index))
-        plan = plans.get(plan_key)
+        known = plans.get(plan_key)
+        # The objects are kept beside their plan: an id is only theirs while they live.
+        plan = known[2] if known is not None and known[0] is layers and known[1] is table.index else None
         if plan is None:  # the rows each layer sums, made once per graph and key index
             columns = np.array([names.setdefault(name, len(names)) for name in layers.names], dtype=np.int64)
             rows, owners = [], []
@@ -207,7 +209,8 @@ def grad_flow(steps: Iterable[Any], by: str = "module", kind: str = "param_grad"
                     if row is not None:
                         rows.append(row)
                         owners.append(layer)
-            plan = plans[plan_key] = (columns, np.array(rows, dtype=np.int64), np.array(owners, dtype=np.int64))
+            plan = (columns, np.array(rows, dtype=np.int64), np.array(owners, dtype=np.int64))
+            plans[plan_key] = (layers, table.index, plan)
             if len(plans) > 256:
                 plans.pop(next(iter(plans)))
         columns, rows, owners = plan

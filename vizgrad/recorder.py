@@ -304,15 +304,16 @@ class Recorder:
                 return
             step = self._live_steps[-1]
             name_of = self.run.loop.name_of
-            clip = dict(step.clip) if step.clip else {"function": record["function"], "limit": record["limit"],
-                                                      "before": {}, "after": {}, "squares": [0.0, 0.0]}
-            for param, before, after in zip(record["params"], record["before"], record["after"]):
-                name = name_of(param)
-                if name is not None:
-                    clip["before"][name], clip["after"][name] = before, after
-            squares = clip.pop("squares", None) or [clip["total_before"] ** 2, clip["total_after"] ** 2]
-            squares = [squares[0] + sum(b * b for b in record["before"]), squares[1] + sum(a * a for a in record["after"])]
-            clip["total_before"], clip["total_after"] = math.sqrt(squares[0]), math.sqrt(squares[1])
+            # Several clips after one backward() (two models, or by value then by norm): each gradient's
+            # first norm before and last norm after.
+            clip = {**step.clip, "before": dict(step.clip["before"]), "after": dict(step.clip["after"])} \
+                if step.clip else {"function": record["function"], "limit": record["limit"], "before": {}, "after": {}}
+            for at, (param, before, after) in enumerate(zip(record["params"], record["before"], record["after"])):
+                name = name_of(param) or f"(unnamed {at})"
+                clip["before"].setdefault(name, before)
+                clip["after"][name] = after
+            clip["total_before"] = math.sqrt(sum(norm * norm for norm in clip["before"].values()))
+            clip["total_after"] = math.sqrt(sum(norm * norm for norm in clip["after"].values()))
             step.clip = clip
             try:
                 self.run._on_step_clip(step)
@@ -527,7 +528,8 @@ class Recorder:
             loss = _loss(work.graph, table)
         except Exception:
             loss = None
-        return Step(len(self.run.steps), loss, work.graph, table=table, live=live, limits=(self.keep, self.hold), loop=self.run.loop)
+        return Step(len(self.run.steps), loss, work.graph, table=table, live=live, limits=(self.keep, self.hold),
+                    loop=self.run.loop)
 
     def _append(self, step: Step) -> None:
         if self.run._pending_data:

@@ -899,7 +899,8 @@ async function inflateText(packed) {
     const depthSelect = $("flow-depth"), measureSelect = $("flow-measure"), box = $("flow"), readout = $("flow-readout");
     const groupings = F.depths.length ? F.depths : [{ depth: null, names: F.names, group: F.names.map((_, r) => r) }];
     groupings.forEach((g, at) => {
-      const option = htmlEl("option", null, g.depth === null ? "parameters" : at === groupings.length - 1 ? "finest" : "depth " + g.depth, depthSelect);
+      const label = g.depth === null ? (F.by === "param" ? "parameters" : "finest") : at === groupings.length - 1 ? "finest" : "depth " + g.depth;
+      const option = htmlEl("option", null, label, depthSelect);
       option.value = String(at);
     });
     depthSelect.value = String(clamp(F.depth, 0, groupings.length - 1));
