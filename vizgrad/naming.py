@@ -61,48 +61,37 @@ def caller_scope(depth: int = 4) -> list[Binding]:
     Each binding says where it was found: the function whose frame holds it
     (``main``), or the module's ``__name__`` for globals (``__main__``).
     """
-    frame = sys._getframe(1)
-    try:
-        while frame is not None and _is_internal(frame):
-            frame = frame.f_back  # type: ignore[assignment]
-        if frame is None:
-            return []
-        nearest_globals = frame.f_globals
-        scope: list[Binding] = []
-        for _ in range(depth):
-            if frame is None or frame.f_locals is nearest_globals:
-                break
-            if not _is_internal(frame):
-                where = _frame_owner(frame)
-                scope.extend(Binding(name, value, where) for name, value in frame.f_locals.items())
-            frame = frame.f_back  # type: ignore[assignment]
-        module = str(nearest_globals.get("__name__") or "globals")
-        scope.extend(Binding(name, value, module) for name, value in nearest_globals.items())
-        return scope
-    finally:
-        del frame  # frames in locals make reference cycles
+    scope: list[Binding] = []
+    for namespace, where in _user_namespaces(depth):
+        scope.extend(Binding(name, value, where) for name, value in namespace.items())
+    return scope
 
 
 def scope_dicts(depth: int = 4) -> list[Mapping[str, Any]]:
     """The namespaces :func:`caller_scope` reads, nearest first, as dicts (no binding made): for every step."""
-    frame = sys._getframe(1)
+    return [namespace for namespace, _ in _user_namespaces(depth, owners=False)]
+
+
+def _user_namespaces(depth: int, owners: bool = True) -> list[tuple[Mapping[str, Any], str]]:
+    """The locals of the nearest ``depth`` user frames and the nearest one's globals, each with where it lives."""
+    frame = sys._getframe(2)
     try:
         while frame is not None and _is_internal(frame):
             frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             return []
         nearest_globals = frame.f_globals
-        found: list[Mapping[str, Any]] = []
+        found: list[tuple[Mapping[str, Any], str]] = []
         for _ in range(depth):
             if frame is None or frame.f_locals is nearest_globals:
                 break
             if not _is_internal(frame):
-                found.append(frame.f_locals)
+                found.append((frame.f_locals, _frame_owner(frame) if owners else ""))
             frame = frame.f_back  # type: ignore[assignment]
-        found.append(nearest_globals)
+        found.append((nearest_globals, str(nearest_globals.get("__name__") or "globals") if owners else ""))
         return found
     finally:
-        del frame
+        del frame  # frames in locals make reference cycles
 
 
 def holder_name(scope: Iterable[Binding], obj: Any) -> str | None:
