@@ -581,3 +581,31 @@ def test_a_gan_report_draws_a_loss_curve_per_name_by_iteration(browser, tmp_path
     assert p.text_content("#iteration-label") == "2" and p.text_content("#step-label") == "7"
     assert page.errors == []
     p.close()
+
+
+def test_a_steps_autograd_grad_call_is_drawn_on_its_own_graph(browser, tmp_path):
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    with vizgrad.record(grad_calls=True) as run:
+        for _ in range(3):
+            mix = torch.randn(4, 3).requires_grad_(True)
+            score = critic(mix)
+            (slopes,) = torch.autograd.grad(score, mix, torch.ones_like(score), create_graph=True)
+            loss = ((slopes.norm(dim=1) - 1) ** 2).mean() + critic(torch.randn(4, 3)).mean()
+            loss.backward()
+    page = Page(browser, run.report().save(tmp_path / "gp.html"))
+    p = page.page
+    call(p, "window.vizgrad.ready")
+    assert p.locator('[data-panel="grad-calls"]').is_visible()
+    backward_nodes = p.eval_on_selector_all("#stage g.vg-node", "gs => gs.length")
+    p.click("#calls button[data-call='0']")
+    wait_until(p, "document.querySelector(\"#calls button[data-call='0']\").getAttribute('aria-pressed') === 'true'")
+    drawn = p.eval_on_selector_all("#stage g.vg-node", "gs => gs.map(g => g.textContent)")
+    assert len(drawn) == len(run.steps[0].grad_calls[0].graph.nodes) < backward_nodes
+    assert any("score" in text for text in drawn)
+    p.click("#calls button[data-call='']")  # back to the backward() graph
+    assert p.eval_on_selector_all("#stage g.vg-node", "gs => gs.length") == backward_nodes
+    assert call(p, "window.vizgrad.step(2)") and call(p, "window.vizgrad.call(0)") is True
+    assert p.get_attribute("#calls button[data-call='2']", "aria-pressed") == "true"
+    assert page.errors == []
+    p.close()

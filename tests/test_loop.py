@@ -231,3 +231,38 @@ def test_two_clips_after_one_backward_keep_the_first_norm_before_and_the_last_af
     assert clip["before"] == pytest.approx(before, rel=1e-6) and clip["after"] == pytest.approx(after, rel=1e-6)
     assert clip["total_after"] == pytest.approx(0.5, rel=1e-5)
     assert clip["total_before"] == pytest.approx(sum(v * v for v in before.values()) ** 0.5, rel=1e-6)
+
+
+def test_autograd_grad_calls_are_recorded_as_calls_of_the_next_backward_step(tmp_path):
+    """A WGAN-GP critic step: a gradient penalty through torch.autograd.grad, then one backward()."""
+    torch.manual_seed(0)
+    critic = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+    real, fake = torch.randn(4, 3), torch.randn(4, 3)
+    oracle = []
+    with vizgrad.record(grad_calls=True, save=tmp_path / "gp.vizgrad") as run:  # mix: a leaf named by its variable
+        for _ in range(2):
+            mix = (0.3 * real + 0.7 * fake).requires_grad_(True)
+            score = critic(mix)
+            (slopes,) = torch.autograd.grad(score, mix, torch.ones_like(score), create_graph=True)
+            oracle.append(float(slopes.detach().norm()))
+            penalty = ((slopes.norm(dim=1) - 1) ** 2).mean()
+            loss_critic = critic(fake).mean() - critic(real).mean() + 10 * penalty
+            loss_critic.backward()
+    assert len(run.steps) == 2 and [step.loss_name for step in run.steps] == ["loss_critic"] * 2
+    for step in [*run.steps, *vizgrad.load(tmp_path / "gp.vizgrad").steps]:  # recorded, and read back
+        (call,) = step.grad_calls
+        assert call.index == step.index and call.graph.loss_name == "score"
+        assert call.graph is not step.graph and len(call.graph.nodes) < len(step.graph.nodes)
+        # The call's gradients are what autograd.grad computed: into the score's grad_fn, the seed of ones.
+        root = call.graph.by_id[call.graph.roots[0]]
+        first = call.graph.by_id[next(e.dst for e in call.graph.edges if e.src == root.id)]
+        assert call.stats(first.id)["norm"] == pytest.approx(2.0)  # four ones
+        # ...and out of it, into the interpolated input: the slopes autograd.grad returned.
+        (into_mix,) = [e for e in call.graph.grad_edges() if call.graph.by_id[e.dst].name == "mix"]
+        assert call.edge_stats(into_mix.src, into_mix.slot)["norm"] == pytest.approx(oracle[step.index], rel=1e-5)
+    with vizgrad.record(critic) as plain:  # off by default: autograd.grad is not a step
+        mix = real.clone().requires_grad_(True)
+        torch.autograd.grad(critic(mix).sum(), mix)
+        critic(real).sum().backward()
+    assert plain.steps[0].grad_calls == ()
+    assert torch.autograd.grad.__module__ == "torch.autograd"  # restored after recording

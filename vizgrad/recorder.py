@@ -151,6 +151,29 @@ class _Patches:
             finally:
                 _watch.note()
 
+        original_grad = torch.autograd.grad
+        self.originals["grad"] = original_grad
+
+        def grad(outputs: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+            """``torch.autograd.grad``, recorded by vizgrad as a call of the next step (``record(grad_calls=True)``)."""
+            result: list[Any] = []
+
+            def run_torch() -> None:
+                result.append(original_grad(outputs, inputs, *args, **kwargs))
+
+            seeds = args[0] if args else kwargs.get("grad_outputs")
+            batched = kwargs.get("is_grads_batched", args[5] if len(args) > 5 else False)
+            run = run_torch
+            if not batched:  # vmapped seeds: one call is many backward passes, not a step's graph
+                for recorder in list(patches.recorders):
+                    if recorder.grad_calls:
+                        run = _bind_call(recorder, run, outputs, seeds, kwargs.get("create_graph", False))
+            run()
+            return result[0]
+
+        grad.__wrapped__ = original_grad  # type: ignore[attr-defined]
+        grad.__doc__ = original_grad.__doc__
+        torch.autograd.grad = grad  # type: ignore[assignment]
         backward.__wrapped__ = original_backward  # type: ignore[attr-defined]
         register_hook.__wrapped__ = original_register_hook  # type: ignore[attr-defined]
         register_hook.__doc__ = original_register_hook.__doc__
@@ -163,6 +186,7 @@ class _Patches:
     def _restore(self) -> None:
         modules.uninstall()
         torch.autograd.backward = self.originals["backward"]  # type: ignore[assignment]
+        torch.autograd.grad = self.originals["grad"]  # type: ignore[assignment]
         torch.Tensor.register_hook = self.originals["register_hook"]  # type: ignore[method-assign]
         with patch_lock:
             setattr(_function._HookMixin, _REGISTER, staticmethod(self.originals["node_register"]))
@@ -172,6 +196,11 @@ class _Patches:
 def _bind(recorder: Recorder, run: Callable[[], None], tensors: Any, seeds: Any,
           create_graph: bool) -> Callable[[], None]:
     return lambda: recorder._backward(run, tensors, seeds, create_graph)
+
+
+def _bind_call(recorder: Recorder, run: Callable[[], None], outputs: Any, seeds: Any,
+               create_graph: bool) -> Callable[[], None]:
+    return lambda: recorder._grad_call(run, outputs, seeds, create_graph)
 
 
 _patches = _Patches()
@@ -237,11 +266,13 @@ class Recorder:
             (closed when recording stops), or ``None`` for a run in memory.
         run: The run to append to (a store-backed one when saving).
         on_step: Callables run after each completed step, with the step.
+        grad_calls: Also record ``torch.autograd.grad`` calls, each attached
+            to the ``backward()`` step that follows it (``step.grad_calls``).
     """
 
     def __init__(self, params: Any = None, keep: int | None = 64, saved: bool = False, live_steps: int = 4,
                  store: Any = None, run: Run | None = None, on_step: Sequence[Callable[[Step], None]] = (),
-                 hold: int | None = DEFAULT_HOLD) -> None:
+                 hold: int | None = DEFAULT_HOLD, grad_calls: bool = False) -> None:
         _check_arguments(keep, hold, live_steps, saved, on_step)
         self.params = params
         self.keep = keep
@@ -251,6 +282,8 @@ class Recorder:
         self.store = store
         self.run = run if run is not None else Run()
         self.on_step = list(on_step)
+        self.grad_calls = bool(grad_calls)
+        self._calls: list[Step] = []  # torch.autograd.grad calls waiting for the backward() they belong to
         self._explicit_names = naming.explicit_names(params) if params is not None else None
         self._inferred_names = naming.InferredLeafNames()
         self._keep_limit = math.inf if keep is None else keep
@@ -327,6 +360,16 @@ class Recorder:
         original = _patches.original_backward()
         self._backward(lambda: original(tensors, gradient, retain_graph, create_graph, inputs=inputs), tensors,
                        gradient, create_graph)
+
+    def _grad_call(self, run_grad: Callable[[], None], outputs: Any, seeds: Any, create_graph: bool) -> None:
+        """Runs one ``torch.autograd.grad`` call, recorded like a step and kept for the next ``backward()``."""
+        if getattr(self._local, "in_step", False):  # inside a step (a custom Function's backward): part of it
+            return run_grad()
+        self._local.call = True
+        try:
+            return self._backward(run_grad, outputs, seeds, create_graph)
+        finally:
+            self._local.call = False
 
     def _backward(self, run_backward: Callable[[], None], tensors: Any, seeds: Any, create_graph: bool) -> None:
         if getattr(self._local, "in_step", False):  # backward() called inside one of this thread's steps
@@ -428,6 +471,10 @@ class Recorder:
             # The step finds its tensors' nodes without keeping the graph alive (by identity once
             # several threads record: their sequence numbers may coincide).
             work.live.compact(identify=len(self._baselines) > 1)
+            if getattr(self._local, "call", False):  # an autograd.grad call: it waits for its backward()
+                step.release()
+                self._calls.append(step)
+                return
             self._append(step)
         for callback in self.on_step:
             callback(step)
@@ -535,6 +582,7 @@ class Recorder:
         if self.run._pending_data:
             step.data.update(self.run._pending_data)
             self.run._pending_data.clear()
+        step.grad_calls, self._calls = tuple(self._calls), []
         loop = self.run.loop
         step.stepped = loop.take_step()
         if loop.optimizers != self.run.meta.get("optimizers", []):
@@ -907,7 +955,7 @@ def _loss(graph: Graph, table: GradTable) -> float | None:
 @contextlib.contextmanager
 def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFAULT_HOLD, saved: bool = False,
            save: str | os.PathLike[str] | None = None, live_steps: int = 4,
-           on_step: Sequence[Callable[[Step], None]] = ()) -> Iterator[Run]:
+           on_step: Sequence[Callable[[Step], None]] = (), grad_calls: bool = False) -> Iterator[Run]:
     """Records every ``backward()`` inside the block as one step of a :class:`Run`.
 
     Args:
@@ -926,6 +974,10 @@ def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFA
         save: Path of a run file to write step by step as the run goes.
         live_steps: How many recent steps answer ``step.grad_of(tensor)``.
         on_step: Callables run with each step once it is complete (and saved).
+        grad_calls: Also record each ``torch.autograd.grad`` call (a
+            gradient penalty's) with its own graph and gradients, attached to
+            the ``backward()`` step that follows it as ``step.grad_calls``;
+            ``run.steps`` stays one per ``backward()``.
 
     Yields:
         The :class:`Run`; ``run.steps`` grows by one per ``backward()``.
@@ -943,7 +995,8 @@ def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFA
     _check_arguments(keep, hold, live_steps, saved, on_step)
     if save is not None and not isinstance(save, (str, os.PathLike)):
         raise TypeError(f"record(save=...) must be a file path, got {save!r}")
-    recorder = Recorder(params, keep=keep, hold=hold, saved=saved, live_steps=live_steps, on_step=on_step)
+    recorder = Recorder(params, keep=keep, hold=hold, saved=saved, live_steps=live_steps, on_step=on_step,
+                        grad_calls=grad_calls)
     if save is not None:  # after the arguments are known good: a bad call leaves no file behind
         from vizgrad import store as run_store
 

@@ -258,6 +258,7 @@ class Report:
                 page.add_segment(group, drawn, cache.get(drawn), scale, rows)
                 if self.progress is not None:
                     self.progress(1)
+        calls = self._calls(steps, page, cache, scale)
         views = []
         for state, moves, segments in zip(states, transitions, per_view):
             plan = plan_of(view_of(main, state.options(main, self.view)))
@@ -285,6 +286,7 @@ class Report:
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
             "loop": loop,
             "clips": self._clips(steps),
+            "calls": calls,
             "layouts": page.layouts,
             "columns": page.columns,
             "segments": default,
@@ -388,6 +390,30 @@ class Report:
                                     "values": [round_sig(norm, 4) for _, norm in clipped]}
             out.append(entry)
         return out
+
+    def _calls(self, steps: Sequence[Any], page: _FrameData, cache: Any, scale: ColorScale) -> dict[str, Any] | None:
+        """The ``torch.autograd.grad`` calls of the shown steps, each a frame of its own graph (default view).
+
+        ``of`` lists, for every shown step, the numbers of its calls; their
+        frames are ``segments`` (one call each, laid out and painted as steps are).
+        """
+        of: list[list[int]] = []
+        segments: list[dict[str, Any]] = []
+        names: list[str | None] = []
+        shown = page.segments
+        page.segments = segments
+        try:
+            for step in steps:
+                numbers = []
+                for call in step.grad_calls:
+                    drawn = view_of(call.graph, self.view)
+                    page.add_segment([call], drawn, cache.get(drawn), scale)
+                    numbers.append(len(names))
+                    names.append(call.graph.loss_name)
+                of.append(numbers)
+        finally:
+            page.segments = shown
+        return {"of": of, "segments": segments, "names": names} if names else None
 
     @staticmethod
     def _clips(steps: Sequence[Any]) -> dict[str, Any] | None:

@@ -66,6 +66,9 @@ class Step:
         #: A gradient clip after this step's backward(): ``function``, ``limit``, ``total_before``,
         #: ``total_after`` and per parameter name ``before`` / ``after`` norms; ``None`` without one.
         self.clip: dict[str, Any] | None = None
+        #: The ``torch.autograd.grad`` calls made before this ``backward()`` (``record(grad_calls=True)``),
+        #: each a step of its own graph: the outputs it differentiated are its roots.
+        self.grad_calls: tuple[Step, ...] = ()
         if live is not None:
             live.attach(graph)
 

@@ -202,6 +202,7 @@ def run_script(path: str | os.PathLike[str], args: Sequence[str] = (), *, save: 
 
     script = check_script(path)
     ctrl_c = _CtrlC()
+    record_options.setdefault("grad_calls", True)  # a script's autograd.grad calls (gradient penalties) too
     with record(save=os.fspath(save) if save is not None else None, on_step=[ctrl_c.after_step, *on_step],
                 **record_options) as run:
         outcome = ScriptOutcome(run)

@@ -88,6 +88,16 @@ CREATE TABLE steps (
     stepped TEXT NOT NULL,         -- optimizers (by ordinal) that stepped since the previous step: "0,1", ""
     clip TEXT                      -- JSON of a gradient clip after the step (Step.clip), NULL for none
 );
+CREATE TABLE grad_calls (          -- torch.autograd.grad calls recorded before a step's backward() (schema 3)
+    step INTEGER NOT NULL,         -- the step they belong to
+    k INTEGER NOT NULL,            -- their order
+    graph INTEGER NOT NULL REFERENCES graphs(id),
+    grad_index INTEGER NOT NULL REFERENCES indexes(id),
+    loss TEXT,
+    summaries BLOB NOT NULL,
+    kept BLOB NOT NULL,
+    PRIMARY KEY (step, k)
+);
 """
 #: The columns a step is read from, by schema version (version 1 kept its keys inside ``summaries``).
 _STEP_COLUMNS = {1: "idx, graph, NULL, loss, summaries, kept, data",
@@ -163,6 +173,8 @@ def _read_meta(connection: sqlite3.Connection, path: Path) -> dict[str, str]:
         connection.execute("SELECT id, hash, digest, graph FROM graphs LIMIT 0")
         if version >= 2:
             connection.execute("SELECT id, digest, keys FROM indexes LIMIT 0")
+        if version >= 3:
+            connection.execute("SELECT step, k, graph, grad_index, loss, summaries, kept FROM grad_calls LIMIT 0")
     except sqlite3.OperationalError as error:
         raise _damaged(path, error) from None
     return meta
@@ -253,11 +265,26 @@ class StoredStep(Step):
     """A step read from a run file; its table is decoded on first use (a damaged one raises :class:`RunFileError`)."""
 
     def __init__(self, index: int, loss: float | None, graph: Graph, data: dict[str, Any], store: RunStore,
-                 grad_index: int | None, summaries: bytes, values: bytes) -> None:
+                 grad_index: int | None, summaries: bytes, values: bytes,
+                 calls: tuple[Step, ...] | None = None) -> None:
         marks = store.loop.stepped
+        self._calls = calls
+        self._store = store
         super().__init__(index, loss, graph, data=data, loop=store.loop,
                          stepped=marks[index] if index < len(marks) else ())
         self._source: tuple[RunStore, int | None, bytes, bytes] | None = (store, grad_index, summaries, values)
+
+    @property  # type: ignore[override]
+    def grad_calls(self) -> tuple[Step, ...]:
+        """The ``torch.autograd.grad`` calls before this step's ``backward()``, read from the file on first use."""
+        if self._calls is None:
+            self._calls = self._store.read_calls(self.index)
+        return self._calls
+
+    @grad_calls.setter
+    def grad_calls(self, calls: tuple[Step, ...]) -> None:
+        if calls:  # the base class starts every step with none; a stored step reads its own
+            self._calls = tuple(calls)
 
     @property
     def table(self) -> GradTable:
@@ -429,6 +456,14 @@ class RunStore:
                 (step.index, self._graphs.id_of(self._connection, step.graph),
                  self._indexes.id_of(self._connection, table.index), loss, params, norm_lo, norm_hi, rms_lo, rms_hi,
                  summaries, values, data, stepped, None if step.clip is None else _dumps(step.clip)))
+            for k, call in enumerate(step.grad_calls):
+                call_table = call.table
+                self._connection.execute(
+                    "INSERT INTO grad_calls (step, k, graph, grad_index, loss, summaries, kept) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (step.index, k, self._graphs.id_of(self._connection, call.graph),
+                     self._indexes.id_of(self._connection, call_table.index), _encode_loss(call.loss),
+                     encode_rows(call_table), self._values.encode(call_table)))
             self._write_run_meta(meta, panels)
         self._count += 1
         if self.loop is not step._loop:  # a run saved to a file: the file's loop learns the marks
@@ -595,6 +630,17 @@ class RunStore:
         if rest and rest[0] is not None:
             step.clip = json.loads(rest[0])
         return step
+
+    def read_calls(self, index: int) -> tuple[StoredStep, ...]:
+        """The ``torch.autograd.grad`` calls recorded before step ``index``'s ``backward()``."""
+        if self.version < 3:
+            return ()
+        with self._lock, self._error_context("read", f"step {index}"):
+            rows = self._connection.execute("SELECT graph, grad_index, loss, summaries, kept FROM grad_calls "
+                                            "WHERE step = ? ORDER BY k", (index,)).fetchall()
+            return tuple(StoredStep(index, _decode_loss(loss), self._graph(graph_id), {}, self, grad_index,
+                                    summaries, values, calls=())
+                         for graph_id, grad_index, loss, summaries, values in rows)
 
     def _graph(self, graph_id: int) -> Graph:
         return self._graphs.get(self._connection, graph_id, self.path)

@@ -403,6 +403,12 @@ async function inflateText(packed) {
     }
   }
 
+  /** Inflates layout k when it came compressed (a torch.autograd.grad call's graph). */
+  async function inflateLayout(k) {
+    const source = $("vg-layout-" + k);
+    if (layouts[k].text === undefined && source.tagName !== "TEMPLATE") layouts[k].text = await inflateText(source.textContent);
+  }
+
   /** Parses a layout's SVG (once) and finds the elements each step restyles. */
   function prepareLayout(k) {
     const L = layouts[k];
@@ -574,7 +580,11 @@ async function inflateText(packed) {
   }
 
   function paint(pos) {
-    const frame = FRAMES.at(pos);
+    paintFrame(FRAMES.at(pos));
+  }
+
+  /** Paints one frame record (a step's, or a torch.autograd.grad call's) on its layout. */
+  function paintFrame(frame) {
     const L = mountLayout(frame[0]);
     const np = frame[1], ep = frame[2], bp = frame[4];
     const cull = L.nodes.length + L.edges.length > CULL_ABOVE;
@@ -1236,6 +1246,47 @@ async function inflateText(packed) {
     });
   })();
 
+  // torch.autograd.grad calls before a step's backward() (record(grad_calls=True)): each drawn on its own graph.
+  const calls = (function () {
+    const C = DATA.calls, card = $("calls-card");
+    if (!C) return { update: () => {}, show: async () => false, shown: () => null };
+    const FR = framesOf(C.segments), list = $("calls");
+    let shown = null;
+    async function show(number) {
+      if (number === null) { shown = null; paint(player.pos()); mark(); return true; }
+      if (!(number >= 0 && number < FR.length)) return false;
+      await inflateLayout(FR.layoutAt(number));
+      shown = number;
+      paintFrame(FR.at(number));
+      mark();
+      return true;
+    }
+    function mark() {
+      list.querySelectorAll("button").forEach((b) => {
+        b.setAttribute("aria-pressed", String(b.dataset.call === "" ? shown === null : Number(b.dataset.call) === shown));
+      });
+    }
+    function update(pos) {
+      shown = null;
+      const numbers = C.of[pos] || [];
+      card.hidden = numbers.length === 0;
+      list.textContent = "";
+      if (!numbers.length) return;
+      const back = htmlEl("button", "vg-call", "backward() graph", list);
+      back.type = "button";
+      back.dataset.call = "";
+      back.addEventListener("click", () => show(null));
+      numbers.forEach((number, k) => {
+        const button = htmlEl("button", "vg-call", "autograd.grad " + (k + 1) + (C.names[number] ? " of " + C.names[number] : ""), list);
+        button.type = "button";
+        button.dataset.call = String(number);
+        button.addEventListener("click", () => show(number));
+      });
+      mark();
+    }
+    return { update: update, show: show, shown: () => shown };
+  })();
+
   // Steps followed by a gradient clip, by frame.
   const clipAt = new Map();
   if (DATA.clips) DATA.clips.at.forEach((frame, k) => clipAt.set(frame, {
@@ -1262,6 +1313,7 @@ async function inflateText(packed) {
       loss.textContent = fmt(DATA.loss[pos]);
       loss.classList.toggle("vg-bad", typeof DATA.loss[pos] === "string");   // NaN or Inf
       if (DATA.loop) $("iteration-label").textContent = String(DATA.loop.iteration[pos]);
+      calls.update(pos);
       const clip = clipAt.get(pos), badge = $("clip-badge");
       badge.hidden = !clip;
       if (clip) {
@@ -1541,6 +1593,8 @@ async function inflateText(packed) {
     unfold: (path) => views.act("unfold", String(path)),
     overview: () => views.show(0),
     flow: flow,
+    /** Shows the graph of the current step's torch.autograd.grad call k (0-based), or its backward() graph for null. */
+    call: (k) => (k === null ? calls.show(null) : calls.show((DATA.calls ? DATA.calls.of[player.pos()] || [] : [])[k])),
     state: () => views.state(),
   };
 })();
