@@ -10,7 +10,7 @@ Measures, in one run:
   headless Chromium: page ready, drawing the flow panel at another depth, and
   the median step switch.
 
-    python benchmarks/gradient_flow.py [--steps 10000] [--layers 100]
+    python benchmarks/gradient_flow.py [--steps 10000] [--timing-steps 1000] [--layers 100]
 """
 
 from __future__ import annotations
@@ -94,19 +94,26 @@ def browser_figures(path: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--steps", type=int, default=10_000, help="steps recorded for the report")
+    parser.add_argument("--timing-steps", type=int, default=1_000,
+                        help="steps of each loop timed against the bare one (interleaved, best of 3)")
     parser.add_argument("--layers", type=int, default=100, help="blocks of Linear(8, 8): 2 parameters each")
     args = parser.parse_args()
     steps = args.steps
     print(f"torch {torch.__version__}, vizgrad {vizgrad.__version__}; {args.layers * 2} parameters, {steps:,} steps")
 
-    bare = train(make_model(args.layers), steps)
-    history: list = []
-    snippet = train(make_model(args.layers), steps, plot_grad_flow_collect(history))
+    times: dict[str, list[float]] = {"bare": [], "snippet": [], "recorded": []}
+    for _ in range(3):  # interleaved rounds, the best of each: the machine's noise hits all alike
+        times["bare"].append(train(make_model(args.layers), args.timing_steps))
+        times["snippet"].append(train(make_model(args.layers), args.timing_steps, plot_grad_flow_collect([])))
+        model = make_model(args.layers)
+        with vizgrad.record(model):
+            times["recorded"].append(train(model, args.timing_steps))
+    bare, snippet, recorded = (min(times[key]) for key in ("bare", "snippet", "recorded"))
     model = make_model(args.layers)
     with tempfile.TemporaryDirectory() as folder:
         with vizgrad.record(model) as run:
-            recorded = train(model, steps)
+            record_all = train(model, steps)
         start = time.perf_counter()
         names, norms = run.grad_norms(by="param")
         api = time.perf_counter() - start
@@ -117,10 +124,11 @@ def main() -> None:
         size = os.path.getsize(path)
         page = browser_figures(path) if os.path.exists(CHROMIUM) else None
 
-    print(f"{'':<44}{'seconds':>10}{'x bare':>9}")
+    print(f"{args.timing_steps:,} steps each{'':<26}{'seconds':>10}{'x bare':>9}")
     print(f"{'bare training loop':<44}{bare:>10.2f}{1:>9.2f}")
     print(f"{'plot_grad_flow collection (.item() each)':<44}{snippet:>10.2f}{snippet / bare:>9.2f}")
     print(f"{'vizgrad.record() (every node and edge)':<44}{recorded:>10.2f}{recorded / bare:>9.2f}")
+    print(f"recording {steps:,} steps for the report: {record_all:.1f} s")
     print(f"run.grad_norms(by='param'): {norms.shape[0]:,} x {norms.shape[1]} in {api:.2f} s")
     print(f"report: built in {build:.1f} s, {size / 2**20:.1f} MiB ({size / steps / 1024:.1f} KiB a step)")
     if page is not None:

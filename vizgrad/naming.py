@@ -83,10 +83,15 @@ def _user_namespaces(depth: int, owners: bool = True) -> list[tuple[Mapping[str,
         nearest_globals = frame.f_globals
         found: list[tuple[Mapping[str, Any], str]] = []
         for _ in range(depth):
-            if frame is None or frame.f_locals is nearest_globals:
+            if frame is None:
                 break
-            if not _is_internal(frame):
-                found.append((frame.f_locals, _frame_owner(frame) if owners else ""))
+            if _is_internal(frame):
+                frame = frame.f_back  # type: ignore[assignment]
+                continue
+            local = frame.f_locals  # a function frame makes this dict on each read: once
+            if local is nearest_globals:
+                break
+            found.append((local, _frame_owner(frame) if owners else ""))
             frame = frame.f_back  # type: ignore[assignment]
         found.append((nearest_globals, str(nearest_globals.get("__name__") or "globals") if owners else ""))
         return found
@@ -97,6 +102,11 @@ def _user_namespaces(depth: int, owners: bool = True) -> list[tuple[Mapping[str,
 def holder_name(scope: Iterable[Binding], obj: Any) -> str | None:
     """The name of the first binding in ``scope`` that holds ``obj`` itself, or ``None``."""
     return next((binding.name for binding in scope if binding.value is obj), None)
+
+
+#: Types no tensor is (what a script's namespaces mostly hold), passed over without an isinstance check.
+_PLAIN_TYPES = frozenset((types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type, int, float, str,
+                          bool, type(None), list, dict, tuple, set, types.MethodType))
 
 
 def _visible(name: str) -> bool:
@@ -291,10 +301,13 @@ def variable_names(
     """
     fn_names: dict[Any, str] = {}
     by_tensor: dict[int, str] = {}
-    tensor = torch.Tensor
+    tensor, plain = torch.Tensor, _PLAIN_TYPES
     for namespace in scope:
         for var, value in namespace.items():
-            if isinstance(value, tensor) and value.grad_fn is not None and _visible(var):
+            # Most bindings are modules, functions and numbers: one type lookup passes them.
+            if type(value) in plain or not isinstance(value, tensor):
+                continue
+            if value.grad_fn is not None and _visible(var):
                 by_tensor.setdefault(id(value), var)
                 # Only output 0 names the node: a split's pieces share one grad_fn.
                 if value.output_nr == 0:
