@@ -266,3 +266,20 @@ def test_autograd_grad_calls_are_recorded_as_calls_of_the_next_backward_step(tmp
         critic(real).sum().backward()
     assert plain.steps[0].grad_calls == ()
     assert torch.autograd.grad.__module__ == "torch.autograd"  # restored after recording
+
+
+def test_a_failure_noting_an_optimizer_step_or_a_clip_warns_and_never_breaks_training():
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with vizgrad.record(model) as run:
+        model(torch.ones(1, 2)).sum().backward()
+
+        def broken(tensor):
+            raise RuntimeError("names are gone")
+
+        run.loop.name_of = broken
+        with pytest.warns(vizgrad.RecordingWarning, match="could not note an optimizer step"):
+            optimizer.step()
+        with pytest.warns(vizgrad.RecordingWarning, match="could not note clip_grad_norm_"):
+            total = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    assert float(total) > 0 and len(run.steps) == 1  # training went on: the clip returned its norm

@@ -83,7 +83,11 @@ def _watched(name: str, original: Any) -> Any:
                           RecordingWarning, stacklevel=2)
             return result
         for listener in list(_listeners):
-            listener(record)
+            try:
+                listener(record)
+            except Exception as error:  # a record missed, never the user's clip
+                warnings.warn(f"vizgrad could not note {name} ({error}); its step shows no clipping",
+                              RecordingWarning, stacklevel=2)
         return result
 
     clip.__wrapped_by_vizgrad__ = original  # type: ignore[attr-defined]

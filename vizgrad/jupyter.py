@@ -19,12 +19,13 @@ import html
 import math
 import threading
 import time
+import warnings
 from typing import Any, Iterator
 
 from vizgrad import frames
 from vizgrad.view import view_of
 from vizgrad.colors import ColorScale, norm_range, scale_between
-from vizgrad.errors import MissingDependencyError, UsageError
+from vizgrad.errors import MissingDependencyError, RecordingWarning, UsageError
 from vizgrad.health import grad_flow, readable_rows
 from vizgrad.recorder import record
 from vizgrad.run import Run, Step
@@ -187,8 +188,13 @@ class LiveView:
 
     def _note_flow(self, step: Step) -> None:
         """Keeps this step's gradient RMS per layer (the rows the report's flow panel opens with)."""
-        by, depth = readable_rows([step])
-        flow = grad_flow([step], by, "param_grad", depth)
+        try:
+            by, depth = readable_rows([step])
+            flow = grad_flow([step], by, "param_grad", depth)
+        except Exception as error:  # the view must never stop training: this step has no column
+            warnings.warn(f"vizgrad's live view could not read step {step.index}'s gradient flow ({error})",
+                          RecordingWarning, stacklevel=2)
+            return
         self._flow.append((step.index, {name: float(flow.rms[0, k]) for k, name in enumerate(flow.names)}))
         del self._flow[:-_FLOW_STEPS]
         self._flow_rows = (by if by == "param" else f"module depth {depth}", flow.names)

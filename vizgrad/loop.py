@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Iterable, Sequence
+
+from vizgrad.errors import RecordingWarning
 
 __all__ = ["Iteration", "TrainingLoop", "group_iterations", "encode_marks", "decode_marks"]
 
@@ -110,6 +113,13 @@ class TrainingLoop:
             self._handle = None
 
     def _stepped(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            self._note_step(optimizer)
+        except Exception as error:  # inside the user's optimizer.step(): never raise there
+            warnings.warn(f"vizgrad could not note an optimizer step ({error}); iterations may group wrongly",
+                          RecordingWarning, stacklevel=2)
+
+    def _note_step(self, optimizer: Any) -> None:
         with self._lock:
             ordinal = self._ordinals.get(optimizer)
             if ordinal is None:
