@@ -279,7 +279,8 @@ def flow_panel(steps: Sequence[Any], max_rows: int = 256) -> dict[str, Any] | No
     parameters an open module owns itself; parameters when there are no
     modules). Each coarser depth is given as a grouping of them, which the
     page sums (norms add in squares), so one copy of the numbers serves
-    every depth; ``depth`` is the one shown first (see :func:`_first_grouping`).
+    every depth; the entry ``depth`` says which grouping the panel shows
+    first (see :func:`_first_grouping`).
     """
     graphs: dict[int, Graph] = {}
     for step in steps:
@@ -317,14 +318,12 @@ def flow_panel(steps: Sequence[Any], max_rows: int = 256) -> dict[str, Any] | No
     both = np.concatenate([flow.norm.ravel(), flow.max.ravel()])
     found = log_range(both)
     lo, hi = (math.log10(found[0]), math.log10(found[1])) if found else (0.0, 0.0)
-    numel = np.nanmax(np.where(flow.numel > 0, flow.numel, np.nan), axis=0) if len(flow.steps) else []
-    # Shown first: the most detailed depth whose rows can carry their names (repeated blocks as rows of
-    # their own, not one folded row), and never coarser than the view the report opens with.
+    numel = flow.numel.max(axis=0) if len(flow.steps) else np.zeros(len(flow.names))  # 0: never a gradient
     shown = _first_grouping([len(grouping["names"]) for grouping in depths])
     return {
         "by": by, "kind": "param_grad", "names": flow.names,
         "params": [name in params and by == "module" or by == "param" for name in flow.names],
-        "numel": [0 if not np.isfinite(n) else int(n) for n in numel],
+        "numel": [int(n) for n in numel],
         "depths": depths, "depth": shown,
         "lo": lo, "hi": hi, "steps": len(flow.steps),
         "norm": base64.b64encode(log_codes(flow.norm, flow.present, lo, hi).tobytes()).decode("ascii"),
