@@ -93,6 +93,7 @@ class TrainingLoop:
         self.name_of: Callable[[Any], str | None] = lambda tensor: None  # a parameter's name (the recorder's)
         self.pending: list[int] = []
         self.pending_rates: list[tuple[float | None, ...]] = []
+        self.described = True  # False once an optimizer or its groups are new: the run's meta is to update
         self._ordinals: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._grouped: list[int] | None = None
@@ -125,13 +126,22 @@ class TrainingLoop:
             if ordinal is None:
                 ordinal = self._ordinals[optimizer] = len(self.optimizers)
                 self.optimizers.append(type(optimizer).__name__)
+                self.described = False
             groups = getattr(optimizer, "param_groups", [])
             if ordinal not in self.groups or len(self.groups[ordinal]) != len(groups):
                 self.groups[ordinal] = [[name for name in map(self.name_of, group.get("params", ())) if name]
                                         for group in groups]
+                self.described = False
             self.pending.append(ordinal)
             self.pending_rates.append(tuple(_rate(group.get("lr")) for group in groups))
             self._grouped = None
+
+    def description(self) -> dict[str, Any]:
+        """What a run's meta keeps of the optimizers: their class names and each one's groups of parameter names."""
+        with self._lock:
+            self.described = True
+            return {"optimizers": list(self.optimizers),
+                    "optimizer_groups": {str(ordinal): names for ordinal, names in self.groups.items()}}
 
     def ordinal_of(self, optimizer: Any) -> int | None:
         """The number given to ``optimizer``, once it stepped."""

@@ -585,11 +585,8 @@ class Recorder:
         step.grad_calls, self._calls = tuple(self._calls), []
         loop = self.run.loop
         step.stepped = loop.take_step()
-        if loop.optimizers != self.run.meta.get("optimizers", []):
-            self.run.meta["optimizers"] = list(loop.optimizers)
-        groups = {str(ordinal): names for ordinal, names in loop.groups.items()}
-        if groups != self.run.meta.get("optimizer_groups", {}):
-            self.run.meta["optimizer_groups"] = groups
+        if not loop.described:  # a new optimizer (or new groups) stepped: the meta saved with the step says so
+            self.run.meta.update(loop.description())
         if self._live_steps:
             self._live_steps[-1].release_values()  # only the newest step holds full gradients
         self._live_steps.append(step)
