@@ -40,6 +40,11 @@ def _check(by: str, kind: str, depth: int | None) -> None:
         raise UsageError(f"depth must be a whole number >= 0 or None, got {depth!r}")
 
 
+def _check_measure(name: str) -> None:
+    if name not in MEASURES:
+        raise UsageError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {name!r}")
+
+
 def layers_of(graph: Graph, by: str = "module", kind: str = "param_grad", depth: int | None = None) -> Layers:
     """What each row of ``graph`` sums, in forward order (see :func:`grad_norms`); cached on the graph."""
     _check(by, kind, depth)
@@ -180,8 +185,7 @@ class Flow:
 
     def measure(self, name: str) -> np.ndarray:
         """The array of one of :data:`MEASURES`."""
-        if name not in MEASURES:
-            raise UsageError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {name!r}")
+        _check_measure(name)
         return getattr(self, name)
 
 
@@ -236,8 +240,7 @@ def grad_flow(steps: Iterable[Any], by: str = "module", kind: str = "param_grad"
 def grad_norms(run: Any, by: str = "module", kind: str = "param_grad", depth: int | None = None,
                measure: str = "norm") -> tuple[list[str], np.ndarray]:
     """``(names, array steps x names)`` of each layer's gradient norm per step (see :meth:`Run.grad_norms`)."""
-    if measure not in MEASURES:
-        raise UsageError(f"measure must be one of {', '.join(map(repr, MEASURES))}, got {measure!r}")
+    _check_measure(measure)  # before the pass over the steps
     flow = grad_flow(run.steps, by, kind, depth)
     return flow.names, flow.measure(measure)
 
