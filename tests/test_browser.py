@@ -51,6 +51,11 @@ class Page:
         self.page.goto(path.as_uri())
         self.page.wait_for_selector("g.vg-node")
 
+    def ready(self):
+        """The Playwright page, once the report has set itself up (its views and first step drawn)."""
+        call(self.page, "window.vizgrad.ready")
+        return self.page
+
     def values(self) -> list[str]:
         return self.page.eval_on_selector_all("#stage .vg-val", "els => els.map(e => e.textContent)")
 
@@ -426,8 +431,7 @@ def drawn(page) -> dict:
 
 def test_a_gpt_opens_folded_and_expands_collapses_and_unfolds(browser, gpt_report: Path):
     page = Page(browser, gpt_report)
-    p = page.page
-    call(p, "window.vizgrad.ready")
+    p = page.ready()
     state = call(p, "window.vizgrad.state()")
     assert state["visible"] <= 150 and state["step"] == 0
     first = drawn(p)
@@ -461,8 +465,7 @@ def test_a_gpt_opens_folded_and_expands_collapses_and_unfolds(browser, gpt_repor
 
 def test_the_url_hash_reopens_a_view_at_a_step(browser, gpt_report: Path):
     page = Page(browser, gpt_report)
-    p = page.page
-    call(p, "window.vizgrad.ready")
+    p = page.ready()
     call(p, "window.vizgrad.unfold('h')")
     call(p, "window.vizgrad.expand('h.3')")
     call(p, "window.vizgrad.step(4)")
@@ -505,8 +508,7 @@ def test_a_big_graph_paints_what_is_on_screen_first_and_the_rest_soon_after(brow
             w.grad = None
     path = run.report(view=ViewOptions(max_nodes=1000), engine="wasm").save(tmp_path / "chain.html")
     page = Page(browser, path)
-    p = page.page
-    call(p, "window.vizgrad.ready")
+    p = page.ready()
     leaf = 'g.vg-node[data-node="{}"] .vg-val[data-line="1"]'.format(run.steps[0].graph.find("w").id)
     before = p.text_content(leaf)
     p.click("#last")
@@ -520,8 +522,7 @@ def test_a_big_graph_paints_what_is_on_screen_first_and_the_rest_soon_after(brow
 def test_the_gradient_flow_panel_shows_each_layer_and_a_click_goes_to_that_step_and_layer(browser, gpt):
     run, path = gpt
     page = Page(browser, path)
-    p = page.page
-    call(p, "window.vizgrad.ready")
+    p = page.ready()
     panel = p.locator('[data-panel="gradient-flow"]')
     assert panel.is_visible()
     # One row per block (the blocks folded in the graph are rows of their own), as run.grad_norms has them.
@@ -571,8 +572,7 @@ def test_a_gan_report_draws_a_loss_curve_per_name_by_iteration(browser, tmp_path
             errG.backward()
             optG.step()
     page = Page(browser, run.report().save(tmp_path / "gan.html"))
-    p = page.page
-    call(p, "window.vizgrad.ready")
+    p = page.ready()
     assert p.locator('[data-panel="iteration-loss"]').is_visible()
     legend = p.eval_on_selector_all("#iteration-legend [data-loss]", "els => els.map(e => e.dataset.loss)")
     assert legend == ["errD_real", "errD_fake", "errG"]
@@ -594,8 +594,7 @@ def test_a_steps_autograd_grad_call_is_drawn_on_its_own_graph(browser, tmp_path)
             loss = ((slopes.norm(dim=1) - 1) ** 2).mean() + critic(torch.randn(4, 3)).mean()
             loss.backward()
     page = Page(browser, run.report().save(tmp_path / "gp.html"))
-    p = page.page
-    call(p, "window.vizgrad.ready")
+    p = page.ready()
     assert p.locator('[data-panel="grad-calls"]').is_visible()
     backward_nodes = p.eval_on_selector_all("#stage g.vg-node", "gs => gs.length")
     p.click("#calls button[data-call='0']")
