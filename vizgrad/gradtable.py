@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ValueKey", "Summary", "GradIndex", "GradTable", "SummaryMap", "ValueMap", "NotKeptError",
            "Segments", "row_summary", "segment_rows", "resolve", "GRADIENT_KINDS", "encode_rows", "decode_rows",
-           "ValuesEncoder", "decode_values", "encode_index", "decode_index", "stored_norm_range", "value_key"]
+           "ValuesEncoder", "decode_values", "encode_index", "decode_index", "stored_norm_ranges", "value_key"]
 
 #: Keys of a table: ``("node", node_id, output)`` for the gradient flowing into
 #: a node's output, ``("edge", src_id, slot)`` for the gradient ``src`` passes
@@ -682,10 +682,12 @@ def decode_values(blob: bytes, count: int) -> tuple[list[Any], list[Any], list[S
     return buffers, kept, pending
 
 
-def stored_norm_range(table: GradTable, measure: str = "norm") -> tuple[float | None, float | None]:
-    """The smallest and largest finite non-zero gradient norm (or RMS) of a table, without computing pending rows.
+def stored_norm_ranges(table: GradTable, measures: Sequence[str] = ("norm",)
+                       ) -> list[tuple[float | None, float | None]]:
+    """The smallest and largest finite non-zero gradient norm (or RMS) of a table for each of ``measures``,
+    without computing pending rows (the gradient rows are found once for all of them).
 
-    ``(None, None)`` when it has none, or when a gradient's row is still to
+    ``(None, None)`` where it has none, or when a gradient's row is still to
     compute (then the run's range is found by reading its steps).
     """
     rows, pending = table.stored_rows
@@ -694,12 +696,13 @@ def stored_norm_range(table: GradTable, measure: str = "norm") -> tuple[float | 
         is_gradient = np.zeros(len(rows), dtype=bool)
         is_gradient[table.index.gradient_rows] = True
     if any(is_gradient[segments.rows_at].any() for segments in pending):
-        return None, None
+        return [(None, None)] * len(measures)
     from vizgrad.colors import measured
 
-    norms = measured(rows[:, 0], rows[:, 6], measure)
-    usable = is_gradient & (norms > 0) & (norms < np.inf)
-    if not usable.any():
-        return None, None
-    norms = norms[usable]
-    return float(norms.min()), float(norms.max())
+    ranges: list[tuple[float | None, float | None]] = []
+    for measure in measures:
+        norms = measured(rows[:, 0], rows[:, 6], measure)
+        usable = is_gradient & (norms > 0) & (norms < np.inf)
+        norms = norms[usable]
+        ranges.append((float(norms.min()), float(norms.max())) if norms.size else (None, None))
+    return ranges

@@ -21,7 +21,7 @@ import numpy as np
 from vizgrad._version import __version__
 from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradError
 from vizgrad.gradtable import (GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows, decode_values,
-                               encode_index, encode_rows, stored_norm_range, unpack_blob, value_key)
+                               encode_index, encode_rows, stored_norm_ranges, unpack_blob, value_key)
 from vizgrad.graph import Graph
 from vizgrad.loop import TrainingLoop, decode_marks, encode_marks
 from vizgrad.run import Run, Step
@@ -445,8 +445,7 @@ class RunStore:
         summaries, values = encode_rows(table), self._values.encode(table)
         loss, data = _encode_loss(step.loss), _dumps(step.data) if step.data else "{}"
         params = self._params_text(table.index)
-        norm_lo, norm_hi = stored_norm_range(table)
-        rms_lo, rms_hi = stored_norm_range(table, "rms")
+        (norm_lo, norm_hi), (rms_lo, rms_hi) = stored_norm_ranges(table, ("norm", "rms"))
         rates = step._loop.rates_of(step.index) if step._loop is not None else ()
         stepped = encode_marks(step.stepped, rates)
         with self._lock, self._error_context("write"), _transaction(self._connection):
