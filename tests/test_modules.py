@@ -8,6 +8,7 @@ asked), and ``named_parameters()`` names each parameter's owner.
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 
@@ -363,14 +364,14 @@ def test_call_log_forgets_old_calls_but_never_open_ones(monkeypatch):
     monkeypatch.setattr(modules, "MAX_CALLS", 4)
     log = CallLog()
     outer, inner = nn.Identity(), nn.Identity()
-    log.enter(outer)
+    log.enter(outer, sys._getframe())
     for _ in range(20):
-        log.enter(inner)
+        log.enter(inner, sys._getframe())
         log.leave(inner)
     assert log.base == 0 and len(log.calls) == 21  # the open outer call holds the log
     log.leave(outer)
     for _ in range(6):
-        log.enter(inner)
+        log.enter(inner, sys._getframe())
         log.leave(inner)
     assert len(log.calls) <= 2 * 4 and log.base > 0
     assert log.module(log.base) is inner

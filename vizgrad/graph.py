@@ -179,12 +179,15 @@ class Graph:
     the tensors of the traced program are alive, :meth:`node_of` maps one of
     them to its node. ``modules`` is the tree of ``nn.Module``\\ s whose calls
     made its nodes, parents before children (empty when no module was seen).
+    ``call_sites`` maps a module path to ``file:line`` where the user's code
+    called it (its first call in the graph); it is not part of equality.
     """
 
     nodes: tuple[Node, ...]
     edges: tuple[Edge, ...]
     roots: tuple[str, ...]
     modules: tuple[ModuleInfo, ...] = ()
+    call_sites: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False)
 
     # -- lookup -----------------------------------------------------------------
     @functools.cached_property
@@ -279,6 +282,8 @@ class Graph:
         }
         if self.modules:
             out["modules"] = [m.to_list() for m in self.modules]
+        if self.call_sites:
+            out["sites"] = dict(self.call_sites)
         return out
 
     @classmethod
@@ -289,6 +294,7 @@ class Graph:
             edges=tuple(Edge.from_list(e) for e in data["edges"]),
             roots=tuple(data["roots"]),
             modules=tuple(ModuleInfo.from_list(m) for m in data.get("modules", ())),
+            call_sites={str(k): str(v) for k, v in data.get("sites", {}).items()},
         )
 
     def to_json(self, **kwargs: Any) -> str:
@@ -302,7 +308,8 @@ class Graph:
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickle only the data: live tensors and cached views are rebuilt on demand.
-        return {"nodes": self.nodes, "edges": self.edges, "roots": self.roots, "modules": self.modules}
+        return {"nodes": self.nodes, "edges": self.edges, "roots": self.roots, "modules": self.modules,
+                "call_sites": self.call_sites}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for key, value in state.items():

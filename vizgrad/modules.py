@@ -16,6 +16,8 @@ are named (``model.h.3.attn`` beside ``model.h.3.attn.c_attn.weight``).
 from __future__ import annotations
 
 import array
+import os
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Mapping, Sequence
@@ -25,7 +27,7 @@ import torch
 
 from vizgrad.graph import ModuleInfo
 
-__all__ = ["CallLog", "Attribution", "install", "uninstall", "call_log", "MAX_CALLS"]
+__all__ = ["CallLog", "Attribution", "install", "uninstall", "call_log", "check_activations", "MAX_CALLS"]
 
 _sequence_nr = torch._C._autograd._get_sequence_nr
 _is_compiling = torch.compiler.is_compiling
@@ -44,10 +46,14 @@ class CallLog:
     Modules are held weakly: a log never keeps a model (and its parameters) alive.
     """
 
-    __slots__ = ("bounds", "owners", "calls", "parents", "starts", "stack", "base", "epoch", "__weakref__")
+    __slots__ = ("bounds", "owners", "calls", "parents", "starts", "sites", "stack", "base", "epoch", "activations",
+                 "__weakref__")
 
     def __init__(self, epoch: int = 0) -> None:
         self.epoch = epoch  # the installation of the wrapper it was made under
+        #: ``(call, finite flag, output's grad_fn, its output number)`` per module output since the
+        #: thread's last backward(), while activations are checked (``record(activations=True)``); else None.
+        self.activations: list[tuple[int, Any, Any, int]] | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -57,13 +63,16 @@ class CallLog:
         self.calls: list[Any] = []  # a weak reference to the module of each call
         self.parents: list[int] = []  # the call number each call was made from, -1 at top level
         self.starts: list[int] = []  # where each call's first boundary is in ``bounds``
+        self.sites: list[tuple[Any, int]] = []  # the code object and line each call was made from
         self.stack: list[int] = []  # open calls, innermost last
         self.base = 0
 
-    def enter(self, module: Any) -> None:
+    def enter(self, module: Any, caller: Any) -> int:
+        """Notes a call of ``module`` made from frame ``caller`` (its code and line are kept, not the frame)."""
         call = self.base + len(self.calls)
         stack = self.stack
         self.calls.append(weakref.ref(module))
+        self.sites.append((caller.f_code, caller.f_lineno))
         self.parents.append(stack[-1] if stack else -1)
         self.starts.append(len(self.bounds))
         stack.append(call)
@@ -71,6 +80,7 @@ class CallLog:
         self.owners.append(call)
         if len(self.calls) > 2 * MAX_CALLS:
             self._prune()
+        return call
 
     def leave(self, module: Any) -> None:
         stack = self.stack
@@ -96,6 +106,7 @@ class CallLog:
         self.starts = [start - cut for start in self.starts[keep_from:]]
         del self.calls[:keep_from]
         del self.parents[:keep_from]
+        del self.sites[:keep_from]
         self.base += keep_from
 
     def owners_of(self, sequence: Sequence[int]) -> np.ndarray:
@@ -113,10 +124,43 @@ class CallLog:
         """The module of ``call``; ``None`` once it is garbage."""
         return self.calls[call - self.base]()
 
+    def site(self, call: int) -> str | None:
+        """``file:line`` the call was made from, when that is the user's code (not torch's or vizgrad's)."""
+        code, line = self.sites[call - self.base]
+        filename = code.co_filename
+        if filename.startswith(_LIBRARY_DIRS) or filename.startswith("<"):
+            return None
+        return f"{filename}:{line}"
+
+    def note_output(self, call: int, output: Any) -> None:
+        """Notes whether a module call's output is finite (a flag tensor: no host sync until it is asked)."""
+        for tensor in _tensors_of(output):
+            if tensor.is_floating_point() or tensor.is_complex():
+                self.activations.append((call, torch.isfinite(tensor.detach()).all(), tensor.grad_fn,  # type: ignore[union-attr]
+                                         tensor.output_nr))
+        if len(self.activations) > MAX_CALLS:  # type: ignore[arg-type]
+            del self.activations[:MAX_CALLS // 2]  # type: ignore[index]
+
+    def take_activations(self) -> list[tuple[int, Any, Any, int]]:
+        """The output checks noted since the last call (for the backward() starting now)."""
+        taken, self.activations = self.activations or [], ([] if self.activations is not None else None)
+        return taken
+
     def parent(self, call: int) -> int:
         """The call ``call`` was made from; ``-1`` at top level or when that call is forgotten."""
         parent = self.parents[call - self.base]
         return parent if parent >= self.base else -1
+
+
+_LIBRARY_DIRS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, os.path.dirname(torch.__file__) + os.sep)
+
+
+def _tensors_of(output: Any) -> list[torch.Tensor]:
+    """The tensors a module returned that require grad: itself, or the items of a tuple, list or dict."""
+    if isinstance(output, torch.Tensor):
+        return [output] if output.requires_grad else []
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    return [item for item in items if isinstance(item, torch.Tensor) and item.requires_grad]
 
 
 _local = threading.local()
@@ -127,12 +171,28 @@ _epoch = 0  # counts installations: a log from an earlier one (calls it never sa
 _logs: weakref.WeakSet[CallLog] = weakref.WeakSet()  # every thread's, to clear when recording ends
 
 
+_checking = 0  # recorders checking module outputs (record(activations=True))
+
+
 def _thread_log() -> CallLog:
     log = getattr(_local, "log", None)
     if log is None or log.epoch != _epoch:
         log = _local.log = CallLog(_epoch)
+        log.activations = [] if _checking else None
         _logs.add(log)
     return log
+
+
+def check_activations(on: bool) -> None:
+    """Starts (or, counted, stops) noting whether each module call's output is finite, in every thread."""
+    global _checking
+    with _install_lock:
+        _checking = max(0, _checking + (1 if on else -1))
+        for log in list(_logs):
+            if _checking and log.activations is None:
+                log.activations = []
+            elif not _checking:
+                log.activations = None
 
 
 def call_log() -> CallLog | None:
@@ -149,11 +209,14 @@ def _logged_call(original: Callable[..., Any]) -> Callable[..., Any]:
         if _is_compiling():  # torch.compile tracing: the region becomes one node, of the compiled module's call
             return original(self, *args, **kwargs)
         log = _thread_log()
-        log.enter(self)
+        call = log.enter(self, sys._getframe(1))
         try:
-            return original(self, *args, **kwargs)
+            output = original(self, *args, **kwargs)
         finally:
             log.leave(self)
+        if log.activations is not None:
+            log.note_output(call, output)
+        return output
 
     __call__.__wrapped__ = original  # type: ignore[attr-defined]
     __call__.__doc__ = original.__doc__
@@ -239,8 +302,8 @@ class Attribution:
 
     def resolve(self, leaves: Mapping[int, Any], names: Mapping[int, str],
                 scope_name: Callable[[Any], str | None] | None = None
-                ) -> tuple[list[tuple[str | None, int]], dict[int, str], tuple[ModuleInfo, ...]]:
-        """Each node's ``(module path, call index)``, the leaves' owners and the module tree.
+                ) -> tuple[list[tuple[str | None, int]], dict[int, str], tuple[ModuleInfo, ...], dict[str, str]]:
+        """Each node's ``(module path, call index)``, the leaves' owners, the module tree and its call sites.
 
         Args:
             leaves: Node position -> the leaf's tensor, for the leaves to attribute by ownership.
@@ -248,7 +311,8 @@ class Attribution:
             scope_name: Name of a variable holding a module, for a top-level module with no named parameter.
 
         Returns:
-            ``(per node (path or None, call), position -> owner path for leaves, tree)``.
+            ``(per node (path or None, call), position -> owner path for leaves, tree, path -> file:line)``,
+            the last for modules called from the user's code (their first call).
         """
         modules = [self.log.module(call) for call in self.order]
         paths: list[str] = []
@@ -302,7 +366,13 @@ class Attribution:
                 add(path)
         owners = self._owners(roots, [modules[at] for at in set(tops)])
         leaf_paths = {at: owners[id(t)] for at, t in leaves.items() if id(t) in owners}
-        return nodes, leaf_paths, tuple(tree.values())
+        sites: dict[str, str] = {}
+        for call, path in zip(self.order, paths):
+            if path not in sites:
+                site = self.log.site(call)
+                if site is not None:
+                    sites[path] = site
+        return nodes, leaf_paths, tuple(tree.values()), sites
 
     def _within(self, paths: Sequence[str], index: Sequence[int], counts: Mapping[str, int],
                 tree_parents: Mapping[str, tuple[str | None, Any]]) -> dict[str, list[int]]:

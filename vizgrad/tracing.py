@@ -384,9 +384,9 @@ class Tracer:
         if graph is not None and variable_names is not None:
             graph = self._named_now(graph, signature, variable_names(), position, root_info)
         if graph is None:
-            node_paths, leaf_paths, tree = None, {}, ()
+            node_paths, leaf_paths, tree, sites = None, {}, (), {}
             if attribution is not None and node_modules:
-                node_paths, leaf_paths, tree = attribution.resolve(
+                node_paths, leaf_paths, tree, sites = attribution.resolve(
                     {leaf[0]: fns[leaf[0]].variable for leaf in leaves}, names, scope_name)
             raw = _rows(fns, ops, arity, children, meta, {leaf[0]: leaf[1:] for leaf in leaves}, node_paths,
                         leaf_paths)
@@ -396,7 +396,7 @@ class Tracer:
                        for fn, entry in zip(fns, raw)]
                 root_info = [info if info[5] is not None or name is None else (*info[:5], name, info[6])
                              for info, name in zip(root_info, root_names)]
-            graph = self._build(root_info, raw, count, tree)
+            graph = self._build(root_info, raw, count, tree, sites)
             if self.saved:
                 graph = self._with_saved(graph, fns, position)
             else:
@@ -422,7 +422,7 @@ class Tracer:
         if renamed is None:
             nodes = tuple(node if node.kind not in _RENAMED_KINDS or wanted.get(node.id) == node.name
                           else dataclasses.replace(node, name=wanted.get(node.id)) for node in graph.nodes)
-            renamed = Graph(nodes, graph.edges, graph.roots, graph.modules)
+            renamed = Graph(nodes, graph.edges, graph.roots, graph.modules, graph.call_sites)
             self._remember(self._renamed, renamed_key, renamed)
         return renamed
 
@@ -445,7 +445,7 @@ class Tracer:
                 changed = True
         if not changed:
             return graph
-        corrected = Graph(tuple(nodes), graph.edges, graph.roots, graph.modules)
+        corrected = Graph(tuple(nodes), graph.edges, graph.roots, graph.modules, graph.call_sites)
         if live.structure is not None:
             self._remember(self._structures, live.structure, corrected)
         return corrected
@@ -457,7 +457,7 @@ class Tracer:
 
     @staticmethod
     def _build(root_info: list[tuple[Any, ...]], raw: list[tuple[Any, ...]], count: int,
-               modules: tuple[ModuleInfo, ...] = ()) -> Graph:
+               modules: tuple[ModuleInfo, ...] = (), sites: Mapping[str, str] | None = None) -> Graph:
         """Nodes and edges from what the traversal read; ids are positions (``n0``, ``n1``, ...)."""
         nodes: list[Node | None] = [None] * count
         edges: list[Edge] = []
@@ -490,7 +490,7 @@ class Tracer:
                               inputs=len(children), outputs=max(outputs, outputs_seen[pos], 1), module=path,
                               call=call)
         return Graph(tuple(nodes), tuple(edges), tuple(f"n{info[0]}" for info in root_info),  # type: ignore[arg-type]
-                     modules)
+                     modules, sites or {})
 
     def _with_saved(self, graph: Graph, fns: list[Any], position: Mapping[Any, int]) -> Graph:
         """``graph`` plus the tensors each op saved for backward, as ``saved`` nodes."""
@@ -499,7 +499,7 @@ class Tracer:
         extra: list[Node] = []
         for fn in fns:
             self._add_saved(fn, f"n{position[fn]}", nodes, extra, edges)
-        return Graph(tuple(nodes + extra), tuple(edges), graph.roots, graph.modules)
+        return Graph(tuple(nodes + extra), tuple(edges), graph.roots, graph.modules, graph.call_sites)
 
     @staticmethod
     def _add_saved(fn: Any, node_id: str, nodes: list[Node], extra: list[Node], edges: list[Edge]) -> None:
