@@ -213,8 +213,9 @@ def segment_rows(flat: np.ndarray, counts: np.ndarray, starts: np.ndarray | None
         starts = np.zeros(len(counts), dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
     rows = np.zeros((len(counts), 6), dtype=np.float64)
-    rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64) / counts
-    rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
+    with np.errstate(invalid="ignore", over="ignore"):  # Inf - Inf is NaN, as torch's sums give: no warning
+        rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64) / counts
+        rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
     if np.isfinite(rows[:, 0]).all():  # the common case: no NaN, no Inf anywhere
         rows[:, 2] = np.minimum.reduceat(values, starts)
         rows[:, 3] = np.maximum.reduceat(values, starts)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.autograd import function as _function
 
-from vizgrad import clipping, modules, naming
+from vizgrad import checking, clipping, modules, naming
 from vizgrad.capture import NodeCapture, patch_lock
 from vizgrad.errors import RecordingWarning, UsageError, VizgradError
 from vizgrad.gcpause import paused_gc
@@ -238,12 +238,14 @@ def _check_arguments(keep: Any, hold: Any, live_steps: Any, saved: Any, on_step:
 class _StepWork:
     """One step in flight: what was traced and hooked before ``backward()``, for the bookkeeping after."""
 
-    __slots__ = ("graph", "live", "plan", "hooked", "roots", "seeds", "capture", "reducer", "starts")
+    __slots__ = ("graph", "live", "plan", "hooked", "roots", "seeds", "capture", "reducer", "starts", "log", "noted")
 
     def __init__(self, graph: Graph, live: LiveMap, plan: _GraphPlan, hooked: Sequence[Any],
-                 roots: Sequence[torch.Tensor], seeds: Any, capture: NodeCapture, reducer: Reducer | None) -> None:
+                 roots: Sequence[torch.Tensor], seeds: Any, capture: NodeCapture, reducer: Reducer | None,
+                 log: Any = None, noted: Sequence[Any] = ()) -> None:
         self.graph, self.live, self.plan, self.hooked = graph, live, plan, hooked
         self.roots, self.seeds, self.capture, self.reducer = roots, seeds, capture, reducer
+        self.log, self.noted = log, noted  # the thread's module calls, and their outputs' finite checks
         # The roots' nodes learn the backward's graph task (leaves' own hooks cannot share their node).
         self.starts = [root.grad_fn for root in roots if root.grad_fn is not None]
 
@@ -268,12 +270,17 @@ class Recorder:
         on_step: Callables run after each completed step, with the step.
         grad_calls: Also record ``torch.autograd.grad`` calls, each attached
             to the ``backward()`` step that follows it (``step.grad_calls``).
+        activations: Check every module output for NaN/Inf in the forward
+            pass, so a non-finite loss is traced to the module that made it.
     """
 
     def __init__(self, params: Any = None, keep: int | None = 64, saved: bool = False, live_steps: int = 4,
                  store: Any = None, run: Run | None = None, on_step: Sequence[Callable[[Step], None]] = (),
-                 hold: int | None = DEFAULT_HOLD, grad_calls: bool = False) -> None:
+                 hold: int | None = DEFAULT_HOLD, grad_calls: bool = False, activations: bool = False) -> None:
         _check_arguments(keep, hold, live_steps, saved, on_step)
+        if not isinstance(activations, bool):
+            raise TypeError(f"record(activations=...) must be True or False, got {activations!r}")
+        self.activations = activations
         self.params = params
         self.keep = keep
         self.hold = hold
@@ -315,6 +322,10 @@ class Recorder:
         self.run.loop.name_of = lambda tensor: names.get(id(tensor))
         self.run.loop.watch()
         clipping.watch(self._clipped)
+        checking.watch_scalers(self._scaled)
+        if self.activations:
+            modules.check_activations(True)
+        self.run._recording += 1
         _patches.add(self)
 
     def stop(self) -> None:
@@ -323,6 +334,10 @@ class Recorder:
             loop = self.run.loop
             loop.unwatch()
             clipping.unwatch(self._clipped)
+            checking.unwatch_scalers(self._scaled)
+            if self.activations:
+                modules.check_activations(False)
+            self.run._recording = max(0, self.run._recording - 1)
             if loop.pending:  # optimizer steps after the last backward(): they close its iteration
                 self.run.meta["optimizer_pending"] = encode_marks(loop.pending, loop.pending_rates)
             _patches.remove(self)
@@ -352,6 +367,18 @@ class Recorder:
                 self.run._on_step_clip(step)
             except VizgradError as error:
                 _warn(f"vizgrad could not keep the clipping of step {step.index} ({error})")
+
+    def _scaled(self, record: dict[str, Any]) -> None:
+        """Notes a ``GradScaler.step`` on the latest step: whether it skipped ``optimizer.step()``."""
+        with self._lock:
+            if not self._live_steps:
+                return
+            step = self._live_steps[-1]
+            step.checks = {**(step.checks or {}), "amp": record}
+            try:
+                self.run._on_step_checks(step)
+            except VizgradError as error:
+                _warn(f"vizgrad could not keep the GradScaler step of step {step.index} ({error})")
 
     # -- one step -------------------------------------------------------------------------------------------
     def backward(self, tensors: Any, gradient: Any = None, retain_graph: bool | None = None,
@@ -444,7 +471,9 @@ class Recorder:
             plan = self._plan(graph, self._neighbours_may_stand_in(graph, live))
         hooked = live.fns if plan.every_node_hooked else list(itertools.compress(live.fns, plan.hooked))
         reducer = Reducer(self._reduce_limit) if self._reduce_limit < math.inf else None
-        return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer)
+        log = modules.call_log() if self.activations else None
+        noted = log.take_activations() if log is not None else ()
+        return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer, log, noted)
 
     def _dedupe(self, graph: Graph) -> Graph:
         """Reuses an equal graph seen before, so a long run holds each topology once (recent ones remembered)."""
@@ -468,10 +497,16 @@ class Recorder:
                 step = self._build_step(work)
             except Exception as error:  # never raise inside the user's backward()
                 step = self._build_step_safely(work, error)
+            is_call = getattr(self._local, "call", False)
+            if not is_call:  # checked while its nodes are held; expectations are for backward() steps
+                try:
+                    step.checks = self._checks(step, work, self.run._take_expected())
+                except Exception as error:  # a diagnosis missed, never the step
+                    _warn(f"vizgrad could not check step {step.index} for findings ({_describe(error)})")
             # The step finds its tensors' nodes without keeping the graph alive (by identity once
             # several threads record: their sequence numbers may coincide).
             work.live.compact(identify=len(self._baselines) > 1)
-            if getattr(self._local, "call", False):  # an autograd.grad call: it waits for its backward()
+            if is_call:  # an autograd.grad call: it waits for its backward()
                 step.release()
                 self._calls.append(step)
                 return
@@ -518,6 +553,29 @@ class Recorder:
         table = batch.to_table(index, self._held(batch, index, plan, work.reducer))
         return Step(len(self.run.steps), _loss(graph, table), graph, table=table, live=live,
                     limits=(self.keep, self.hold), loop=self.run.loop)
+
+    def _checks(self, step: Step, work: _StepWork, expected: Sequence[checking.Expectation]) -> dict[str, Any] | None:
+        """What the live step tells of its health (see :attr:`Step.checks`), while its nodes are held."""
+        checks: dict[str, Any] = {}
+        live, plan = work.live, work.plan
+        origins = checking.nonfinite_checks(step, work.capture.captured, live.fns or (), live.positions)
+        if origins:
+            checks["origins"] = origins
+        if work.noted and step.loss is not None and not math.isfinite(step.loss):
+            forward = checking.forward_origin(work.noted, work.log, live)
+            if forward is not None:
+                forward["module"] = step.graph.node(forward["node"]).module
+                checks["forward"] = forward
+        if plan.named_leaves and checking.zeros_due(step.index):
+            fns = live.fns or ()
+            zeros = checking.zero_counts(plan.named_leaf_names, [fns[at].variable for at in plan.named_leaves])
+            if zeros:
+                checks["zeros"] = zeros
+        if expected:
+            manual = checking.manual_checks(expected, step, live)
+            if manual:
+                checks["manual"] = manual
+        return checks or None
 
     def _add_extra_values(self, values: list[Any], work: _StepWork, plan: _GraphPlan) -> None:
         """Appends the roots' values and seeds and the named leaves' values and ``.grad`` (as ``plan.extra_keys``)."""
@@ -754,6 +812,7 @@ class _GraphPlan:
                 self.named_leaves.append(at)
                 self.extra_keys += [("param", node.name), ("param_grad", node.name)]
         self.unheld_keys = [key for key in self.extra_keys if key[0] in ("value", "param", "param_grad")]
+        self.named_leaf_names = [key[1] for key in self.extra_keys if key[0] == "param_grad"]
         hooked_nodes = [node for node, hooked in zip(traversed, self.hooked) if hooked]
         #: Per hooked node, whether it is a leaf (hooked before it accumulates; see NodeCapture).
         self.leaf_hooks = [node.kind == "leaf" for node in hooked_nodes]
@@ -952,7 +1011,8 @@ def _loss(graph: Graph, table: GradTable) -> float | None:
 @contextlib.contextmanager
 def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFAULT_HOLD, saved: bool = False,
            save: str | os.PathLike[str] | None = None, live_steps: int = 4,
-           on_step: Sequence[Callable[[Step], None]] = (), grad_calls: bool = False) -> Iterator[Run]:
+           on_step: Sequence[Callable[[Step], None]] = (), grad_calls: bool = False,
+           activations: bool = False) -> Iterator[Run]:
     """Records every ``backward()`` inside the block as one step of a :class:`Run`.
 
     Args:
@@ -975,6 +1035,9 @@ def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFA
             gradient penalty's) with its own graph and gradients, attached to
             the ``backward()`` step that follows it as ``step.grad_calls``;
             ``run.steps`` stays one per ``backward()``.
+        activations: Check each module's output for NaN/Inf in the forward
+            pass (a flag per output, read only when a loss is non-finite), so
+            ``run.findings()`` names the module that first made a non-finite loss.
 
     Yields:
         The :class:`Run`; ``run.steps`` grows by one per ``backward()``.
@@ -993,7 +1056,7 @@ def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFA
     if save is not None and not isinstance(save, (str, os.PathLike)):
         raise TypeError(f"record(save=...) must be a file path, got {save!r}")
     recorder = Recorder(params, keep=keep, hold=hold, saved=saved, live_steps=live_steps, on_step=on_step,
-                        grad_calls=grad_calls)
+                        grad_calls=grad_calls, activations=activations)
     if save is not None:  # after the arguments are known good: a bad call leaves no file behind
         from vizgrad import store as run_store
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, MutableSequence, Sequence
 
+from vizgrad.errors import UsageError
 from vizgrad.gradtable import GradTable, NotKeptError, Summary, SummaryMap, ValueKey, ValueMap
 from vizgrad.graph import Graph
 from vizgrad.loop import Iteration, TrainingLoop, build_iterations
@@ -69,6 +70,11 @@ class Step:
         #: The ``torch.autograd.grad`` calls made before this ``backward()`` (``record(grad_calls=True)``),
         #: each a step of its own graph: the outputs it differentiated are its roots.
         self.grad_calls: tuple[Step, ...] = ()
+        #: What the live step told of its health, for :meth:`Run.findings`: ``origins`` (where gradients
+        #: turned non-finite, in engine order), ``forward`` (the first module whose output was non-finite),
+        #: ``zeros`` (exact zeros per parameter ``.grad``), ``amp`` (a GradScaler's step) and ``manual``
+        #: (hand-written gradients against autograd's); ``None`` when there is nothing to tell.
+        self.checks: dict[str, Any] | None = None
         if live is not None:
             live.attach(graph)
 
@@ -212,6 +218,9 @@ class Run:
         self.panels: list[Any] = list(panels)
         self.loop = TrainingLoop()
         self._pending_data: dict[str, Any] = {}
+        self._recording = 0  # record() blocks filling this run now
+        self._expected: list[Any] = []  # hand-written gradients for the next step (expect_grad)
+        self._findings: tuple[Any, list[Any]] | None = None  # (what they were computed from, the findings)
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -239,6 +248,59 @@ class Run:
 
     def _on_step_clip(self, step: Step) -> None:
         """Hook for stores that persist a step's clipping record (it comes after the step is written)."""
+
+    def _on_step_checks(self, step: Step) -> None:
+        """Hook for stores that persist a step's checks changed after it was written (a GradScaler's verdict)."""
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def expect_grad(self, tensor_or_name: Any, manual: Any) -> None:
+        """Registers a hand-written gradient for the next ``backward()``, to be checked against autograd's.
+
+        Args:
+            tensor_or_name: The tensor (a leaf or an intermediate of the next
+                step's graph) or the parameter name (``"w"``) the gradient is of.
+            manual: The hand-computed gradient of the loss with respect to it
+                (a tensor or numbers with as many elements).
+
+        The step compares the two (``step.checks["manual"]``); where they differ,
+        :meth:`findings` has a ``manual_mismatch`` that gives the ratio when it is
+        constant ("dw is 0.5x autograd's on every step: a factor 2 missing?").
+
+        Raises:
+            UsageError: Called outside a ``record()`` block of this run.
+        """
+        if not self._recording:
+            raise UsageError("run.expect_grad works inside the run's record() block, before the backward() it checks")
+        from vizgrad.checking import Expectation
+
+        self._expected.append(Expectation(tensor_or_name, manual))
+
+    def _take_expected(self) -> list[Any]:
+        taken, self._expected = self._expected, []
+        return taken
+
+    def findings(self, **thresholds: float) -> list[Any]:
+        """What is wrong with the run's gradients: a list of :class:`~vizgrad.findings.Finding`, most urgent first.
+
+        Kinds: ``nonfinite`` (where a NaN/Inf first appears, in the order the
+        engine ran the nodes; a non-finite loss is traced into the forward pass
+        with ``record(activations=True)``), ``manual_mismatch`` (see
+        :meth:`expect_grad`), ``exploding`` and ``vanishing`` (a layer's gradient
+        RMS far above or below the loss end's; a total norm that jumps past its
+        running median), ``dead`` (gradients exactly zero on most elements) and
+        ``amp_skipped`` (steps a GradScaler skipped).
+
+        Args:
+            thresholds: Overrides of :class:`~vizgrad.findings.Thresholds`
+                (``vanishing=1e-4``, ``jump=20``, ...).
+        """
+        from vizgrad.findings import Thresholds, findings
+
+        limits = Thresholds.of(thresholds)
+        basis = (len(self.steps), limits)
+        if self._findings is None or self._findings[0] != basis or self._recording:
+            self._findings = (basis, findings(self.steps, limits))
+        return list(self._findings[1])
 
     def add_panel(self, panel: Any) -> None:
         """Adds a user panel to the report (see :mod:`vizgrad.panels`)."""

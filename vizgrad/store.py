@@ -43,8 +43,8 @@ __all__ = [
 
 #: Version of the tables below; a file with a higher one was written by a newer vizgrad.
 #: Versions 1 (summaries with their keys in every step) and 2 (no optimizer
-#: marks: each step is its own iteration) are still read.
-SCHEMA_VERSION = 3
+#: marks: each step is its own iteration) and 3 (no step checks: findings from the rows alone) are still read.
+SCHEMA_VERSION = 4
 #: ``PRAGMA application_id`` of every run file ("VGRD"), which tells them from other SQLite files.
 APPLICATION_ID = 0x56475244
 #: Suffix suggested for run files (any name works: files are recognised by content).
@@ -86,7 +86,8 @@ CREATE TABLE steps (
     kept BLOB NOT NULL,            -- packed kept values: header of dtypes and shapes + raw bytes
     data TEXT NOT NULL,            -- JSON of the values logged with run.log()
     stepped TEXT NOT NULL,         -- optimizers (by ordinal) that stepped since the previous step: "0,1", ""
-    clip TEXT                      -- JSON of a gradient clip after the step (Step.clip), NULL for none
+    clip TEXT,                     -- JSON of a gradient clip after the step (Step.clip), NULL for none
+    checks TEXT                    -- JSON of what the live step told of its health (Step.checks, schema 4)
 );
 CREATE TABLE grad_calls (          -- torch.autograd.grad calls recorded before a step's backward() (schema 3)
     step INTEGER NOT NULL,         -- the step they belong to
@@ -102,11 +103,14 @@ CREATE TABLE grad_calls (          -- torch.autograd.grad calls recorded before 
 #: The columns a step is read from, by schema version (version 1 kept its keys inside ``summaries``).
 _STEP_COLUMNS = {1: "idx, graph, NULL, loss, summaries, kept, data",
                  2: "idx, graph, grad_index, loss, summaries, kept, data",
-                 3: "idx, graph, grad_index, loss, summaries, kept, data, clip"}
+                 3: "idx, graph, grad_index, loss, summaries, kept, data, clip",
+                 4: "idx, graph, grad_index, loss, summaries, kept, data, clip, checks"}
 _CHECKED_COLUMNS = {1: "idx, graph, loss, params, summaries, kept, data",
                     2: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data",
                     3: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, kept, data, "
-                       "stepped, clip"}
+                       "stepped, clip",
+                    4: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, kept, data, "
+                       "stepped, clip, checks"}
 
 
 # -- validation --------------------------------------------------------------------------------------------
@@ -451,10 +455,11 @@ class RunStore:
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute(
                 "INSERT INTO steps (idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, "
-                "kept, data, stepped, clip) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "kept, data, stepped, clip, checks) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (step.index, self._graphs.id_of(self._connection, step.graph),
                  self._indexes.id_of(self._connection, table.index), loss, params, norm_lo, norm_hi, rms_lo, rms_hi,
-                 summaries, values, data, stepped, None if step.clip is None else _dumps(step.clip)))
+                 summaries, values, data, stepped, None if step.clip is None else _dumps(step.clip),
+                 None if not step.checks else _dumps(step.checks)))
             for k, call in enumerate(step.grad_calls):
                 call_table = call.table
                 self._connection.execute(
@@ -482,6 +487,14 @@ class RunStore:
         with self._lock, self._error_context("write"), _transaction(self._connection):
             self._connection.execute("UPDATE steps SET clip = ? WHERE idx = ?",
                                      (None if step.clip is None else _dumps(step.clip), step.index))
+
+    def update_checks(self, step: Step) -> None:
+        """Rewrites the checks of a step already written (a GradScaler's verdict comes after its backward())."""
+        if not self.writable:
+            raise RecordingError(f"run file {self.path} is closed for writing")
+        with self._lock, self._error_context("write"), _transaction(self._connection):
+            self._connection.execute("UPDATE steps SET checks = ? WHERE idx = ?",
+                                     (None if not step.checks else _dumps(step.checks), step.index))
 
     def write_run_meta(self, meta: Mapping[str, Any] | None, panels: Sequence[Any] | None) -> None:
         """Writes the run's ``meta`` and panels when they changed since last written."""
@@ -628,6 +641,8 @@ class RunStore:
                           summaries, values)
         if rest and rest[0] is not None:
             step.clip = json.loads(rest[0])
+        if len(rest) > 1 and rest[1] is not None:
+            step.checks = json.loads(rest[1])
         return step
 
     def read_calls(self, index: int) -> tuple[StoredStep, ...]:
@@ -803,6 +818,10 @@ class StoredRun(Run):
     def _on_step_data(self, step: Step) -> None:
         if self.store.writable:
             self.store.update_data(step)
+
+    def _on_step_checks(self, step: Step) -> None:
+        if self.store.writable and step.index < len(self.store):
+            self.store.update_checks(step)
 
     def _on_step_clip(self, step: Step) -> None:
         if self.store.writable and step.index < len(self.store):
