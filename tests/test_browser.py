@@ -608,3 +608,78 @@ def test_a_steps_autograd_grad_call_is_drawn_on_its_own_graph(browser, tmp_path)
     assert p.get_attribute("#calls button[data-call='2']", "aria-pressed") == "true"
     assert page.errors == []
     p.close()
+
+
+@pytest.fixture(scope="module")
+def nan_report(tmp_path_factory) -> tuple[Path, list]:
+    """A model whose block's sqrt makes an infinite gradient at step 3, drawn with its modules collapsed."""
+    from torch import nn
+
+    from vizgrad.view import ViewOptions
+
+    class Root(nn.Module):
+        def forward(self, x):
+            return torch.sqrt(x)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.root = Root()
+
+        def forward(self, x):
+            return self.root(self.lin(x))
+
+    model = nn.Sequential(Block(), nn.Linear(3, 1))
+    with torch.no_grad():
+        model[0].lin.weight.copy_(torch.eye(3))
+        model[0].lin.bias.zero_()
+    with vizgrad.record(model) as run:
+        for step in range(5):
+            model(torch.full((2, 3), 0.0 if step == 3 else 1.0 + step)).sum().backward()
+            model.zero_grad()
+    found = run.findings()
+    path = run.report(view=ViewOptions(depth=0)).save(tmp_path_factory.mktemp("nan") / "nan.html")
+    return path, found
+
+
+def test_clicking_a_finding_moves_to_its_step_opens_its_module_and_highlights_its_node(browser, nan_report):
+    path, found = nan_report
+    assert [(f.kind, f.step, f.op, f.module) for f in found] == [("nonfinite", 3, "SqrtBackward0", "0.root")]
+    page = Page(browser, path)
+    try:
+        ready = page.ready()
+        assert ready.locator('[data-panel="findings"]').is_visible()
+        assert ready.locator(".vg-finding").count() == 1
+        assert "SqrtBackward0 in 0.root (Root)" in ready.locator(".vg-finding").inner_text()
+        assert ready.locator(f'#stage [data-node="{found[0].node}"]').count() == 0  # inside a collapsed box
+        ready.locator(".vg-finding").click()
+        wait_until(ready, f"document.querySelector('#stage g.vg-selected[data-node=\"{found[0].node}\"]')")
+        assert page.step() == 3
+        state = call(ready, "window.vizgrad.state()")
+        assert "0" in state["expanded"] and "0.root" in state["expanded"]
+        wait_until(ready, "location.hash.includes('focus=')")
+        assert "step=3" in ready.evaluate("location.hash") and f"focus={found[0].node}" in ready.evaluate("location.hash")
+        assert page.errors == []
+    finally:
+        page.page.close()
+
+
+def test_the_manual_panel_draws_hand_written_and_autograd_norms(browser, tmp_path):
+    w = torch.ones(2, requires_grad=True)
+    with vizgrad.record(params={"w": w}) as run:
+        for step in range(3):
+            run.expect_grad("w", torch.full((2,), 1.5))  # autograd's: 3 everywhere
+            (w * 3).sum().backward()
+            w.grad = None
+    page = Page(browser, run.report().save(tmp_path / "manual.html"))
+    try:
+        ready = page.ready()
+        card = ready.locator('[data-panel="manual-grads"]')
+        assert card.is_visible()
+        assert "w · hand-written = 0.5 × autograd" in card.locator('[data-manual="w"]').inner_text()
+        assert card.locator("svg path").count() >= 2  # the two curves
+        assert ready.locator(".vg-finding").inner_text().count("factor 2 missing") == 1
+        assert page.errors == []
+    finally:
+        page.page.close()

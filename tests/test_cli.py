@@ -533,3 +533,51 @@ def test_view_options_reach_every_output(in_tmp):
 def test_bad_view_options_are_usage_errors(in_tmp):
     assert_error(invoke("render", REGRESSION, "--max-nodes", "0"), 2, "--max-nodes")
     assert_error(invoke("render", REGRESSION, "--depth", "-1"), 2, "--depth")
+
+
+NAN_SCRIPT = DATA / "nan_at_step.py"
+
+
+def test_fail_on_exits_with_status_3_after_writing_the_report(tmp_path):
+    out = tmp_path / "nan.html"
+    result = invoke("render", NAN_SCRIPT, "-q", "-o", out, "--fail-on", "nonfinite", "--activations")
+    error = assert_error(result, 3, "1 finding of --fail-on nonfinite", "step 2", "model.1 (Root)", f"wrote {out}")
+    assert "forward pass" in error
+    assert out.exists() and out.stat().st_size > 0
+    clean = invoke("render", NAN_SCRIPT, "-q", "-o", tmp_path / "clean.html", "--fail-on", "nonfinite", "--",
+                   "--at", "9")
+    assert clean.exit_code == 0, clean.output
+    other_kind = invoke("render", NAN_SCRIPT, "-q", "-o", tmp_path / "other.html", "--fail-on", "dead")
+    assert other_kind.exit_code == 0, other_kind.output
+
+
+def test_fail_on_a_saved_run_and_a_bad_kind(tmp_path):
+    saved = tmp_path / "nan.vizgrad"
+    assert invoke("render", NAN_SCRIPT, "-q", "--save", saved, "-o", tmp_path / "a.html").exit_code == 0
+    result = invoke("render", saved, "-o", tmp_path / "b.html", "--fail-on", "nonfinite", "--fail-on", "dead")
+    # Without --activations the origin is where the forward pass's NaN first meets a gradient, and it says so.
+    assert_error(result, 3, "--fail-on nonfinite/dead", "AddmmBackward0 in model.2 (Linear)", "activations=True")
+    bad = invoke("render", saved, "--fail-on", "nan")
+    assert bad.exit_code == 2 and "'nan' is not one of" in bad.stderr
+    activations = invoke("render", saved, "--activations", "-o", tmp_path / "c.html")
+    assert_error(activations, 2, "--activations checks a script's forward pass")
+
+
+def test_info_prints_the_findings(tmp_path):
+    saved = tmp_path / "nan.vizgrad"
+    assert invoke("render", NAN_SCRIPT, "-q", "--save", saved, "-o", tmp_path / "a.html", "--activations").exit_code == 0
+    result = invoke("info", saved)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    at = lines.index("findings:   1")
+    assert lines[at + 1].startswith("  [nonfinite] step 2, 2 steps: the forward pass: model.1 (Root)")
+    assert lines[at + 1].endswith(f"({NAN_SCRIPT}:{_line(NAN_SCRIPT, 'model(x).sum()')})")
+
+
+def _line(path: Path, text: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+def test_info_says_when_there_are_no_findings(saved_run):
+    result = invoke("info", saved_run)
+    assert "findings:   none" in result.output

@@ -159,3 +159,25 @@ def test_live_view_shows_the_gradient_flow_of_recent_steps_per_layer(fake_displa
     cells = sum(len(re.findall(r"M[\d.]+ [\d.]+h", d)) for d in re.findall(r' d="([^"]*)"', strip))
     assert cells == 6 * len(names)  # every (step, layer) has a cell: six columns
     assert f"steps 0–5, log colour {rms.min():.2g} … {rms.max():.2g}" in shown
+
+
+def test_live_view_lists_the_findings_steps_tell_as_they_come(fake_display):
+    import torch
+
+    from vizgrad.jupyter import live
+
+    w = torch.ones(3, requires_grad=True)
+    with live(interval=0, params={"w": w}) as run:
+        for step in range(4):
+            scale = 0.0 if step >= 2 else 1.0  # sqrt(0) from step 2 on: an infinite gradient
+            loss = (w * scale).sqrt().sum()
+            run.expect_grad("w", torch.full((3,), 0.25 * scale))  # half of autograd's: 0.5 / sqrt(w)
+            loss.backward()
+            w.grad = None
+    shown = fake_display.shown[-1]
+    lines = re.findall(r'<div class="vizgrad-finding" data-kind="([a-z_]+)"><b>[a-z_]+</b> step (\d+)( \(\d+ steps\))?',
+                       shown)
+    assert ("nonfinite", "2", " (2 steps)") in lines
+    assert [line[:2] for line in lines if line[0] == "manual_mismatch"] == [("manual_mismatch", "0")]
+    assert "w is 0.5x autograd" in shown
+    assert {finding.kind for finding in run.findings()} == {"nonfinite", "manual_mismatch"}

@@ -13,14 +13,17 @@ import click
 
 from vizgrad import __version__
 from vizgrad.errors import OutputError, UsageError, VizgradError
+from vizgrad.findings import KINDS as FINDING_KINDS
 from vizgrad.graph import format_shape
 from vizgrad.scripts import displayable
 from vizgrad.view import DEFAULT_MAX_NODES, ViewOptions
 
-__all__ = ["main", "cli", "CommandError", "EXIT_INTERRUPTED"]
+__all__ = ["main", "cli", "CommandError", "EXIT_INTERRUPTED", "EXIT_FINDINGS"]
 
 #: Exit status after Ctrl-C, as shells report a process stopped by SIGINT.
 EXIT_INTERRUPTED = 130
+#: Exit status of ``vizgrad render --fail-on KIND`` when the run has such a finding (the output is written).
+EXIT_FINDINGS = 3
 #: Suffixes that mark a run file even before its content is checked.
 _RUN_SUFFIXES = (".vizgrad", ".db", ".sqlite", ".sqlite3")
 _SCRIPT_SUFFIXES = (".py", ".pyw")
@@ -104,10 +107,17 @@ def main(argv: Sequence[str] | None = None) -> None:
 @click.option("--scale", type=click.Choice(["rms", "norm"]), default="rms", show_default=True,
               help="What colours show: gradient RMS (norm / sqrt(elements): tensor size does not look like health) "
                    "or norm.")
+@click.option("--fail-on", "fail_on", multiple=True, type=click.Choice(FINDING_KINDS), metavar="KIND",
+              help=f"Exit with status {EXIT_FINDINGS} (after writing the output) when the run has a finding of this "
+                   f"kind (repeatable): {', '.join(FINDING_KINDS)}.")
+@click.option("--activations", is_flag=True,
+              help="Check module outputs for NaN/Inf in the forward pass, so a non-finite loss is traced to the "
+                   "module that made it (scripts only).")
 @click.option("-q", "--quiet", is_flag=True, help="Silence the script's output, vizgrad's messages and progress bars.")
 def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt: str | None, save: Path | None,
            every: int, steps: str | None, engine: str, depth: int | None, max_nodes: int, expand: tuple[str, ...],
-           collapse: tuple[str, ...], unfold: tuple[str, ...], scale: str, quiet: bool) -> None:
+           collapse: tuple[str, ...], unfold: tuple[str, ...], scale: str, fail_on: tuple[str, ...],
+           activations: bool, quiet: bool) -> None:
     """Record a script's gradients (or read a saved run) and draw every step.
 
     TARGET is a Python script, run unmodified as __main__ with ARGS (put them
@@ -121,21 +131,37 @@ def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt:
       vizgrad render train.py --save train.vizgrad -q
       vizgrad render train.vizgrad --steps 100:200 -o steps.html
       vizgrad render gpt.py --expand transformer.h.3 --unfold transformer.h
+      vizgrad render train.py --fail-on nonfinite -q   # status 3 when a NaN/Inf appeared
     """
     from vizgrad import export
 
     is_run = _is_run_target(target)
     if is_run and script_args:
         raise UsageError(f"{target} is a run file: arguments after it ({' '.join(script_args)}) are only for scripts")
+    if is_run and activations:
+        raise UsageError(f"{target} is a run file: --activations checks a script's forward pass as it runs; "
+                         "record the script again with it")
     fmt, output = _choose_output(export, target, output, fmt)
     _check_writable(output, fmt)
     view = ViewOptions(depth=depth, max_nodes=max_nodes, expand=expand, collapse=collapse, unfold=unfold)
     options = {"every": every, "steps": steps, "engine": engine, "progress": False if quiet else None, "view": view,
                "scale": scale}
     if is_run:
-        _render_run_file(export, target, output, fmt, save, options, quiet)
+        _render_run_file(export, target, output, fmt, save, options, quiet, fail_on)
     else:
-        _render_script(export, target, script_args, output, fmt, save, options, quiet)
+        _render_script(export, target, script_args, output, fmt, save, options, quiet, fail_on, activations)
+
+
+def _fail_on(run: Any, kinds: Sequence[str], wrote: str) -> None:
+    """Exits with :data:`EXIT_FINDINGS` when ``run`` has a finding of one of ``kinds`` (``--fail-on``)."""
+    if not kinds:
+        return
+    found = [finding for finding in run.findings() if finding.kind in kinds]
+    if found:
+        first = found[0]
+        more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+        raise CommandError(f"{len(found)} finding{'s' if len(found) > 1 else ''} of --fail-on "
+                           f"{'/'.join(kinds)}: {_one_line(first)}{more}; {wrote}", EXIT_FINDINGS)
 
 
 def _is_run_target(target: Path) -> bool:
@@ -174,7 +200,7 @@ def _check_writable(output: Path, fmt: str) -> None:
 
 
 def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Path | None, options: dict[str, Any],
-                     quiet: bool) -> None:
+                     quiet: bool, fail_on: Sequence[str] = ()) -> None:
     from vizgrad import store
 
     run = store.load(target)
@@ -183,6 +209,7 @@ def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Pa
         if save is not None:
             store.save(run, save)
         written = export.export(run, output, fmt, **options)
+        _fail_on(run, fail_on, f"wrote {_written(written, fmt)}")
         _say(quiet, f"wrote {_written(written, fmt)} ({_contents(fmt, written, len(run.steps), options)})")
     finally:
         run.store.disconnect()
@@ -196,11 +223,11 @@ def _escape_names(meta: dict[str, Any]) -> None:
 
 
 def _render_script(export: Any, script: Path, args: Sequence[str], output: Path, fmt: str, save: Path | None,
-                   options: dict[str, Any], quiet: bool) -> None:
+                   options: dict[str, Any], quiet: bool, fail_on: Sequence[str] = (), activations: bool = False) -> None:
     from vizgrad.scripts import format_user_traceback, run_script
 
     with _run_file(save) as run_path:
-        outcome = run_script(script, args, save=run_path, quiet=quiet)
+        outcome = run_script(script, args, save=run_path, quiet=quiet, activations=activations)
         run = outcome.run
         try:
             count = len(run.steps)
@@ -220,6 +247,7 @@ def _render_script(export: Any, script: Path, args: Sequence[str], output: Path,
             if problem is not None:
                 raise CommandError(f"{problem}; {wrote} ({_contents(fmt, written, count, options, before=True)})",
                                    _status(outcome))
+            _fail_on(run, fail_on, wrote)
             _say(quiet, f"{wrote} ({_contents(fmt, written, count, options)})")
         finally:
             run.store.disconnect()
@@ -377,6 +405,19 @@ def describe(run: Any, path: Path) -> Iterator[str]:
     yield from lines
     if count:
         yield from _gradient_lines(run)
+        yield from _finding_lines(run)
+
+
+def _finding_lines(run: Any, limit: int = 20) -> list[str]:
+    """The run's findings, one per line (``run.findings()``)."""
+    found = run.findings()
+    if not found:
+        return ["findings:   none (no NaN/Inf, vanishing, exploding or dead layer, skipped or mismatched step)"]
+    lines = [f"findings:   {len(found)}"]
+    lines += [f"  {finding}" for finding in found[:limit]]
+    if len(found) > limit:
+        lines.append(f"  ... {len(found) - limit} more (run.findings() has them all)")
+    return lines
 
 
 def _loop_lines(run: Any) -> list[str]:

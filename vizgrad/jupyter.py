@@ -26,6 +26,8 @@ from vizgrad import frames
 from vizgrad.view import view_of
 from vizgrad.colors import ColorScale, norm_range, scale_between
 from vizgrad.errors import MissingDependencyError, RecordingWarning, UsageError
+from vizgrad.findings import findings as findings_of
+from vizgrad.findings import params_nonfinite
 from vizgrad.health import grad_flow, readable_rows
 from vizgrad.recorder import record
 from vizgrad.run import Run, Step
@@ -79,6 +81,7 @@ class LiveView:
         self._losses: list[float | None] = []
         self._flow: list[tuple[int, dict[str, float]]] = []  # recent steps: (index, layer -> gradient RMS)
         self._flow_rows: tuple[str, list[str]] = ("param", [])  # what the rows are, and their names
+        self._found: dict[tuple[Any, ...], list[Any]] = {}  # step findings so far: key -> [finding, steps]
         self._norms: tuple[float, float] | None = None  # smallest and largest gradient norm so far
         self._pending: Step | None = None  # held back by the throttle
         self._latest: Step | None = None
@@ -95,6 +98,7 @@ class LiveView:
         self._losses.append(step.loss)
         self._widen_norms(step)
         self._note_flow(step)
+        self._note_findings(step)
         self._latest = step
         if step.index % self.every:
             return
@@ -146,6 +150,7 @@ class LiveView:
             '<div style="display:flex;gap:18px;align-items:center;margin-bottom:4px">'
             f'<b>vizgrad</b><span>step <b>{step.index}</b></span><span>loss <b>{html.escape(loss)}</b></span>'
             f'{self._sparkline()}</div>'
+            f'{self._findings_list()}'
             f'{self._flow_strip()}'
             f'<div style="max-height:{self.height}px;overflow:auto;border:1px solid #d1d9e0;border-radius:6px">'
             f'<div style="height:{min(self.height - 10, layout.height * 4 / 3):.0f}px">'
@@ -198,6 +203,47 @@ class LiveView:
         self._flow.append((step.index, {name: float(flow.rms[0, k]) for k, name in enumerate(flow.names)}))
         del self._flow[:-_FLOW_STEPS]
         self._flow_rows = (by if by == "param" else f"module depth {depth}", flow.names)
+
+    def _note_findings(self, step: Step) -> None:
+        """Keeps what this step alone tells (a NaN/Inf origin, a mismatched hand-written gradient, a skipped step).
+
+        Findings over many steps (vanishing, exploding, dead layers) need the
+        whole run: ``run.findings()`` and the report have them.
+        """
+        checks = step.checks or {}
+        if not (checks.get("origins") or checks.get("forward") or checks.get("manual") or checks.get("amp")):
+            return
+        try:
+            found = findings_of([step])
+        except Exception as error:  # the live view must never stop training
+            warnings.warn(f"vizgrad's live view could not read step {step.index}'s findings ({error})",
+                          RecordingWarning, stacklevel=2)
+            return
+        carried = any(key[0] == "nonfinite" for key in self._found) and params_nonfinite(step)
+        for finding in found:
+            key = (finding.kind, finding.module, finding.op, finding.detail.get("param"))
+            if carried and finding.kind == "nonfinite":  # an earlier step left NaN in the parameters
+                key = next(known for known in self._found if known[0] == "nonfinite")
+            if key in self._found:
+                self._found[key][1] += 1
+            else:
+                self._found[key] = [finding, 1]
+
+    def _findings_list(self, limit: int = 6) -> str:
+        """The findings so far, one line each, the first step first."""
+        if not self._found:
+            return ""
+        lines = []
+        for finding, count in list(self._found.values())[:limit]:
+            repeat = f" ({count} steps)" if count > 1 else ""
+            where = f" — {finding.where}" if finding.where else ""
+            lines.append(f'<div class="vizgrad-finding" data-kind="{finding.kind}"><b>{finding.kind}</b> step '
+                         f'{finding.step}{repeat}: {html.escape(finding.message)}{html.escape(where)}</div>')
+        more = len(self._found) - limit
+        if more > 0:
+            lines.append(f"<div>… {more} more: run.findings()</div>")
+        return ('<div style="margin:2px 0 6px;padding:4px 8px;background:#fff8f0;border:1px solid #ffd8a8;'
+                f'border-radius:6px;font-size:12px">{"".join(lines)}</div>')
 
     def _flow_strip(self, width: int = 480, row: int = 9) -> str:
         """The gradient-flow strip: layers (rows) by recent steps (columns), coloured by RMS on a log scale."""

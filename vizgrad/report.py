@@ -286,6 +286,8 @@ class Report:
             "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
             "loop": loop,
             "clips": self._clips(steps),
+            "findings": [_finding_entry(finding) for finding in self.run.findings()],
+            "manual": self._manual(steps),
             "calls": calls,
             "layouts": page.layouts,
             "columns": page.columns,
@@ -416,6 +418,24 @@ class Report:
         return {"of": of, "segments": segments, "names": names} if names else None
 
     @staticmethod
+    def _manual(steps: Sequence[Any]) -> dict[str, Any] | None:
+        """Hand-written gradients against autograd's (``run.expect_grad``): each one's norms and ratio per frame."""
+        names: dict[str, None] = {}
+        for step in steps:
+            names.update(dict.fromkeys(((step.checks or {}).get("manual") or {})))
+        if not names:
+            return None
+        series: dict[str, dict[str, list[Any]]] = {name: {"manual": [], "autograd": [], "ratio": []} for name in names}
+        for step in steps:
+            checked = (step.checks or {}).get("manual") or {}
+            for name, out in series.items():
+                result = checked.get(name)
+                for field in ("manual", "autograd", "ratio"):
+                    value = None if result is None else result.get(field)
+                    out[field].append(None if value is None else _number(value, 6))
+        return {"names": list(names), "series": series}
+
+    @staticmethod
     def _clips(steps: Sequence[Any]) -> dict[str, Any] | None:
         """The shown steps followed by a gradient clip: frame, function, limit, total norm before and after."""
         rows = [(frame, step.clip) for frame, step in enumerate(steps) if step.clip]
@@ -512,6 +532,12 @@ class _FrameData:
             "nodes": [self._refer(painted["nodes"].get(node_id)) for node_id in node_ids],
             "edges": [self._refer(painted["edges"].get(edge_key)) for edge_key in edge_keys],
         })
+
+
+def _finding_entry(finding: Any) -> dict[str, Any]:
+    """What the page shows of a finding (and where clicking it leads)."""
+    return {"kind": finding.kind, "step": finding.step, "count": finding.count, "node": finding.node,
+            "module": finding.module, "op": finding.op, "where": finding.where, "message": finding.message}
 
 
 def _packed(text: str) -> str:

@@ -888,6 +888,30 @@ async function inflateText(packed) {
     }));
   })();
 
+  // Hand-written gradients (run.expect_grad) against autograd's: both norms per parameter, by step.
+  (function manualGradients() {
+    const M = DATA.manual;
+    if (!M) return;
+    $("manual-card").hidden = false;
+    const box = $("manual");
+    M.names.forEach((name) => {
+      const S = M.series[name];
+      const ratios = S.ratio.filter((r) => typeof r === "number");
+      const same = ratios.length > 0 && ratios.every((r) => Math.abs(r - ratios[0]) <= 1e-4 * Math.abs(ratios[0]));
+      const head = htmlEl("div", "vg-param-name", name + (ratios.length ? (same ? " · hand-written = " + fmt(ratios[0]) + " × autograd"
+        : " · ratio " + fmt(Math.min(...ratios)) + " … " + fmt(Math.max(...ratios))) : ""), box);
+      head.setAttribute("data-manual", name);
+      const chart = htmlEl("div", "vg-chart", null, box);
+      const undef = (values) => values.map((v) => (v === null ? undefined : v));
+      charts.push(makeChart(chart, {
+        series: [{ name: "hand-written", values: undef(S.manual), color: "#cf222e" },
+          { name: "autograd", values: undef(S.autograd), color: "#0969da" }],
+        log: !S.manual.concat(S.autograd).some((v) => typeof v === "number" && v <= 0), height: 100,
+        label: "hand-written and autograd gradient norms of " + name, xTitle: "step", empty: "not checked on the shown steps",
+      }));
+    });
+  })();
+
   // ------------------------------------------------------------------ gradient flow: layers by steps
   const flow = (function () {
     const F = DATA.flow, card = $("flow-card");
@@ -1576,6 +1600,61 @@ async function inflateText(packed) {
     return { read: read, write: write, apply: apply };
   })();
 
+  // ------------------------------------------------------------------ findings: a click goes to the step and the node
+  const findings = (function () {
+    const F = DATA.findings || [], card = $("findings-card");
+    if (!F.length) return { go: async () => false };
+    card.hidden = false;
+    $("findings-count").textContent = F.length + (F.length === 1 ? " finding" : " findings") + " · click one to see it";
+    const list = $("findings");
+    F.forEach((f, k) => {
+      const button = htmlEl("button", "vg-finding vg-finding-" + f.kind, null, list);
+      button.type = "button";
+      button.dataset.finding = String(k);
+      button.dataset.kind = f.kind;
+      htmlEl("span", "vg-finding-kind", f.kind.replace("_", " "), button);
+      htmlEl("span", "vg-finding-step", "step " + f.step + (f.count > 1 ? " ×" + f.count : ""), button);
+      htmlEl("span", "vg-finding-text", f.message, button);
+      if (f.where) htmlEl("span", "vg-finding-where", f.where, button);
+      button.addEventListener("click", () => { go(k); });
+    });
+
+    /** The shown step nearest after `step` (a report of some steps may not show it). */
+    function frameOf(step) {
+      const exact = XS.indexOf(step);
+      if (exact >= 0) return exact;
+      const after = XS.findIndex((x) => x > step);
+      return after >= 0 ? after : COUNT - 1;
+    }
+
+    /** Moves to finding k's step, opens its module (outer ones first) and highlights its node. */
+    async function go(k) {
+      const f = F[k];
+      list.querySelectorAll("button").forEach((b, j) => b.setAttribute("aria-pressed", String(j === k)));
+      player.pause();
+      player.seek(frameOf(f.step));
+      if (f.module) {
+        const parts = f.module.split(".");
+        for (let n = 1; n <= parts.length; n++) {
+          const path = parts.slice(0, n).join(".");
+          if (stage.querySelector('[data-node="' + CSS.escape(f.node || "") + '"]')) break;
+          if (!(await views.act("expand", path)) && n > 1) {   // inside a fold of repeats: open the repeats first
+            await views.act("unfold", parts.slice(0, n - 1).join("."));
+            await views.act("expand", path);
+          }
+        }
+      }
+      const target = f.node ? stage.querySelector('[data-node="' + CSS.escape(f.node) + '"]') : null;
+      if (target) {
+        inspector.open(f.node);
+        view.centerOn(target);
+      }
+      hash.write();
+      return target !== null;
+    }
+    return { go: go };
+  })();
+
   await inflateLayouts(0);   // a big report sends even its first view's layouts compressed
   player.seek(0);
   const ready = hash.apply();
@@ -1593,6 +1672,8 @@ async function inflateText(packed) {
     unfold: (path) => views.act("unfold", String(path)),
     overview: () => views.show(0),
     flow: flow,
+    /** Goes to finding k (0-based, as listed): its step, its module opened, its node highlighted. */
+    finding: (k) => findings.go(Number(k)),
     /** Shows the graph of the current step's torch.autograd.grad call k (0-based), or its backward() graph for null. */
     call: (k) => (k === null ? calls.show(null) : calls.show((DATA.calls ? DATA.calls.of[player.pos()] || [] : [])[k])),
     state: () => views.state(),
