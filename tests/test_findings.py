@@ -409,3 +409,16 @@ def test_thresholds_are_checked():
     with pytest.raises(UsageError, match="must be a number > 0"):
         run.findings(jump=-1)
     assert Thresholds.of({"jump": 20}).jump == 20
+
+
+def test_a_parameter_set_to_nan_by_hand_is_named_on_the_first_step():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    with vizgrad.record(model, activations=True) as run:
+        for step in range(3):
+            if step == 1:
+                with torch.no_grad():
+                    model[1].weight[0, 0] = math.nan
+            model(torch.ones(1, 2)).sum().backward()
+    finding = _only(run, "nonfinite")
+    assert (finding.step, finding.module, finding.count) == (1, "1", 2)
+    assert "1.weight was already non-finite when this step ran" in finding.message

@@ -113,7 +113,7 @@ class Thresholds:
 
 #: Parameters' zero counts are taken on every one of a run's first steps, then on every few: a dead layer
 #: stays dead for many steps, and counting is a pass over every ``.grad``.
-ZEROS_FIRST, ZEROS_EVERY = 16, 4
+ZEROS_FIRST, ZEROS_EVERY = 16, 16
 
 
 def zeros_due(index: int) -> bool:
@@ -130,8 +130,7 @@ def _bad_rows(table: Any) -> np.ndarray:
 
 def has_nonfinite_gradient(table: Any) -> bool:
     """Whether any node or edge gradient of the step holds a NaN or an Inf."""
-    rows = table.rows
-    if not len(rows) or math.isfinite(rows[:, 0].sum()):  # norms carry NaN and Inf: one sum tells most steps
+    if table.all_finite():  # most steps: told without computing the rows a training step leaves for later
         return False
     bad = _bad_rows(table)
     if not bad.any():
@@ -305,7 +304,7 @@ def _nonfinite(steps: Sequence[Any], collector: _Collector) -> None:
             collector.add(key, step.index, node=forward.get("node"), module=module, op=op,
                           where=site_text(graph, module) or where,
                           message=f"the forward pass: {_label(graph, module)} is the first module "
-                                  f"whose output is non-finite; the loss is {step.loss}")
+                                  f"whose output is non-finite; the loss is {step.loss}.{_bad_params_note(step)}")
             latest = key
             continue
         origins = checks.get("origins")
@@ -327,7 +326,7 @@ def _nonfinite(steps: Sequence[Any], collector: _Collector) -> None:
         collector.add(key, step.index, node=first["node"], module=module, op=op, where=where,
                       message=f"{op}{' in ' + _label(graph, module) if module is not None else ''} made the first "
                               "non-finite gradient of the "
-                              f"backward pass: {_WHY[first['why']]}.{hint}",
+                              f"backward pass: {_WHY[first['why']]}.{hint}{_bad_params_note(step)}",
                       others=len(origins) - 1)
         latest = key
 
@@ -339,11 +338,25 @@ def _repeat(entry: dict[str, Any], step: int) -> None:
     entry.setdefault("params_from", step)
 
 
-def params_nonfinite(step: Any) -> bool:
-    """Whether a parameter's value was non-finite when the step's ``backward()`` ran."""
+def nonfinite_params(step: Any) -> list[str]:
+    """The parameters whose value held a NaN or an Inf when the step's ``backward()`` ran."""
     table = step.table
     bad = _bad_rows(table)
-    return any(bad[row] for key, row in table.index.items() if key[0] == "param" and row < len(bad))
+    return [key[1] for key, row in table.index.items() if key[0] == "param" and row < len(bad) and bad[row]]
+
+
+def params_nonfinite(step: Any) -> bool:
+    """Whether a parameter's value was non-finite when the step's ``backward()`` ran."""
+    return bool(nonfinite_params(step))
+
+
+def _bad_params_note(step: Any) -> str:
+    """For a first non-finite step: which parameters were non-finite before it ran (set by an update or by hand)."""
+    names = nonfinite_params(step)
+    if not names:
+        return ""
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f" {shown} {'was' if len(names) == 1 else 'were'} already non-finite when this step ran."
 
 
 def _owner_layers(steps: Sequence[Any]) -> tuple[dict[str, str], list[str], dict[str, str]]:
@@ -569,7 +582,7 @@ def findings(steps: Sequence[Any], thresholds: Thresholds | None = None) -> list
         fields = {name: entry.pop(name) for name in ("step", "count", "node", "module", "op", "where", "message")}
         entry.pop("last", None)
         if key[0] == "nonfinite" and entry.get("params_from") is not None:
-            fields["message"] += f" The parameters are non-finite from step {entry['params_from']} on."
+            fields["message"] += f" Later steps repeat it: the parameters are non-finite from step {entry['params_from']} on."
         out.append(Finding(key[0], detail=entry, **fields))
     rank = {kind: at for at, kind in enumerate(KINDS)}
     out.sort(key=lambda finding: (rank.get(finding.kind, len(rank)), finding.step))

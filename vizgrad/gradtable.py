@@ -273,6 +273,22 @@ class GradTable:
             resolve([self])
         return self._rows
 
+    def all_finite(self) -> bool:
+        """Whether no tensor of the table holds a NaN or an Inf, told without computing pending rows.
+
+        Norms carry NaN and Inf, so one sum of their squares tells the
+        computed rows; the pending ones are told by one of their buffers. A
+        huge finite sum (an overflow) answers ``False``: the caller then reads the rows.
+        """
+        norms = self._rows[:, 0]
+        if not math.isfinite(norms.dot(norms)):  # a dot product: the fastest reduction numpy has
+            return False
+        for segments in self._pending:
+            values = host_numpy(self.buffers[segments.buffer])
+            if not math.isfinite(np.vdot(values, values).real):
+                return False
+        return True
+
     @property
     def kept_in_buffers(self) -> bool:
         """Whether every kept value lies in :attr:`buffers`, which hold nothing else (no value of its own)."""
