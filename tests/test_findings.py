@@ -299,6 +299,11 @@ def test_dead_relus_are_found_in_the_layer_feeding_them():
     healthy = _train(nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1)),
                      [torch.randn(16, 8) for _ in range(20)], lr=0.01)
     assert not [f for f in healthy.findings() if f.kind == "dead"]
+    # An embedding's unused rows get exact zeros on every step: that is not death.
+    embedding = nn.Sequential(nn.Embedding(1000, 8), nn.Linear(8, 1))
+    words = _train(embedding, [torch.randint(0, 1000, (4,)) for _ in range(20)], lr=0.01)
+    assert words.steps[0].checks["zeros"]["0.weight"] >= 1000 * 8 - 4 * 8
+    assert not [f for f in words.findings() if f.kind == "dead"]
 
 
 # -- GradScaler ---------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from vizgrad.errors import (ExecutableNotFound, LayoutError, MissingDependencyEr
                             RecordingError, RecordingWarning, RunFileError, ScriptError, UsageError, VizgradError)
 
 if TYPE_CHECKING:  # pragma: no cover
+    from vizgrad.findings import Finding
     from vizgrad.graph import Edge, Graph, Node
     from vizgrad.gradtable import GradIndex, GradTable, NotKeptError, Summary
     from vizgrad.jupyter import LiveView, live
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "trace", "record", "load", "Graph", "Node", "Edge", "Run", "Step", "Summary", "GradTable", "GradIndex",
-    "Report", "LiveView", "live", "VizgradError", "LayoutError", "ExecutableNotFound", "RunFileError", "UsageError",
+    "Report", "LiveView", "live", "Finding", "VizgradError", "LayoutError", "ExecutableNotFound", "RunFileError", "UsageError",
     "RecordingError", "RecordingWarning", "NotKeptError", "OutputError", "ScriptError", "MissingDependencyError",
     "RasterError", "__version__",
 ]
@@ -34,6 +35,7 @@ _LAZY = {
     "GradTable": ("vizgrad.gradtable", "GradTable"), "GradIndex": ("vizgrad.gradtable", "GradIndex"),
     "NotKeptError": ("vizgrad.gradtable", "NotKeptError"), "Report": ("vizgrad.report", "Report"),
     "LiveView": ("vizgrad.jupyter", "LiveView"), "live": ("vizgrad.jupyter", "live"),
+    "Finding": ("vizgrad.findings", "Finding"),
 }
 
 

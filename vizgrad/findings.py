@@ -478,6 +478,10 @@ def _jumps(steps: Sequence[Any], indices: list[int], total: np.ndarray, collecto
             history.append(value)
 
 
+#: Modules whose gradients are mostly exact zeros by design (the rows of tokens a batch does not use).
+_SPARSE_BY_DESIGN = ("Embedding", "EmbeddingBag")
+
+
 def _dead(steps: Sequence[Any], collector: _Collector, thresholds: Thresholds, graph_of: Mapping[str, Any],
           node_of: Mapping[str, str]) -> None:
     """Layers whose parameter gradients are exactly zero on most elements, on most steps (dead ReLU units)."""
@@ -515,6 +519,8 @@ def _dead(steps: Sequence[Any], collector: _Collector, thresholds: Thresholds, g
         if len(dead_steps) < thresholds.min_steps or len(dead_steps) < thresholds.persist * judged[layer]:
             continue
         graph = graph_of.get(layer) or steps[0].graph
+        if any(info.path == layer and info.type in _SPARSE_BY_DESIGN for info in graph.modules):
+            continue  # a batch uses few of an embedding's rows: the others get exact zeros, alive or not
         node = node_of.get(layer)
         op, module, where = _node_facts(graph, node)
         collector.found[("dead", layer)] = {
