@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -417,11 +417,11 @@ def _layer_findings(steps: Sequence[Any], collector: _Collector, thresholds: Thr
         return
     layers, rms, total, node_of = _layer_rms(steps)
     indices = [step.index for step in steps]
-    graph_of = {layer: None for layer in layers}
-    for step in steps:
+    graph_of: dict[str, Any] = {}  # a graph holding each layer's node, for its facts
+    for graph in {id(step.graph): step.graph for step in steps}.values():
         for layer in layers:
-            if graph_of[layer] is None and node_of.get(layer) in step.graph.by_id:
-                graph_of[layer] = step.graph
+            if layer not in graph_of and node_of.get(layer) in graph.by_id:
+                graph_of[layer] = graph
     if len(layers) >= 2:
         end = rms[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -440,7 +440,7 @@ def _layer_findings(steps: Sequence[Any], collector: _Collector, thresholds: Thr
             others = len(affected) - 1
             below = "below" if kind == "vanishing" else "above"
             rest = f" (and {others} more layer{'s' if others > 1 else ''} further from the loss)" if others else ""
-            graph = graph_of[layer] or steps[0].graph
+            graph = graph_of.get(layer) or steps[0].graph
             node = node_of.get(layer)
             op, module, where = _node_facts(graph, node)
             collector.found[(kind, "layer", layer)] = {
@@ -593,8 +593,3 @@ def findings(steps: Sequence[Any], thresholds: Thresholds | None = None) -> list
     rank = {kind: at for at, kind in enumerate(KINDS)}
     out.sort(key=lambda finding: (rank.get(finding.kind, len(rank)), finding.step))
     return out
-
-
-def kinds_of(found: Iterable[Finding]) -> set[str]:
-    """The kinds present among ``found``."""
-    return {finding.kind for finding in found}
