@@ -23,7 +23,7 @@ __all__ = [
     "trace", "record", "load", "Graph", "Node", "Edge", "Run", "Step", "Summary", "GradTable", "GradIndex",
     "Report", "LiveView", "live", "Finding", "VizgradError", "LayoutError", "ExecutableNotFound", "RunFileError", "UsageError",
     "RecordingError", "RecordingWarning", "NotKeptError", "OutputError", "ScriptError", "MissingDependencyError",
-    "RasterError", "__version__",
+    "RasterError", "load_ranks", "__version__",
 ]
 
 # Loaded when first used: torch for recording, jinja2 and IPython helpers for rendering, so
@@ -50,6 +50,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+def load_ranks(paths: Any) -> Any:
+    """Reads the run files of a distributed job's ranks (``run.rank0.vizgrad``, ...) as one merged run."""
+    from vizgrad import merge
+
+    return merge.load_ranks(paths)
 
 
 def load(path: str) -> Any:

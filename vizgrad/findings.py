@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -21,10 +22,11 @@ from vizgrad.errors import UsageError
 from vizgrad.graph import Graph, short_op
 
 __all__ = ["KINDS", "Finding", "Thresholds", "findings", "nonfinite_origins", "engine_order", "compare_manual",
-           "site_text", "zeros_due", "has_nonfinite_gradient", "params_nonfinite"]
+           "site_text", "zeros_due", "has_nonfinite_gradient", "params_nonfinite", "rank_findings"]
 
 #: The kinds of finding, in the order a report lists them (the most urgent first).
-KINDS = ("nonfinite", "manual_mismatch", "exploding", "vanishing", "dead", "amp_skipped")
+KINDS = ("nonfinite", "rank_nonfinite", "rank_divergence", "manual_mismatch", "exploding", "vanishing", "dead",
+         "amp_skipped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,8 @@ class Thresholds:
             (at least ``min_steps`` of them) to be a finding.
         min_steps: See ``persist``.
         rtol: A hand-written gradient whose relative error to autograd's is above this mismatches.
+        diverge: In a merged distributed run, a rank whose local gradient norm is more than this
+            multiple of the other ranks' median (or, with three ranks or more, less than its inverse) diverges.
     """
 
     vanishing: float = 1e-3
@@ -98,6 +102,7 @@ class Thresholds:
     persist: float = 0.5
     min_steps: int = 3
     rtol: float = 1e-4
+    diverge: float = 10.0
 
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> Thresholds:
@@ -582,14 +587,61 @@ def findings(steps: Sequence[Any], thresholds: Thresholds | None = None) -> list
     _manual(steps, collector, thresholds)
     _layer_findings(steps, collector, thresholds)
     _amp(steps, collector)
+    out = _collected(collector)
+    rank = {kind: at for at, kind in enumerate(KINDS)}
+    out.sort(key=lambda finding: (rank.get(finding.kind, len(rank)), finding.step))
+    return out
+
+
+def _collected(collector: _Collector) -> list[Finding]:
+    """The collector's entries as findings: the fields a Finding has, the rest as its detail."""
     out = []
     for key, entry in collector.found.items():
         entry = dict(entry)
         fields = {name: entry.pop(name) for name in ("step", "count", "node", "module", "op", "where", "message")}
         entry.pop("last", None)
         if key[0] == "nonfinite" and entry.get("params_from") is not None:
-            fields["message"] += f" Later steps repeat it: the parameters are non-finite from step {entry['params_from']} on."
+            fields["message"] += (" Later steps repeat it: the parameters are non-finite from step "
+                                  f"{entry['params_from']} on.")
         out.append(Finding(key[0], detail=entry, **fields))
-    rank = {kind: at for at, kind in enumerate(KINDS)}
-    out.sort(key=lambda finding: (rank.get(finding.kind, len(rank)), finding.step))
     return out
+
+
+# -- ranks of a distributed job ------------------------------------------------------------------------------
+def _local_total(step: Any) -> float:
+    """The norm of all the gradients a rank's ``backward()`` delivered to its leaves (before any all-reduce)."""
+    keys = [("node", node.id, 0) for node in step.graph.nodes if node.kind == "leaf"]
+    at = step.table.index.locate(keys)
+    rows = step.table.rows
+    at = at[(at >= 0) & (at < len(rows))]
+    return math.sqrt(float(np.sum(rows[at, 0] ** 2))) if len(at) else math.nan
+
+
+def rank_findings(run: Any, thresholds: Thresholds) -> list[Finding]:
+    """Ranks of a merged run whose gradients go non-finite alone, or whose local gradient norm diverges."""
+    collector = _Collector()
+    for merged in run.steps:
+        alone: list[int] = []
+        totals: dict[int, float] = {}
+        for rank, step in merged.rank_steps.items():
+            if has_nonfinite_gradient(step.table):
+                alone.append(rank)
+            else:
+                totals[rank] = _local_total(step)
+        if alone and totals:  # some ranks' gradients are finite: the others went non-finite alone
+            for rank in alone:
+                collector.add(("rank_nonfinite", rank), merged.index, node=None, module=None, op=None, where=None,
+                              rank=rank, message=f"rank {rank}'s gradients are non-finite where the other ranks' are "
+                                                 "finite (its data or its device)")
+        finite = {rank: total for rank, total in totals.items() if math.isfinite(total) and total > 0}
+        if len(finite) >= 2:
+            for rank, total in finite.items():
+                # Against the others' median: with two ranks neither is the norm, so only the larger is named.
+                median = statistics.median(value for other, value in finite.items() if other != rank)
+                ratio = total / median
+                if ratio > thresholds.diverge or (len(finite) > 2 and ratio < 1 / thresholds.diverge):
+                    collector.add(("rank_divergence", rank), merged.index, node=None, module=None, op=None,
+                                  where=None, rank=rank, ratio=ratio,
+                                  message=f"rank {rank}'s local gradient norm is {ratio:.3g}x the other ranks' "
+                                          f"median ({total:.4g} against {median:.4g}) before the all-reduce")
+    return _collected(collector)

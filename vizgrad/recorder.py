@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.autograd import function as _function
 
-from vizgrad import checking, clipping, modules, naming
+from vizgrad import checking, clipping, modules, naming, ranks
 from vizgrad.capture import NodeCapture, patch_lock
 from vizgrad.errors import RecordingWarning, UsageError, VizgradError
 from vizgrad.gcpause import paused_gc
@@ -292,6 +292,10 @@ class Recorder:
         self.grad_calls = bool(grad_calls)
         self._calls: list[Step] = []  # torch.autograd.grad calls waiting for the backward() they belong to
         self._explicit_names = naming.explicit_names(params) if params is not None else None
+        # A model sharded with FSDP2 computes with unsharded copies of its parameters: the graph's leaves.
+        self._fsdp_model = params if isinstance(params, torch.nn.Module) and any(
+            hasattr(sub, "_get_fsdp_state") for sub in params.modules()) else None
+        self._shard_of: dict[int, torch.Tensor] = {}  # id(unsharded parameter) -> the sharded one
         self._inferred_names = naming.InferredLeafNames()
         self._keep_limit = math.inf if keep is None else keep
         # Gradients bigger than both limits are neither kept nor held: summarise them as they flow.
@@ -455,6 +459,8 @@ class Recorder:
         # name other tensors from step to step (errD_real, errD_fake), are read every step.
         scope = _LazyScope()
         with self._lock:
+            if self._fsdp_model is not None:
+                self._name_fsdp_leaves()
             names: Any = self._explicit_names
             if names is None:
                 names = self._inferred_names
@@ -474,6 +480,15 @@ class Recorder:
         log = modules.call_log() if self.activations else None
         noted = log.take_activations() if log is not None else ()
         return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer, log, noted)
+
+    def _name_fsdp_leaves(self) -> None:
+        """Names FSDP2's unsharded parameters after the sharded ones, whose ``.grad`` the optimizer steps."""
+        shards = ranks.fsdp_shards(self._fsdp_model)
+        self._shard_of = {key: sharded for key, (sharded, _) in shards.items()}
+        self._explicit_names.update({key: name for key, (_, name) in shards.items()})  # type: ignore[union-attr]
+        sharded = sorted(name for sharded_param, name in shards.values() if ranks.is_sharded(sharded_param))
+        if sharded and self.run.meta.get("sharded") != sharded:
+            self.run.meta["sharded"] = sharded  # merged runs add these parameters' shards up
 
     def _dedupe(self, graph: Graph) -> Graph:
         """Reuses an equal graph seen before, so a long run holds each topology once (recent ones remembered)."""
@@ -532,6 +547,7 @@ class Recorder:
                 values += self._transposes(None if position.get(source) is None else values[position[source]]
                                            for _, source in plan.transposed)
         self._add_extra_values(values, work, plan)
+        values = ranks.local_parts(values)  # DTensor gradients (tensor parallel): this rank's parts, no collective
         batch, positions = summarize_distinct(values, self.keep, memo=plan.summary_memo)
         if live.structure is not None and not (static and plan.shapes_fit(batch, positions, values)):
             # The graph was found by structure; its ops' shapes differ from (or cannot be
@@ -582,8 +598,13 @@ class Recorder:
         for root, seed in zip(work.roots, self._root_gradients(work.roots, work.seeds)):
             values += (root, seed, seed)
         fns, lookup = work.live.fns, (work.reducer.lookup if work.reducer is not None else None)
+        shard_of = self._shard_of
         for at in plan.named_leaves:
             variable = fns[at].variable
+            if shard_of:  # FSDP2: the sharded parameter's value and .grad, as this rank holds them
+                variable = shard_of.get(id(variable), variable)
+                values += ranks.local_parts([variable, variable.grad])
+                continue
             grad = variable.grad
             values += (variable, grad if lookup is None else lookup(grad))
 
@@ -645,6 +666,9 @@ class Recorder:
         step.stepped = loop.take_step()
         if not loop.described:  # a new optimizer (or new groups) stepped: the meta saved with the step says so
             self.run.meta.update(loop.description())
+        place = self.run.meta.get("distributed")
+        if place is not None and place.get("backend") is None:  # the script set its process group up since
+            place["backend"] = ranks.backend_now()
         if self._live_steps:
             self._live_steps[-1].release_values()  # only the newest step holds full gradients
         self._live_steps.append(step)
@@ -1028,7 +1052,11 @@ def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFA
             so ``step.grad_of(tensor)`` returns them. Bigger ones are
             summarised as they flow and freed, as autograd would free them.
         saved: Also draw the tensors each op saved for backward.
-        save: Path of a run file to write step by step as the run goes.
+        save: Path of a run file to write step by step as the run goes. In a
+            distributed job each rank writes its own: ``run.vizgrad`` becomes
+            ``run.rank0.vizgrad``, ``run.rank1.vizgrad``... (``{rank}`` in the
+            path says where the rank goes), with rank, world size, backend and
+            host in ``run.meta["distributed"]``.
         live_steps: How many recent steps answer ``step.grad_of(tensor)``.
         on_step: Callables run with each step once it is complete (and saved).
         grad_calls: Also record each ``torch.autograd.grad`` call (a
@@ -1057,10 +1085,13 @@ def record(params: Any = None, *, keep: int | None = 64, hold: int | None = DEFA
         raise TypeError(f"record(save=...) must be a file path, got {save!r}")
     recorder = Recorder(params, keep=keep, hold=hold, saved=saved, live_steps=live_steps, on_step=on_step,
                         grad_calls=grad_calls, activations=activations)
+    place = ranks.rank_info()  # in a distributed job, each rank records (and writes) a run of its own
     if save is not None:  # after the arguments are known good: a bad call leaves no file behind
         from vizgrad import store as run_store
 
-        recorder.use_store(*run_store.open_for_recording(save))
+        recorder.use_store(*run_store.open_for_recording(ranks.rank_path(save, place["rank"]) if place else save))
+    if place:
+        recorder.run.meta["distributed"] = place
     recorder.start()
     try:
         yield recorder.run

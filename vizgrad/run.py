@@ -188,6 +188,11 @@ class Step:
         summary = self.table.summary(("param", name))
         return None if summary is None else summary.as_dict()
 
+    def param_grad_stats(self, name: str) -> dict[str, float | int] | None:
+        """Summary of the parameter's ``.grad`` right after this step's ``backward()``."""
+        summary = self.table.summary(("param_grad", name))
+        return None if summary is None else summary.as_dict()
+
     @property
     def live(self) -> bool:
         """Whether this step still answers :meth:`grad_of` (it holds its live autograd objects)."""

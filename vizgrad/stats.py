@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from vizgrad.gradtable import GradIndex, GradTable, Segments, Summary, host_numpy, row_summary, segment_rows
+from vizgrad.ranks import local_parts
 
 __all__ = ["Summary", "Batch", "Reduced", "Reducer", "SummaryMemo", "SummaryPlan", "summarize",
            "summarize_distinct", "SEGMENT_LIMIT", "CHUNK"]
@@ -248,7 +249,7 @@ class Reducer:
             return entry[2]
         try:
             with torch.no_grad():
-                token = Reduced(grad)
+                token = Reduced(local_parts([grad])[0])  # a DTensor's local part: no collective in a hook
             self._memo[id(grad)] = (weakref.ref(grad), grad._version, token)
         except Exception:  # an odd tensor (a subclass, a nested tensor): hold it, summarise it at the end
             return None
