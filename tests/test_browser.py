@@ -683,3 +683,41 @@ def test_the_manual_panel_draws_hand_written_and_autograd_norms(browser, tmp_pat
         assert page.errors == []
     finally:
         page.page.close()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_torchrun_renders_every_rank_and_the_report_picks_a_rank_and_shows_the_spread(browser, tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parent / "data" / "ddp_train.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "vizgrad", "render", str(script), "--save", "run.vizgrad", "-o", "report.html", "-q"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html", "run.rank0.vizgrad", "run.rank1.vizgrad"]
+    merged = vizgrad.load_ranks(sorted(tmp_path.glob("run.rank*.vizgrad")))
+    weight = merged.steps[2].graph.find("model.module.0.weight").id
+    local = merged.steps[2].rank_norms(weight)
+    page = Page(browser, tmp_path / "report.html")
+    try:
+        ready = page.ready()
+        assert ready.locator("#rank-box").is_visible()
+        options = ready.eval_on_selector_all("#rank-picker option", "os => os.map(o => o.textContent)")
+        assert options[0] == "all: 2 of 2" and options[1].startswith("rank 0") and options[2].startswith("rank 1")
+        call(ready, f"window.vizgrad.step(2) && window.vizgrad.inspector.open('{weight}')")
+        rows = dict(ready.eval_on_selector_all("#inspector-stats tr", "rs => rs.map(r => [r.cells[0].textContent, "
+                                                                      "r.cells[1].textContent])"))
+        low, mid, high = (float(value) for value in rows["ranks: min · median · max"].split(" · "))
+        assert low == pytest.approx(min(local.values()), rel=1e-3) and high == pytest.approx(max(local.values()),
+                                                                                             rel=1e-3)
+        assert float(rows["rank 1 ‖g‖"]) == pytest.approx(local[1], rel=1e-3)
+        before = page.values()
+        ready.select_option("#rank-picker", "1")
+        wait_until(ready, "location.hash.includes('rank=1')")
+        assert page.values() != before  # rank 1's own gradients
+        assert call(ready, "window.vizgrad.rank(null)") is True
+        assert page.values() == before
+        assert page.errors == []
+    finally:
+        page.page.close()

@@ -238,3 +238,16 @@ def test_a_rank_whose_gradients_diverge_or_go_nonfinite_alone_is_named(tmp_path)
     assert found["rank_divergence"].step == 0 and found["rank_divergence"].detail["rank"] == 1
     assert found["rank_divergence"].count == 3  # steps 0, 1 and 3: on step 2 rank 1 is non-finite instead
 
+
+def test_render_merges_the_ranks_files_and_refuses_to_save_them_as_one(ddp_files, tmp_path):
+    from click.testing import CliRunner
+
+    from vizgrad.cli import cli
+
+    files = [str(path) for path in sorted(ddp_files.glob("ddp.rank*.vizgrad"))]
+    out = tmp_path / "merged.html"
+    result = CliRunner().invoke(cli, ["render", *files, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists() and "2 of 2 ranks" in out.read_text()
+    refused = CliRunner().invoke(cli, ["render", *files, "--save", str(tmp_path / "x.vizgrad")])
+    assert refused.exit_code == 2 and "the ranks' files are merged as they are" in refused.stderr

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import click
 
-from vizgrad import __version__
+from vizgrad import __version__, ranks
 from vizgrad.errors import OutputError, UsageError, VizgradError
 from vizgrad.findings import KINDS as FINDING_KINDS
 from vizgrad.graph import format_shape
@@ -136,8 +138,12 @@ def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt:
     from vizgrad import export
 
     is_run = _is_run_target(target)
-    if is_run and script_args:
+    merged = [target, *map(Path, script_args)] if is_run and script_args and all(
+        _is_sqlite(Path(arg)) for arg in script_args) else [target]  # the ranks' files of one job
+    if is_run and script_args and len(merged) == 1:
         raise UsageError(f"{target} is a run file: arguments after it ({' '.join(script_args)}) are only for scripts")
+    if len(merged) > 1 and save is not None:
+        raise UsageError("--save copies one run file; the ranks' files are merged as they are, each kept")
     if is_run and activations:
         raise UsageError(f"{target} is a run file: --activations checks a script's forward pass as it runs; "
                          "record the script again with it")
@@ -147,7 +153,7 @@ def render(target: Path, script_args: tuple[str, ...], output: Path | None, fmt:
     options = {"every": every, "steps": steps, "engine": engine, "progress": False if quiet else None, "view": view,
                "scale": scale}
     if is_run:
-        _render_run_file(export, target, output, fmt, save, options, quiet, fail_on)
+        _render_run_file(export, merged, output, fmt, save, options, quiet, fail_on)
     else:
         _render_script(export, target, script_args, output, fmt, save, options, quiet, fail_on, activations)
 
@@ -162,6 +168,13 @@ def _fail_on(run: Any, kinds: Sequence[str], wrote: str) -> None:
         more = f" and {len(found) - 1} more" if len(found) > 1 else ""
         raise CommandError(f"{len(found)} finding{'s' if len(found) > 1 else ''} of --fail-on "
                            f"{'/'.join(kinds)}: {_one_line(first)}{more}; {wrote}", EXIT_FINDINGS)
+
+
+def _is_sqlite(path: Path) -> bool:
+    """Whether ``path`` is a SQLite file (a run file, or a database load() then names)."""
+    from vizgrad.store import is_sqlite_file
+
+    return is_sqlite_file(path)
 
 
 def _is_run_target(target: Path) -> bool:
@@ -199,11 +212,11 @@ def _check_writable(output: Path, fmt: str) -> None:
         raise OutputError(f"cannot write {output}: permission denied; choose another -o")
 
 
-def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Path | None, options: dict[str, Any],
-                     quiet: bool, fail_on: Sequence[str] = ()) -> None:
-    from vizgrad import store
+def _render_run_file(export: Any, targets: Sequence[Path], output: Path, fmt: str, save: Path | None,
+                     options: dict[str, Any], quiet: bool, fail_on: Sequence[str] = ()) -> None:
+    from vizgrad import merge, store
 
-    run = store.load(target)
+    run = store.load(targets[0]) if len(targets) == 1 else merge.load_ranks(targets)
     _escape_names(run.meta)
     try:
         if save is not None:
@@ -212,7 +225,7 @@ def _render_run_file(export: Any, target: Path, output: Path, fmt: str, save: Pa
         _fail_on(run, fail_on, f"wrote {_written(written, fmt)}")
         _say(quiet, f"wrote {_written(written, fmt)} ({_contents(fmt, written, len(run.steps), options)})")
     finally:
-        run.store.disconnect()
+        _disconnect(run)
 
 
 def _escape_names(meta: dict[str, Any]) -> None:
@@ -242,22 +255,93 @@ def _render_script(export: Any, script: Path, args: Sequence[str], output: Path,
                 raise CommandError(problem or f"{script} finished without calling backward(), so there is nothing "
                                               "to render; vizgrad records each loss.backward() as one step",
                                    _status(outcome))
+            place = run.meta.get("distributed")
+            if place is not None:  # one rank of a torchrun job: rank 0 draws them all
+                if place["rank"] != 0:
+                    _say(quiet, f"rank {place['rank']}: wrote run file {run.store.path}; rank 0 writes {output}")
+                    return
+                run.store.disconnect()
+                run = _merged_ranks(run_path, place, quiet)
+                count = len(run.steps)
             written = export.export(run, output, fmt, **options)
-            wrote = f"wrote {_written(written, fmt)}" + (f" and run file {save}" if save is not None else "")
+            kept = save if place is None else ranks.rank_path(save, 0).name.replace(".rank0", ".rank*") \
+                if save is not None else None
+            wrote = f"wrote {_written(written, fmt)}" + (f" and run file {kept}" if kept is not None else "")
             if problem is not None:
                 raise CommandError(f"{problem}; {wrote} ({_contents(fmt, written, count, options, before=True)})",
                                    _status(outcome))
             _fail_on(run, fail_on, wrote)
             _say(quiet, f"{wrote} ({_contents(fmt, written, count, options)})")
         finally:
-            run.store.disconnect()
+            _disconnect(run)
+
+
+def _disconnect(run: Any) -> None:
+    """Lets go of a run's file (each rank's, for a merged run)."""
+    from vizgrad.merge import RankedRun
+
+    for each in run.ranks.values() if isinstance(run, RankedRun) else (run,):
+        each.store.disconnect()
+
+
+#: How long rank 0 of a torchrun job waits for the other ranks' run files to be complete, in seconds.
+RANK_WAIT = float(os.environ.get("VIZGRAD_RANK_WAIT", "120"))
+
+
+def _merged_ranks(run_path: Path, place: dict[str, Any], quiet: bool) -> Any:
+    """Rank 0's end of a torchrun job: waits for the ranks' files on this host to be complete, then merges them.
+
+    A rank whose file does not appear (another host) or stays incomplete
+    (it died) within :data:`RANK_WAIT` seconds is merged as it is, or named
+    missing in the report.
+    """
+    from vizgrad import merge, store
+
+    paths = [ranks.rank_path(run_path, rank) for rank in range(int(place["world_size"]))]
+    deadline = time.monotonic() + RANK_WAIT
+    waiting = [path for path in paths[1:]]
+    if waiting:
+        _say(quiet, f"rank 0: waiting for the run files of {len(waiting)} more rank(s)")
+    while waiting and time.monotonic() < deadline:
+        waiting = [path for path in waiting if not _complete(store, path)]
+        if waiting:
+            time.sleep(0.2)
+    return merge.load_ranks([path for path in paths if path.exists()])
+
+
+def _complete(store: Any, path: Path) -> bool:
+    """Whether the run file at ``path`` exists and its recording has ended."""
+    if not path.exists():
+        return False
+    try:
+        run = store.load(path)
+    except VizgradError:  # still being created
+        return False
+    try:
+        return bool(run.complete)
+    finally:
+        run.store.disconnect()
 
 
 @contextlib.contextmanager
 def _run_file(save: Path | None) -> Iterator[Path]:
-    """The run file to record into: ``save``, or a temporary one (so memory stays bounded either way)."""
+    """The run file to record into: ``save``, or a temporary one (so memory stays bounded either way).
+
+    In a torchrun job the temporary file is the job's (every rank of a host
+    finds it), removed by rank 0 once it has merged them.
+    """
     if save is not None:
         yield save
+        return
+    place = ranks.rank_info()
+    if place is not None:
+        folder = Path(tempfile.gettempdir()) / f"vizgrad-{place['job']}"
+        folder.mkdir(exist_ok=True)
+        try:
+            yield folder / "run.vizgrad"
+        finally:
+            if place["rank"] == 0:
+                shutil.rmtree(folder, ignore_errors=True)
         return
     with tempfile.TemporaryDirectory(prefix="vizgrad-") as folder:
         yield Path(folder) / "run.vizgrad"

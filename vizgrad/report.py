@@ -259,6 +259,7 @@ class Report:
                 if self.progress is not None:
                     self.progress(1)
         calls = self._calls(steps, page, cache, scale)
+        ranks = self._ranks(page, cache, scale, states[0])
         views = []
         for state, moves, segments in zip(states, transitions, per_view):
             plan = plan_of(view_of(main, state.options(main, self.view)))
@@ -289,6 +290,7 @@ class Report:
             "findings": [_finding_entry(finding) for finding in self.run.findings()],
             "manual": self._manual(steps),
             "calls": calls,
+            "ranks": ranks,
             "layouts": page.layouts,
             "columns": page.columns,
             "segments": default,
@@ -304,6 +306,8 @@ class Report:
                 "layouts": len(shown_layouts),
                 "params": len(payload_params),
                 "engine": _engine_name(self.engine),
+                "ranks": None if ranks is None else f"{len(ranks['present'])} of {ranks['world_size']} ranks"
+                + (f" (missing: {', '.join(map(str, ranks['missing']))})" if ranks["missing"] else ""),
             },
         }
         return payload, page.svgs
@@ -416,6 +420,33 @@ class Report:
         finally:
             page.segments = shown
         return {"of": of, "segments": segments, "names": names} if names else None
+
+    def _ranks(self, page: _FrameData, cache: Any, scale: ColorScale, first_view: Any) -> dict[str, Any] | None:
+        """For a merged distributed run: each rank's own steps painted in the first view, for the rank picker.
+
+        Frames line up with the shown steps; a rank that stopped early has
+        fewer. The merged frames (the page's own) are the reference rank's
+        gradients with the parameters as the whole job has them.
+        """
+        from vizgrad.merge import RankedRun
+
+        run = self.run
+        if not isinstance(run, RankedRun):
+            return None
+        segments: dict[str, list[dict[str, Any]]] = {}
+        kept = page.segments
+        for rank, rank_run in run.ranks.items():
+            rank_steps = [rank_run.steps[i] for i in self.selected if i < len(rank_run.steps)]
+            page.segments = segments[str(rank)] = []
+            for group in frames.segments(rank_steps):
+                drawn = view_of(group[0].graph, first_view.options(group[0].graph, self.view))
+                page.add_segment(group, drawn, cache.get(drawn), scale, SegmentRows(group))
+        page.segments = kept
+        losses = {str(rank): [None if i >= len(r.steps) or r.steps[i].loss is None else _number(r.steps[i].loss, 6)
+                              for i in self.selected] for rank, r in run.ranks.items()}
+        return {"present": list(run.ranks), "world_size": run.world_size, "missing": run.missing, "loss": losses,
+                "partial": run.partial, "reference": min(run.ranks), "segments": segments,
+                "hosts": {str(rank): r.meta.get("distributed", {}).get("host") for rank, r in run.ranks.items()}}
 
     @staticmethod
     def _manual(steps: Sequence[Any]) -> dict[str, Any] | None:

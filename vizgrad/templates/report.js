@@ -580,6 +580,12 @@ async function inflateText(packed) {
   }
 
   function paint(pos) {
+    if (pos >= FRAMES.length) {   // a rank whose recording stopped before this step: show the merged one
+      views.say("rank " + ranks.picked() + " recorded no step " + XS[pos] + " (its recording stopped); " +
+        "this is rank " + DATA.ranks.reference + "'s");
+      paintFrame(framesOfView(0).at(pos));
+      return;
+    }
     paintFrame(FRAMES.at(pos));
   }
 
@@ -825,6 +831,7 @@ async function inflateText(packed) {
         htmlEl("td", bad ? "vg-bad" : null, value, tr);
       };
       row("step", String(XS[pos]));
+      if (DATA.ranks) rankRows(pos, row);
       if (!stats || stats[0] === null) {
         row("gradient", !here ? "not in this step's graph shape" : i < 0 ? "not tracked (saved tensor)" : "none flowed here");
         return;
@@ -842,6 +849,21 @@ async function inflateText(packed) {
       row("NaN count", String(stats[4]), stats[4] > 0);
       row("Inf count", String(stats[5]), stats[5] > 0);
     };
+
+    /** The spread of the node's gradient norm across the ranks of a distributed job, and each rank's. */
+    function rankRows(pos, row) {
+      const per = DATA.ranks.present.map((k) => {
+        const F = ranks.frames(k);
+        if (pos >= F.length || F.layoutAt(pos) !== self.layout) return [k, undefined];
+        const j = layouts[self.layout].meta.painted.indexOf(self.node);
+        return [k, j < 0 ? undefined : num(statsOf(F.at(pos)[3], j)[0])];
+      });
+      const known = per.map((p) => p[1]).filter((v) => typeof v === "number").sort((a, b) => a - b);
+      if (!known.length) return;
+      const mid = known.length % 2 ? known[(known.length - 1) / 2] : (known[known.length / 2 - 1] + known[known.length / 2]) / 2;
+      row("ranks: min · median · max", fmt(known[0]) + " · " + fmt(mid) + " · " + fmt(known[known.length - 1]));
+      per.forEach(([k, v]) => row("rank " + k + " ‖g‖", v === undefined ? "–" : fmt(v)));
+    }
 
     self.rerender = function () { if (chart) { chart.render(); chart.setPos(player.pos()); } };
     $("inspector-close").addEventListener("click", self.close);
@@ -1334,8 +1356,9 @@ async function inflateText(packed) {
       label.textContent = String(XS[pos]);
       label.setAttribute("data-step", String(XS[pos]));
       const loss = $("loss-value");
-      loss.textContent = fmt(DATA.loss[pos]);
-      loss.classList.toggle("vg-bad", typeof DATA.loss[pos] === "string");   // NaN or Inf
+      const losses = ranks.picked() === null ? DATA.loss : DATA.ranks.loss[String(ranks.picked())];   // a rank's own
+      loss.textContent = fmt(losses[pos]);
+      loss.classList.toggle("vg-bad", typeof losses[pos] === "string");   // NaN or Inf
       if (DATA.loop) $("iteration-label").textContent = String(DATA.loop.iteration[pos]);
       calls.update(pos);
       const clip = clipAt.get(pos), badge = $("clip-badge");
@@ -1479,6 +1502,7 @@ async function inflateText(packed) {
       }
       currentView = v;
       FRAMES = framesOfView(v);
+      ranks.reset();   // other ranks are drawn in the first view only
       player.seek(player.pos());
       const now = layouts[mounted];
       const found = anchor && now.modules ? byName(now.modules.keys(), anchor) : undefined;
@@ -1554,7 +1578,8 @@ async function inflateText(packed) {
       const v = VIEWS.findIndex((V) => same(V.expand, expand) && same(V.collapse, collapse) && same(V.unfold, unfold));
       const step = Number(params.get("step"));
       const pos = params.has("step") ? XS.findIndex((x) => x === step) : -1;
-      return { view: v, expand: expand, collapse: collapse, unfold: unfold, pos: pos, focus: params.get("focus") };
+      return { view: v, expand: expand, collapse: collapse, unfold: unfold, pos: pos, focus: params.get("focus"),
+        rank: params.has("rank") ? Number(params.get("rank")) : null };
     }
 
     /** Reaches the view a link names by its clicks, when it is not one of the prepared views as it is. */
@@ -1576,6 +1601,7 @@ async function inflateText(packed) {
       if (V.collapse.length) parts.push("collapse=" + V.collapse.map(encodeURIComponent).join(","));
       if (V.unfold.length) parts.push("unfold=" + V.unfold.map(encodeURIComponent).join(","));
       if (inspector.node !== null) parts.push("focus=" + encodeURIComponent(inspector.node));
+      if (ranks.picked() !== null) parts.push("rank=" + ranks.picked());
       try { history.replaceState(null, "", "#" + parts.join("&")); } catch (error) { /* a sandboxed frame */ }
     }
 
@@ -1590,6 +1616,7 @@ async function inflateText(packed) {
           await views.show(0);
           views.say("the view in the link was not prepared in this report; showing the first view");
         }
+        if (target.rank !== null) await ranks.pick(target.rank);
         if (target.focus) inspector.open(target.focus);
       } finally {
         writing = false;
@@ -1598,6 +1625,35 @@ async function inflateText(packed) {
 
     window.addEventListener("hashchange", () => { apply(); });
     return { read: read, write: write, apply: apply };
+  })();
+
+  // ------------------------------------------------------------------ ranks of a distributed job: which one is drawn
+  const ranks = (function () {
+    const R = DATA.ranks;
+    if (!R) return { pick: async () => false, picked: () => null, reset: () => {}, frames: () => null };
+    const box = $("rank-box"), picker = $("rank-picker");
+    box.hidden = false;
+    const made = {};
+    const frames = (k) => made[k] || (made[k] = framesOf(R.segments[String(k)]));
+    const option = (value, text) => { const o = htmlEl("option", null, text, picker); o.value = value; };
+    const missing = R.missing.length ? " (rank" + (R.missing.length > 1 ? "s " : " ") + R.missing.join(", ") + " missing)" : "";
+    option("", "all: " + R.present.length + " of " + R.world_size + missing);
+    R.present.forEach((k) => option(String(k), "rank " + k + (R.partial.includes(k) ? " (stopped early)" : "") +
+      (R.hosts[String(k)] ? " · " + R.hosts[String(k)] : "")));
+    let picked = null;
+    /** Draws rank k's own gradients (null: the merged steps, rank R.reference's with the job's parameter norms). */
+    async function pick(k) {
+      if (k !== null && !R.present.includes(k)) return false;
+      if (k !== null && currentView !== 0) await views.show(0);
+      picked = k;
+      picker.value = k === null ? "" : String(k);
+      FRAMES = k === null ? framesOfView(currentView) : frames(k);
+      player.seek(player.pos());
+      hash.write();
+      return true;
+    }
+    picker.addEventListener("change", () => { pick(picker.value === "" ? null : Number(picker.value)); });
+    return { pick: pick, picked: () => picked, frames: frames, reset: () => { picked = null; picker.value = ""; } };
   })();
 
   // ------------------------------------------------------------------ findings: a click goes to the step and the node
@@ -1674,6 +1730,8 @@ async function inflateText(packed) {
     flow: flow,
     /** Goes to finding k (0-based, as listed): its step, its module opened, its node highlighted. */
     finding: (k) => findings.go(Number(k)),
+    /** Draws rank k's gradients (a merged distributed run), or the merged steps for null. */
+    rank: (k) => ranks.pick(k === null ? null : Number(k)),
     /** Shows the graph of the current step's torch.autograd.grad call k (0-based), or its backward() graph for null. */
     call: (k) => (k === null ? calls.show(null) : calls.show((DATA.calls ? DATA.calls.of[player.pos()] || [] : [])[k])),
     state: () => views.state(),
