@@ -251,3 +251,30 @@ def test_render_merges_the_ranks_files_and_refuses_to_save_them_as_one(ddp_files
     assert out.exists() and "2 of 2 ranks" in out.read_text()
     refused = CliRunner().invoke(cli, ["render", *files, "--save", str(tmp_path / "x.vizgrad")])
     assert refused.exit_code == 2 and "the ranks' files are merged as they are" in refused.stderr
+
+
+def _dtensor_worker(rank: int, port: int, folder: str) -> None:
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+    _join(rank, port)
+    mesh = init_device_mesh("cpu", (WORLD,))
+    torch.manual_seed(0)
+    w = distribute_tensor(torch.randn(4, 3), mesh, [Shard(0)]).requires_grad_()
+    x = distribute_tensor(torch.randn(3, 2), mesh, [Replicate()])
+    with vizgrad.record(params={"w": w}, save=os.path.join(folder, "dt.vizgrad")):
+        for _ in range(2):
+            (w @ x).tanh().sum().full_tensor().backward()  # DTensor gradients all through the graph
+    dist.destroy_process_group()
+
+
+def test_dtensor_gradients_are_summarised_from_local_parts_and_merge_to_the_full_norm(tmp_path):
+    assert _spawn(_dtensor_worker, tmp_path) == [0, 0]
+    merged = vizgrad.load_ranks(sorted(tmp_path.glob("dt.rank*.vizgrad")))
+    assert merged.sharded == {"w"}
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, requires_grad=True)  # the oracle: the same tensors, whole, on one process
+    x = torch.randn(3, 2)
+    for step in merged.steps:
+        (w @ x).tanh().sum().backward()
+        assert step.param_stats("w")["norm"] == pytest.approx(float(w.grad.norm()), rel=1e-5)
+        assert [s.param_grad_stats("w")["numel"] for s in step.rank_steps.values()] == [6, 6]  # each rank's shard

@@ -10,7 +10,8 @@ from typing import Any, Container, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 
-__all__ = ["Binding", "caller_scope", "leaf_names", "scope_dicts", "variable_names", "explicit_names", "InferredLeafNames"]
+__all__ = ["Binding", "caller_scope", "leaf_names", "scope_dicts", "variable_names", "explicit_names", "explicit_pairs",
+           "InferredLeafNames"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _VIZGRAD_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -118,13 +119,23 @@ def explicit_names(
     params: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | torch.nn.Module,
 ) -> dict[int, str]:
     """Tensor id -> name from ``params``: a mapping, ``named_parameters()`` pairs or a module."""
+    names: dict[int, str] = {}
+    for name, tensor in explicit_pairs(params):
+        names.setdefault(id(tensor), name)
+    return names
+
+
+def explicit_pairs(
+    params: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | torch.nn.Module,
+) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` pairs from ``params``, checked: a mapping, ``named_parameters()`` pairs or a module."""
     if isinstance(params, torch.nn.Module):
         pairs: Iterable[tuple[str, Any]] = params.named_parameters()
     elif isinstance(params, Mapping):
         pairs = params.items()
     else:
         pairs = params
-    names: dict[int, str] = {}
+    out: list[tuple[str, torch.Tensor]] = []
     usage = "params must map names to tensors, e.g. {'w': w} or model.named_parameters()"
     if isinstance(pairs, (str, bytes, torch.Tensor)) or not isinstance(pairs, Iterable):
         raise TypeError(f"{usage}; got {type(params).__name__}")
@@ -135,8 +146,8 @@ def explicit_names(
             raise TypeError(usage) from None
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"params[{name!r}] is a {type(tensor).__name__}, not a torch.Tensor")
-        names.setdefault(id(tensor), str(name))
-    return names
+        out.append((str(name), tensor))
+    return out
 
 
 def leaf_names(params: Any, scope: Sequence[Binding]) -> dict[int, str]:

@@ -291,7 +291,10 @@ class Recorder:
         self.on_step = list(on_step)
         self.grad_calls = bool(grad_calls)
         self._calls: list[Step] = []  # torch.autograd.grad calls waiting for the backward() they belong to
-        self._explicit_names = naming.explicit_names(params) if params is not None else None
+        pairs = naming.explicit_pairs(params) if params is not None else []
+        self._explicit_names = {id(t): name for name, t in reversed(pairs)} if params is not None else None
+        #: Parameters sharded across ranks (DTensors): a merged run adds their shards up.
+        self._sharded = sorted({name for name, tensor in pairs if ranks.is_sharded(tensor)})
         # A model sharded with FSDP2 computes with unsharded copies of its parameters: the graph's leaves.
         self._fsdp_model = params if isinstance(params, torch.nn.Module) and any(
             hasattr(sub, "_get_fsdp_state") for sub in params.modules()) else None
@@ -330,6 +333,8 @@ class Recorder:
         if self.activations:
             modules.check_activations(True)
         self.run._recording += 1
+        if self._sharded:
+            self.run.meta["sharded"] = self._sharded
         _patches.add(self)
 
     def stop(self) -> None:
@@ -486,7 +491,7 @@ class Recorder:
         shards = ranks.fsdp_shards(self._fsdp_model)
         self._shard_of = {key: sharded for key, (sharded, _) in shards.items()}
         self._explicit_names.update({key: name for key, (_, name) in shards.items()})  # type: ignore[union-attr]
-        sharded = sorted(name for sharded_param, name in shards.values() if ranks.is_sharded(sharded_param))
+        sharded = sorted(set(self._sharded) | {name for param, name in shards.values() if ranks.is_sharded(param)})
         if sharded and self.run.meta.get("sharded") != sharded:
             self.run.meta["sharded"] = sharded  # merged runs add these parameters' shards up
 
