@@ -117,6 +117,12 @@ def test_each_rank_writes_its_own_file_with_its_place_in_the_job(ddp_files):
         assert (place["rank"], place["world_size"], place["local_rank"], place["backend"]) == (rank, 2, rank, "gloo")
         assert place["host"] == socket.gethostname() and len(place["job"]) == 12
         assert len(run.steps) == STEPS and run.complete
+        from click.testing import CliRunner
+
+        from vizgrad.cli import cli
+
+        info = CliRunner().invoke(cli, ["info", str(ddp_files / f"ddp.rank{rank}.vizgrad")])
+        assert f"rank:       {rank} of 2 (gloo, {socket.gethostname()})" in info.output
 
 
 def test_ddp_local_gradients_differ_and_parameter_grads_are_the_all_reduced_mean(ddp_files):

@@ -486,6 +486,11 @@ def describe(run: Any, path: Path) -> Iterator[str]:
     for key in ("title", "script"):
         if run.meta.get(key):
             lines.append(f"{key + ':':<11} {run.meta[key]}")
+    place = run.meta.get("distributed")
+    if isinstance(place, dict):
+        where = ", ".join(str(place[key]) for key in ("backend", "host") if place.get(key))
+        lines.append(f"rank:       {place.get('rank')} of {place.get('world_size')}"
+                     + (f" ({where})" if where else "") + "; vizgrad render run.rank*.vizgrad merges the ranks")
     yield from lines
     if count:
         yield from _gradient_lines(run)
