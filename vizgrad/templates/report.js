@@ -2,7 +2,9 @@
    Data from the run is only ever written with textContent / setAttribute, never parsed as HTML. */
 /** The text of a gzip+base64 element (a big report's data, another view's layout), inflated by the browser. */
 async function inflateText(packed) {
-  const bytes = Uint8Array.from(atob(packed.trim()), (c) => c.charCodeAt(0));
+  const text = atob(packed.trim());
+  const bytes = new Uint8Array(text.length);   // a plain loop: Uint8Array.from with a map callback is ~10x slower
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
   return new Response(stream).text();
 }
