@@ -72,6 +72,8 @@ class RankedStep(Step):
 
     def _merged_table(self) -> GradTable:
         base = self.reference.table
+        if not self._sharded:  # DDP: every parameter's .grad is already the job's (all-reduced)
+            return base
         rows = base.rows.copy()
         index = base.index
         for name in self._sharded:
