@@ -58,24 +58,21 @@ def zero_counts(names: Sequence[str], variables: Sequence[torch.Tensor]) -> dict
     return {name: count for name, count in counts.items() if count}
 
 
-def forward_origin(noted: Sequence[tuple[int, Any, Any, int]], log: Any, live: Any) -> dict[str, Any] | None:
-    """The first module call of this step's forward whose output was non-finite, with that output's node.
+def forward_origin(noted: Sequence[tuple[Any, Any, int]], live: Any) -> dict[str, Any] | None:
+    """The node of the first module output of this step's forward that was non-finite, and which output it is.
 
     Only outputs that are part of the step's graph count (a validation
     forward between two steps is not this step's).
     """
-    for call, finite, fn, output in noted:
+    for finite, fn, output in noted:
         if fn is None or bool(finite):
             continue
         try:
-            node = live._find(fn)
-        except Exception:  # a node of another graph, or one torch will not name
+            node = live.node_id_of_fn(fn)
+        except Exception:  # a node torch will not name
             node = None
-        if node is None:
-            continue
-        module = log.module(call)
-        return {"call": call, "node": node, "output": output,
-                "type": type(module).__name__ if module is not None else "module"}
+        if node is not None:
+            return {"node": node, "output": output}
     return None
 
 

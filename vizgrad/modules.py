@@ -51,9 +51,9 @@ class CallLog:
 
     def __init__(self, epoch: int = 0) -> None:
         self.epoch = epoch  # the installation of the wrapper it was made under
-        #: ``(call, finite flag, output's grad_fn, its output number)`` per module output since the
-        #: thread's last backward(), while activations are checked (``record(activations=True)``); else None.
-        self.activations: list[tuple[int, Any, Any, int]] | None = None
+        #: ``(finite flag, output's grad_fn, its output number)`` per module output since the thread's
+        #: last backward(), while activations are checked (``record(activations=True)``); else None.
+        self.activations: list[tuple[Any, Any, int]] | None = None
         self.clear()
 
     def clear(self) -> None:
@@ -67,7 +67,7 @@ class CallLog:
         self.stack: list[int] = []  # open calls, innermost last
         self.base = 0
 
-    def enter(self, module: Any, caller: Any) -> int:
+    def enter(self, module: Any, caller: Any) -> None:
         """Notes a call of ``module`` made from frame ``caller`` (its code and line are kept, not the frame)."""
         call = self.base + len(self.calls)
         stack = self.stack
@@ -80,7 +80,6 @@ class CallLog:
         self.owners.append(call)
         if len(self.calls) > 2 * MAX_CALLS:
             self._prune()
-        return call
 
     def leave(self, module: Any) -> None:
         stack = self.stack
@@ -132,16 +131,16 @@ class CallLog:
             return None
         return f"{filename}:{line}"
 
-    def note_output(self, call: int, output: Any) -> None:
+    def note_output(self, output: Any) -> None:
         """Notes whether a module call's output is finite (a flag tensor: no host sync until it is asked)."""
         for tensor in _tensors_of(output):
             if tensor.is_floating_point() or tensor.is_complex():
-                self.activations.append((call, torch.isfinite(tensor.detach()).all(), tensor.grad_fn,  # type: ignore[union-attr]
+                self.activations.append((torch.isfinite(tensor.detach()).all(), tensor.grad_fn,  # type: ignore[union-attr]
                                          tensor.output_nr))
         if len(self.activations) > MAX_CALLS:  # type: ignore[arg-type]
             del self.activations[:MAX_CALLS // 2]  # type: ignore[index]
 
-    def take_activations(self) -> list[tuple[int, Any, Any, int]]:
+    def take_activations(self) -> list[tuple[Any, Any, int]]:
         """The output checks noted since the last call (for the backward() starting now)."""
         taken, self.activations = self.activations or [], ([] if self.activations is not None else None)
         return taken
@@ -209,13 +208,13 @@ def _logged_call(original: Callable[..., Any]) -> Callable[..., Any]:
         if _is_compiling():  # torch.compile tracing: the region becomes one node, of the compiled module's call
             return original(self, *args, **kwargs)
         log = _thread_log()
-        call = log.enter(self, sys._getframe(1))
+        log.enter(self, sys._getframe(1))
         try:
             output = original(self, *args, **kwargs)
         finally:
             log.leave(self)
         if log.activations is not None:
-            log.note_output(call, output)
+            log.note_output(output)
         return output
 
     __call__.__wrapped__ = original  # type: ignore[attr-defined]

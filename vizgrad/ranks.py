@@ -16,9 +16,9 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["rank_info", "rank_path", "job_id", "local_part", "is_sharded", "dtensor_type", "local_parts", "RANK_PATTERN",
+__all__ = ["rank_info", "rank_path", "job_id", "is_sharded", "dtensor_type", "local_parts", "RANK_PATTERN",
            "fsdp_shards"]
 
 #: What a per-rank run file name holds before its suffix: ``run.rank0.vizgrad``.
@@ -89,7 +89,7 @@ def dtensor_type() -> type | None:
     return getattr(module, "DTensor", None) if module is not None else None
 
 
-def local_parts(values: list[Any]) -> list[Any]:
+def local_parts(values: Sequence[Any]) -> Sequence[Any]:
     """``values`` with each DTensor replaced by this rank's local part: summaries never gather (no collective)."""
     dtensor = dtensor_type()
     if dtensor is None:
@@ -129,11 +129,3 @@ def is_sharded(tensor: Any) -> bool:
     """Whether ``tensor`` is a DTensor sharded over some mesh dimension (each rank holds a part of it)."""
     placements = getattr(tensor, "placements", None)
     return placements is not None and any(placement.is_shard() for placement in placements)
-
-
-def local_part(tensor: Any) -> Any:
-    """What this rank holds of ``tensor``: a DTensor's local shard (never gathered), any other tensor itself."""
-    to_local = getattr(tensor, "to_local", None)
-    if to_local is not None and getattr(tensor, "placements", None) is not None:
-        return to_local()
-    return tensor

@@ -238,14 +238,14 @@ def _check_arguments(keep: Any, hold: Any, live_steps: Any, saved: Any, on_step:
 class _StepWork:
     """One step in flight: what was traced and hooked before ``backward()``, for the bookkeeping after."""
 
-    __slots__ = ("graph", "live", "plan", "hooked", "roots", "seeds", "capture", "reducer", "starts", "log", "noted")
+    __slots__ = ("graph", "live", "plan", "hooked", "roots", "seeds", "capture", "reducer", "starts", "noted")
 
     def __init__(self, graph: Graph, live: LiveMap, plan: _GraphPlan, hooked: Sequence[Any],
                  roots: Sequence[torch.Tensor], seeds: Any, capture: NodeCapture, reducer: Reducer | None,
-                 log: Any = None, noted: Sequence[Any] = ()) -> None:
+                 noted: Sequence[Any] = ()) -> None:
         self.graph, self.live, self.plan, self.hooked = graph, live, plan, hooked
         self.roots, self.seeds, self.capture, self.reducer = roots, seeds, capture, reducer
-        self.log, self.noted = log, noted  # the thread's module calls, and their outputs' finite checks
+        self.noted = noted  # the finite checks of the module outputs of this step's forward
         # The roots' nodes learn the backward's graph task (leaves' own hooks cannot share their node).
         self.starts = [root.grad_fn for root in roots if root.grad_fn is not None]
 
@@ -484,7 +484,7 @@ class Recorder:
         reducer = Reducer(self._reduce_limit) if self._reduce_limit < math.inf else None
         log = modules.call_log() if self.activations else None
         noted = log.take_activations() if log is not None else ()
-        return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer, log, noted)
+        return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer, noted)
 
     def _name_fsdp_leaves(self) -> None:
         """Names FSDP2's unsharded parameters after the sharded ones, whose ``.grad`` the optimizer steps."""
@@ -552,7 +552,6 @@ class Recorder:
                 values += self._transposes(None if position.get(source) is None else values[position[source]]
                                            for _, source in plan.transposed)
         self._add_extra_values(values, work, plan)
-        values = ranks.local_parts(values)  # DTensor gradients (tensor parallel): this rank's parts, no collective
         batch, positions = summarize_distinct(values, self.keep, memo=plan.summary_memo)
         if live.structure is not None and not (static and plan.shapes_fit(batch, positions, values)):
             # The graph was found by structure; its ops' shapes differ from (or cannot be
@@ -583,7 +582,7 @@ class Recorder:
         if origins:
             checks["origins"] = origins
         if work.noted and step.loss is not None and not math.isfinite(step.loss):
-            forward = checking.forward_origin(work.noted, work.log, live)
+            forward = checking.forward_origin(work.noted, live)
             if forward is not None:
                 forward["module"] = step.graph.node(forward["node"]).module
                 checks["forward"] = forward
@@ -606,10 +605,8 @@ class Recorder:
         shard_of = self._shard_of
         for at in plan.named_leaves:
             variable = fns[at].variable
-            if shard_of:  # FSDP2: the sharded parameter's value and .grad, as this rank holds them
+            if shard_of:  # FSDP2: the sharded parameter's value and .grad (summaries take this rank's shard)
                 variable = shard_of.get(id(variable), variable)
-                values += ranks.local_parts([variable, variable.grad])
-                continue
             grad = variable.grad
             values += (variable, grad if lookup is None else lookup(grad))
 

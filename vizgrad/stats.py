@@ -384,6 +384,7 @@ def summarize(tensors: Sequence[Any], keep: int | None = 64, *, packed_devices: 
     Returns:
         A :class:`Batch` aligned with ``tensors``.
     """
+    tensors = local_parts(tensors)  # DTensors (FSDP2, tensor parallel): this rank's parts, never a collective
     count = len(tensors)
     limit = math.inf if keep is None else keep
     kept: list[Any] = [None] * count

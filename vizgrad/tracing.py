@@ -186,12 +186,13 @@ class LiveMap:
     def locate(self, tensor: torch.Tensor) -> tuple[str, int]:
         """``(node id, output)`` through which gradient reaches ``tensor`` (its ``grad_fn`` or its accumulator)."""
         fn, output = self.gradient_edge(tensor)
-        node_id = self._find(fn)
+        node_id = self.node_id_of_fn(fn)
         if node_id is None:
             raise LookupError("this tensor is not part of the traced graph (or it does not require grad)")
         return node_id, output
 
-    def _find(self, fn: Any) -> str | None:
+    def node_id_of_fn(self, fn: Any) -> str | None:
+        """The id of the node that is backward node ``fn`` (a tensor's ``grad_fn``), or ``None`` when it is not one."""
         if self.fns is not None:
             entry = self.by_fn.get(id(fn))
             return entry[1] if entry is not None and entry[0] is fn else None
