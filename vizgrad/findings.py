@@ -298,10 +298,15 @@ def _nonfinite(steps: Sequence[Any], collector: _Collector) -> None:
         checks = step.checks or {}
         forward = checks.get("forward")
         graph = step.graph
-        loss_bad = step.loss is not None and not math.isfinite(step.loss)
-        if latest is not None and (forward is not None or checks.get("origins")) and params_nonfinite(step):
+        origins = checks.get("origins")
+        if origins is None and forward is None:  # not noted while recording (an older file): read the rows
+            origins = nonfinite_origins(graph, step.table) if has_nonfinite_gradient(step.table) else None
+        if forward is None and not origins:
+            continue
+        if latest is not None and params_nonfinite(step):
             _repeat(collector.found[latest], step.index)  # an earlier step left NaN in the parameters
             continue
+        loss_bad = step.loss is not None and not math.isfinite(step.loss)
         if forward is not None and loss_bad:
             op, _, where = _node_facts(graph, forward.get("node"))
             module = forward["module"]
@@ -312,16 +317,7 @@ def _nonfinite(steps: Sequence[Any], collector: _Collector) -> None:
                                   f"whose output is non-finite; the loss is {step.loss}.{_bad_params_note(step)}")
             latest = key
             continue
-        origins = checks.get("origins")
-        if origins is None:
-            table = step.table
-            if not has_nonfinite_gradient(table):
-                continue
-            origins = nonfinite_origins(graph, table)
         if not origins:
-            continue
-        if latest is not None and params_nonfinite(step):
-            _repeat(collector.found[latest], step.index)
             continue
         first = origins[0]
         op, module, where = _node_facts(graph, first["node"])
@@ -366,26 +362,25 @@ def _bad_params_note(step: Any) -> str:
 
 def _owner_layers(steps: Sequence[Any]) -> tuple[dict[str, str], list[str], dict[str, str]]:
     """Each named parameter's layer (its module, else itself), the layers in forward order, and a node per layer."""
+    from vizgrad.health import layers_of
+
     layer_of: dict[str, str] = {}
     node_of: dict[str, str] = {}
-    seen: dict[int, None] = {}
-    for step in steps:
-        graph = step.graph
-        if id(graph) in seen:
-            continue
-        seen[id(graph)] = None
-        rank = {info.path: at for at, info in enumerate(graph.modules)}
-        leaves = [node for node in reversed(graph.nodes) if node.kind == "leaf" and node.name is not None]
-        leaves.sort(key=lambda node: rank.get(node.module, len(rank)))  # type: ignore[arg-type]
-        for node in leaves:
-            layer = node.module if node.module is not None else node.name
-            layer_of.setdefault(node.name, layer)  # type: ignore[arg-type]
-            node_of.setdefault(layer, node.id)  # type: ignore[arg-type]
+    for graph in {id(step.graph): step.graph for step in steps}.values():
+        leaves: dict[str, Any] = {}  # name -> its leaf node, the one nearest the inputs
+        for node in reversed(graph.nodes):
+            if node.kind == "leaf" and node.name is not None:
+                leaves.setdefault(node.name, node)
+        for name in layers_of(graph, by="param").names:  # the parameters in their modules' forward order
+            node = leaves[name]
+            layer = node.module if node.module is not None else name
+            layer_of.setdefault(name, layer)
+            node_of.setdefault(layer, node.id)
     layers = list(dict.fromkeys(layer_of.values()))
     return layer_of, layers, node_of
 
 
-def _layer_rms(steps: Sequence[Any]) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, str]]:
+def _layer_rms(steps: Sequence[Any]) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, str], dict[str, str]]:
     """Per step and layer: gradient RMS, and per step the total parameter gradient norm."""
     from vizgrad.health import grad_flow
 
@@ -408,7 +403,7 @@ def _layer_rms(steps: Sequence[Any]) -> tuple[list[str], np.ndarray, np.ndarray,
     with np.errstate(invalid="ignore", divide="ignore"):
         rms = np.where(present & (numel > 0), np.sqrt(squares) / np.sqrt(numel), np.nan)
         total = np.where(present.any(axis=1), np.sqrt(squares.sum(axis=1)), np.nan)
-    return layers, rms, total, node_of
+    return layers, rms, total, node_of, layer_of
 
 
 def _persistent(flags: np.ndarray, known: np.ndarray, thresholds: Thresholds) -> bool:
@@ -420,7 +415,7 @@ def _layer_findings(steps: Sequence[Any], collector: _Collector, thresholds: Thr
     """Vanishing and exploding layers (relative to the loss end), jumps of the total norm, dead layers."""
     if not steps:
         return
-    layers, rms, total, node_of = _layer_rms(steps)
+    layers, rms, total, node_of, layer_of = _layer_rms(steps)
     indices = [step.index for step in steps]
     graph_of: dict[str, Any] = {}  # a graph holding each layer's node, for its facts
     for graph in {id(step.graph): step.graph for step in steps}.values():
@@ -457,7 +452,7 @@ def _layer_findings(steps: Sequence[Any], collector: _Collector, thresholds: Thr
                            f"the {'smallest' if kind == 'vanishing' else 'largest'} ratio is {worst:.3g}",
                 "layers": [layers[j] for j in affected], "ratio": worst, "threshold": limit}
     _jumps(steps, indices, total, collector, thresholds)
-    _dead(steps, collector, thresholds, graph_of, node_of)
+    _dead(steps, collector, thresholds, graph_of, node_of, layer_of)
 
 
 def _jumps(steps: Sequence[Any], indices: list[int], total: np.ndarray, collector: _Collector,
@@ -488,12 +483,11 @@ _SPARSE_BY_DESIGN = ("Embedding", "EmbeddingBag")
 
 
 def _dead(steps: Sequence[Any], collector: _Collector, thresholds: Thresholds, graph_of: Mapping[str, Any],
-          node_of: Mapping[str, str]) -> None:
+          node_of: Mapping[str, str], layer_of: Mapping[str, str]) -> None:
     """Layers whose parameter gradients are exactly zero on most elements, on most steps (dead ReLU units)."""
     zero: dict[str, list[int]] = {}
     judged: dict[str, int] = {}
     fraction: dict[str, float] = {}
-    layer_of: dict[str, str] = {}
     if not any((step.checks or {}).get("zeros") for step in steps):  # none counted (or none zero): nothing dead
         return
     for step in steps:
@@ -503,14 +497,11 @@ def _dead(steps: Sequence[Any], collector: _Collector, thresholds: Thresholds, g
         sums: dict[str, list[float]] = {}
         table = step.table
         for name in table.index.params:
-            if name not in layer_of:
-                layer_of[name] = next((node.module for node in step.graph.nodes
-                                       if node.kind == "leaf" and node.name == name and node.module is not None), name)
             numel = table.numel(("param_grad", name)) if table.has(("param_grad", name)) else 0
             if numel <= 0:
                 continue
             count = zeros.get(name, 0)
-            layer = layer_of[name]
+            layer = layer_of.get(name, name)
             entry = sums.setdefault(layer, [0.0, 0.0])
             entry[0] += count
             entry[1] += numel
