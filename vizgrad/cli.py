@@ -299,7 +299,7 @@ def _merged_ranks(run_path: Path, place: dict[str, Any], quiet: bool) -> Any:
 
     paths = [ranks.rank_path(run_path, rank) for rank in range(int(place["world_size"]))]
     deadline = time.monotonic() + RANK_WAIT
-    waiting = [path for path in paths[1:]]
+    waiting = paths[1:]
     if waiting:
         _say(quiet, f"rank 0: waiting for the run files of {len(waiting)} more rank(s)")
     while waiting and time.monotonic() < deadline:

@@ -284,7 +284,7 @@ class Report:
             "ink": list(INK),
             "colorbar": frames.colorbar(scale),
             "index": [step.index for step in steps],
-            "loss": [None if step.loss is None else _number(step.loss, 6) for step in steps],
+            "loss": _losses(steps),
             "loop": loop,
             "clips": self._clips(steps),
             "findings": [_finding_entry(finding) for finding in self.run.findings()],
@@ -434,6 +434,7 @@ class Report:
         if not isinstance(run, RankedRun):
             return None
         segments: dict[str, list[dict[str, Any]]] = {}
+        losses: dict[str, list[Any]] = {}
         kept = page.segments
         for rank, rank_run in run.ranks.items():
             rank_steps = [rank_run.steps[i] for i in self.selected if i < len(rank_run.steps)]
@@ -441,9 +442,8 @@ class Report:
             for group in frames.segments(rank_steps):
                 drawn = view_of(group[0].graph, first_view.options(group[0].graph, self.view))
                 page.add_segment(group, drawn, cache.get(drawn), scale, SegmentRows(group))
+            losses[str(rank)] = _losses(rank_steps) + [None] * (len(self.selected) - len(rank_steps))
         page.segments = kept
-        losses = {str(rank): [None if i >= len(r.steps) or r.steps[i].loss is None else _number(r.steps[i].loss, 6)
-                              for i in self.selected] for rank, r in run.ranks.items()}
         return {"present": list(run.ranks), "world_size": run.world_size, "missing": run.missing, "loss": losses,
                 "partial": run.partial, "reference": min(run.ranks), "segments": segments,
                 "hosts": {str(rank): r.meta.get("distributed", {}).get("host") for rank, r in run.ranks.items()}}
@@ -563,6 +563,11 @@ class _FrameData:
             "nodes": [self._refer(painted["nodes"].get(node_id)) for node_id in node_ids],
             "edges": [self._refer(painted["edges"].get(edge_key)) for edge_key in edge_keys],
         })
+
+
+def _losses(steps: Sequence[Any]) -> list[Any]:
+    """Each step's loss as the page shows it (6 digits; ``None`` where the roots were not scalars)."""
+    return [None if step.loss is None else _number(step.loss, 6) for step in steps]
 
 
 def _finding_entry(finding: Any) -> dict[str, Any]:

@@ -475,26 +475,22 @@ class RunStore:
 
     def update_data(self, step: Step) -> None:
         """Rewrites the logged data of a step already written (after ``run.log``)."""
-        if not self.writable:
-            raise RecordingError(f"run file {self.path} is closed for writing; log values while recording")
-        with self._lock, self._error_context("write"), _transaction(self._connection):
-            self._connection.execute("UPDATE steps SET data = ? WHERE idx = ?", (_dumps(step.data), step.index))
+        self._rewrite(step, "data", _dumps(step.data), "; log values while recording")
 
     def update_clip(self, step: Step) -> None:
         """Rewrites the clipping record of a step already written."""
-        if not self.writable:
-            raise RecordingError(f"run file {self.path} is closed for writing")
-        with self._lock, self._error_context("write"), _transaction(self._connection):
-            self._connection.execute("UPDATE steps SET clip = ? WHERE idx = ?",
-                                     (None if step.clip is None else _dumps(step.clip), step.index))
+        self._rewrite(step, "clip", None if step.clip is None else _dumps(step.clip))
 
     def update_checks(self, step: Step) -> None:
         """Rewrites the checks of a step already written (a GradScaler's verdict comes after its backward())."""
+        self._rewrite(step, "checks", None if not step.checks else _dumps(step.checks))
+
+    def _rewrite(self, step: Step, column: str, value: str | None, hint: str = "") -> None:
+        """Sets one column (of a fixed few) of a step already written, in a transaction of its own."""
         if not self.writable:
-            raise RecordingError(f"run file {self.path} is closed for writing")
+            raise RecordingError(f"run file {self.path} is closed for writing{hint}")
         with self._lock, self._error_context("write"), _transaction(self._connection):
-            self._connection.execute("UPDATE steps SET checks = ? WHERE idx = ?",
-                                     (None if not step.checks else _dumps(step.checks), step.index))
+            self._connection.execute(f"UPDATE steps SET {column} = ? WHERE idx = ?", (value, step.index))
 
     def write_run_meta(self, meta: Mapping[str, Any] | None, panels: Sequence[Any] | None) -> None:
         """Writes the run's ``meta`` and panels when they changed since last written."""
