@@ -495,26 +495,58 @@ def test_the_url_hash_reopens_a_view_at_a_step(browser, gpt_report: Path):
     reopened.page.close()
 
 
-def test_a_big_graph_paints_what_is_on_screen_first_and_the_rest_soon_after(browser, tmp_path):
+def test_a_big_graph_draws_what_is_on_screen_and_paints_the_rest_as_it_comes_into_view(browser, tmp_path):
     from vizgrad.view import ViewOptions
 
     w = torch.tensor([1.0, 2.0], requires_grad=True)
     with vizgrad.record(params={"w": w}) as run:
         for scale in (1.0, 3.0):
             y = w * scale
-            for _ in range(250):  # 250 ops in a chain: past the size painted by visibility
+            for _ in range(250):  # 250 ops in a chain: past the size drawn by visibility
                 y = y * 1.001
             y.sum().backward()
             w.grad = None
     path = run.report(view=ViewOptions(max_nodes=1000), engine="wasm").save(tmp_path / "chain.html")
     page = Page(browser, path)
     p = page.ready()
-    leaf = 'g.vg-node[data-node="{}"] .vg-val[data-line="1"]'.format(run.steps[0].graph.find("w").id)
+    leaf_group = 'g.vg-node[data-node="{}"]'.format(run.steps[0].graph.find("w").id)
+    leaf = leaf_group + ' .vg-val[data-line="1"]'
+    drawn = "(s) => document.querySelector(s).getClientRects().length > 0"
     before = p.text_content(leaf)
+    # The loss, at the bottom of the first view, is drawn; the parameter, far above it, is not.
+    assert p.evaluate(drawn, "g.vg-node.vg-root") and not p.evaluate(drawn, leaf_group)
+    assert p.evaluate("() => document.querySelectorAll('#stage g.vg-on').length") < 100
     p.click("#last")
-    # The loss (on screen at the first view) is painted at once; the parameter far above it soon after.
     assert p.text_content('g.vg-node.vg-root .vg-val') != "" and call(p, "window.vizgrad.state()")["step"] == 1
+    assert p.text_content(leaf) == before  # hidden: its paint waits
+    p.evaluate(f"() => window.vizgrad.view.centerOn(document.querySelector('{leaf_group}'))")
     wait_until(p, f"document.querySelector('{leaf}').textContent !== {before!r}")
+    assert p.evaluate(drawn, leaf_group) and not p.evaluate(drawn, "g.vg-node.vg-root")
+    revealed = p.text_content(leaf)
+    # Painted on coming into view as it is painted in view: step 0 (w's gradient is 3x smaller), then step 1.
+    p.click("#first")
+    first = p.text_content(leaf)
+    assert first not in (before, revealed)
+    p.click("#last")
+    assert p.text_content(leaf) == revealed
+    norm = lambda text: float(text.split()[-1])  # noqa: E731
+    assert norm(revealed) == pytest.approx(3 * norm(first), rel=1e-3)
+    # The boxes culling reads from the layout are where the browser draws each group.
+    misses = p.evaluate("""() => {
+        const svg = document.querySelector("#stage svg"), k = window.vizgrad.view.get().k;
+        const meta = window.vizgrad.data.layouts[0], groups = svg.querySelectorAll("g.vg-node, g.vg-edge");
+        svg.classList.remove("vg-culled");
+        const s = document.getElementById("stage").getBoundingClientRect(), out = [];
+        groups.forEach((g, i) => {
+            const r = g.getBoundingClientRect(), box = meta.boxes.slice(4 * i, 4 * i + 4).map((v) => v * 4 / 3);
+            const got = [(r.left - s.left) / k, (r.top - s.top) / k, (r.right - s.left) / k, (r.bottom - s.top) / k];
+            const grace = 3;   // whole points, rounded outwards
+            if (got[0] < box[0] - grace || got[1] < box[1] - grace || got[2] > box[2] + grace || got[3] > box[3] + grace
+                || box[2] - box[0] > got[2] - got[0] + 40 || box[3] - box[1] > got[3] - got[1] + 12) out.push([i, got, box]);
+        });
+        return [groups.length, meta.boxes.length, out.slice(0, 3)];
+    }""")
+    assert misses[1] == 4 * misses[0] and misses[0] > 500 and misses[2] == []
     assert page.errors == []
     p.close()
 

@@ -261,7 +261,7 @@ def test_sharing_equal_columns_does_linear_work_on_a_long_chain(monkeypatch):
         return {"nodes": columns, "edges": {}}
 
     monkeypatch.setattr(frames, "paint_segment", paint_segment)
-    layout = SimpleNamespace(key="chain", width=10.0, height=10.0, svg='<svg xmlns="http://www.w3.org/2000/svg"/>')
+    layout = SimpleNamespace(key="chain", width=10.0, height=10.0, boxes=(), svg='<svg xmlns="http://www.w3.org/2000/svg"/>')
     page = report._FrameData()
     CountedFloat.operations = 0
     page.add_segment([SimpleNamespace(graph=graph)] * 2, graph, layout, scale=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html
+import math
 import re
 import xml.etree.ElementTree as ET
 from typing import Any
@@ -51,6 +52,8 @@ _EDGE_ID = re.compile(r"^edge-(.+)-(\d+)-([a-z]+)$")
 _CLUSTER_ID = re.compile(r"^module-(\d+)$")
 _SHAPE_TAGS = {f"{{{_SVG_NS}}}{tag}" for tag in ("polygon", "ellipse", "path")}
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_NUMBER = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_TRANSFORM = re.compile(r"(scale|translate)\(\s*([^)]*)\)")
 _XML_SPACE = "{http://www.w3.org/XML/1998/namespace}space"
 
 
@@ -116,6 +119,11 @@ class Layout:
         width: Width in points (SVG user units), from the ``viewBox``.
         height: Height in points.
         dot: The DOT source.
+        boxes: Where each node and edge ``<g>`` is drawn, in document order
+            (what ``querySelectorAll("g.vg-node, g.vg-edge")`` finds): four
+            numbers per group, left, top, right and bottom in points of the
+            ``viewBox``. The page draws only the groups on screen from them,
+            without measuring the SVG.
     """
 
     key: str
@@ -123,6 +131,7 @@ class Layout:
     width: float
     height: float
     dot: str = dataclasses.field(default="", repr=False)
+    boxes: tuple[int, ...] = dataclasses.field(default=(), repr=False)
     _template: _Template | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
@@ -162,6 +171,8 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
         text.attrib.pop("font-family", None)
         # Runs of spaces are already non-breaking spaces, and frames write those too.
         text.attrib.pop(_XML_SPACE, None)
+    to_view_box = _view_box_transform(root)
+    boxes: list[int] = []
     by_id = graph.by_id
     view = plan_of(graph)
     defaults: list[str] = []
@@ -184,6 +195,7 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
             node = by_id.get(match.group(1)) if match else None
             if node is None:
                 continue
+            boxes.extend(_extent(group, to_view_box))
             box = view.boxes.get(node.id) if view is not None else None
             _prepare_node(group, node, classes, defaults, nodes.setdefault(node.id, _NodeSlots()),
                           box.count if box is not None and box.kind == "fold" else 0)
@@ -192,6 +204,7 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
             if match is None:
                 continue
             src, slot, kind = match.groups()
+            boxes.extend(_extent(group, to_view_box))
             _prepare_edge(group, f"{src}:{slot}", kind, defaults,
                           edges.setdefault(f"{src}:{slot}", _EdgeSlots()) if kind in PAINTED_EDGE_KINDS else None)
     text = ET.tostring(root, encoding="unicode")
@@ -199,7 +212,52 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
     chunks = pieces[0::2]
     order = [int(i) for i in pieces[1::2]]
     template = _Template(chunks, order, defaults, nodes, edges)
-    return Layout(key=key, svg=template.fill(defaults), width=width, height=height, dot=dot, _template=template)
+    return Layout(key=key, svg=template.fill(defaults), width=width, height=height, dot=dot, boxes=tuple(boxes),
+                  _template=template)
+
+
+def _view_box_transform(root: ET.Element) -> tuple[float, float, float, float]:
+    """Scale and offset (sx, sy, tx, ty) that take Graphviz's graph coordinates into its ``viewBox``."""
+    scale, offset = [1.0, 1.0], [0.0, 0.0]
+    graph = next((g for g in root.iter(f"{{{_SVG_NS}}}g") if "graph" in g.get("class", "").split()), None)
+    for name, arguments in _TRANSFORM.findall(graph.get("transform", "") if graph is not None else ""):
+        values = [float(v) for v in _NUMBER.findall(arguments)] or [0.0]
+        if name == "scale":
+            scale = [values[0], values[1] if len(values) > 1 else values[0]]
+        else:
+            offset = [values[0], values[1] if len(values) > 1 else 0.0]
+    # Graphviz writes "scale(..) rotate(0) translate(..)": a point is translated first, then scaled.
+    return scale[0], scale[1], offset[0] * scale[0], offset[1] * scale[1]
+
+
+def _extent(group: ET.Element, to_view_box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """The box around what ``group`` draws (shapes, paths and text), in whole points of the ``viewBox``."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for element in group.iter():
+        tag = element.tag.rpartition("}")[2]
+        if tag in ("polygon", "polyline", "path"):
+            numbers = [float(v) for v in _NUMBER.findall(element.get("points") or element.get("d") or "")]
+            xs.extend(numbers[0::2])
+            ys.extend(numbers[1::2])
+        elif tag == "ellipse":
+            cx, cy = float(element.get("cx", 0)), float(element.get("cy", 0))
+            rx, ry = float(element.get("rx", 0)), float(element.get("ry", 0))
+            xs += [cx - rx, cx + rx]
+            ys += [cy - ry, cy + ry]
+        elif tag == "text":
+            x, y, size = float(element.get("x", 0)), float(element.get("y", 0)), float(element.get("font-size", 14))
+            width = 0.6 * size * len(element.text or "")
+            anchor = element.get("text-anchor", "start")
+            left = x - width / 2 if anchor == "middle" else x - width if anchor == "end" else x
+            xs += [left, left + width]
+            ys += [y - size, y + 0.3 * size]
+    if not xs or not ys:
+        return (0, 0, 0, 0)
+    sx, sy, tx, ty = to_view_box
+    x0, x1 = sorted((min(xs) * sx + tx, max(xs) * sx + tx))
+    y0, y1 = sorted((min(ys) * sy + ty, max(ys) * sy + ty))
+    return (math.floor(x0), math.floor(y0), math.ceil(x1), math.ceil(y1))
 
 
 def _prepare_node(group: ET.Element, node: Node, classes: list[str], defaults: list[str], slots: _NodeSlots,

@@ -528,6 +528,7 @@ class _FrameData:
                            n.module] for n in graph.nodes],
                 "painted": node_ids,
                 "edges": edge_keys,
+                "boxes": layout.boxes,
             })
             self.svgs.append(sanitize_svg(layout.svg))
         return index

@@ -411,6 +411,13 @@ async function inflateText(packed) {
     if (layouts[k].text === undefined && source.tagName !== "TEMPLATE") layouts[k].text = await inflateText(source.textContent);
   }
 
+  // A big layout draws only the groups on (or near) the screen: the others are display:none, so a step
+  // switch restyles, lays out and paints what is seen, not the whole graph (a 1,800-node graph: 150 ms
+  // a switch drawn whole, about 20 ms culled). Where each group is comes from the layout (meta.boxes),
+  // so nothing is measured. A hidden group's paint waits in `pending` until it comes into view.
+  const CULL_ABOVE = 400;   // node and edge groups of a layout past which it is drawn by visibility
+  const FAR_BELOW = 0.3;    // zoom under which a culled layout's text (under 4 px) is not drawn
+
   /** Parses a layout's SVG (once) and finds the elements each step restyles. */
   function prepareLayout(k) {
     const L = layouts[k];
@@ -420,6 +427,17 @@ async function inflateText(packed) {
     L.height = L.meta.h * PT;
     svg.setAttribute("width", L.width.toFixed(1));
     svg.setAttribute("height", L.height.toFixed(1));
+    const groups = Array.from(svg.querySelectorAll("g.vg-node, g.vg-edge"));
+    const boxes = L.meta.boxes || [];
+    // The layout's boxes are in points, one per group in document order; a count that differs (an SVG
+    // that is not the layout's) turns culling off rather than guess.
+    L.culled = groups.length > CULL_ABOVE && boxes.length === 4 * groups.length;
+    L.items = new Map();     // group -> { box (unscaled stage pixels), shown }
+    groups.forEach((g, i) => {
+      const box = L.culled ? boxes.slice(4 * i, 4 * i + 4).map((v) => v * PT) : null;
+      L.items.set(g, { g: g, box: box, shown: !L.culled });
+    });
+    if (L.culled) svg.classList.add("vg-culled");
     const nodeGroups = new Map(), edgeGroups = new Map();
     const add = (map, key, g) => { if (!map.has(key)) map.set(key, []); map.get(key).push(g); };
     // A shared leaf may be drawn once per use: every copy carries the same data-node.
@@ -438,21 +456,25 @@ async function inflateText(packed) {
       const strip = g.querySelector("rect.vg-strip");
       const bars = [];
       g.querySelectorAll("rect.vg-bar").forEach((r) => { bars[Number(r.getAttribute("data-bar"))] = r; });
-      return {
-        g: g, shape: shape, vals: vals, texts: texts, bars: bars, barState: [],
+      const N = {
+        g: g, item: L.items.get(g), shape: shape, vals: vals, texts: texts, bars: bars, barState: [],
         stripBottom: strip ? Number(strip.getAttribute("y")) + Number(strip.getAttribute("height")) : 0,
         stripHeight: strip ? Number(strip.getAttribute("height")) : 0,
         fill0: shape ? shape.getAttribute("fill") : null, ink0: texts.map((t) => t.getAttribute("fill")),
         vals0: vals.map((t) => (t ? t.textContent : "")), fill: undefined, flag: "",
       };
+      N.item.copy = N;
+      return N;
     }));
     L.edges = L.meta.edges.map((key) => (edgeGroups.get(key) || []).map((g) => {
       const path = g.querySelector("path.vg-path");
-      return {
-        g: g, path: path, heads: Array.from(g.querySelectorAll("polygon.vg-head")),
+      const E = {
+        g: g, item: L.items.get(g), path: path, heads: Array.from(g.querySelectorAll("polygon.vg-head")),
         stroke0: path.getAttribute("stroke"), width0: path.getAttribute("stroke-width"),
         color: undefined, width: undefined, flag: "",
       };
+      E.item.copy = E;
+      return E;
     }));
     L.svg = svg;
     return L;
@@ -468,9 +490,58 @@ async function inflateText(packed) {
       mounted = k;
       if (first) view.initial();
       else view.settle();   // another graph shape or view: placed anew unless the reader moved the view
+      cull();
       if (inspector.node !== null) inspector.highlight();
     }
     return L;
+  }
+
+  /** Where group g of the mounted layout is, in unscaled stage pixels: from the layout, else measured. */
+  function boxOf(g) {
+    const item = mounted >= 0 && layouts[mounted].items ? layouts[mounted].items.get(g) : null;
+    if (item && item.box) return item.box;
+    const r = g.getBoundingClientRect(), s = stage.getBoundingClientRect(), k = view.get().k;
+    return [(r.left - s.left) / k, (r.top - s.top) / k, (r.right - s.left) / k, (r.bottom - s.top) / k];
+  }
+
+  // The viewport's size, read when it changes: reading it while a step is painted forces a layout.
+  let viewportSize = null;
+  if (window.ResizeObserver) new ResizeObserver(() => { viewportSize = null; }).observe(viewport);
+
+  /** The part of the stage on screen, widened by `margin` screens on each side, in unscaled stage pixels. */
+  function onScreen(margin) {
+    if (!viewportSize) viewportSize = [viewport.clientWidth, viewport.clientHeight];
+    const v = view.get(), w = viewportSize[0], h = viewportSize[1];
+    return [(-v.x - margin * w) / v.k, (-v.y - margin * h) / v.k, ((1 + margin) * w - v.x) / v.k, ((1 + margin) * h - v.y) / v.k];
+  }
+  const inside = (p, r) => p[2] >= r[0] && p[0] <= r[2] && p[3] >= r[1] && p[1] <= r[3];
+
+  const pending = new Map();   // node or edge copy, hidden -> the paint it waits for
+
+  /**
+   * Shows the culled layout's groups that came near the screen (a fifth of a screen around it), painted
+   * with the step on screen, and hides those that went far (half a screen): panning back and forth at
+   * the edge does not toggle them. Text is not drawn while it would be under 4 pixels.
+   */
+  function cull() {
+    const L = mounted >= 0 ? layouts[mounted] : null;
+    if (!L || !L.culled) return;
+    L.svg.classList.toggle("vg-far", view.get().k < FAR_BELOW);
+    const near = onScreen(0.2), far = onScreen(0.5);
+    for (const item of L.items.values()) {
+      if (!item.shown && inside(item.box, near)) {
+        item.shown = true;
+        item.g.classList.add("vg-on");
+        const copy = item.copy, args = copy ? pending.get(copy) : undefined;
+        if (args) {
+          pending.delete(copy);
+          if (copy.path) paintEdge(copy, ...args); else paintNode(copy, ...args);
+        }
+      } else if (item.shown && !inside(item.box, far)) {
+        item.shown = false;
+        item.g.classList.remove("vg-on");
+      }
+    }
   }
 
   function setFlag(item, flag) {
@@ -533,54 +604,6 @@ async function inflateText(packed) {
     setFlag(E, flag);
   }
 
-  // A big layout is painted where it is on screen first; what lies outside waits (in `pending`) until it
-  // comes into view or the page is idle: a step switch then costs what is seen, not the whole graph's
-  // text layout and style (a 1,500-node graph: ~250 ms a switch in Chromium, painted whole).
-  const CULL_ABOVE = 400;   // painted nodes and edges of a layout past which it is painted by visibility
-
-  /** Where each node and edge copy of a mounted layout is, in unscaled stage pixels (measured once). */
-  function measure(L) {
-    if (L.places) return;
-    const s = stage.getBoundingClientRect(), k = view.get().k;
-    const place = (g) => { const r = g.getBoundingClientRect(); return [(r.left - s.left) / k, (r.top - s.top) / k, (r.right - s.left) / k, (r.bottom - s.top) / k]; };
-    L.places = true;
-    L.nodes.forEach((copies) => copies.forEach((N) => { N.place = place(N.g); }));
-    L.edges.forEach((copies) => copies.forEach((E) => { E.place = place(E.g); }));
-  }
-
-  // The viewport's size, read when it changes: reading it while a step is painted forces a layout.
-  let viewportSize = null;
-  if (window.ResizeObserver) new ResizeObserver(() => { viewportSize = null; }).observe(viewport);
-
-  /** The part of the stage on screen, with a margin of a fifth of a screen, in unscaled stage pixels. */
-  function onScreen() {
-    if (!viewportSize) viewportSize = [viewport.clientWidth, viewport.clientHeight];
-    const v = view.get(), w = viewportSize[0], h = viewportSize[1];
-    return [(-v.x - w / 5) / v.k, (-v.y - h / 5) / v.k, (1.2 * w - v.x) / v.k, (1.2 * h - v.y) / v.k];
-  }
-  const inside = (p, r) => !p || (p[2] >= r[0] && p[0] <= r[2] && p[3] >= r[1] && p[1] <= r[3]);
-
-  const pending = new Map();   // node or edge copy -> the paint it waits for
-  let idle = 0;
-
-  function paintLater(item, args) {
-    pending.set(item, args);
-    if (!idle) idle = setTimeout(paintPending, 120, false);
-  }
-
-  /** Paints what waits: what came on screen (onlySeen), or everything, a slice at a time. */
-  function paintPending(onlySeen) {
-    idle = 0;
-    const r = onScreen(), started = performance.now();
-    for (const [item, args] of pending) {
-      if (onlySeen && !inside(item.place, r)) continue;
-      pending.delete(item);
-      if (item.path) paintEdge(item, ...args); else paintNode(item, ...args);
-      if (!onlySeen && performance.now() - started > 12) break;   // keep the page responsive
-    }
-    if (pending.size && !onlySeen && !idle) idle = setTimeout(paintPending, 30, false);
-  }
-
   function paint(pos) {
     if (pos >= FRAMES.length) {   // a rank whose recording stopped before this step: show the merged one
       views.say("rank " + ranks.picked() + " recorded no step " + XS[pos] + " (its recording stopped); " +
@@ -595,23 +618,20 @@ async function inflateText(packed) {
   function paintFrame(frame) {
     const L = mountLayout(frame[0]);
     const np = frame[1], ep = frame[2], bp = frame[4];
-    const cull = L.nodes.length + L.edges.length > CULL_ABOVE;
-    if (cull) measure(L);
-    const seen = cull ? onScreen() : null;
     for (let k = 0; k < L.nodes.length; k++) {
       const fill = np[3 * k], flag = DATA.flags[np[3 * k + 1]] || "";
       let lines = np[3 * k + 2];
       if (typeof lines === "number") lines = np[3 * lines + 2];   // same lines as an earlier node
       for (const N of L.nodes[k]) {
-        if (!cull || inside(N.place, seen)) { pending.delete(N); paintNode(N, fill, flag, lines, bp[k]); }
-        else paintLater(N, [fill, flag, lines, bp[k]]);
+        if (N.item.shown) { pending.delete(N); paintNode(N, fill, flag, lines, bp[k]); }
+        else pending.set(N, [fill, flag, lines, bp[k]]);
       }
     }
     for (let k = 0; k < L.edges.length; k++) {
       const color = ep[3 * k], width = ep[3 * k + 1], flag = DATA.flags[ep[3 * k + 2]] || "";
       for (const E of L.edges[k]) {
-        if (!cull || inside(E.place, seen)) { pending.delete(E); paintEdge(E, color, width, flag); }
-        else paintLater(E, [color, width, flag]);
+        if (E.item.shown) { pending.delete(E); paintEdge(E, color, width, flag); }
+        else pending.set(E, [color, width, flag]);
       }
     }
   }
@@ -619,10 +639,10 @@ async function inflateText(packed) {
   // ------------------------------------------------------------------ zoom and pan
   const view = (function () {
     let x = 0, y = 0, k = 1;
-    let seenTimer = 0;
+    let cullTimer = 0;
     const apply = () => {
       stage.style.transform = "translate(" + x.toFixed(1) + "px," + y.toFixed(1) + "px) scale(" + k.toFixed(4) + ")";
-      if (pending.size && !seenTimer) seenTimer = requestAnimationFrame(() => { seenTimer = 0; paintPending(true); });
+      if (mounted >= 0 && layouts[mounted].culled && !cullTimer) cullTimer = requestAnimationFrame(() => { cullTimer = 0; cull(); });
     };
     const size = () => (mounted >= 0 ? layouts[mounted] : { width: 100, height: 100 });
     function zoomAt(factor, cx, cy) {
@@ -641,8 +661,8 @@ async function inflateText(packed) {
     }
     /** Where a node's box is, in unscaled stage pixels. */
     function nodeBox(g) {
-      const r = g.getBoundingClientRect(), s = stage.getBoundingClientRect();
-      return { x: (r.left - s.left) / k, y: (r.top - s.top) / k, w: r.width / k, h: r.height / k };
+      const b = boxOf(g);
+      return { x: b[0], y: b[1], w: b[2] - b[0], h: b[3] - b[1] };
     }
     /**
      * The whole graph when it stays readable; else readable size, around the
@@ -654,7 +674,7 @@ async function inflateText(packed) {
       if (whole >= 0.55) { fit(); return; }
       const rootInfo = L.meta ? L.meta.nodes.find((n) => n[2] === "root") : null;
       const rootGroup = rootInfo && L.groups ? (L.groups.get(rootInfo[0]) || [])[0] : null;
-      const box = rootGroup ? nodeBox(rootGroup) : null;   // measured at the current scale
+      const box = rootGroup ? nodeBox(rootGroup) : null;
       k = clamp(Math.min(1, (vw - 2 * pad) / L.width), 0.75, 1);
       if (box) {
         x = vw / 2 - (box.x + box.w / 2) * k;
@@ -687,6 +707,11 @@ async function inflateText(packed) {
         x = viewport.clientWidth / 2 - (b.x + b.w / 2) * k;
         y = viewport.clientHeight / 2 - (b.y + b.h / 2) * k;
         apply();
+      },
+      /** Where the middle of element `g` of the mounted graph is on screen, in viewport pixels. */
+      centerOf: (g) => {
+        const b = nodeBox(g);
+        return { x: x + (b.x + b.w / 2) * k, y: y + (b.y + b.h / 2) * k };
       },
       get: () => ({ x: x, y: y, k: k }),
     };
@@ -1495,7 +1520,7 @@ async function inflateText(packed) {
       let before = null;
       const L = mounted >= 0 ? layouts[mounted] : null;
       const element = anchor && L && L.modules ? L.modules.get(anchor) : null;
-      if (element) { const r = element.getBoundingClientRect(); before = { x: r.left + r.width / 2, y: r.top + r.height / 2 }; }
+      if (element) before = view.centerOf(element);
       try {
         await inflateLayouts(v);
       } catch (error) {
@@ -1510,8 +1535,8 @@ async function inflateText(packed) {
       const found = anchor && now.modules ? byName(now.modules.keys(), anchor) : undefined;
       const after = found !== undefined ? now.modules.get(found) : null;
       if (before && after) {
-        const r = after.getBoundingClientRect();
-        view.panBy(before.x - (r.left + r.width / 2), before.y - (r.top + r.height / 2));
+        const moved = view.centerOf(after);
+        view.panBy(before.x - moved.x, before.y - moved.y);
       }
       hash.write();
       return true;
