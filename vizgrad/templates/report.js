@@ -386,13 +386,19 @@ async function inflateText(packed) {
   const PT = 4 / 3;                           // Graphviz works in points; the page in CSS pixels
   let mounted = -1;
 
-  /** The SVG of layout k: from its <template>, or inflated from its compressed copy (see inflateLayouts). */
+  /**
+   * The SVG of layout k (taken once: prepareLayout keeps it), from its <template> or its inflated copy
+   * (see inflateLayouts), which the HTML parser reads as it reads an inline one: a 3 MB layout in 0.2 s,
+   * where DOMParser's XML and a copy took 0.6 s.
+   */
   function layoutSvg(k) {
+    let holder = $("vg-layout-" + k);
     if (layouts[k].text !== undefined) {
-      const doc = new DOMParser().parseFromString(layouts[k].text, "image/svg+xml");
-      return document.importNode(doc.documentElement, true);
+      holder = document.createElement("template");
+      holder.innerHTML = layouts[k].text;
+      layouts[k].text = undefined;
     }
-    return document.importNode($("vg-layout-" + k).content.querySelector("svg"), true);
+    return document.adoptNode(holder.content.querySelector("svg"));
   }
 
   /** Inflates the compressed layouts view v draws (gzip, in the browser's own DecompressionStream). */
@@ -400,7 +406,7 @@ async function inflateText(packed) {
     const wanted = new Set((v === 0 ? DATA.segments : VIEWS[v].segments).map((seg) => seg.layout));
     for (const k of wanted) {
       const source = $("vg-layout-" + k);
-      if (layouts[k].text !== undefined || source.tagName === "TEMPLATE") continue;
+      if (layouts[k].svg || layouts[k].text !== undefined || source.tagName === "TEMPLATE") continue;
       layouts[k].text = await inflateText(source.textContent);
     }
   }
@@ -408,13 +414,15 @@ async function inflateText(packed) {
   /** Inflates layout k when it came compressed (a torch.autograd.grad call's graph). */
   async function inflateLayout(k) {
     const source = $("vg-layout-" + k);
-    if (layouts[k].text === undefined && source.tagName !== "TEMPLATE") layouts[k].text = await inflateText(source.textContent);
+    if (!layouts[k].svg && layouts[k].text === undefined && source.tagName !== "TEMPLATE") layouts[k].text = await inflateText(source.textContent);
   }
 
-  // A big layout draws only the groups on (or near) the screen: the others are display:none, so a step
-  // switch restyles, lays out and paints what is seen, not the whole graph (a 1,800-node graph: 150 ms
-  // a switch drawn whole, about 20 ms culled). Where each group is comes from the layout (meta.boxes),
-  // so nothing is measured. A hidden group's paint waits in `pending` until it comes into view.
+  // A big layout keeps only the groups on (or near) the screen in the document; each other one is out of
+  // it, a comment holding its place, so a step switch restyles, lays out and paints what is seen, not the
+  // whole graph (a 1,800-node graph: 150 ms a switch drawn whole, about 30 ms culled), and mounting it
+  // styles a few hundred elements, not 25,000 (display:none groups are still styled: 0.5 s). Where each
+  // group is comes from the layout (meta.boxes), so nothing is measured. A hidden group's paint waits in
+  // `pending` until it comes into view.
   const CULL_ABOVE = 400;   // node and edge groups of a layout past which it is drawn by visibility
   const FAR_BELOW = 0.3;    // zoom under which a culled layout's text (under 4 px) is not drawn
 
@@ -437,7 +445,6 @@ async function inflateText(packed) {
       const box = L.culled ? boxes.slice(4 * i, 4 * i + 4).map((v) => v * PT) : null;
       L.items.set(g, { g: g, box: box, shown: !L.culled });
     });
-    if (L.culled) svg.classList.add("vg-culled");
     const nodeGroups = new Map(), edgeGroups = new Map();
     const add = (map, key, g) => { if (!map.has(key)) map.set(key, []); map.get(key).push(g); };
     // A shared leaf may be drawn once per use: every copy carries the same data-node.
@@ -476,9 +483,24 @@ async function inflateText(packed) {
       E.item.copy = E;
       return E;
     }));
+    if (L.culled) {
+      for (const item of L.items.values()) {
+        item.mark = document.createComment("");
+        item.g.replaceWith(item.mark);
+      }
+    }
     L.svg = svg;
     return L;
   }
+
+  /** The elements of the mounted graph that match `selector`, drawn or not (a culled group may be out). */
+  function graphAll(selector) {
+    const L = mounted >= 0 ? layouts[mounted] : null;
+    const found = Array.from(stage.querySelectorAll(selector));
+    if (L && L.culled) for (const item of L.items.values()) if (!item.shown && item.g.matches(selector)) found.push(item.g);
+    return found;
+  }
+  const graphOne = (selector) => stage.querySelector(selector) || graphAll(selector)[0] || null;
 
   function mountLayout(k) {
     const L = prepareLayout(k);
@@ -531,7 +553,7 @@ async function inflateText(packed) {
     for (const item of L.items.values()) {
       if (!item.shown && inside(item.box, near)) {
         item.shown = true;
-        item.g.classList.add("vg-on");
+        item.mark.after(item.g);
         const copy = item.copy, args = copy ? pending.get(copy) : undefined;
         if (args) {
           pending.delete(copy);
@@ -539,7 +561,7 @@ async function inflateText(packed) {
         }
       } else if (item.shown && !inside(item.box, far)) {
         item.shown = false;
-        item.g.classList.remove("vg-on");
+        item.g.remove();
       }
     }
   }
@@ -800,7 +822,7 @@ async function inflateText(packed) {
     }
 
     self.highlight = function () {
-      document.querySelectorAll(".vg-selected").forEach((g) => g.classList.remove("vg-selected"));
+      graphAll(".vg-selected").forEach((g) => g.classList.remove("vg-selected"));
       if (self.node === null || mounted !== self.layout) return;
       (layouts[mounted].groups.get(self.node) || []).forEach((g) => g.classList.add("vg-selected"));
     };
@@ -1144,9 +1166,9 @@ async function inflateText(packed) {
         of its calls (`cell@3`), or its open frame; null when none is on screen. */
     function drawnAs(path) {
       const quoted = CSS.escape(path);
-      const box = stage.querySelector('g.vg-node[data-module="' + quoted + '"]');
+      const box = graphOne('g.vg-node[data-module="' + quoted + '"]');
       if (box) return box;
-      for (const fold of stage.querySelectorAll("g.vg-fold[data-module]")) {
+      for (const fold of graphAll("g.vg-fold[data-module]")) {
         const key = fold.getAttribute("data-module");
         const siblings = /^(.*)\.(\d+)-(\d+)$/.exec(key), calls = /^(.*)@(\d+)-(\d+)$/.exec(key);
         if (calls && (path === calls[1] || path.startsWith(calls[1] + "."))) return fold;
@@ -1155,20 +1177,20 @@ async function inflateText(packed) {
           if (number >= Number(siblings[2]) && number <= Number(siblings[3])) return fold;
         }
       }
-      return stage.querySelector('g.vg-node[data-module^="' + quoted + '@"]') ||
-        stage.querySelector('g.vg-cluster[data-module="' + quoted + '"]');
+      return graphOne('g.vg-node[data-module^="' + quoted + '@"]') ||
+        graphOne('g.vg-cluster[data-module="' + quoted + '"]');
     }
 
     /** Finds layer `k` in the graph on screen: its box, the drawn box around it, or its first node. */
     function focus(k) {
       const name = table.names[k];
-      document.querySelectorAll(".vg-flow-focus").forEach((el) => el.classList.remove("vg-flow-focus"));
+      graphAll(".vg-flow-focus").forEach((el) => el.classList.remove("vg-flow-focus"));
       if (mounted < 0) return false;
       const meta = layouts[mounted].meta;
       let target = null;
       if (table.isParam[k]) {
         const leaf = meta.nodes.find((n) => n[2] === "leaf" && n[3] === name);
-        target = leaf ? stage.querySelector('[data-node="' + CSS.escape(leaf[0]) + '"]') : null;
+        target = leaf ? graphOne('[data-node="' + CSS.escape(leaf[0]) + '"]') : null;
       } else {
         for (let path = name; target === null;) {   // the module, or the nearest module around it that is drawn
           target = drawnAs(path);
@@ -1178,7 +1200,7 @@ async function inflateText(packed) {
         }
         if (!target) {
           const inside = meta.nodes.find((n) => n[5] !== null && n[5] !== undefined && (n[5] === name || n[5].startsWith(name + ".")));
-          target = inside ? stage.querySelector('[data-node="' + CSS.escape(inside[0]) + '"]') : null;
+          target = inside ? graphOne('[data-node="' + CSS.escape(inside[0]) + '"]') : null;
         }
       }
       labels.forEach((row, j) => row.classList.toggle("vg-flow-focus", j === k));
@@ -1720,14 +1742,14 @@ async function inflateText(packed) {
         const parts = f.module.split(".");
         for (let n = 1; n <= parts.length; n++) {
           const path = parts.slice(0, n).join(".");
-          if (stage.querySelector('[data-node="' + CSS.escape(f.node || "") + '"]')) break;
+          if (graphOne('[data-node="' + CSS.escape(f.node || "") + '"]')) break;
           if (!(await views.act("expand", path)) && n > 1) {   // inside a fold of repeats: open the repeats first
             await views.act("unfold", parts.slice(0, n - 1).join("."));
             await views.act("expand", path);
           }
         }
       }
-      const target = f.node ? stage.querySelector('[data-node="' + CSS.escape(f.node) + '"]') : null;
+      const target = f.node ? graphOne('[data-node="' + CSS.escape(f.node) + '"]') : null;
       if (target) {
         inspector.open(f.node);
         view.centerOn(target);
