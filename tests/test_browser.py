@@ -504,13 +504,15 @@ def test_layout_boxes_are_where_the_browser_draws_each_group(browser, layout_eng
 
     if layout_engine == "dot" and shutil.which("dot") is None:
         pytest.skip("needs the system Graphviz dot")
-    cell = torch.nn.LSTMCell(4, 8)
+    from vizgrad.view import ViewOptions, view_of
+
+    model = torch.nn.ModuleDict({"cell": torch.nn.LSTMCell(4, 8), "head": torch.nn.Linear(8, 1)})
     h = c = torch.zeros(2, 8)
-    with vizgrad.record(params=dict(cell.named_parameters())) as run:
+    with vizgrad.record(model) as run:
         for x in torch.randn(6, 2, 4):
-            h, c = cell(x, (h, c))
-        h.sum().backward()
-    graph = run.steps[0].graph
+            h, c = model["cell"](x, (h, c))
+        model["head"](h).sum().backward()
+    graph = view_of(run.steps[0].graph, ViewOptions(max_nodes=1000, fold=False))  # every call a module frame
     layout = frames.LayoutCache(layout_engine).get(graph)
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     page.set_content(f"<html><body style='margin:0'>{layout.svg}</body></html>")
@@ -520,15 +522,16 @@ def test_layout_boxes_are_where_the_browser_draws_each_group(browser, layout_eng
         svg.setAttribute("width", width);
         svg.setAttribute("height", width * svg.viewBox.baseVal.height / svg.viewBox.baseVal.width);
         const s = svg.getBoundingClientRect(), k = s.width / svg.viewBox.baseVal.width;
-        return Array.from(svg.querySelectorAll("g.vg-node, g.vg-edge"), (g) => {
+        return Array.from(svg.querySelectorAll("g.vg-node, g.vg-edge, g.vg-cluster"), (g) => {
             const r = g.getBoundingClientRect();
             return [(r.left - s.left) / k, (r.top - s.top) / k, (r.right - s.left) / k, (r.bottom - s.top) / k,
-                    g.classList.contains("vg-node")];
+                    g.classList.contains("vg-node"), g.classList.contains("vg-cluster")];
         });
     }""", width)
     page.close()
     assert len(layout.boxes) == 4 * len(groups) and len(groups) > 100
-    for i, (*drawn, is_node) in enumerate(groups):
+    assert sum(1 for *_, cluster in groups if cluster) >= 7
+    for i, (*drawn, is_node, _) in enumerate(groups):
         box = layout.boxes[4 * i:4 * i + 4]
         # Whole points rounded outwards: what is drawn lies inside.
         assert box[0] - 1 <= drawn[0] and box[1] - 1 <= drawn[1], (i, box, drawn)
@@ -573,6 +576,31 @@ def test_a_big_graph_draws_what_is_on_screen_and_paints_the_rest_as_it_comes_int
     assert p.text_content(leaf) == revealed
     norm = lambda text: float(text.split()[-1])  # noqa: E731
     assert norm(revealed) == pytest.approx(3 * norm(first), rel=1e-3)
+
+    # Zoomed out (text under 4 px), the graph is drawn on the overview canvas, every group out of the page.
+    w_at = p.evaluate("""(s) => { const r = document.querySelector(s).getBoundingClientRect(),
+                                        v = document.getElementById("viewport").getBoundingClientRect(), at = window.vizgrad.view.get();
+                                  return [(r.left + r.width / 2 - v.left - at.x) / at.k, (r.top + r.height / 2 - v.top - at.y) / at.k]; }""",
+                      leaf_group)  # w's middle, in unscaled stage pixels
+    p.click("#first")
+    p.evaluate("() => window.vizgrad.view.zoomCenter(0.1 / window.vizgrad.view.get().k)")
+    p.evaluate("() => window.vizgrad.view.panBy(0, 28 - window.vizgrad.view.get().y)")  # the top of the chain, w
+    wait_until(p, "!document.querySelector('.vg-overview').hidden")
+    assert p.evaluate("() => document.querySelectorAll('#stage g.vg-node, #stage g.vg-edge').length") == 0
+    picture = "document.querySelector('.vg-overview').toDataURL()"
+    wait_until(p, "document.querySelector('.vg-overview').width > 0")
+    p.wait_for_timeout(100)
+    at_first = p.evaluate(f"() => {picture}")
+    p.click("#last")  # w's gradient is 3x: its colour changes
+    wait_until(p, f"{picture} !== {at_first!r}")
+    p.click("#first")
+    wait_until(p, f"{picture} === {at_first!r}")
+    # A click on the canvas finds the node under it by its box: w opens in the inspector.
+    x, y = p.evaluate("""(at) => { const v = document.getElementById("viewport").getBoundingClientRect(),
+                                         view = window.vizgrad.view.get();
+                                   return [v.left + view.x + view.k * at[0], v.top + view.y + view.k * at[1]]; }""", w_at)
+    p.mouse.click(x, y)
+    assert call(p, "window.vizgrad.inspector.node") == run.steps[0].graph.find("w").id
     assert page.errors == []
     p.close()
 

@@ -119,8 +119,9 @@ class Layout:
         width: Width in points (SVG user units), from the ``viewBox``.
         height: Height in points.
         dot: The DOT source.
-        boxes: Where each node and edge ``<g>`` is drawn, in document order
-            (what ``querySelectorAll("g.vg-node, g.vg-edge")`` finds): four
+        boxes: Where each node, edge and module ``<g>`` is drawn, in document
+            order (what ``querySelectorAll("g.vg-node, g.vg-edge, g.vg-cluster")``
+            finds): four
             numbers per group, left, top, right and bottom in points of the
             ``viewBox``. The page draws only the groups on screen from them,
             without measuring the SVG.
@@ -185,6 +186,7 @@ def _prepare(raw_svg: bytes, graph: Graph, key: str, dot: str) -> Layout:
             match = _CLUSTER_ID.match(element_id)
             if match is not None and view is not None and int(match.group(1)) < len(view.clusters):
                 module, label, _ = view.clusters[int(match.group(1))]
+                boxes.extend(_extent(group, to_view_box))
                 group.set("class", "cluster vg-cluster")
                 group.set("data-module", module)
                 for child in group:

@@ -424,7 +424,7 @@ async function inflateText(packed) {
   // group is comes from the layout (meta.boxes), so nothing is measured. A hidden group's paint waits in
   // `pending` until it comes into view.
   const CULL_ABOVE = 400;   // node and edge groups of a layout past which it is drawn by visibility
-  const FAR_BELOW = 0.3;    // zoom under which a culled layout's text (under 4 px) is not drawn
+  const FAR_BELOW = 0.3;    // zoom under which a culled layout (its text under 4 px) is drawn on a canvas
 
   /** Parses a layout's SVG (once) and finds the elements each step restyles. */
   function prepareLayout(k) {
@@ -435,7 +435,7 @@ async function inflateText(packed) {
     L.height = L.meta.h * PT;
     svg.setAttribute("width", L.width.toFixed(1));
     svg.setAttribute("height", L.height.toFixed(1));
-    const groups = Array.from(svg.querySelectorAll("g.vg-node, g.vg-edge"));
+    const groups = Array.from(svg.querySelectorAll("g.vg-node, g.vg-edge, g.vg-cluster"));
     const boxes = L.meta.boxes || [];
     // The layout's boxes are in points, one per group in document order; a count that differs (an SVG
     // that is not the layout's) turns culling off rather than guess.
@@ -543,15 +543,16 @@ async function inflateText(packed) {
   /**
    * Shows the culled layout's groups that came near the screen (a fifth of a screen around it), painted
    * with the step on screen, and hides those that went far (half a screen): panning back and forth at
-   * the edge does not toggle them. Text is not drawn while it would be under 4 pixels.
+   * the edge does not toggle them. Zoomed out (text under 4 px), the overview canvas draws it instead.
    */
   function cull() {
     const L = mounted >= 0 ? layouts[mounted] : null;
-    if (!L || !L.culled) return;
-    L.svg.classList.toggle("vg-far", view.get().k < FAR_BELOW);
+    if (!L || !L.culled) { overview.show(false); return; }
+    const zoomedOut = view.get().k < FAR_BELOW;
+    overview.show(zoomedOut);
     const near = onScreen(0.2), far = onScreen(0.5);
     for (const item of L.items.values()) {
-      if (!item.shown && inside(item.box, near)) {
+      if (!item.shown && !zoomedOut && inside(item.box, near)) {
         item.shown = true;
         item.mark.after(item.g);
         const copy = item.copy, args = copy ? pending.get(copy) : undefined;
@@ -559,12 +560,135 @@ async function inflateText(packed) {
           pending.delete(copy);
           if (copy.path) paintEdge(copy, ...args); else paintNode(copy, ...args);
         }
-      } else if (item.shown && !inside(item.box, far)) {
+      } else if (item.shown && (zoomedOut || !inside(item.box, far))) {
         item.shown = false;
         item.g.remove();
       }
     }
   }
+
+  // ------------------------------------------------------------------ overview canvas
+  // Zoomed out, a big graph has thousands of groups on screen and no readable text. As SVG a step switch
+  // then costs 100+ ms of style, layout and paint; on a canvas it is one pass over prepared paths, every
+  // group out of the document. It draws fills, outlines, edges, NaN/Inf flags, and the selected node.
+  const overview = (function () {
+    const canvas = document.createElement("canvas");
+    canvas.className = "vg-overview";
+    canvas.hidden = true;
+    viewport.appendChild(canvas);
+    const ctx = canvas.getContext("2d");
+    let on = false, queued = 0;
+
+    function pathOf(el) {
+      if (!el) return null;
+      const tag = el.tagName.toLowerCase();
+      if (tag === "path") return new Path2D(el.getAttribute("d") || "");
+      if (tag === "ellipse") {
+        const p = new Path2D(), n = (a) => Number(el.getAttribute(a)) || 0;
+        p.ellipse(n("cx"), n("cy"), n("rx"), n("ry"), 0, 0, 2 * Math.PI);
+        return p;
+      }
+      const points = (el.getAttribute("points") || "").trim().split(/\s+/);
+      return new Path2D("M" + points.join("L") + "Z");
+    }
+
+    /** Layout L's shapes, made once: per group its outline and paths, in document order (later on top). */
+    function shapesOf(L) {
+      if (L.shapes) return L.shapes;
+      const graph = L.svg.querySelector("g.graph");
+      const m = graph && graph.transform.baseVal.consolidate();
+      L.graphMatrix = m ? m.matrix : { a: 1, b: 0, c: 0, d: 1, e: 0, f: 0 };   // graph units -> viewBox points
+      L.shapes = [];
+      for (const item of L.items.values()) {
+        const g = item.g, copy = item.copy;
+        if (g.classList.contains("vg-edge")) {
+          const path = g.querySelector("path");
+          L.shapes.push({ item: item, kind: "edge", path: pathOf(path), heads: Array.from(g.querySelectorAll("polygon"), pathOf),
+            stroke: path ? path.getAttribute("stroke") || "#6b6b6b" : "#6b6b6b" });
+        } else {
+          const cluster = g.classList.contains("vg-cluster");
+          const shape = copy ? copy.shape : g.querySelector("polygon, ellipse, path");
+          L.shapes.push({ item: item, kind: cluster ? "cluster" : "node", path: pathOf(shape),
+            fill: cluster ? null : shape && shape.getAttribute("fill"), stroke: shape ? shape.getAttribute("stroke") : null,
+            width: shape ? Number(shape.getAttribute("stroke-width")) || 1 : 1 });
+        }
+      }
+      return L.shapes;
+    }
+
+    function draw() {
+      queued = 0;
+      const L = mounted >= 0 ? layouts[mounted] : null;
+      if (!on || !L) return;
+      if (!viewportSize) viewportSize = [viewport.clientWidth, viewport.clientHeight];
+      const dpr = window.devicePixelRatio || 1, w = Math.round(viewportSize[0] * dpr), h = Math.round(viewportSize[1] * dpr);
+      if (canvas.width !== w || canvas.height !== h) {
+        canvas.width = w;
+        canvas.height = h;
+        canvas.style.width = viewportSize[0] + "px";
+        canvas.style.height = viewportSize[1] + "px";
+      }
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.clearRect(0, 0, w, h);
+      const shapes = shapesOf(L), v = view.get(), s = dpr * v.k * PT, m = L.graphMatrix, seen = onScreen(0);
+      ctx.setTransform(s * m.a, s * m.b, s * m.c, s * m.d, dpr * v.x + s * m.e, dpr * v.y + s * m.f);
+      const hair = 1 / (s * Math.hypot(m.a, m.b));   // one device pixel, in graph units
+      ctx.lineJoin = "round";
+      for (const shape of shapes) {
+        if (!shape.path || !inside(shape.item.box, seen)) continue;
+        const copy = shape.item.copy, args = copy ? pending.get(copy) : undefined;
+        if (shape.kind === "edge") {
+          const color = args ? args[0] : copy ? copy.color : undefined, width = args ? args[1] : copy ? copy.width : undefined;
+          const ink = color === null || color === undefined ? shape.stroke : DATA.palette[color];
+          ctx.strokeStyle = ink;
+          ctx.lineWidth = Math.max(width === null || width === undefined ? 1 : width, hair);
+          ctx.stroke(shape.path);
+          ctx.fillStyle = ink;
+          shape.heads.forEach((head) => { if (head) ctx.fill(head); });
+          continue;
+        }
+        if (shape.kind === "node") {
+          const fill = args ? args[0] : copy ? copy.fill : undefined;
+          const paint = fill === null || fill === undefined ? shape.fill : DATA.palette[fill];
+          if (paint && paint !== "none") { ctx.fillStyle = paint; ctx.fill(shape.path); }
+        }
+        const flag = args ? args[1] : copy ? copy.flag : "";
+        const g = shape.item.g, marked = g.classList.contains("vg-selected") || g.classList.contains("vg-flow-focus");
+        ctx.strokeStyle = marked ? "#0969da" : flag === "nan" || flag === "inf" ? "#b00000" : shape.stroke || "#8c959f";
+        ctx.lineWidth = Math.max(marked ? 4 : flag === "nan" || flag === "inf" ? 4 : shape.width, hair * (marked ? 3 : 1));
+        ctx.stroke(shape.path);
+      }
+    }
+
+    /** Draws on the next frame (once however often it is asked). */
+    const request = () => { if (on && !queued) queued = requestAnimationFrame(draw); };
+    return {
+      get on() { return on; },
+      request: request,
+      /** Shows the canvas (the graph zoomed out) or hides it. */
+      show: (wanted) => {
+        on = wanted;
+        canvas.hidden = !on;
+        request();
+      },
+      /** The node, else the innermost module frame, drawn at a point of the window (clientX, clientY). */
+      hit: (cx, cy) => {
+        const L = mounted >= 0 ? layouts[mounted] : null;
+        if (!on || !L) return null;
+        const r = viewport.getBoundingClientRect(), v = view.get();
+        const px = (cx - r.left - v.x) / v.k, py = (cy - r.top - v.y) / v.k;
+        let best = null, area = Infinity;
+        for (const item of L.items.values()) {
+          const b = item.box;
+          if (px < b[0] || px > b[2] || py < b[1] || py > b[3]) continue;
+          if (item.g.classList.contains("vg-node")) return item.g;
+          const a = (b[2] - b[0]) * (b[3] - b[1]);
+          if (item.g.classList.contains("vg-cluster") && a < area) { best = item.g; area = a; }
+        }
+        return best;
+      },
+    };
+  })();
 
   function setFlag(item, flag) {
     if (item.flag === flag) return;
@@ -656,6 +780,7 @@ async function inflateText(packed) {
         else pending.set(E, [color, width, flag]);
       }
     }
+    overview.request();
   }
 
   // ------------------------------------------------------------------ zoom and pan
@@ -750,8 +875,9 @@ async function inflateText(packed) {
     let start = null;
     viewport.addEventListener("pointerdown", (e) => {
       if (e.button !== 0) return;
-      const node = e.target.closest ? e.target.closest("g.vg-node") : null;
-      start = { x: e.clientX, y: e.clientY, id: e.pointerId, node: node, target: e.target, dragging: false };
+      const target = (overview.on && overview.hit(e.clientX, e.clientY)) || e.target;   // the canvas: found by box
+      const node = target.closest ? target.closest("g.vg-node") : null;
+      start = { x: e.clientX, y: e.clientY, id: e.pointerId, node: node, target: target, dragging: false };
     });
     viewport.addEventListener("pointermove", (e) => {
       if (!start || e.pointerId !== start.id) return;
@@ -823,6 +949,7 @@ async function inflateText(packed) {
 
     self.highlight = function () {
       graphAll(".vg-selected").forEach((g) => g.classList.remove("vg-selected"));
+      overview.request();
       if (self.node === null || mounted !== self.layout) return;
       (layouts[mounted].groups.get(self.node) || []).forEach((g) => g.classList.add("vg-selected"));
     };
