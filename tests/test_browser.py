@@ -541,6 +541,50 @@ def test_layout_boxes_are_where_the_browser_draws_each_group(browser, layout_eng
             assert box[2] - box[0] <= drawn[2] - drawn[0] + 30 and box[3] - box[1] <= drawn[3] - drawn[1] + 8, (i, box, drawn)
 
 
+def test_the_report_copy_of_a_layout_draws_the_same_geometry(browser):
+    """The page's layouts are written shorter (relative tenths of a point): Chromium draws the same shapes."""
+    from vizgrad import frames
+    from vizgrad.report import sanitize_svg
+
+    cell = torch.nn.LSTMCell(4, 8)
+    h = c = torch.zeros(2, 8)
+    with vizgrad.record(params=dict(cell.named_parameters())) as run:
+        for x in torch.randn(4, 2, 4):
+            h, c = cell(x, (h, c))
+        h.sum().backward()
+    original = frames.LayoutCache().get(run.steps[0].graph).svg
+    page_copy = sanitize_svg(original)
+    assert len(page_copy) < 0.9 * len(original) and ' id="node-' not in page_copy
+    page = browser.new_page()
+    page.set_content(f"<html><body><div>{original}</div><div>{page_copy}</div></body></html>")
+    worst, count = page.evaluate("""() => {
+        const [a, b] = document.querySelectorAll("svg");
+        const shapes = (svg) => svg.querySelectorAll("path, polygon");
+        const sa = shapes(a), sb = shapes(b);
+        if (sa.length !== sb.length) return [Infinity, sa.length];
+        let worst = 0;
+        sa.forEach((one, i) => {
+            const other = sb[i];
+            if (one.tagName === "path") {
+                const length = one.getTotalLength();
+                worst = Math.max(worst, Math.abs(length - other.getTotalLength()) / Math.max(1, length) * 10);
+                for (let t = 0; t <= 1; t += 0.125) {
+                    const p = one.getPointAtLength(t * length), q = other.getPointAtLength(t * other.getTotalLength());
+                    worst = Math.max(worst, Math.hypot(p.x - q.x, p.y - q.y));
+                }
+            } else {
+                const p = one.points, q = other.points;
+                for (let k = 0; k < p.numberOfItems; k++) {
+                    worst = Math.max(worst, Math.hypot(p.getItem(k).x - q.getItem(k).x, p.getItem(k).y - q.getItem(k).y));
+                }
+            }
+        });
+        return [worst, sa.length];
+    }""")
+    page.close()
+    assert count > 100 and worst < 0.1  # points: rounded to a tenth, never drifting along a path
+
+
 def test_a_big_graph_draws_what_is_on_screen_and_paints_the_rest_as_it_comes_into_view(browser, tmp_path):
     from vizgrad.view import ViewOptions
 
