@@ -434,6 +434,12 @@ def test_a_gpt_opens_folded_and_expands_collapses_and_unfolds(browser, gpt_repor
     p = page.ready()
     state = call(p, "window.vizgrad.state()")
     assert state["visible"] <= 150 and state["step"] == 0
+    # The collapsed view opens whole on a 1280 x 800 window, its labels at least 6.7 px.
+    whole = p.evaluate("""() => { const g = document.querySelector("#stage svg").getBoundingClientRect(),
+                                        v = document.getElementById("viewport").getBoundingClientRect();
+                                  return [g.left >= v.left && g.right <= v.right && g.top >= v.top && g.bottom <= v.bottom,
+                                          window.vizgrad.view.get().k, v.width, v.height, g.width, g.height]; }""")
+    assert whole[0] and whole[1] >= 0.5, whole
     first = drawn(p)
     assert first["folds"] == ["h.0-11"] and first["nodes"] == state["visible"]
     assert "Block x12" in p.text_content('#stage g.vg-fold[data-module="h.0-11"]')

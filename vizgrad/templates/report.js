@@ -784,6 +784,9 @@ async function inflateText(packed) {
   }
 
   // ------------------------------------------------------------------ zoom and pan
+  // Zoom at which node labels (10 pt: 13.3 px at zoom 1) are 6.7 px: the least that fits a whole view
+  // on screen at first (a 12-block GPT view of 14 boxes fits a 1280 x 800 window at about 0.51).
+  const READABLE_ZOOM = 0.5;
   const view = (function () {
     let x = 0, y = 0, k = 1;
     let cullTimer = 0;
@@ -799,9 +802,12 @@ async function inflateText(packed) {
       k = nk;
       apply();
     }
+    // Margins of a fitted graph: clear of the zoom buttons at the left, a little above and below.
+    const PAD_X = 48, PAD_Y = 16;
+    const fitScale = (L, vw, vh) => Math.min((vw - 2 * PAD_X) / L.width, (vh - 2 * PAD_Y) / L.height);
     function fit() {
-      const L = size(), vw = viewport.clientWidth, vh = viewport.clientHeight, pad = 28;
-      k = clamp(Math.min((vw - 2 * pad) / L.width, (vh - 2 * pad) / L.height), 0.03, 1.6);
+      const L = size(), vw = viewport.clientWidth, vh = viewport.clientHeight;
+      k = clamp(fitScale(L, vw, vh), 0.03, 1.6);
       x = (vw - L.width * k) / 2;
       y = (vh - L.height * k) / 2;
       apply();
@@ -812,13 +818,12 @@ async function inflateText(packed) {
       return { x: b[0], y: b[1], w: b[2] - b[0], h: b[3] - b[1] };
     }
     /**
-     * The whole graph when it stays readable; else readable size, around the
-     * loss at the bottom, where the gradient starts.
+     * The whole graph when its text stays readable (READABLE_ZOOM); else readable
+     * size, around the loss at the bottom, where the gradient starts.
      */
     function reset() {
       const L = size(), vw = viewport.clientWidth, vh = viewport.clientHeight, pad = 28;
-      const whole = Math.min((vw - 2 * pad) / L.width, (vh - 2 * pad) / L.height);
-      if (whole >= 0.55) { fit(); return; }
+      if (fitScale(L, vw, vh) >= READABLE_ZOOM) { fit(); return; }
       const rootInfo = L.meta ? L.meta.nodes.find((n) => n[2] === "root") : null;
       const rootGroup = rootInfo && L.groups ? (L.groups.get(rootInfo[0]) || [])[0] : null;
       const box = rootGroup ? nodeBox(rootGroup) : null;
