@@ -316,6 +316,32 @@ def test_a_long_chain_outside_modules_folds_with_a_bar_per_op():
     assert view_of(graph) is graph  # 44 nodes fit the default budget: drawn as they are
 
 
+def test_a_functional_rnn_folds_its_time_steps_with_their_side_branches():
+    torch.manual_seed(0)
+    wx, wh = torch.randn(4, 8, requires_grad=True), (0.3 * torch.randn(8, 8)).requires_grad_()
+    b = torch.zeros(8, requires_grad=True)
+    with vizgrad.record(params={"wx": wx, "wh": wh, "b": b}) as run:
+        h, hs = torch.zeros(2, 8), []
+        for x in torch.randn(24, 2, 4):
+            h = torch.tanh(x @ wx + h @ wh + b)  # x @ wx branches off the recurrence every step
+            hs.append(h)
+        loss = h.pow(2).sum()
+        loss.backward(retain_graph=True)
+    graph = run.steps[-1].graph
+    assert not graph.modules and len(graph.nodes) > 100
+    drawn = view_of(graph, ViewOptions(max_nodes=20))
+    plan = plan_of(drawn)
+    (fold,) = plan.boxes.values()
+    assert (fold.key, fold.count, fold.chain) == ("chain1", 24, True)
+    # Every time step's ops are in the fold, its x @ wx included: what is drawn beside it is the loss's end.
+    mm = [at for at, node in enumerate(graph.nodes) if node.op == "MmBackward0"]
+    assert len(mm) == 2 * 24 and set(mm) <= set(fold.members)
+    assert plan.visible <= 10
+    stats = box_stats(run, drawn)["chain1"]
+    grads = torch.autograd.grad(loss, hs)  # each period hands on its h
+    assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads]
+
+
 def test_weights_of_a_module_never_called_sit_in_the_module_that_reads_them():
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0)  # attention reads out_proj.weight, never calls it

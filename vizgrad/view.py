@@ -272,10 +272,14 @@ class _Scopes:
     def _fold_chains(self) -> None:
         """Long runs of a repeated op chain (``y = y * w`` a thousand times) as the instances of a made-up scope.
 
-        A chain is a path of ops each used by the previous one alone and using
-        no other op; its repeated part (the longest run with a period of up to
-        :data:`CHAIN_PERIOD` ops, at least :data:`CHAIN_MIN` long) becomes one
-        instance per period, so that it folds like a module called in a loop.
+        A chain is a path of ops, its spine, each used by the next alone. A
+        spine op may also use side branches: ops used by it alone, with all
+        they alone feed (``h = tanh(x[t] @ w + h @ u)``: the ``x[t] @ w``
+        beside the recurrence). Of an op's private inputs the one with the
+        longest private history carries the spine on. Its repeated part (the
+        longest run with a period of up to :data:`CHAIN_PERIOD` spine ops, side
+        branches alike, at least :data:`CHAIN_MIN` long) becomes one instance
+        per period, so that it folds like a module called in a loop.
         Parameters used only within one instance go into it.
         """
         graph = self.graph
@@ -286,43 +290,53 @@ class _Scopes:
             if len(nodes) < CHAIN_MIN:
                 continue
             here = set(nodes)
-            following = {}  # op -> the one op it uses, when it is that op's only user
-            for at in nodes:
-                if at not in ops:
-                    continue
-                inputs = [u for u in uses.get(at, ()) if u in ops]
-                if len(inputs) == 1 and inputs[0] in here and users.get(inputs[0]) == [at]:
-                    following[at] = inputs[0]
+            private = {at: [u for u in uses.get(at, ()) if u in ops and u in here and users.get(u) == [at]]
+                       for at in nodes if at in ops}
+            history = _private_history(private)
+            following = {}  # spine op -> the private input that carries the spine on
+            for at, inputs in private.items():
+                if inputs:
+                    following[at] = max(inputs, key=lambda u: (history[u], -u))
             heads = set(following) - set(following.values())
-            made: list[tuple[list[int], int]] = []
+            made: list[tuple[list[int], int, dict[int, list[int]]]] = []
+            claimed: set[int] = set()
             for head in sorted(heads):
+                if head in claimed:  # inside another spine's side branch
+                    continue
                 chain = [head]
                 while chain[-1] in following:
                     chain.append(following[chain[-1]])
-                run = _periodic_run([graph.nodes[at].op for at in chain])
+                sides = {at: _side_branch(at, following.get(at), private) for at in chain}
+                labels = [graph.nodes[at].op + "|" + ",".join(sorted(graph.nodes[s].op for s in sides[at]))
+                          for at in chain]
+                run = _periodic_run(labels)
                 if run is not None:
                     start, stop, period = run
-                    made.append((chain[start:stop], period))
+                    made.append((chain[start:stop], period, sides))
+                    claimed.update(chain[start:stop])
+                    claimed.update(s for at in chain[start:stop] for s in sides[at])
             if made:
                 number = self._add_chains(parent, nodes, made, number, users)
 
-    def _add_chains(self, parent: _Scope | None, owner: list[int], chains: list[tuple[list[int], int]], number: int,
-                    users: Mapping[int, list[int]]) -> int:
+    def _add_chains(self, parent: _Scope | None, owner: list[int], chains: list[tuple[list[int], int,
+                                                                                     dict[int, list[int]]]],
+                    number: int, users: Mapping[int, list[int]]) -> int:
         """Makes the instances of repeated chains of one scope (in forward order: the period nearest the inputs
         first) and moves into each instance the parameters it alone uses. Returns the last chain number used."""
         taken = set(self.infos) | {path for path, _ in self.by_id}
         prefix = f"{parent.path}." if parent is not None and parent.path else ""
         moved: set[int] = set()
         unit_of: dict[int, _Scope] = {}
-        for chain, period in chains:
+        for chain, period, sides in chains:
             number += 1
             while f"{prefix}chain{number}" in taken:  # a module may be named so
                 number += 1
             path = f"{prefix}chain{number}"
             taken.add(path)
             forward = list(reversed(chain))
-            units = [forward[k:k + period] for k in range(0, len(forward) - len(forward) % period, period)]
-            kind = "+".join(dict.fromkeys(short_op(self.graph.nodes[at].op) for at in units[0]))
+            spines = [forward[k:k + period] for k in range(0, len(forward) - len(forward) % period, period)]
+            kind = "+".join(dict.fromkeys(short_op(self.graph.nodes[at].op) for at in spines[0]))
+            units = [[node for at in spine for node in (*sides[at], at)] for spine in spines]
             info = ModuleInfo(path, kind, len(units), parent.path if parent is not None else None)
             for k, unit in enumerate(units):
                 scope = _Scope(path, k, info, parent, 0 if parent is None else parent.depth + 1,
@@ -434,6 +448,35 @@ class _Scopes:
                     out.append(_Fold(key, [s for _, s in run], False))
                 run = [(number, scope)] if scope is not None else []
         return out
+
+
+def _private_history(private: Mapping[int, list[int]]) -> dict[int, int]:
+    """Per op: how many ops its private inputs reach, itself included (iteratively: chains run 100,000 long)."""
+    history: dict[int, int] = {}
+    for start in private:
+        if start in history:
+            continue
+        stack = [start]
+        while stack:
+            at = stack[-1]
+            waiting = [u for u in private.get(at, ()) if u not in history]
+            if waiting:
+                stack.extend(waiting)
+                continue
+            stack.pop()
+            history[at] = 1 + sum(history[u] for u in private.get(at, ()))
+    return history
+
+
+def _side_branch(at: int, spine_input: int | None, private: Mapping[int, list[int]]) -> list[int]:
+    """The ops of ``at``'s private inputs other than ``spine_input``, with all they privately use (forward order)."""
+    out: list[int] = []
+    stack = [u for u in private.get(at, ()) if u != spine_input]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(private.get(node, ()))
+    return out[::-1]
 
 
 def _periodic_run(ops: Sequence[str]) -> tuple[int, int, int] | None:
