@@ -455,31 +455,15 @@ async function inflateText(packed) {
     L.groups = nodeGroups;
     L.position = new Map();
     L.meta.painted.forEach((id, i) => L.position.set(id, i));
+    // A copy's elements are found when it is first painted (primeNode, primeEdge): a big layout's hidden
+    // groups cost nothing at load.
     L.nodes = L.meta.painted.map((id) => (nodeGroups.get(id) || []).map((g) => {
-      const shape = g.querySelector(".vg-shape") || g.querySelector("polygon, ellipse, path");
-      const vals = [];
-      g.querySelectorAll("text.vg-val").forEach((t) => { vals[Number(t.getAttribute("data-line")) || 0] = t; });
-      const texts = Array.from(g.querySelectorAll("text"));
-      const strip = g.querySelector("rect.vg-strip");
-      const bars = [];
-      g.querySelectorAll("rect.vg-bar").forEach((r) => { bars[Number(r.getAttribute("data-bar"))] = r; });
-      const N = {
-        g: g, item: L.items.get(g), shape: shape, vals: vals, texts: texts, bars: bars, barState: [],
-        stripBottom: strip ? Number(strip.getAttribute("y")) + Number(strip.getAttribute("height")) : 0,
-        stripHeight: strip ? Number(strip.getAttribute("height")) : 0,
-        fill0: shape ? shape.getAttribute("fill") : null, ink0: texts.map((t) => t.getAttribute("fill")),
-        vals0: vals.map((t) => (t ? t.textContent : "")), fill: undefined, flag: "",
-      };
+      const N = { g: g, item: L.items.get(g), primed: false, fill: undefined, flag: "" };
       N.item.copy = N;
       return N;
     }));
     L.edges = L.meta.edges.map((key) => (edgeGroups.get(key) || []).map((g) => {
-      const path = g.querySelector("path.vg-path");
-      const E = {
-        g: g, item: L.items.get(g), path: path, heads: Array.from(g.querySelectorAll("polygon.vg-head")),
-        stroke0: path.getAttribute("stroke"), width0: path.getAttribute("stroke-width"),
-        color: undefined, width: undefined, flag: "",
-      };
+      const E = { g: g, item: L.items.get(g), edge: true, primed: false, color: undefined, width: undefined, flag: "" };
       E.item.copy = E;
       return E;
     }));
@@ -558,7 +542,7 @@ async function inflateText(packed) {
         const copy = item.copy, args = copy ? pending.get(copy) : undefined;
         if (args) {
           pending.delete(copy);
-          if (copy.path) paintEdge(copy, ...args); else paintNode(copy, ...args);
+          if (copy.edge) paintEdge(copy, ...args); else paintNode(copy, ...args);
         }
       } else if (item.shown && (zoomedOut || !inside(item.box, far))) {
         item.shown = false;
@@ -607,7 +591,7 @@ async function inflateText(packed) {
             stroke: path ? path.getAttribute("stroke") || "#6b6b6b" : "#6b6b6b" });
         } else {
           const cluster = g.classList.contains("vg-cluster");
-          const shape = copy ? copy.shape : g.querySelector("polygon, ellipse, path");
+          const shape = g.querySelector(".vg-shape") || g.querySelector("polygon, ellipse, path");
           L.shapes.push({ item: item, kind: cluster ? "cluster" : "node", path: pathOf(shape),
             fill: cluster ? null : shape && shape.getAttribute("fill"), stroke: shape ? shape.getAttribute("stroke") : null,
             width: shape ? Number(shape.getAttribute("stroke-width")) || 1 : 1 });
@@ -690,6 +674,34 @@ async function inflateText(packed) {
     };
   })();
 
+  /** Finds node copy N's shape, text lines and a fold's bars, and what they show before any step. */
+  function primeNode(N) {
+    const g = N.g;
+    N.primed = true;
+    N.shape = g.querySelector(".vg-shape") || g.querySelector("polygon, ellipse, path");
+    N.vals = [];
+    g.querySelectorAll("text.vg-val").forEach((t) => { N.vals[Number(t.getAttribute("data-line")) || 0] = t; });
+    N.texts = Array.from(g.querySelectorAll("text"));
+    const strip = g.querySelector("rect.vg-strip");
+    N.bars = [];
+    N.barState = [];
+    g.querySelectorAll("rect.vg-bar").forEach((r) => { N.bars[Number(r.getAttribute("data-bar"))] = r; });
+    N.stripBottom = strip ? Number(strip.getAttribute("y")) + Number(strip.getAttribute("height")) : 0;
+    N.stripHeight = strip ? Number(strip.getAttribute("height")) : 0;
+    N.fill0 = N.shape ? N.shape.getAttribute("fill") : null;
+    N.ink0 = N.texts.map((t) => t.getAttribute("fill"));
+    N.vals0 = N.vals.map((t) => (t ? t.textContent : ""));
+  }
+
+  /** Finds edge copy E's path and arrowheads, and how they look before any step. */
+  function primeEdge(E) {
+    E.primed = true;
+    E.path = E.g.querySelector("path.vg-path");
+    E.heads = Array.from(E.g.querySelectorAll("polygon.vg-head"));
+    E.stroke0 = E.path.getAttribute("stroke");
+    E.width0 = E.path.getAttribute("stroke-width");
+  }
+
   function setFlag(item, flag) {
     if (item.flag === flag) return;
     if (item.flag) item.g.classList.remove("vg-flag-" + item.flag);
@@ -716,6 +728,7 @@ async function inflateText(packed) {
 
   /** Paints node copy N: its fill, ink, value lines, flag and a fold's bars. */
   function paintNode(N, fill, flag, lines, bars) {
+    if (!N.primed) primeNode(N);
     if (fill !== N.fill) {
       N.fill = fill;
       if (N.shape) N.shape.setAttribute("fill", fill === null ? N.fill0 || "none" : DATA.palette[fill]);
@@ -737,6 +750,7 @@ async function inflateText(packed) {
 
   /** Paints edge copy E: its colour, width and flag. */
   function paintEdge(E, color, width, flag) {
+    if (!E.primed) primeEdge(E);
     if (color !== E.color) {
       E.color = color;
       const c = color === null ? E.stroke0 || "#6b6b6b" : DATA.palette[color];
