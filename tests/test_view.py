@@ -293,6 +293,16 @@ def test_a_report_counts_the_views_it_lays_out_as_it_goes():
         run.report(views=0)
 
 
+def only_fold(run: vizgrad.Run, max_nodes: int, least_nodes: int):
+    """The newest step's graph (without modules), its view within ``max_nodes``, the view's plan and its one fold."""
+    graph = run.steps[-1].graph
+    assert not graph.modules and len(graph.nodes) > least_nodes
+    drawn = view_of(graph, ViewOptions(max_nodes=max_nodes))
+    plan = plan_of(drawn)
+    (fold,) = plan.boxes.values()
+    return graph, drawn, plan, fold
+
+
 def test_a_long_chain_outside_modules_folds_with_a_bar_per_op():
     w = torch.tensor([1.0, -2.0], requires_grad=True)
     with vizgrad.record(params={"w": w}) as run:
@@ -301,11 +311,7 @@ def test_a_long_chain_outside_modules_folds_with_a_bar_per_op():
             ys.append(ys[-1] * (1.0 + k / 10) if k % 2 else ys[-1].sin())  # a period of two ops
         loss = ys[-1].pow(2).sum()
         loss.backward(retain_graph=True)
-    graph = run.steps[-1].graph
-    assert not graph.modules and len(graph.nodes) > 40
-    drawn = view_of(graph, ViewOptions(max_nodes=10))
-    plan = plan_of(drawn)
-    (fold,) = plan.boxes.values()
+    graph, drawn, plan, fold = only_fold(run, max_nodes=10, least_nodes=40)
     assert (fold.key, fold.type, fold.count, fold.chain, fold.recurrent) == ("chain1", "SinBackward0+MulBackward0", 20,
                                                                               True, True)
     assert plan.visible <= 10 and "(chain)" in frames.graph_dot(drawn)
@@ -327,11 +333,7 @@ def test_a_functional_rnn_folds_its_time_steps_with_their_side_branches():
             hs.append(h)
         loss = h.pow(2).sum()
         loss.backward(retain_graph=True)
-    graph = run.steps[-1].graph
-    assert not graph.modules and len(graph.nodes) > 100
-    drawn = view_of(graph, ViewOptions(max_nodes=20))
-    plan = plan_of(drawn)
-    (fold,) = plan.boxes.values()
+    graph, drawn, plan, fold = only_fold(run, max_nodes=20, least_nodes=100)
     assert (fold.key, fold.count, fold.chain) == ("chain1", 24, True)
     # Every time step's ops are in the fold, its x @ wx included: what is drawn beside it is the loss's end.
     mm = [at for at, node in enumerate(graph.nodes) if node.op == "MmBackward0"]
