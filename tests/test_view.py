@@ -17,7 +17,8 @@ import vizgrad
 from vizgrad import frames
 from vizgrad.errors import UsageError
 from vizgrad.graph import Graph
-from vizgrad.view import MAX_BARS, ViewOptions, ViewState, bar_buckets, explore, plan_of, scope_keys, view_of
+from vizgrad.view import (MAX_BARS, ViewOptions, ViewState, bar_buckets, explore, module_scopes, plan_of, scope_keys,
+                          view_of)
 
 from models import TinyGPT
 
@@ -342,6 +343,24 @@ def test_a_functional_rnn_folds_its_time_steps_with_their_side_branches():
     stats = box_stats(run, drawn)["chain1"]
     grads = torch.autograd.grad(loss, hs)  # each period hands on its h
     assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads]
+
+
+def test_a_chain_inside_a_side_branch_folds_with_the_step_it_is_in():
+    torch.manual_seed(0)
+    wh, p = (0.3 * torch.randn(4, 4)).requires_grad_(), torch.randn(2, 4, requires_grad=True)
+    with vizgrad.record(params={"wh": wh, "p": p}) as run:
+        h = torch.zeros(2, 4)
+        for _ in range(20):
+            s = p * 1.0
+            for _ in range(10):
+                s = s.sin() * 1.01  # a repeated chain of its own, beside the recurrence
+            h = torch.tanh(s + h @ wh)
+        h.sum().backward()
+    graph, drawn, plan, fold = only_fold(run, max_nodes=40, least_nodes=400)
+    # One fold of the time steps, each step's inner chain inside it: no node is in two instances.
+    members = [at for scope in module_scopes(graph).by_id.values() for at in scope.nodes]
+    assert fold.count >= 19 and len(members) == len(set(members))
+    assert sum(graph.nodes[at].op == "SinBackward0" for at in fold.members) >= 19 * 10
 
 
 def test_weights_of_a_module_never_called_sit_in_the_module_that_reads_them():

@@ -300,8 +300,9 @@ class _Scopes:
             heads = set(following) - set(following.values())
             made: list[tuple[list[int], int, dict[int, list[int]]]] = []
             claimed: set[int] = set()
-            for head in sorted(heads):
-                if head in claimed:  # inside another spine's side branch
+            # The longest spine first: a spine inside another one's side branch is then taken with that branch.
+            for head in sorted(heads, key=lambda h: (-history[h], h)):
+                if head in claimed:
                     continue
                 chain = [head]
                 while chain[-1] in following:
