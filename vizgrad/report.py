@@ -13,9 +13,8 @@ import base64
 import gzip
 import json
 import math
-import re
 import xml.etree.ElementTree as ElementTree
-from functools import cached_property, lru_cache
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,6 +31,7 @@ from vizgrad.errors import LayoutError, OutputError, UsageError
 from vizgrad.gcpause import paused_gc
 from vizgrad.graph import format_shape, short_op
 from vizgrad.health import flow_panel
+from vizgrad.layout import compact_geometry
 from vizgrad.panels import round_sig, round_sig_all
 from vizgrad.view import MAX_STATES, ViewOptions, explore, plan_of, view_of
 
@@ -104,77 +104,8 @@ def sanitize_svg(svg: str) -> str:
             local = _local(name).lower()
             if local.startswith("on") or local == "href" or (local == "style" and "url(" in parent.attrib[name]):
                 del parent.attrib[name]
-        _compact_geometry(parent)
+        compact_geometry(parent)
     return ElementTree.tostring(root, encoding="unicode")
-
-
-_PATH_TOKEN = re.compile(r"[A-Za-z]|-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-@lru_cache(maxsize=8192)  # relative steps repeat: most calls are a lookup
-def _tenths(value: int) -> str:
-    """A whole number of tenths written short: 15 -> "1.5", -3 -> "-.3", 20 -> "2"."""
-    whole, tenth = divmod(abs(value), 10)
-    text = (str(whole) if whole else "") + (f".{tenth}" if tenth else "") or "0"
-    return "-" + text if value < 0 else text
-
-
-def _relative_path(d: str) -> str | None:
-    """Graphviz path data (absolute ``M``/``C``/``L``) in relative tenths of a point; ``None`` for other data.
-
-    Each point is rounded to a tenth before it is differenced, so rounding
-    does not add up along a path; the page draws at 4/3 px a point.
-    """
-    tokens = _PATH_TOKEN.findall(d)
-    out: list[str] = []
-    x = y = 0
-    at = 0
-    while at < len(tokens):
-        command = tokens[at]
-        at += 1
-        if command in ("Z", "z"):
-            out.append("z")
-            continue
-        if command not in ("M", "C", "L"):
-            return None
-        numbers: list[int] = []
-        while at < len(tokens) and not tokens[at].isalpha():
-            numbers.append(round(float(tokens[at]) * 10))
-            at += 1
-        if not numbers or len(numbers) % (6 if command == "C" else 2):
-            return None
-        pairs = []
-        for k in range(0, len(numbers), 2):
-            px, py = numbers[k], numbers[k + 1]
-            pairs.append(f"{_tenths(px - x)},{_tenths(py - y)}")
-            if command != "C" or k % 6 == 4:  # a cubic's control points are relative to its segment's start
-                x, y = px, py
-        out.append(command.lower() + " ".join(pairs))
-    return "".join(out) or None
-
-
-def _compact_geometry(element: ElementTree.Element) -> None:
-    """Writes a path's or polygon's coordinates in tenths of a point, and drops Graphviz's element ids.
-
-    A big graph's page parses its layout once at load: relative tenths make
-    the path data about 60% shorter than Graphviz's absolute hundredths.
-    The page finds nodes by ``data-node``, never by ``id``.
-    """
-    local = _local(element.tag)
-    if local == "path" and "d" in element.attrib:
-        short = _relative_path(element.attrib["d"])
-        if short is not None:
-            element.set("d", short)
-    elif local in ("polygon", "polyline") and "points" in element.attrib:
-        numbers = _PATH_TOKEN.findall(element.attrib["points"])
-        if numbers and len(numbers) % 2 == 0 and not any(n.isalpha() for n in numbers):
-            element.set("points", " ".join(f"{_tenths(round(float(numbers[at]) * 10))},"
-                                           f"{_tenths(round(float(numbers[at + 1]) * 10))}"
-                                           for at in range(0, len(numbers), 2)))
-    if local in ("g", "path", "polygon", "ellipse", "text") and element.get("id", "").startswith(("node", "edge",
-                                                                                                  "module", "clust",
-                                                                                                  "a_")):
-        del element.attrib["id"]
 
 
 def _local(tag: Any) -> str:

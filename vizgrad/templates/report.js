@@ -484,7 +484,10 @@ async function inflateText(packed) {
     if (L && L.culled) for (const item of L.items.values()) if (!item.shown && item.g.matches(selector)) found.push(item.g);
     return found;
   }
-  const graphOne = (selector) => stage.querySelector(selector) || graphAll(selector)[0] || null;
+  const graphOne = (selector) => graphAll(selector)[0] || null;   // the one drawn first, else a hidden one
+
+  /** The outline of a node or module group: its painted shape, else Graphviz's first one. */
+  const shapeOf = (g) => g.querySelector(".vg-shape") || g.querySelector("polygon, ellipse, path");
 
   function mountLayout(k) {
     const L = prepareLayout(k);
@@ -591,7 +594,7 @@ async function inflateText(packed) {
             stroke: path ? path.getAttribute("stroke") || "#6b6b6b" : "#6b6b6b" });
         } else {
           const cluster = g.classList.contains("vg-cluster");
-          const shape = g.querySelector(".vg-shape") || g.querySelector("polygon, ellipse, path");
+          const shape = shapeOf(g);
           L.shapes.push({ item: item, kind: cluster ? "cluster" : "node", path: pathOf(shape),
             fill: cluster ? null : shape && shape.getAttribute("fill"), stroke: shape ? shape.getAttribute("stroke") : null,
             width: shape ? Number(shape.getAttribute("stroke-width")) || 1 : 1 });
@@ -678,7 +681,7 @@ async function inflateText(packed) {
   function primeNode(N) {
     const g = N.g;
     N.primed = true;
-    N.shape = g.querySelector(".vg-shape") || g.querySelector("polygon, ellipse, path");
+    N.shape = shapeOf(g);
     N.vals = [];
     g.querySelectorAll("text.vg-val").forEach((t) => { N.vals[Number(t.getAttribute("data-line")) || 0] = t; });
     N.texts = Array.from(g.querySelectorAll("text"));
