@@ -501,6 +501,51 @@ def test_the_url_hash_reopens_a_view_at_a_step(browser, gpt_report: Path):
     reopened.page.close()
 
 
+def test_a_big_report_sends_other_views_and_parameters_in_parts_that_draw_as_the_whole_data(browser, gpt,
+                                                                                             tmp_path, monkeypatch):
+    from pages import page_data
+
+    from vizgrad import report as report_module
+
+    run, whole = gpt
+    monkeypatch.setattr(report_module, "SPLIT_DATA_ABOVE", 0)  # the GPT's data in parts, as a long run's would be
+    split = run.report(engine="wasm").save(tmp_path / "split.html")
+    text, data = split.read_text(), page_data(split.read_text())
+    parts = re.findall(r'id="vg-part-(\w+)"', text)
+    assert "params" in parts and sum(name.startswith("view") for name in parts) >= 2
+    assert not re.findall(r'id="vg-part-', whole.read_text())
+    lazy = {k for k, column in enumerate(data["columns"]) if column is None}
+    assert lazy and len(data["params"]) == data["params_shown"] == 8 and data["params_later"] > 0
+
+    def walk(path: Path) -> list:
+        page = Page(browser, path)
+        p = page.ready()
+        seen = []
+        for action in ("unfold('h')", "expand('h.3')", "step(4)", "collapse('h.3')", "overview()"):
+            assert call(p, f"window.vizgrad.{action}") is True
+            seen.append(p.evaluate("""() => [...document.querySelectorAll('#stage g.vg-node, #stage g.vg-module')]
+                .map(g => [g.dataset.node || g.dataset.module, g.getAttribute('class'), g.textContent,
+                           [...g.querySelectorAll('[fill]')].map(e => e.getAttribute('fill')).join()])"""))
+        p.click("#params .vg-more")
+        wait_until(p, "document.querySelectorAll('#params .vg-param').length > 8")
+        seen.append(p.eval_on_selector_all("#params .vg-param", "ps => ps.map(p => p.dataset.param)"))
+        seen.append(p.eval_on_selector_all("#params .vg-param-value", "vs => vs.map(v => v.textContent)"))
+        # A link into an unfolded, expanded view opens it at load, its columns inflated first.
+        p.goto(path.as_uri() + "#step=2&unfold=h.0-11&expand=h.3")
+        p.reload()
+        call(p, "window.vizgrad.ready")
+        seen.append(call(p, "window.vizgrad.state()"))
+        seen.append(p.text_content('#stage g.vg-module[data-module="h.3.attn"] .vg-val'))
+        assert page.errors == []
+        p.close()
+        return seen
+
+    split_seen, whole_seen = walk(split), walk(whole)
+    assert split_seen == whole_seen
+    assert len(split_seen[5]) == len(run.steps[0].params)  # every parameter's chart, after "show all"
+    assert split_seen[7]["expanded"] == ["h.3"] and split_seen[7]["step"] == 2 and split_seen[8]
+
+
 @pytest.mark.parametrize("layout_engine", ["wasm", "dot"])
 def test_layout_boxes_are_where_the_browser_draws_each_group(browser, layout_engine):
     """The report culls a big graph by these boxes, without measuring: Chromium's own boxes are the oracle."""

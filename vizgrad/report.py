@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import itertools
 import json
 import math
 import xml.etree.ElementTree as ElementTree
@@ -45,6 +46,13 @@ DIGITS = 4
 
 #: Characters of page data past which the report sends it gzip+base64 (inflated by the page; several times smaller).
 PACK_DATA_ABOVE = 32 * 1024
+
+#: Characters of page data past which the report sends the parts the first view does not draw apart (see
+#: :func:`_lazy_parts`), for the page to inflate when it first shows them.
+SPLIT_DATA_ABOVE = 1 << 20
+
+#: Parameter charts the page draws before "show all" (the others' series are inflated on that click).
+PARAMS_SHOWN = 8
 
 #: Height of the report's frame when shown inline in Jupyter.
 NOTEBOOK_HEIGHT_PX = 780
@@ -221,8 +229,15 @@ class Report:
         template = _environment().get_template("report.html.j2")
         # The first view's layouts are inline, the other views' compressed and inflated in the page when a
         # click first shows them (SVG shrinks about tenfold); a big report compresses its data and every layout.
-        data = embed_json(payload)
-        packed = _packed(str(data)) if len(data) > PACK_DATA_ABOVE else None
+        # A big report's data comes in parts: what the first view and step need is parsed at load, other views'
+        # columns and the parameters past the first charts when the page first shows them.
+        eager, later = _lazy_parts(payload)
+        data = embed_json(eager)
+        parts = [(name, embed_json(part)) for name, part in later]
+        size = len(data) + sum(len(text) for _, text in parts)
+        if size <= SPLIT_DATA_ABOVE:  # one part is smaller, and parsed in a moment
+            data, parts = embed_json(payload), []
+        packed = _packed(str(data)) if size > PACK_DATA_ABOVE else None
         first = {segment["layout"] for segment in payload["segments"]} if packed is None else set()
         plain = [(k, Markup(svg)) for k, svg in enumerate(layouts) if k in first]
         packed_layouts = [(k, _packed(svg)) for k, svg in enumerate(layouts) if k not in first]
@@ -230,6 +245,7 @@ class Report:
             title=self.title,
             data_json=None if packed else data,
             data_packed=packed,
+            packed_parts=[(name, _packed(str(text))) for name, text in parts],
             layouts=plain,
             packed_layouts=packed_layouts,
             script=_inline_asset("report.js", "script"),
@@ -298,6 +314,7 @@ class Report:
             "segments": default,
             "views": views,
             "params": payload_params,
+            "params_shown": PARAMS_SHOWN,
             "flow": flow,
             "panels": [panel.spec(self.run, self.selected) for panel in self.run.panels],
             "summary": {
@@ -566,6 +583,56 @@ class _FrameData:
             "nodes": [self._refer(painted["nodes"].get(node_id)) for node_id in node_ids],
             "edges": [self._refer(painted["edges"].get(edge_key)) for edge_key in edge_keys],
         })
+
+
+def _lazy_parts(payload: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
+    """The page data to parse at load, and the named parts the page inflates when it first needs them.
+
+    Columns only other views draw go in one part per view (``view<k>``, the
+    columns no earlier part holds; a view lists every part it needs in
+    ``packs``); parameters past the first :data:`PARAMS_SHOWN` go in
+    ``params``. A 10,000-step report draws about a tenth of its columns in
+    its first view. ``payload`` is left as it is.
+    """
+    columns = payload["columns"]
+    eager = _referenced(payload["segments"])
+    if payload["calls"] is not None:
+        eager |= _referenced(payload["calls"]["segments"])
+    if payload["ranks"] is not None:
+        for segments in payload["ranks"]["segments"].values():
+            eager |= _referenced(segments)
+    owner: dict[int, str] = {}
+    later: list[tuple[str, dict[str, Any]]] = []
+    views = [payload["views"][0]]
+    for number, view in enumerate(payload["views"][1:], 1):
+        needed = _referenced(view["segments"]) - eager
+        fresh = sorted(k for k in needed if k not in owner)
+        if fresh:
+            name = f"view{number}"
+            later.append((name, {"at": fresh, "columns": [columns[k] for k in fresh]}))
+            owner.update(dict.fromkeys(fresh, name))
+        views.append({**view, "packs": sorted({owner[k] for k in needed}, key=lambda name: int(name[4:]))})
+    params = payload["params"]
+    if len(params) > PARAMS_SHOWN:
+        later.append(("params", {"params": params[PARAMS_SHOWN:]}))
+    eager_payload = {**payload, "views": views, "params": params[:PARAMS_SHOWN],
+                     "params_later": max(0, len(params) - PARAMS_SHOWN),
+                     "columns": [None if k in owner else column for k, column in enumerate(columns)]}
+    return eager_payload, later
+
+
+def _referenced(segments: Sequence[dict[str, Any]]) -> set[int]:
+    """The columns the painted nodes and edges of ``segments`` refer to."""
+    out: set[int] = set()
+    for segment in segments:
+        for entry in itertools.chain(segment["nodes"], segment["edges"]):
+            if entry is not None:
+                for value in entry.values():
+                    if isinstance(value, list):
+                        out.update(value)
+                    else:
+                        out.add(value)
+    return out
 
 
 def _losses(steps: Sequence[Any]) -> list[Any]:

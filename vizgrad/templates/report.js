@@ -90,7 +90,7 @@ async function inflateText(packed) {
   const XS = DATA.index;                      // the run's step index of every frame
   const STEP_XS = XS;
   const SERIES_COLORS = ["#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e", "#0e7490", "#9a6700", "#6e7781"];
-  const PARAMS_SHOWN = 8;                     // parameter charts drawn before "show all"
+  const PARAMS_SHOWN = DATA.params_shown;     // parameter charts drawn before "show all"
   const $ = (id) => document.getElementById(id);
   const clamp = (v, lo, hi) => Math.max(lo, Math.min(hi, v));
 
@@ -408,6 +408,24 @@ async function inflateText(packed) {
       const source = $("vg-layout-" + k);
       if (layouts[k].svg || layouts[k].text !== undefined || source.tagName === "TEMPLATE") continue;
       layouts[k].text = await inflateText(source.textContent);
+    }
+  }
+
+  /** A part of a big report's data (other views' columns, more parameters), inflated and parsed once, on first use. */
+  const dataParts = new Map();
+  function dataPart(name) {
+    if (!dataParts.has(name)) {
+      const source = $("vg-part-" + name);
+      dataParts.set(name, source ? inflateText(source.textContent).then((text) => JSON.parse(text)) : Promise.resolve(null));
+    }
+    return dataParts.get(name);
+  }
+
+  /** Fills in the columns view v draws that came in parts (the first view's come with the page). */
+  async function loadColumns(v) {
+    for (const name of VIEWS[v].packs || []) {
+      const got = await dataPart(name);
+      got.at.forEach((k, j) => { COLUMNS[k] = got.columns[j]; });
     }
   }
 
@@ -1414,12 +1432,15 @@ async function inflateText(packed) {
       }));
     };
     DATA.params.slice(0, PARAMS_SHOWN).forEach(addParam);
-    if (DATA.params.length > PARAMS_SHOWN) {
-      const more = htmlEl("button", "vg-more", "show all " + DATA.params.length + " parameters", box);
+    const total = DATA.params.length + (DATA.params_later || 0);   // a big report sends the rest in a part
+    if (total > PARAMS_SHOWN) {
+      const more = htmlEl("button", "vg-more", "show all " + total + " parameters", box);
       more.type = "button";
-      more.addEventListener("click", () => {
+      more.addEventListener("click", async () => {
+        more.disabled = true;
+        const later = DATA.params_later ? (await dataPart("params")).params : [];
         more.remove();
-        DATA.params.slice(PARAMS_SHOWN).forEach((p, i) => addParam(p, i + PARAMS_SHOWN));
+        DATA.params.slice(PARAMS_SHOWN).concat(later).forEach((p, i) => addParam(p, i + PARAMS_SHOWN));
         player.seek(player.pos());
       });
     }
@@ -1694,6 +1715,7 @@ async function inflateText(packed) {
       if (element) before = view.centerOf(element);
       try {
         await inflateLayouts(v);
+        await loadColumns(v);
       } catch (error) {
         say("this browser cannot open the other views (" + error.message + ")");
         return false;
