@@ -713,14 +713,26 @@ def test_the_gradient_flow_panel_shows_each_layer_and_a_click_goes_to_that_step_
     assert names == ["wte", *[f"h.{k}" for k in range(12)], "ln_f"]
     rows = p.eval_on_selector_all('[data-panel="gradient-flow"] [data-layer]', "rs => rs.map(r => r.dataset.layer)")
     assert rows == names and call(p, "window.vizgrad.flow.rows()") == len(names)
+    _, means = run.grad_norms(by="module", depth=2, measure="mean")
+    _, largest = run.grad_norms(by="module", depth=2, measure="max")
+    bars = call(p, "window.vizgrad.flow.bars(4)")
+    assert bars["shows"] == "mean" and len(bars["values"]) == len(names)
     for k, name in enumerate(names):  # the page's numbers are the API's (stored on a log scale of 65,532 steps)
         cell = call(p, f"window.vizgrad.flow.cell({name!r}, 4)")
         assert cell["rms"] == pytest.approx(rms[4, k], rel=2e-3)
+        # The bars: mean |grad| (a block's mean weighted by its parameters' elements) and max |grad|.
+        assert cell["mean"] == pytest.approx(means[4, k], rel=2e-3) and cell["mean"] < cell["rms"]
+        assert bars["values"][k] == pytest.approx([means[4, k], largest[4, k]], rel=2e-3)
+    assert "mean |grad| (dark)" in p.get_attribute(".vg-flow-key", "title")
+    p.select_option("#flow-measure", "mean")
+    assert p.text_content(".vg-flow-scale-name") == "mean |grad|, log"
     # Coarser and finer rows come from the same numbers.
     p.select_option("#flow-depth", label="depth 1")
     assert p.eval_on_selector_all('[data-panel="gradient-flow"] [data-layer]', "rs => rs.length") == 3
     _, coarse = run.grad_norms(by="module", depth=1)
     assert call(p, "window.vizgrad.flow.cell('h', 2)")["norm"] == pytest.approx(coarse[2, 1], rel=2e-3)
+    _, coarse_means = run.grad_norms(by="module", depth=1, measure="mean")
+    assert call(p, "window.vizgrad.flow.cell('h', 2)")["mean"] == pytest.approx(coarse_means[2, 1], rel=2e-3)
     p.select_option("#flow-depth", label="depth 2")
     # A click on the cell of block h.7 at step 3: the player is at step 3, the fold holding h.7 is marked.
     box = p.locator(".vg-flow-heat").bounding_box()

@@ -53,6 +53,14 @@ def _train(steps=4, outputs=False):
                 expected.append({name: float(torch.sqrt(sum(p.grad.pow(2).sum() for p in module.parameters())))
                                  for name, module in modules.items() if list(module.parameters())})
                 expected[-1].update({f"param {name}": float(p.grad.norm()) for name, p in model.named_parameters()})
+                # plot_grad_flow's "average gradient": mean |grad| over the layer's elements, and the largest |grad|.
+                expected[-1].update({f"mean {name}": float(sum(p.grad.abs().sum() for p in module.parameters())
+                                                            / sum(p.numel() for p in module.parameters()))
+                                     for name, module in modules.items() if list(module.parameters())})
+                expected[-1].update({f"max {name}": float(max(p.grad.abs().max() for p in module.parameters()))
+                                     for name, module in modules.items() if list(module.parameters())})
+                expected[-1].update({f"param mean {name}": float(p.grad.abs().mean())
+                                     for name, p in model.named_parameters()})
             optimizer.step()
     for hook in hooks:
         hook.remove()
@@ -73,6 +81,19 @@ def test_module_parameter_gradient_norms_match_the_grads_of_their_parameters():
     for step, oracle in enumerate(expected):
         for column, name in enumerate(names):
             assert norms[step, column] == pytest.approx(oracle[f"param {name}"], rel=1e-5), (step, name)
+
+
+def test_module_mean_and_max_abs_gradients_match_the_grads_of_their_parameters():
+    run, expected = _train()
+    for measure in ("mean", "max"):
+        names, values = run.grad_norms(by="module", measure=measure)
+        for step, oracle in enumerate(expected):
+            for column, name in enumerate(names):
+                assert values[step, column] == pytest.approx(oracle[f"{measure} {name}"], rel=1e-5), (measure, step, name)
+    names, means = run.grad_norms(by="param", measure="mean")
+    for step, oracle in enumerate(expected):
+        for column, name in enumerate(names):
+            assert means[step, column] == pytest.approx(oracle[f"param mean {name}"], rel=1e-5), (step, name)
 
 
 def test_output_gradient_norms_match_autograd_grad_of_the_module_outputs():

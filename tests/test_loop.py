@@ -1,13 +1,13 @@
 """Training-loop steps: iterations grouped by optimizer.step(), loss names and variable names read on every step."""
 
-import sqlite3
-
 import pytest
 import torch
 from torch import nn
 
 import vizgrad
 from vizgrad.loop import group_iterations
+
+from oldfiles import as_schema
 
 
 @pytest.mark.parametrize("stepped, pending, expected", [
@@ -155,9 +155,8 @@ def test_files_of_schema_2_load_with_one_iteration_per_step(tmp_path):
             model(torch.ones(1, 2)).sum().backward()
             model(torch.ones(1, 2)).sum().backward()
             optimizer.step()
-    connection = sqlite3.connect(path)
+    connection = as_schema(path, 2)
     connection.execute("ALTER TABLE steps DROP COLUMN stepped")
-    connection.execute("UPDATE meta SET value = '2' WHERE key = 'vizgrad_schema'")
     connection.commit()
     connection.close()
     loaded = vizgrad.load(path)

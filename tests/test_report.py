@@ -17,7 +17,7 @@ import vizgrad
 from vizgrad import demo, engine, frames, report
 from vizgrad.errors import OutputError, UsageError, VizgradError
 
-from pages import page_data
+from pages import page_data, page_layouts
 from vizgrad.panels import ScatterLine
 from vizgrad.report import Report, embed_json, sanitize_svg
 
@@ -103,8 +103,8 @@ def test_report_is_one_self_contained_file(seed_html: str):
 
 def test_report_embeds_each_layout_once_and_data_per_step(seed_run: vizgrad.Run, seed_html: str):
     data = page_data(seed_html)
-    assert seed_html.count('<template id="vg-layout-') == 1
-    assert len(re.findall(r'<g [^>]*class="node vg-node', seed_html)) == len(seed_run.steps[0].graph.nodes)
+    (layout_svg,) = page_layouts(seed_html)  # inline, or packed with the data past PACK_DATA_ABOVE
+    assert len(re.findall(r'<g [^>]*class="node vg-node', layout_svg)) == len(seed_run.steps[0].graph.nodes)
     assert len(frames_of(data)) == len(seed_run.steps) == 50
     assert data["index"] == list(range(50))
     assert data["loss"][0] == pytest.approx(seed_run.steps[0].loss, rel=1e-5)

@@ -25,6 +25,7 @@ def expected_summary(t: torch.Tensor) -> dict[str, float | int]:
         "nan": int(torch.isnan(values).sum()),
         "inf": int(torch.isinf(values).sum()),
         "numel": t.numel(),
+        "abs": float(values.abs().sum() / t.numel()) if t.numel() else math.nan,  # implicit zeros count
     }
 
 
@@ -33,7 +34,7 @@ def assert_summary(summary: Summary, t: torch.Tensor, rel: float = 1e-6) -> None
     got = summary.as_dict()
     for key in ("nan", "inf", "numel"):
         assert got[key] == want[key], key
-    for key in ("norm", "mean", "min", "max"):
+    for key in ("norm", "mean", "min", "max", "abs"):
         assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-12, nan_ok=True), key
 
 
@@ -58,7 +59,7 @@ def test_large_dense_tensor_is_reduced_on_its_own():
     assert_summary(batch.summary(0), big, rel=1e-5)
     assert torch.equal(batch.value(0), big)
     assert batch.summary(1).as_dict() == {"norm": math.sqrt(3), "mean": 1.0, "min": 1.0, "max": 1.0, "nan": 0,
-                                          "inf": 0, "numel": 3}
+                                          "inf": 0, "numel": 3, "abs": 1.0}
 
 
 @pytest.mark.parametrize("size", [6, SEGMENT_LIMIT + 6])

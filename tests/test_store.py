@@ -6,6 +6,7 @@ import math
 import shutil
 import sqlite3
 
+import numpy as np
 import pytest
 import torch
 
@@ -452,3 +453,34 @@ def test_a_flipped_byte_in_a_step_and_bad_text_in_the_schema_are_named_damage(tm
     connection.commit()
     connection.close()
     _expect_error(path, "is damaged", "record the run again")
+
+
+def test_files_of_schema_4_load_their_rows_without_the_mean_of_abs_unless_a_kept_value_gives_it(tmp_path):
+    from oldfiles import as_schema
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.Tanh(), torch.nn.Linear(10, 1))
+    path = tmp_path / "old.vizgrad"
+    with vizgrad.record(model, save=path) as live:  # keep=64: the 120-element weight's .grad is not kept
+        for _ in range(3):
+            model.zero_grad()
+            model(torch.randn(5, 12)).pow(2).mean().backward()
+    connection = as_schema(path, 4)
+    connection.commit()
+    connection.close()
+    old = vizgrad.load(path)
+    assert old.store.version == 4
+    for want, got in zip(live.steps, old.steps):
+        for key, summary in want.summaries.items():
+            read = got.summaries[key]
+            assert read[:7] == summary[:7], key  # every other column as recorded
+            if got.table.is_kept(key):  # computed again from the kept value
+                assert read.abs == pytest.approx(summary.abs, rel=1e-12), key
+            else:
+                assert math.isnan(read.abs), key
+    recorded = live.steps[-1].summaries[("param_grad", "0.weight")].abs
+    assert recorded == pytest.approx(float(model[0].weight.grad.abs().mean()), rel=1e-6)  # the new file's oracle
+    names, means = old.grad_norms(by="param", measure="mean")
+    assert np.isnan(means[:, names.index("0.weight")]).all() and not np.isnan(means[:, names.index("2.bias")]).any()
+    assert old.report()._payload()[0]["flow"]["mean"] is None  # the page's bars fall back to RMS
+    assert live.report()._payload()[0]["flow"]["mean"] is not None

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["ValueKey", "Summary", "GradIndex", "GradTable", "SummaryMap", "ValueMap", "NotKeptError",
            "Segments", "row_summary", "segment_rows", "resolve", "GRADIENT_KINDS", "encode_rows", "decode_rows",
-           "ValuesEncoder", "decode_values", "encode_index", "decode_index", "stored_norm_ranges", "value_key"]
+           "ValuesEncoder", "decode_values", "encode_index", "decode_index", "stored_norm_ranges", "value_key",
+           "COLUMNS", "WIDTH", "STATISTICS", "OLD_WIDTH", "widened"]
 
 #: Keys of a table: ``("node", node_id, output)`` for the gradient flowing into
 #: a node's output, ``("edge", src_id, slot)`` for the gradient ``src`` passes
@@ -29,8 +30,13 @@ ValueKey = tuple
 #: Key kinds that hold gradients flowing through the graph (what colour scales span).
 GRADIENT_KINDS = ("node", "edge")
 
-#: Columns of a summary row.
-COLUMNS = ("norm", "mean", "min", "max", "nan", "inf", "numel")
+#: Columns of a summary row: ``abs`` is the mean of ``|g|`` (what ``plot_grad_flow`` shows as a layer's mean).
+COLUMNS = ("norm", "mean", "min", "max", "nan", "inf", "numel", "abs")
+#: Width of a summary row, and the columns a reduction fills (all but ``numel``), in their order in a row.
+WIDTH = len(COLUMNS)
+STATISTICS = np.array([0, 1, 2, 3, 4, 5, 7])
+#: Width of the rows of run files before schema 5 (no ``abs``: read back as NaN, "not measured").
+OLD_WIDTH = 7
 
 
 class Summary(NamedTuple):
@@ -40,6 +46,7 @@ class Summary(NamedTuple):
     ``min`` and ``max`` ignore NaNs (NaNs are counted in ``nan``); ``norm`` and
     ``mean`` propagate them. For complex tensors ``mean``, ``min`` and ``max``
     are of the magnitudes ``|z|``. Sparse tensors count their implicit zeros.
+    ``abs`` is the mean of ``|g|`` (NaN when not measured: run files before schema 5).
     """
 
     norm: float
@@ -49,21 +56,23 @@ class Summary(NamedTuple):
     nan: int
     inf: int
     numel: int
+    abs: float = math.nan
 
     def as_dict(self) -> dict[str, float | int]:
-        """The summary as a plain dict (``norm, mean, min, max, nan, inf, numel``)."""
+        """The summary as a plain dict (``norm, mean, min, max, nan, inf, numel, abs``)."""
         return self._asdict()
 
     def to_list(self) -> list[float | int | str]:
         """Compact JSON form; non-finite floats become strings so JSON stays valid."""
         return [_json_float(self.norm), _json_float(self.mean), _json_float(self.min), _json_float(self.max),
-                self.nan, self.inf, self.numel]
+                self.nan, self.inf, self.numel, _json_float(self.abs)]
 
     @classmethod
     def from_list(cls, data: Sequence[Any]) -> Summary:
-        """Inverse of :meth:`to_list`."""
-        norm, mean, lo, hi, nan, inf, numel = data
-        return cls(float(norm), float(mean), float(lo), float(hi), int(nan), int(inf), int(numel))
+        """Inverse of :meth:`to_list` (a list of 7, without ``abs``, is read too)."""
+        norm, mean, lo, hi, nan, inf, numel, *rest = data
+        return cls(float(norm), float(mean), float(lo), float(hi), int(nan), int(inf), int(numel),
+                   float(rest[0]) if rest else math.nan)
 
     @property
     def finite(self) -> bool:
@@ -81,11 +90,20 @@ def _json_float(value: float) -> float | str:
 
 
 def row_summary(row: np.ndarray | Sequence[float]) -> Summary:
-    """A :class:`Summary` from a row ``norm, mean, min, max, nan, inf, numel``."""
-    norm, mean, lo, hi, nan, inf, numel = row.tolist() if isinstance(row, np.ndarray) else row
+    """A :class:`Summary` from a row ``norm, mean, min, max, nan, inf, numel, abs``."""
+    norm, mean, lo, hi, nan, inf, numel, *rest = row.tolist() if isinstance(row, np.ndarray) else row
     if nan and nan == numel:  # nothing but NaN: no meaningful min or max
         lo = hi = float("nan")
-    return Summary(norm, mean, lo, hi, int(nan), int(inf), int(numel))
+    return Summary(norm, mean, lo, hi, int(nan), int(inf), int(numel), rest[0] if rest else math.nan)
+
+
+def widened(rows: np.ndarray) -> np.ndarray:
+    """Rows of :data:`OLD_WIDTH` columns with ``abs`` added as NaN; rows of :data:`WIDTH` as they are."""
+    if rows.shape[-1] == WIDTH:
+        return rows
+    out = np.full(rows.shape[:-1] + (WIDTH,), np.nan)
+    out[..., :OLD_WIDTH] = rows
+    return out
 
 
 class NotKeptError(LookupError):
@@ -203,7 +221,8 @@ class Segments(NamedTuple):
 
 
 def segment_rows(flat: np.ndarray, counts: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
-    """Rows ``[norm, mean, min, max, nan, inf]`` of many tensors laid end to end (every count > 0).
+    """Rows ``[norm, mean, min, max, nan, inf, abs]`` (:data:`STATISTICS`) of many tensors laid end to end
+    (every count > 0).
 
     Sums accumulate in float64 (numpy casts in small buffers, without a
     float64 copy of the data); min and max ignore NaN.
@@ -212,10 +231,11 @@ def segment_rows(flat: np.ndarray, counts: np.ndarray, starts: np.ndarray | None
     if starts is None:
         starts = np.zeros(len(counts), dtype=np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
-    rows = np.zeros((len(counts), 6), dtype=np.float64)
+    rows = np.zeros((len(counts), 7), dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):  # Inf - Inf is NaN, as torch's sums give: no warning
         rows[:, 1] = np.add.reduceat(values, starts, dtype=np.float64) / counts
         rows[:, 0] = np.sqrt(np.add.reduceat(np.square(values, dtype=np.float64), starts))
+        rows[:, 6] = np.add.reduceat(np.abs(values), starts, dtype=np.float64) / counts
     if np.isfinite(rows[:, 0]).all():  # the common case: no NaN, no Inf anywhere
         rows[:, 2] = np.minimum.reduceat(values, starts)
         rows[:, 3] = np.maximum.reduceat(values, starts)
@@ -235,9 +255,9 @@ Locator = Any
 
 
 class GradTable:
-    """One step's gradients: a :class:`GradIndex`, the ``(n, 7)`` float64 summary rows and the kept values.
+    """One step's gradients: a :class:`GradIndex`, the ``(n, 8)`` float64 summary rows and the kept values.
 
-    Rows are ``norm, mean, min, max, nan, inf, numel``, one per distinct
+    Rows are ``norm, mean, min, max, nan, inf, numel, abs``, one per distinct
     tensor; keys map into them through :attr:`index` (two keys of one tensor
     share a row). Kept values lie in a few flat host buffers. The rows of
     kept values may be computed from those buffers on first access to
@@ -268,7 +288,7 @@ class GradTable:
     # -- rows --------------------------------------------------------------------------------------------
     @property
     def rows(self) -> np.ndarray:
-        """The ``(n, 7)`` float64 array ``norm, mean, min, max, nan, inf, numel``."""
+        """The ``(n, 8)`` float64 array ``norm, mean, min, max, nan, inf, numel, abs`` (:data:`COLUMNS`)."""
         if self._pending:
             resolve([self])
         return self._rows
@@ -403,7 +423,7 @@ class GradTable:
 
             computed = summarize([values[key] for key in missing], keep=None)
             rows.update(zip(missing, map(tuple, computed.rows.tolist())))
-        table = np.array(list(rows.values()), dtype=np.float64).reshape(-1, 7)
+        table = np.array([widened(np.asarray(row, dtype=np.float64)) for row in rows.values()]).reshape(-1, WIDTH)
         index = GradIndex({key: at for at, key in enumerate(rows)})
         kept = [None if values.get(key) is None else values[key].detach().to("cpu", copy=True) for key in rows]
         return cls(index, table, kept=kept)
@@ -423,14 +443,14 @@ def resolve(tables: Iterable[GradTable]) -> None:
     for jobs in by_dtype.values():
         if len(jobs) == 1:  # one table (a step being saved): no gathering
             table, segments = jobs[0]
-            table._rows[segments.rows_at, :6] = segment_rows(host_numpy(table.buffers[segments.buffer]),
-                                                             segments.counts, segments.starts)
+            table._rows[segments.rows_at[:, None], STATISTICS] = segment_rows(
+                host_numpy(table.buffers[segments.buffer]), segments.counts, segments.starts)
             continue
         flat = np.concatenate([host_numpy(table.buffers[segments.buffer]) for table, segments in jobs])
         rows = segment_rows(flat, np.concatenate([segments.counts for _, segments in jobs]))
         at = 0
         for table, segments in jobs:
-            table._rows[segments.rows_at, :6] = rows[at:at + len(segments.counts)]
+            table._rows[segments.rows_at[:, None], STATISTICS] = rows[at:at + len(segments.counts)]
             at += len(segments.counts)
 
 
@@ -505,7 +525,6 @@ class ValueMap(Mapping[ValueKey, "torch.Tensor"]):
 
 
 _ALIGN = 16  # payload arrays start at multiples of this, so decoded tensors are aligned
-_ROW_BYTES = 7 * 8
 _CRC = struct.Struct("<I")
 
 
@@ -558,7 +577,7 @@ def _dtype_from_name(name: str) -> torch.dtype:
 
 
 def encode_rows(table: GradTable) -> bytes:
-    """A table's summary rows as stored: a CRC-32 of the rows, then the ``(n, 7)`` little-endian float64s.
+    """A table's summary rows as stored: a CRC-32 of the rows, then the ``(n, 8)`` little-endian float64s.
 
     Raw, not compressed: gradient statistics barely compress, and a step's
     write is on the training loop's path. The checksum tells a damaged row.
@@ -568,14 +587,15 @@ def encode_rows(table: GradTable) -> bytes:
     return b"".join((_CRC.pack(zlib.crc32(data)), data))
 
 
-def decode_rows(blob: bytes) -> np.ndarray:
-    """Inverse of :func:`encode_rows`; ``ValueError`` for a damaged blob."""
-    if len(blob) < _CRC.size or (len(blob) - _CRC.size) % _ROW_BYTES:
+def decode_rows(blob: bytes, width: int = WIDTH) -> np.ndarray:
+    """Inverse of :func:`encode_rows` (``width``: :data:`OLD_WIDTH` for files before schema 5, widened);
+    ``ValueError`` for a damaged blob."""
+    if len(blob) < _CRC.size or (len(blob) - _CRC.size) % (width * 8):
         raise ValueError("its summary rows are cut short")
     data = memoryview(blob)[_CRC.size:]
     if _CRC.unpack_from(blob)[0] != zlib.crc32(data):
         raise ValueError("its summary rows fail their checksum")
-    return np.frombuffer(data, dtype="<f8").reshape(-1, 7)
+    return widened(np.frombuffer(data, dtype="<f8").reshape(-1, width))
 
 
 _KEY_TYPES = {"node": (str, int), "edge": (str, int), "param": (str,), "param_grad": (str,), "value": (str,)}

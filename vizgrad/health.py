@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from vizgrad.errors import UsageError
+from vizgrad.gradtable import WIDTH
 from vizgrad.graph import Graph
 
 __all__ = ["BY", "KINDS", "MEASURES", "Flow", "Layers", "layers_of", "grad_flow", "grad_norms"]
@@ -19,8 +20,9 @@ BY = ("module", "param")
 #: into a module's outputs (for a parameter: the gradient this ``backward()`` delivered to it).
 KINDS = ("param_grad", "output")
 #: ``norm``: the L2 norm of all the layer's gradients; ``rms``: norm / sqrt(elements), which keeps tensor
-#: size from looking like health; ``max``: the largest |grad| element.
-MEASURES = ("norm", "rms", "max")
+#: size from looking like health; ``mean``: the mean of |grad| over the layer's elements (``plot_grad_flow``'s
+#: "average gradient"; NaN in run files before schema 5); ``max``: the largest |grad| element.
+MEASURES = ("norm", "rms", "mean", "max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,18 +169,20 @@ def _subtree_nodes(scope: Any) -> list[int]:
 
 @dataclasses.dataclass
 class Flow:
-    """Per layer and step: ``norm``, ``rms`` and ``max`` (|grad|) arrays of shape ``(steps, layers)``, NaN where none.
+    """Per layer and step: ``norm``, ``rms``, ``mean`` and ``max`` (|grad|) arrays of shape ``(steps, layers)``,
+    NaN where none.
 
     Attributes:
         names: The layers (module paths or parameter names), in forward order.
         steps: The step indices of the rows.
-        norm, rms, max: The measures (see :data:`MEASURES`).
+        norm, rms, mean, max: The measures (see :data:`MEASURES`).
     """
 
     names: list[str]
     steps: list[int]
     norm: np.ndarray
     rms: np.ndarray
+    mean: np.ndarray
     max: np.ndarray
     numel: np.ndarray  # elements summed per layer and step (0 where none)
     present: np.ndarray  # whether any gradient of the layer was recorded on the step (NaN values may be real)
@@ -218,19 +222,21 @@ def grad_flow(steps: Iterable[Any], by: str = "module", kind: str = "param_grad"
             if len(plans) > 256:
                 plans.pop(next(iter(plans)))
         columns, rows, owners = plan
-        summary = table.rows[rows] if len(rows) else np.zeros((0, 7))
+        summary = table.rows[rows] if len(rows) else np.zeros((0, WIDTH))
         count = len(columns)
         squares = np.bincount(owners, weights=summary[:, 0] ** 2, minlength=count)
         numel = np.bincount(owners, weights=summary[:, 6], minlength=count)
+        magnitude = np.bincount(owners, weights=summary[:, 7] * summary[:, 6], minlength=count)  # sum of |g|
         largest = np.full(count, -np.inf)
         np.maximum.at(largest, owners, np.maximum(np.abs(summary[:, 2]), np.abs(summary[:, 3])))
         present = np.bincount(owners, minlength=count) > 0
         norm = np.where(present, np.sqrt(squares), np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
             rms = np.where(present & (numel > 0), norm / np.sqrt(numel), np.nan)
-        per_step.append((columns, norm, rms, np.where(present, largest, np.nan), numel, present))
+            mean = np.where(present & (numel > 0), magnitude / numel, np.nan)
+        per_step.append((columns, norm, rms, mean, np.where(present, largest, np.nan), numel, present))
     shape = (len(per_step), len(names))
-    out = [np.full(shape, np.nan) for _ in range(3)] + [np.zeros(shape), np.zeros(shape, dtype=bool)]
+    out = [np.full(shape, np.nan) for _ in range(4)] + [np.zeros(shape), np.zeros(shape, dtype=bool)]
     for row, (columns, *measures) in enumerate(per_step):
         for array, values in zip(out, measures):
             array[row, columns] = values
@@ -318,11 +324,12 @@ def flow_panel(steps: Sequence[Any], max_rows: int = 256) -> dict[str, Any] | No
             if len(names) <= max_rows:
                 depths.append({"depth": level, "names": names, "group": group})
     params = {node.name for graph in graphs.values() for node in graph.nodes if node.kind == "leaf"}
-    both = np.concatenate([flow.norm.ravel(), flow.max.ravel()])
+    both = np.concatenate([flow.norm.ravel(), flow.mean.ravel(), flow.max.ravel()])
     found = log_range(both)
     lo, hi = (math.log10(found[0]), math.log10(found[1])) if found else (0.0, 0.0)
     numel = flow.numel.max(axis=0) if len(flow.steps) else np.zeros(len(flow.names))  # 0: never a gradient
     shown = _first_grouping([len(grouping["names"]) for grouping in depths])
+    unmeasured = bool((flow.present & np.isnan(flow.mean) & ~np.isnan(flow.norm)).any())  # NaN, yet a finite norm
     return {
         "by": by, "kind": "param_grad", "names": flow.names,
         "params": [name in params and by == "module" or by == "param" for name in flow.names],
@@ -331,6 +338,9 @@ def flow_panel(steps: Sequence[Any], max_rows: int = 256) -> dict[str, Any] | No
         "lo": lo, "hi": hi, "steps": len(flow.steps),
         "norm": base64.b64encode(log_codes(flow.norm, flow.present, lo, hi).tobytes()).decode("ascii"),
         "max": base64.b64encode(log_codes(flow.max, flow.present, lo, hi).tobytes()).decode("ascii"),
+        # Mean |grad|, unless some step lacks it (read from a run file before schema 5): the page then shows RMS.
+        "mean": None if unmeasured else base64.b64encode(log_codes(flow.mean, flow.present, lo, hi).tobytes()
+                                                         ).decode("ascii"),
     }
 
 

@@ -36,10 +36,11 @@ def combine_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
     out[4], out[5], out[6] = parts[:, 4].sum(), parts[:, 5].sum(), numel.sum()
     if len(held):
         out[1] = float(np.sum(held[:, 1] * held[:, 6]) / held[:, 6].sum())
+        out[7] = float(np.sum(held[:, 7] * held[:, 6]) / held[:, 6].sum())
         with np.errstate(invalid="ignore"):
             out[2], out[3] = np.nanmin(held[:, 2]), np.nanmax(held[:, 3])
     else:
-        out[1:4] = math.nan
+        out[1:4] = out[7] = math.nan
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from vizgrad.colors import FLAG_COLORS, VIRIDIS, ColorScale, text_color_for
 from vizgrad.dot import LINE_WIDTH, PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS
+from vizgrad.gradtable import WIDTH
 from vizgrad.layout import FLAGS
 from vizgrad.rows import SegmentRows, gather_rows, view_rows
 from vizgrad.view import BOX_KINDS, ViewPlan, bar_buckets, plan_of
@@ -66,7 +67,7 @@ def _param_line(row: Sequence[float] | None) -> tuple[str, str]:
     """The value line of a parameter (from its value's summary row) and a flag for a NaN/Inf value."""
     if row is None:
         return _line("val", _number(None)), ""
-    norm, mean, _lo, _hi, nan, inf, numel = row
+    norm, mean, _lo, _hi, nan, inf, numel, _abs = row
     flag = "nan" if nan else "inf" if inf else ""
     if numel == 1:  # the mean of one real element is that element, exactly
         return _line("val", _number(mean)), flag
@@ -164,7 +165,7 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
     param_slots = [keys.setdefault(plan.nodes[at][3], len(keys)) if plan.nodes[at][3] else -1 for at in todo_nodes]
     edge_slots = [keys.setdefault(plan.edges[at][1], len(keys)) for at in todo_edges]
     if not keys:
-        data, present = np.zeros((len(steps), 0, 7)), np.zeros((len(steps), 0), dtype=bool)
+        data, present = np.zeros((len(steps), 0, WIDTH)), np.zeros((len(steps), 0), dtype=bool)
     elif plan.view is None:
         data, present = gather_rows(steps, list(keys))
     else:

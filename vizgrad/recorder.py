@@ -22,7 +22,7 @@ from vizgrad import checking, clipping, modules, naming, ranks
 from vizgrad.capture import NodeCapture, patch_lock
 from vizgrad.errors import RecordingWarning, UsageError, VizgradError
 from vizgrad.gcpause import paused_gc
-from vizgrad.gradtable import GradIndex, GradTable
+from vizgrad.gradtable import WIDTH, GradIndex, GradTable
 from vizgrad.graph import Graph
 from vizgrad.loop import encode_marks
 from vizgrad.run import Run, Step
@@ -651,7 +651,7 @@ class Recorder:
                 continue
             index[key] = len(rows) - 1
         index = plan.with_aliases(index)
-        table = GradTable(GradIndex(index), np.array(rows, dtype=np.float64).reshape(-1, 7), kept=locators)
+        table = GradTable(GradIndex(index), np.array(rows, dtype=np.float64).reshape(-1, WIDTH), kept=locators)
         try:
             loss = _loss(work.graph, table)
         except Exception:

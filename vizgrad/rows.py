@@ -1,6 +1,6 @@
 """Summary rows of steps by key: a graph's own nodes and edges, and a view's boxes and bundles made of them.
 
-A row is ``norm, mean, min, max, nan, inf, numel`` (see
+A row is ``norm, mean, min, max, nan, inf, numel, abs`` (see
 :mod:`vizgrad.gradtable`). A view (:mod:`vizgrad.view`) draws boxes and
 bundled edges the table has no row for; their rows are made here from the
 rows of the nodes and edges they stand for, for every step at once. The
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from vizgrad.dot import PAINTED_EDGE_KINDS, PAINTED_NODE_KINDS
+from vizgrad.gradtable import WIDTH
 from vizgrad.view import ViewPlan, bar_buckets
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,12 +30,12 @@ _HELD_ROWS = 1 << 20
 
 
 def gather_rows(steps: Sequence[Step], keys: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, keys, 7)`` summary rows (NaN where missing) and the ``(steps, keys)`` mask of present ones.
+    """``(steps, keys, 8)`` summary rows (NaN where missing) and the ``(steps, keys)`` mask of present ones.
 
     Steps are grouped by their key index (a loop's steps share one): each
     group looks its keys up once and takes its rows in one gather.
     """
-    data = np.full((len(steps), len(keys), 7), np.nan)
+    data = np.full((len(steps), len(keys), WIDTH), np.nan)
     present = np.zeros((len(steps), len(keys)), dtype=bool)
     groups: dict[Any, list[int]] = {}
     for s, step in enumerate(steps):
@@ -153,7 +154,7 @@ def view_rows(segment: SegmentRows, view: ViewPlan, keys: list[tuple]) -> tuple[
     root of its edges' squared norms summed. NaN and Inf counts are summed.
     """
     steps = segment.steps
-    data = np.full((len(steps), len(keys), 7), np.nan)
+    data = np.full((len(steps), len(keys), WIDTH), np.nan)
     present = np.zeros((len(steps), len(keys)), dtype=bool)
     source = segment.source
     groups = _groups(source, view, keys)
@@ -222,17 +223,19 @@ def _passed_on(source: _SourceIndex, leaving: np.ndarray) -> np.ndarray:
 
 
 def _combined(rows: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``(steps, members, 7)`` as one per step: root of summed squared norms, counts summed."""
-    out = np.full((len(rows), 7), np.nan)
+    """Rows ``(steps, members, 8)`` as one per step: root of summed squared norms, counts summed, mean |g| of all."""
+    out = np.full((len(rows), WIDTH), np.nan)
     merged = np.where(found[..., None], rows, 0.0)
     out[:, 0] = np.sqrt((merged[..., 0] ** 2).sum(axis=1))
     out[:, 4:7] = merged[..., 4:7].sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 7] = (merged[..., 7] * merged[..., 6]).sum(axis=1) / out[:, 6]
     return out, found.any(axis=1)
 
 
 def _largest(rows: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The largest norm of the members (NaN wins, as a flag must), counts summed."""
-    out = np.full((len(rows), 7), np.nan)
+    out = np.full((len(rows), WIDTH), np.nan)
     merged = np.where(found[..., None], rows, 0.0)
     norms = np.where(found, rows[..., 0], -np.inf)
     out[:, 0] = norms.max(axis=1, initial=-np.inf)
@@ -248,7 +251,7 @@ def _largest_instance(rows: np.ndarray, found: np.ndarray, instances: np.ndarray
     NaN and Inf counts are summed over every member. All steps at once: the
     members sorted by instance, each instance's squares summed by ``reduceat``.
     """
-    out = np.full((len(rows), 7), np.nan)
+    out = np.full((len(rows), WIDTH), np.nan)
     present = np.zeros(len(rows), dtype=bool)
     if rows.shape[1] == 0 or len(rows) == 0:
         return out, present

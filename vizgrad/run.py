@@ -115,7 +115,7 @@ class Step:
         return self.table.value(("node", node_id, output))
 
     def stats(self, node_id: str, output: int = 0) -> dict[str, float | int] | None:
-        """Summary dict (``norm, mean, min, max, nan, inf, numel``) of that gradient, or ``None`` when none flowed."""
+        """Summary dict (``norm, mean, min, max, nan, inf, numel, abs``: ``abs`` the mean of ``|g|``) of that gradient, or ``None`` when none flowed."""
         self.graph.node(node_id)
         summary = self.table.summary(("node", node_id, output))
         return None if summary is None else summary.as_dict()
@@ -368,8 +368,9 @@ class Run:
                 at that depth shows as boxes (that deep, or shallower without
                 modules inside), plus, for ``param_grad``, each parameter an
                 open module owns itself, so every parameter counts once.
-            measure: ``"norm"`` (L2), ``"rms"`` (norm / sqrt(elements)) or
-                ``"max"`` (largest |grad|).
+            measure: ``"norm"`` (L2), ``"rms"`` (norm / sqrt(elements)),
+                ``"mean"`` (mean |grad| over the elements; NaN for steps read
+                from run files before schema 5) or ``"max"`` (largest |grad|).
 
         Columns are in forward order; the report's gradient-flow panel and
         ``vizgrad info`` read the same numbers.

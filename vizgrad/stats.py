@@ -17,7 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from vizgrad.gradtable import GradIndex, GradTable, Segments, Summary, host_numpy, row_summary, segment_rows
+from vizgrad.gradtable import (STATISTICS, WIDTH, GradIndex, GradTable, Segments, Summary, host_numpy, row_summary,
+                               segment_rows)
 from vizgrad.ranks import local_parts
 
 __all__ = ["Summary", "Batch", "Reduced", "Reducer", "SummaryMemo", "SummaryPlan", "summarize",
@@ -93,28 +94,30 @@ def _dense(t: torch.Tensor) -> bool:
     return True
 
 
-def _chunked_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Norm and sum of a 1-d real tensor, each as a float64 0-d tensor (see :data:`CHUNK`)."""
+def _chunked_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Norm, sum and sum of ``|x|`` of a 1-d real tensor, each as a float64 0-d tensor (see :data:`CHUNK`)."""
     count = flat.numel()
     whole = count - count % CHUNK
     parts = []
     if whole:
         rows = (flat if whole == count else flat[:whole]).view(-1, CHUNK)
         # Per-row norms and sums in the tensor's precision (torch's sums cascade), combined in float64.
-        parts.append((torch.linalg.vector_norm(rows, dim=1).double(), rows.sum(dim=1).double()))
+        parts.append((torch.linalg.vector_norm(rows, dim=1).double(), rows.sum(dim=1).double(),
+                      torch.linalg.vector_norm(rows, 1, dim=1).double()))
     if whole < count:
         tail = flat[whole:].double()
-        parts.append((torch.linalg.vector_norm(tail).view(1), tail.sum().view(1)))
-    norms, sums = parts[0] if len(parts) == 1 else (torch.cat([parts[0][0], parts[1][0]]),
-                                                    torch.cat([parts[0][1], parts[1][1]]))
-    return torch.linalg.vector_norm(norms), sums.sum()
+        parts.append((torch.linalg.vector_norm(tail).view(1), tail.sum().view(1),
+                      torch.linalg.vector_norm(tail, 1).view(1)))
+    norms, sums, magnitudes = parts[0] if len(parts) == 1 else [torch.cat(pair) for pair in zip(*parts)]
+    return torch.linalg.vector_norm(norms), sums.sum(), magnitudes.sum()
 
 
 def _fast_row(t: torch.Tensor) -> torch.Tensor:
-    """``[norm, mean, min, max]`` (float64, on ``t``'s device) of a big dense tensor; NaN/Inf propagate."""
+    """``[norm, mean, min, max, abs]`` (float64, on ``t``'s device) of a big dense tensor; NaN/Inf propagate."""
     flat, repeats = _flat_values(t)
-    norm, total = _chunked_sums(flat)
-    return torch.stack([norm * math.sqrt(repeats), total / flat.numel(), flat.amin().double(), flat.amax().double()])
+    norm, total, magnitude = _chunked_sums(flat)
+    return torch.stack([norm * math.sqrt(repeats), total / flat.numel(), flat.amin().double(), flat.amax().double(),
+                        magnitude / flat.numel()])
 
 
 def _flat_values(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -124,14 +127,15 @@ def _flat_values(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def _cpu_row(t: torch.Tensor) -> list[float]:
-    """``[norm, mean, min, max]`` of a big dense CPU tensor as floats: :func:`_fast_row` with fewer torch calls."""
+    """``[norm, mean, min, max, abs]`` of a big dense CPU tensor as floats: :func:`_fast_row` with fewer torch calls."""
     flat, repeats = _flat_values(t)
-    norm, total = _chunked_sums(flat)
-    return [norm.item() * math.sqrt(repeats), total.item() / flat.numel(), flat.amin().item(), flat.amax().item()]
+    norm, total, magnitude = _chunked_sums(flat)
+    return [norm.item() * math.sqrt(repeats), total.item() / flat.numel(), flat.amin().item(), flat.amax().item(),
+            magnitude.item() / flat.numel()]
 
 
 def _exact_row(t: torch.Tensor) -> list[float]:
-    """``[norm, mean, min, max, nan, inf]`` with NaN-ignoring min/max: the slow path for non-finite tensors."""
+    """``[norm, mean, min, max, nan, inf, abs]`` with NaN-ignoring min/max: the slow path for non-finite tensors."""
     values = _real(t.coalesce().values() if t.is_sparse else t).reshape(-1).double()
     isnan = torch.isnan(values)
     lo = values.masked_fill(isnan, math.inf).amin() if values.numel() else torch.tensor(math.inf)
@@ -139,12 +143,12 @@ def _exact_row(t: torch.Tensor) -> list[float]:
     if values.numel() < t.numel():  # a sparse tensor's implicit zeros count for min and max
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     row = torch.stack([torch.linalg.vector_norm(values), values.sum() / t.numel(), lo.double(), hi.double(),
-                       isnan.sum().double(), torch.isinf(values).sum().double()])
+                       isnan.sum().double(), torch.isinf(values).sum().double(), values.abs().sum() / t.numel()])
     return row.tolist()
 
 
 def _device_row(t: torch.Tensor) -> torch.Tensor:
-    """``[norm, mean, min, max, nan, inf]`` of a big tensor as a float64 tensor on its device (no host sync)."""
+    """``[norm, mean, min, max, nan, inf, abs]`` of a big tensor as a float64 tensor on its device (no host sync)."""
     if t.is_sparse:
         return _sparse_row(t)
     row = _fast_row(t)
@@ -154,34 +158,38 @@ def _device_row(t: torch.Tensor) -> torch.Tensor:
     # Where NaNs hide the extremes, take them again over the rest (on the device, no branch on the host).
     lo = torch.where(isnan.any(), values.masked_fill(isnan, math.inf).amin().double(), row[2])
     hi = torch.where(isnan.any(), values.masked_fill(isnan, -math.inf).amax().double(), row[3])
-    return torch.cat([row[:2], lo.view(1), hi.view(1), counts])
+    return torch.cat([row[:2], lo.view(1), hi.view(1), counts, row[4:]])
 
 
 def _sparse_row(t: torch.Tensor) -> torch.Tensor:
-    """``[norm, mean, min, max, nan, inf]`` of a sparse tensor, its implicit zeros counted."""
+    """``[norm, mean, min, max, nan, inf, abs]`` of a sparse tensor, its implicit zeros counted."""
     t = t.coalesce()
     values = _real(t.values()).reshape(-1)
     if values.numel() == 0:  # no stored values: all implicit zeros
-        return torch.zeros(6, dtype=torch.float64, device=values.device)
+        return torch.zeros(7, dtype=torch.float64, device=values.device)
     isnan = torch.isnan(values)
     lo = values.masked_fill(isnan, math.inf).amin().double()
     hi = values.masked_fill(isnan, -math.inf).amax().double()
     if values.numel() < t.numel():
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     return torch.stack([torch.linalg.vector_norm(values.double()), values.double().sum() / t.numel(), lo, hi,
-                        isnan.sum().double(), torch.isinf(values).sum().double()])
+                        isnan.sum().double(), torch.isinf(values).sum().double(), values.double().abs().sum() / t.numel()])
+
+
+#: The statistics of an empty tensor (``norm, mean, min, max, nan, inf, abs``).
+_EMPTY_ROW = [0.0, math.nan, math.nan, math.nan, 0.0, 0.0, math.nan]
 
 
 def big_row(t: torch.Tensor) -> list[float]:
-    """``[norm, mean, min, max, nan, inf]`` of one tensor on the CPU, exact, in float64 accumulation."""
+    """``[norm, mean, min, max, nan, inf, abs]`` of one tensor on the CPU, exact, in float64 accumulation."""
     if t.is_sparse:
         return _sparse_row(t).tolist()
     if t.numel() == 0:
-        return [0.0, math.nan, math.nan, math.nan, 0.0, 0.0]
+        return list(_EMPTY_ROW)
     row = _cpu_row(t)
     if not math.isfinite(row[0]):  # NaN or Inf somewhere (or squares beyond float64): count them
         return _exact_row(t)
-    return [*row, 0.0, 0.0]
+    return [*row[:4], 0.0, 0.0, row[4]]
 
 
 class Reduced:
@@ -307,7 +315,7 @@ class SummaryMemo:
 class Batch:
     """The result of :func:`summarize`: summary rows and kept values of a list of tensors.
 
-    Rows are ``norm, mean, min, max, nan, inf, numel``. ``plan`` is the
+    Rows are ``norm, mean, min, max, nan, inf, numel, abs``. ``plan`` is the
     :class:`SummaryPlan` the tensors were split by (``None`` off the plain CPU
     path); ``tensors`` are what was summarised (tensors, or :class:`Reduced`).
     """
@@ -321,7 +329,7 @@ class Batch:
 
     @property
     def rows(self) -> np.ndarray:
-        """``(n, 7)`` float64 array of ``norm, mean, min, max, nan, inf, numel``."""
+        """``(n, 8)`` float64 array of ``norm, mean, min, max, nan, inf, numel, abs``."""
         return self._table.rows
 
     @property
@@ -393,14 +401,14 @@ def summarize(tensors: Sequence[Any], keep: int | None = 64, *, packed_devices: 
     if memo is not None and count and (packed_devices is None or "cpu" not in packed_devices):
         plan = _cpu_plan(tensors, limit, memo)
         if plan is not None:  # every tensor on the CPU, laid out as the plan says: its split holds
-            rows = np.zeros((count, 7), dtype=np.float64)
+            rows = np.zeros((count, WIDTH), dtype=np.float64)
             rows[:, 6] = plan.numels
             kept = list(plan.kept)
             _summarize_groups(tensors, plan.groups, plan.big, plan.numels, rows, kept, buffers, pending, limit,
                               memo, plan)
             return Batch(rows, buffers, kept, pending, plan, tensors)
     numels = list(map(_numel, tensors))  # map(): one C loop, this runs for every gradient
-    rows = np.zeros((count, 7), dtype=np.float64)
+    rows = np.zeros((count, WIDTH), dtype=np.float64)
     rows[:, 6] = numels
     on_cpu = list(map(_is_cpu, tensors))
     if count and 0 not in numels and False not in on_cpu:  # the common case: every tensor on the CPU, none empty
@@ -409,7 +417,7 @@ def summarize(tensors: Sequence[Any], keep: int | None = 64, *, packed_devices: 
         by_device = {}
         for i, t in enumerate(tensors):
             if numels[i] == 0:
-                rows[i, :6] = [0.0, math.nan, math.nan, math.nan, 0.0, 0.0]
+                rows[i, STATISTICS] = _EMPTY_ROW
                 kept[i] = t.detach().to("cpu", copy=True)
             else:
                 by_device.setdefault("cpu" if on_cpu[i] else _device_of(t), []).append(i)
@@ -545,20 +553,20 @@ def _summarize_groups(tensors: Sequence[Any], groups: list[tuple[torch.dtype, li
             own, aliases, targets = _distinct_memory_memo(tensors, other, numels, memo, dtype)
             _reduce_into(rows, tensors, own, memo, dtype, plan)
             if aliases:
-                rows[aliases, :6] = rows[targets, :6]
+                rows[np.ix_(aliases, STATISTICS)] = rows[np.ix_(targets, STATISTICS)]
     for i in big:
         t = tensors[i]
         if type(t) is Reduced:
-            rows[i, :6] = t.row
+            rows[i, STATISTICS] = t.row
             continue
-        rows[i, :6] = big_row(t)
+        rows[i, STATISTICS] = big_row(t)
         if numels[i] <= limit:
             kept[i] = _dense_copy(t)
 
 
 def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: list[int],
                  memo: SummaryMemo | None = None, dtype: Any = None, plan: SummaryPlan | None = None) -> None:
-    """Fills ``rows[indices, :6]`` for dense tensors of one dtype.
+    """Fills the statistics of ``rows[indices]`` (:data:`STATISTICS`) for dense tensors of one dtype.
 
     Tensors of a shape many of them share (a loop's repeated layers) are
     concatenated shape by shape into 2-d blocks, one row per tensor, and
@@ -588,13 +596,13 @@ def _reduce_into(rows: np.ndarray, tensors: Sequence[torch.Tensor], indices: lis
             part = members[start:start + step]
             # reshape, not view: a stack of channels_last tensors is channels_last too (then it copies).
             block = torch.stack([tensors[i] for i in part]).reshape(len(part), -1)
-            rows[at[start:start + step], :6] = _block_rows(block)
+            rows[at[start:start + step, None], STATISTICS] = _block_rows(block)
     if loose:
         counts = rows[loose, 6].astype(np.int64)
         for start, stop in _parts(counts):
             part = loose[start:stop]
             flat = _flatten([tensors[i] for i in part])
-            rows[part, :6] = segment_rows(host_numpy(flat), counts[start:stop])
+            rows[np.ix_(part, STATISTICS)] = segment_rows(host_numpy(flat), counts[start:stop])
 
 
 def _parts(counts: np.ndarray) -> list[tuple[int, int]]:
@@ -612,9 +620,9 @@ def _parts(counts: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _block_rows(block: torch.Tensor) -> np.ndarray:
-    """Rows ``[norm, mean, min, max, nan, inf]`` of each row of a 2-d block (the slow exact path on NaN/Inf)."""
+    """Rows ``[norm, mean, min, max, nan, inf, abs]`` of each row of a 2-d block (the slow exact path on NaN/Inf)."""
     values = _real(block)
-    out = np.zeros((values.shape[0], 6), dtype=np.float64)
+    out = np.zeros((values.shape[0], 7), dtype=np.float64)
     length = values.shape[1]
     if length <= CHUNK:
         out[:, 0] = torch.linalg.vector_norm(values, dim=1).numpy()
@@ -627,8 +635,10 @@ def _block_rows(block: torch.Tensor) -> np.ndarray:
         out[:, 0] = squares.sqrt().numpy()
     if not np.isfinite(out[:, 0]).all():  # NaN or Inf somewhere (or squares beyond float32)
         return segment_rows(host_numpy(block.reshape(-1)), np.full(block.shape[0], block.shape[1]))
-    # Means summed in float64: a mean near zero is the difference of large sums.
-    out[:, 1] = values.double().sum(1).numpy() / length
+    # Means summed in float64: a mean near zero is the difference of large sums (and long float32 sums drift).
+    wide = values.double()
+    out[:, 1] = wide.sum(1).numpy() / length
+    out[:, 6] = wide.abs().sum(1).numpy() / length
     out[:, 2] = values.amin(1).numpy()
     out[:, 3] = values.amax(1).numpy()
     return out
@@ -722,7 +732,7 @@ def _summarize_packed(tensors: Sequence[Any], indices: list[int], rows: np.ndarr
     offset = 0
     if partial is not None:
         size = partial.numel() * partial.element_size()
-        rows[reduced, :6] = host[:size].view(torch.float64).reshape(-1, 6).numpy()
+        rows[np.ix_(reduced, STATISTICS)] = host[:size].view(torch.float64).reshape(-1, 7).numpy()
         offset = -(-size // 8) * 8
     for group, flat in flats:
         size = flat.numel() * flat.element_size()

@@ -20,8 +20,8 @@ import numpy as np
 
 from vizgrad._version import __version__
 from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradError
-from vizgrad.gradtable import (GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows, decode_values,
-                               encode_index, encode_rows, stored_norm_ranges, unpack_blob, value_key)
+from vizgrad.gradtable import (OLD_WIDTH, WIDTH, GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows, decode_values,
+                               encode_index, encode_rows, stored_norm_ranges, unpack_blob, value_key, widened)
 from vizgrad.graph import Graph
 from vizgrad.loop import TrainingLoop, decode_marks, encode_marks
 from vizgrad.run import Run, Step
@@ -43,8 +43,9 @@ __all__ = [
 
 #: Version of the tables below; a file with a higher one was written by a newer vizgrad.
 #: Versions 1 (summaries with their keys in every step) and 2 (no optimizer
-#: marks: each step is its own iteration) and 3 (no step checks: findings from the rows alone) are still read.
-SCHEMA_VERSION = 4
+#: marks: each step is its own iteration), 3 (no step checks: findings from the rows alone) and 4 (rows of 7
+#: columns, no mean of |g|: read as NaN, or computed from kept values) are still read.
+SCHEMA_VERSION = 5
 #: ``PRAGMA application_id`` of every run file ("VGRD"), which tells them from other SQLite files.
 APPLICATION_ID = 0x56475244
 #: Suffix suggested for run files (any name works: files are recognised by content).
@@ -82,7 +83,7 @@ CREATE TABLE steps (
     norm_hi REAL,                  -- so colour scales span a run without reading its rows
     rms_lo REAL,                   -- the same of norm / sqrt(elements) (schema 3)
     rms_hi REAL,
-    summaries BLOB NOT NULL,       -- crc32 + float64 rows [norm, mean, min, max, nan, inf, numel]
+    summaries BLOB NOT NULL,       -- crc32 + float64 rows [norm, mean, min, max, nan, inf, numel, abs]
     kept BLOB NOT NULL,            -- packed kept values: header of dtypes and shapes + raw bytes
     data TEXT NOT NULL,            -- JSON of the values logged with run.log()
     stepped TEXT NOT NULL,         -- optimizers (by ordinal) that stepped since the previous step: "0,1", ""
@@ -105,12 +106,14 @@ _STEP_COLUMNS = {1: "idx, graph, NULL, loss, summaries, kept, data",
                  2: "idx, graph, grad_index, loss, summaries, kept, data",
                  3: "idx, graph, grad_index, loss, summaries, kept, data, clip",
                  4: "idx, graph, grad_index, loss, summaries, kept, data, clip, checks"}
+_STEP_COLUMNS[5] = _STEP_COLUMNS[4]
 _CHECKED_COLUMNS = {1: "idx, graph, loss, params, summaries, kept, data",
                     2: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, summaries, kept, data",
                     3: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, kept, data, "
                        "stepped, clip",
                     4: "idx, graph, grad_index, loss, params, norm_lo, norm_hi, rms_lo, rms_hi, summaries, kept, data, "
                        "stepped, clip, checks"}
+_CHECKED_COLUMNS[5] = _CHECKED_COLUMNS[4]
 
 
 # -- validation --------------------------------------------------------------------------------------------
@@ -209,7 +212,7 @@ def is_run_file(path: str | os.PathLike[str]) -> bool:
 def _decode_rows_v1(blob: bytes) -> tuple[GradIndex, np.ndarray]:
     """Schema 1 kept each step's keys with its rows: ``(index, rows)``."""
     header, raw, (offset,) = unpack_blob(blob)
-    rows = np.frombuffer(raw, dtype="<f8", count=header["n"] * 7, offset=offset).reshape(-1, 7)
+    rows = widened(np.frombuffer(raw, dtype="<f8", count=header["n"] * OLD_WIDTH, offset=offset).reshape(-1, OLD_WIDTH))
     return GradIndex({value_key(key): int(at) for key, at in header["k"]}), rows
 
 
@@ -625,7 +628,7 @@ class RunStore:
             if grad_index is None:  # schema 1: the keys came with the rows
                 index, rows = _decode_rows_v1(summaries)
             else:
-                index, rows = self._index(grad_index), decode_rows(summaries)
+                index, rows = self._index(grad_index), decode_rows(summaries, WIDTH if self.version >= 5 else OLD_WIDTH)
             if index and not 0 <= min(index.values()) <= max(index.values()) < len(rows):
                 raise ValueError("its key index points outside its rows")
             buffers, kept, pending = decode_values(values, len(rows))

@@ -1167,7 +1167,7 @@ async function inflateText(packed) {
       }
       return out;
     }
-    const NORM = decode(F.norm), MAX = decode(F.max);
+    const NORM = decode(F.norm), MAX = decode(F.max), MEAN = F.mean ? decode(F.mean) : null;   // no mean: an old run file
     const depthSelect = $("flow-depth"), measureSelect = $("flow-measure"), box = $("flow"), readout = $("flow-readout");
     const groupings = F.depths.length ? F.depths : [{ depth: null, names: F.names, group: F.names.map((_, r) => r) }];
     groupings.forEach((g, at) => {
@@ -1176,15 +1176,19 @@ async function inflateText(packed) {
       option.value = String(at);
     });
     depthSelect.value = String(clamp(F.depth, 0, groupings.length - 1));
+    if (!MEAN) measureSelect.querySelector('option[value="mean"]').remove();
     measureSelect.value = F.measure === "norm" ? "norm" : "rms";   // as the graph's colours, to begin with
+    const BAR = MEAN ? "mean" : "rms", BAR_NAME = MEAN ? "mean |grad|" : "RMS |grad|";   // the bars' dark part
     depthSelect.parentElement.hidden = groupings.length < 2;
     $("flow-sub").textContent = (F.by === "module" ? "per module" : "per parameter") + ", of .grad after each backward()";
 
-    /** One grouping's numbers: norm (norms add in squares), RMS (norm / sqrt(elements)) and max per step and row. */
+    /** One grouping's numbers per step and row: norm (norms add in squares), RMS (norm / sqrt(elements)),
+        mean |grad| (means weighted by elements) and max. */
     let table = null;
     function aggregate(at) {
-      const g = groupings[at], G = g.names.length;
-      const norm = new Float64Array(S * G).fill(NaN), max = new Float64Array(S * G).fill(NaN), rms = new Float64Array(S * G).fill(NaN);
+      const g = groupings[at], G = g.names.length, cells = S * G;
+      const norm = new Float64Array(cells).fill(NaN), max = new Float64Array(cells).fill(NaN), rms = new Float64Array(cells).fill(NaN);
+      const mean = new Float64Array(cells).fill(NaN), counted = new Float64Array(cells);
       const numel = new Float64Array(G);
       g.group.forEach((k, r) => { numel[k] += F.numel[r] || 0; });
       for (let s = 0; s < S; s++) {
@@ -1194,15 +1198,23 @@ async function inflateText(packed) {
           const i = s * G + g.group[r], m = MAX[s * R + r];
           norm[i] = Number.isNaN(norm[i]) ? v * v : norm[i] + v * v;
           max[i] = Number.isNaN(max[i]) || m > max[i] ? m : max[i];
+          const a = MEAN ? MEAN[s * R + r] : NaN, n = F.numel[r] || 0;
+          if (!Number.isNaN(a) && n > 0) {
+            mean[i] = (Number.isNaN(mean[i]) ? 0 : mean[i]) + (a === Infinity ? Infinity : a * n);
+            counted[i] += n;
+          }
         }
         for (let k = 0; k < G; k++) {
           const i = s * G + k;
           norm[i] = Math.sqrt(norm[i]);
           rms[i] = numel[k] > 0 ? norm[i] / Math.sqrt(numel[k]) : NaN;
+          if (counted[i] > 0) mean[i] /= counted[i];
         }
       }
       const isParam = g.names.map((name) => F.names.some((n, r) => n === name && F.params[r]));
-      table = { names: g.names, G: G, norm: norm, rms: rms, max: max, isParam: isParam };
+      table = { names: g.names, G: G, norm: norm, rms: rms, mean: mean, max: max, isParam: isParam };
+      const a = logRange(table[BAR]), b = logRange(max);   // the bars' log scale, over every step
+      table.barRange = [Math.min(a[0], b[0]), Math.max(a[1], b[1])];
     }
 
     const logRange = (values) => {
@@ -1210,7 +1222,8 @@ async function inflateText(packed) {
       for (const v of values) if (v > 0 && v < Infinity) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
       return lo <= hi ? [Math.log10(lo), Math.log10(hi)] : [0, 0];
     };
-    const shown = () => (measureSelect.value === "norm" ? table.norm : table.rms);
+    const shown = () => table[measureSelect.value];
+    const MEASURE_NAMES = { rms: "RMS |grad|", mean: "mean |grad|", norm: "‖grad‖" };
     const ramp = F.colors.ramp;
     const hex = (c) => [parseInt(c.slice(1, 3), 16), parseInt(c.slice(3, 5), 16), parseInt(c.slice(5, 7), 16)];
     const RAMP = ramp.map(hex), BAD = hex(F.colors.nan), ZERO = hex(F.colors.zero), NONE = [246, 248, 250];
@@ -1275,14 +1288,13 @@ async function inflateText(packed) {
       const axis = htmlEl("div", "vg-flow-axis", null, box);
       htmlEl("span", null, "step " + XS[0], axis);
       htmlEl("span", null, String(XS[S - 1]), axis);
-      htmlEl("div", "vg-flow-key", "now", box).title = "this step: " + (measureSelect.value === "norm" ? "norm" : "RMS") +
-        " (dark) and max |grad| (light), log scale";
+      htmlEl("div", "vg-flow-key", "now", box).title = "this step: " + BAR_NAME + " (dark) and max |grad| (light), log scale";
       const key = htmlEl("div", "vg-flow-scale", null, box);
       htmlEl("span", null, fmt(Number(Math.pow(10, range[0]).toPrecision(2))), key);
       const strip = htmlEl("span", "vg-flow-strip", null, key);
       strip.style.background = "linear-gradient(to right, " + ramp.join(", ") + ")";
       htmlEl("span", null, fmt(Number(Math.pow(10, range[1]).toPrecision(2))), key);
-      htmlEl("span", "vg-flow-scale-name", (measureSelect.value === "norm" ? "‖grad‖" : "RMS |grad|") + ", log", key);
+      htmlEl("span", "vg-flow-scale-name", MEASURE_NAMES[measureSelect.value] + ", log", key);
       canvas.addEventListener("mousemove", (e) => { const at = cellAt(e); if (at) say(at[0], at[1]); });
       canvas.addEventListener("mouseleave", () => say(null));
       canvas.addEventListener("click", (e) => {
@@ -1310,8 +1322,8 @@ async function inflateText(packed) {
     function say(k, s) {
       if (k === null) { readout.textContent = ""; return; }
       const pos = s === undefined ? lastPos : s;
-      readout.textContent = (table.names[k] || "(model)") + " · step " + XS[pos] + " · RMS " + value(table.rms, pos, k) +
-        " · ‖g‖ " + value(table.norm, pos, k) + " · max |g| " + value(table.max, pos, k);
+      readout.textContent = (table.names[k] || "(model)") + " · step " + XS[pos] + (MEAN ? " · mean |g| " + value(table.mean, pos, k) : "") +
+        " · RMS " + value(table.rms, pos, k) + " · ‖g‖ " + value(table.norm, pos, k) + " · max |g| " + value(table.max, pos, k);
     }
 
     let lastPos = 0;
@@ -1319,7 +1331,7 @@ async function inflateText(packed) {
       lastPos = pos;
       if (!canvas) return;
       marker.style.left = ((pos + 0.5) / S) * 100 + "%";
-      const mid = shown(), lo = Math.min(range[0], logRange(table.max)[0]), hi = Math.max(range[1], logRange(table.max)[1]);
+      const mid = table[BAR], lo = table.barRange[0], hi = table.barRange[1];
       const scale = (v) => (v > 0 && v < Infinity ? clamp((Math.log10(v) - lo) / (hi - lo || 1), 0.02, 1) * 100 : 0);
       bars.forEach(([bar, maxBar, midBar], k) => {
         const m = table.max[pos * table.G + k], v = mid[pos * table.G + k];
@@ -1386,7 +1398,12 @@ async function inflateText(packed) {
     return {
       setPos: setPos, render: render, focus: (name) => { const k = table.names.indexOf(name); return k >= 0 && focus(k); },
       rows: () => table.G, names: () => table.names.slice(),
-      cell: (name, pos) => { const k = table.names.indexOf(name); return k < 0 ? null : { norm: table.norm[pos * table.G + k], rms: table.rms[pos * table.G + k], max: table.max[pos * table.G + k] }; },
+      cell: (name, pos) => {
+        const k = table.names.indexOf(name), i = pos * table.G + k;
+        return k < 0 ? null : { norm: table.norm[i], rms: table.rms[i], mean: MEAN ? table.mean[i] : null, max: table.max[i] };
+      },
+      /** The bars of step `pos`: what the dark part shows (mean |grad|, or RMS for an old run file) and max |grad|. */
+      bars: (pos) => ({ shows: BAR, values: table.names.map((_, k) => [table[BAR][pos * table.G + k], table.max[pos * table.G + k]]) }),
     };
   })();
   charts.push(flow);
