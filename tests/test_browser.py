@@ -516,11 +516,17 @@ def test_a_big_report_sends_other_views_and_parameters_in_parts_that_draw_as_the
     assert not re.findall(r'id="vg-part-', whole.read_text())
     lazy = {k for k, column in enumerate(data["columns"]) if column is None}
     assert lazy and len(data["params"]) == data["params_shown"] == 8 and data["params_later"] > 0
+    assert "stats" in parts and data["stats_later"] is True  # the inspector's numbers, inflated after the paint
 
     def walk(path: Path) -> list:
         page = Page(browser, path)
         p = page.ready()
-        seen = []
+        # The inspector of the loss, opened at once: its numbers, and its history over the steps.
+        root = call(p, "window.vizgrad.data.layouts[0].nodes.find(n => n[2] === 'root')[0]")
+        call(p, f"window.vizgrad.inspector.open({root!r})")
+        wait_until(p, "document.getElementById('inspector-stats').textContent.includes('norm')")
+        seen = [p.text_content("#inspector-stats"), p.text_content("#inspector-scope")]
+        call(p, "window.vizgrad.inspector.close()")
         for action in ("unfold('h')", "expand('h.3')", "step(4)", "collapse('h.3')", "overview()"):
             assert call(p, f"window.vizgrad.{action}") is True
             seen.append(p.evaluate("""() => [...document.querySelectorAll('#stage g.vg-node, #stage g.vg-module')]
@@ -542,8 +548,9 @@ def test_a_big_report_sends_other_views_and_parameters_in_parts_that_draw_as_the
 
     split_seen, whole_seen = walk(split), walk(whole)
     assert split_seen == whole_seen
-    assert len(split_seen[5]) == len(run.steps[0].params)  # every parameter's chart, after "show all"
-    assert split_seen[7]["expanded"] == ["h.3"] and split_seen[7]["step"] == 2 and split_seen[8]
+    assert "norm ‖g‖" in split_seen[0] and "6 of 6 steps" in split_seen[1]
+    assert len(split_seen[7]) == len(run.steps[0].params)  # every parameter's chart, after "show all"
+    assert split_seen[9]["expanded"] == ["h.3"] and split_seen[9]["step"] == 2 and split_seen[10]
 
 
 @pytest.mark.parametrize("layout_engine", ["wasm", "dot"])

@@ -588,14 +588,16 @@ class _FrameData:
 def _lazy_parts(payload: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
     """The page data to parse at load, and the named parts the page inflates when it first needs them.
 
-    Columns only other views draw go in one part per view (``view<k>``, the
-    columns no earlier part holds; a view lists every part it needs in
-    ``packs``); parameters past the first :data:`PARAMS_SHOWN` go in
-    ``params``. A 10,000-step report draws about a tenth of its columns in
-    its first view. ``payload`` is left as it is.
+    The first view's inspector numbers go in ``stats`` (the page inflates
+    them right after the first step is painted: half the data of a graph
+    drawn whole); columns only other views draw in one part per view
+    (``view<k>``, the columns no earlier part holds; a view lists every part
+    it needs in ``packs``); parameters past the first :data:`PARAMS_SHOWN`
+    in ``params``. A 10,000-step report draws about a tenth of its columns
+    in its first view. ``payload`` is left as it is.
     """
     columns = payload["columns"]
-    eager = _referenced(payload["segments"])
+    eager = _referenced(payload["segments"], stats=False)
     if payload["calls"] is not None:
         eager |= _referenced(payload["calls"]["segments"])
     if payload["ranks"] is not None:
@@ -603,34 +605,41 @@ def _lazy_parts(payload: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str
             eager |= _referenced(segments)
     owner: dict[int, str] = {}
     later: list[tuple[str, dict[str, Any]]] = []
+
+    def add_part(name: str, fresh: list[int]) -> None:
+        later.append((name, {"at": fresh, "columns": [columns[k] for k in fresh]}))
+        owner.update(dict.fromkeys(fresh, name))
+
+    inspected = sorted(_referenced(payload["segments"]) - eager)
+    if inspected:
+        add_part("stats", inspected)
     views = [payload["views"][0]]
     for number, view in enumerate(payload["views"][1:], 1):
         needed = _referenced(view["segments"]) - eager
         fresh = sorted(k for k in needed if k not in owner)
         if fresh:
-            name = f"view{number}"
-            later.append((name, {"at": fresh, "columns": [columns[k] for k in fresh]}))
-            owner.update(dict.fromkeys(fresh, name))
-        views.append({**view, "packs": sorted({owner[k] for k in needed}, key=lambda name: int(name[4:]))})
+            add_part(f"view{number}", fresh)
+        order = [name for name, _ in later]
+        views.append({**view, "packs": sorted({owner[k] for k in needed}, key=order.index)})
     params = payload["params"]
     if len(params) > PARAMS_SHOWN:
         later.append(("params", {"params": params[PARAMS_SHOWN:]}))
     eager_payload = {**payload, "views": views, "params": params[:PARAMS_SHOWN],
-                     "params_later": max(0, len(params) - PARAMS_SHOWN),
+                     "params_later": max(0, len(params) - PARAMS_SHOWN), "stats_later": bool(inspected),
                      "columns": [None if k in owner else column for k, column in enumerate(columns)]}
     return eager_payload, later
 
 
-def _referenced(segments: Sequence[dict[str, Any]]) -> set[int]:
-    """The columns the painted nodes and edges of ``segments`` refer to."""
+def _referenced(segments: Sequence[dict[str, Any]], stats: bool = True) -> set[int]:
+    """The columns the painted nodes and edges of ``segments`` refer to (``stats=False``: but the inspector's)."""
     out: set[int] = set()
     for segment in segments:
         for entry in itertools.chain(segment["nodes"], segment["edges"]):
             if entry is not None:
-                for value in entry.values():
+                for field, value in entry.items():
                     if isinstance(value, list):
                         out.update(value)
-                    else:
+                    elif stats or field != "stats":
                         out.add(value)
     return out
 

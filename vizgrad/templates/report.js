@@ -25,6 +25,7 @@ async function inflateText(packed) {
   const VIEWS = DATA.views;                   // the views a click leads to; 0 is the one the page opens with
   const viewFrames = [];
   let currentView = 0;
+  const allFrames = [];                       // every framesOf made, told to rebuild when a part's columns come
   let FRAMES = framesOf(DATA.segments);
   viewFrames[0] = FRAMES;
 
@@ -67,7 +68,10 @@ async function inflateText(packed) {
       made.set(pos, record);
       return record;
     }
-    return { length: owner.length, at: at, layoutAt: (pos) => segments[owner[pos][0]].layout };
+    const frames = { length: owner.length, at: at, layoutAt: (pos) => segments[owner[pos][0]].layout,
+      reset: () => { made.clear(); columnsOf.clear(); } };
+    allFrames.push(frames);
+    return frames;
   }
 
   function framesOfView(v) {
@@ -421,13 +425,22 @@ async function inflateText(packed) {
     return dataParts.get(name);
   }
 
+  /** Fills in the columns of part `name`; step records made before are made again from them. */
+  async function fillColumns(name) {
+    const got = await dataPart(name);
+    if (got.filled) return;
+    got.at.forEach((k, j) => { COLUMNS[k] = got.columns[j]; });
+    got.filled = true;
+    allFrames.forEach((frames) => frames.reset());
+  }
+
   /** Fills in the columns view v draws that came in parts (the first view's come with the page). */
   async function loadColumns(v) {
-    for (const name of VIEWS[v].packs || []) {
-      const got = await dataPart(name);
-      got.at.forEach((k, j) => { COLUMNS[k] = got.columns[j]; });
-    }
+    for (const name of VIEWS[v].packs || []) await fillColumns(name);
   }
+
+  // A big report's inspector numbers come in a part of their own, inflated once the first step is painted.
+  let statsPending = null;
 
   /** Inflates layout k when it came compressed (a torch.autograd.grad call's graph). */
   async function inflateLayout(k) {
@@ -1008,6 +1021,12 @@ async function inflateText(packed) {
       const shapeName = shapes.length > 1 ? "graph shape " + (shapes.indexOf(layout) + 1) + " of " + shapes.length : null;
       const parts = [name ? op : null, kind, shape, module, nodeId, shapeName].filter((p) => p);
       $("inspector-sub").textContent = parts.join(" · ");
+      box.hidden = false;
+      if (statsPending) {   // the numbers are still being inflated: shown when they are
+        $("inspector-stats").textContent = "loading the statistics…";
+        statsPending.then(() => { if (self.node === id && self.layout === layout) self.open(id, layout); });
+        return;
+      }
       const values = history(layout, id);
       const scope = $("inspector-scope");
       scope.hidden = shapes.length < 2;
@@ -1033,7 +1052,7 @@ async function inflateText(packed) {
     };
 
     self.update = function (pos) {
-      if (self.node === null) return;
+      if (self.node === null || statsPending) return;
       chart.setPos(pos);
       const body = $("inspector-stats");
       body.textContent = "";
@@ -1950,6 +1969,7 @@ async function inflateText(packed) {
 
   await inflateLayouts(0);   // a big report sends even its first view's layouts compressed
   player.seek(0);
+  if (DATA.stats_later) statsPending = fillColumns("stats").then(() => { statsPending = null; });
   const ready = hash.apply();
   let hashTimer = 0;
   const onStep = () => { clearTimeout(hashTimer); hashTimer = setTimeout(() => hash.write(), 250); };
