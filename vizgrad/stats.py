@@ -102,12 +102,12 @@ def _chunked_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     if whole:
         rows = (flat if whole == count else flat[:whole]).view(-1, CHUNK)
         # Per-row norms and sums in the tensor's precision (torch's sums cascade), combined in float64.
+        # |x| summed as abs() then sum(): torch's ord-1 vector_norm takes a slow path (9x the ord-2 one on the CPU).
         parts.append((torch.linalg.vector_norm(rows, dim=1).double(), rows.sum(dim=1).double(),
-                      torch.linalg.vector_norm(rows, 1, dim=1).double()))
+                      rows.abs().sum(dim=1).double()))
     if whole < count:
         tail = flat[whole:].double()
-        parts.append((torch.linalg.vector_norm(tail).view(1), tail.sum().view(1),
-                      torch.linalg.vector_norm(tail, 1).view(1)))
+        parts.append((torch.linalg.vector_norm(tail).view(1), tail.sum().view(1), tail.abs().sum().view(1)))
     norms, sums, magnitudes = parts[0] if len(parts) == 1 else [torch.cat(pair) for pair in zip(*parts)]
     return torch.linalg.vector_norm(norms), sums.sum(), magnitudes.sum()
 
