@@ -8,6 +8,7 @@ by forward hooks on the modules themselves.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -345,6 +346,39 @@ def test_a_functional_rnn_folds_its_time_steps_with_their_side_branches():
     assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads]
 
 
+def test_a_functional_rnn_with_its_loss_summed_over_time_folds_the_sum_and_the_recurrence():
+    torch.manual_seed(0)
+    wx, wh = torch.randn(4, 8, requires_grad=True), (0.3 * torch.randn(8, 8)).requires_grad_()
+    b = torch.zeros(8, requires_grad=True)
+    with vizgrad.record(params={"wx": wx, "wh": wh, "b": b}) as run:
+        h, hs, total = torch.zeros(2, 8), [], 0
+        for x in torch.randn(30, 2, 4):
+            h = torch.tanh(x @ wx + h @ wh + b)  # h_t feeds the next step and the loss: the spine is shared
+            hs.append(h)
+            total = total + h.pow(2).mean()
+        total.backward(retain_graph=True)
+    graph = run.steps[-1].graph
+    assert not graph.modules and len(graph.nodes) > 240
+    drawn = view_of(graph, ViewOptions(max_nodes=40))
+    plan = plan_of(drawn)
+    folds = {fold.type: fold for fold in plan.boxes.values()}
+    assert set(folds) == {"AddBackward0", "MmBackward0+AddBackward0+TanhBackward0"} and plan.visible <= 20
+    recurrence, summed = folds["MmBackward0+AddBackward0+TanhBackward0"], folds["AddBackward0"]
+    assert recurrence.chain and summed.chain and recurrence.count >= 28 and summed.count >= 28
+    # The time steps' ops are in a fold (the first and last steps differ: total = 0 + ..., the loss end), and no
+    # node is in two.
+    folded = set(recurrence.members) | set(summed.members)
+    assert len(folded) == len(recurrence.members) + len(summed.members)
+    inside = Counter(graph.nodes[at].op for at in folded)
+    assert inside["MmBackward0"] >= 2 * 28 and inside["TanhBackward0"] >= 28 and inside["PowBackward0"] >= 28
+    # The recurrence's bars: the whole gradient of each h_t (from the next step and from its loss term).
+    stats = box_stats(run, drawn)[recurrence.key]
+    grads = torch.autograd.grad(total, hs)
+    count = len(stats["bars"])
+    assert count == recurrence.count
+    assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads[len(grads) - count:]]
+
+
 def test_a_chain_inside_a_side_branch_folds_with_the_step_it_is_in():
     torch.manual_seed(0)
     wh, p = (0.3 * torch.randn(4, 4)).requires_grad_(), torch.randn(2, 4, requires_grad=True)
@@ -356,11 +390,15 @@ def test_a_chain_inside_a_side_branch_folds_with_the_step_it_is_in():
                 s = s.sin() * 1.01  # a repeated chain of its own, beside the recurrence
             h = torch.tanh(s + h @ wh)
         h.sum().backward()
-    graph, drawn, plan, fold = only_fold(run, max_nodes=40, least_nodes=400)
-    # One fold of the time steps, each step's inner chain inside it: no node is in two instances.
+    graph = run.steps[-1].graph
+    plan = plan_of(view_of(graph, ViewOptions(max_nodes=40)))
+    # One fold of the time steps, each step's inner chain inside it: no node is in two instances. The first
+    # step (its h from zeros) is outside that fold; its own inner chain folds on its own.
+    fold, first = sorted(plan.boxes.values(), key=lambda box: -len(box.members))
     members = [at for scope in module_scopes(graph).by_id.values() for at in scope.nodes]
     assert fold.count >= 19 and len(members) == len(set(members))
     assert sum(graph.nodes[at].op == "SinBackward0" for at in fold.members) >= 19 * 10
+    assert (first.type, first.count) == ("SinBackward0+MulBackward0", 10) and not set(first.members) & set(fold.members)
 
 
 def test_weights_of_a_module_never_called_sit_in_the_module_that_reads_them():

@@ -283,41 +283,57 @@ class _Scopes:
         Parameters used only within one instance go into it.
         """
         graph = self.graph
-        users, uses = self.users, self.uses
+        uses = self.uses
         ops = {at for at, node in enumerate(graph.nodes) if node.kind in ("op", "custom")}
         number = 0
         for parent, nodes in [(None, self.loose)] + [(scope, scope.nodes) for scope in list(self.by_id.values())]:
-            if len(nodes) < CHAIN_MIN:
+            folded: set[int] = set()
+            # A second pass over what the first left: an op also used by a folded chain (h_t, used by the next
+            # step and by the loss summed over time) carries a spine of its own among the rest.
+            for _ in range(2):
+                if len(nodes) < CHAIN_MIN:
+                    break
+                users = self.users if not folded else \
+                    {at: [u for u in self.users.get(at, ()) if u not in folded] for at in nodes}
+                made_now = self._chains_of(nodes, ops, users, uses)
+                if not made_now:
+                    break
+                number = self._add_chains(parent, nodes, made_now, number, self.users)
+                folded.update(at for chain, _, sides in made_now for at in chain)
+                folded.update(s for chain, _, sides in made_now for at in chain for s in sides[at])
+
+    def _chains_of(self, nodes: list[int], ops: set[int], users: Mapping[int, list[int]],
+                   uses: Mapping[int, list[int]]) -> list[tuple[list[int], int, dict[int, list[int]]]]:
+        """The repeated chains among ``nodes`` (see :meth:`_fold_chains`): ``(spine run, period, side branches)``."""
+        graph = self.graph
+        here = set(nodes)
+        private = {at: [u for u in uses.get(at, ()) if u in ops and u in here and users.get(u) == [at]]
+                   for at in nodes if at in ops}
+        history = _private_history(private)
+        following = {}  # spine op -> the private input that carries the spine on
+        for at, inputs in private.items():
+            if inputs:
+                following[at] = max(inputs, key=lambda u: (history[u], -u))
+        heads = set(following) - set(following.values())
+        made: list[tuple[list[int], int, dict[int, list[int]]]] = []
+        claimed: set[int] = set()
+        # The longest spine first: a spine inside another one's side branch is then taken with that branch.
+        for head in sorted(heads, key=lambda h: (-history[h], h)):
+            if head in claimed:
                 continue
-            here = set(nodes)
-            private = {at: [u for u in uses.get(at, ()) if u in ops and u in here and users.get(u) == [at]]
-                       for at in nodes if at in ops}
-            history = _private_history(private)
-            following = {}  # spine op -> the private input that carries the spine on
-            for at, inputs in private.items():
-                if inputs:
-                    following[at] = max(inputs, key=lambda u: (history[u], -u))
-            heads = set(following) - set(following.values())
-            made: list[tuple[list[int], int, dict[int, list[int]]]] = []
-            claimed: set[int] = set()
-            # The longest spine first: a spine inside another one's side branch is then taken with that branch.
-            for head in sorted(heads, key=lambda h: (-history[h], h)):
-                if head in claimed:
-                    continue
-                chain = [head]
-                while chain[-1] in following:
-                    chain.append(following[chain[-1]])
-                sides = {at: _side_branch(at, following.get(at), private) for at in chain}
-                labels = [graph.nodes[at].op + "|" + ",".join(sorted(graph.nodes[s].op for s in sides[at]))
-                          for at in chain]
-                run = _periodic_run(labels)
-                if run is not None:
-                    start, stop, period = run
-                    made.append((chain[start:stop], period, sides))
-                    claimed.update(chain[start:stop])
-                    claimed.update(s for at in chain[start:stop] for s in sides[at])
-            if made:
-                number = self._add_chains(parent, nodes, made, number, users)
+            chain = [head]
+            while chain[-1] in following:
+                chain.append(following[chain[-1]])
+            sides = {at: _side_branch(at, following.get(at), private) for at in chain}
+            labels = [graph.nodes[at].op + "|" + ",".join(sorted(graph.nodes[s].op for s in sides[at]))
+                      for at in chain]
+            run = _periodic_run(labels)
+            if run is not None:
+                start, stop, period = run
+                made.append((chain[start:stop], period, sides))
+                claimed.update(chain[start:stop])
+                claimed.update(s for at in chain[start:stop] for s in sides[at])
+        return made
 
     def _add_chains(self, parent: _Scope | None, owner: list[int], chains: list[tuple[list[int], int,
                                                                                      dict[int, list[int]]]],
