@@ -297,10 +297,12 @@ def test_info_summarises_a_run_file(saved_run):
     run = vizgrad.load(saved_run)
     names, norms = run.grad_norms(by="param")
     _, rms = run.grad_norms(by="param", measure="rms")
-    at = lines.index("gradients:  ‖.grad‖ per parameter, RMS in brackets; first iteration -> last")
+    _, means = run.grad_norms(by="param", measure="mean")
+    at = lines.index("gradients:  ‖.grad‖ per parameter, RMS and mean |g| in brackets; first iteration -> last")
     for k, name in enumerate(names):
         row = next(line for line in lines[at + 1:] if line.split()[0] == name)
-        assert f"{norms[0, k]:.3e} ({rms[0, k]:.3e}) -> {norms[5, k]:.3e} ({rms[5, k]:.3e})" in row
+        assert (f"{norms[0, k]:.3e} ({rms[0, k]:.3e}, {means[0, k]:.3e}) -> "
+                f"{norms[5, k]:.3e} ({rms[5, k]:.3e}, {means[5, k]:.3e})") in row
         assert row.endswith(f"x{norms[5, k] / norms[0, k]:.3g}")
 
 
@@ -319,7 +321,8 @@ def test_info_shows_iterations_and_layers_of_a_model_trained_with_an_optimizer(t
     assert "iterations: 3 (SGD; 2 steps each)" in lines
     first, last = run.iterations()[0].losses["loss"], run.iterations()[-1].losses["loss"]
     assert f"  loss per iteration (summed over its steps): first {first:.6g}, last {last:.6g}" in lines
-    at = lines.index("gradients:  ‖.grad‖ per module (depth 1), RMS in brackets; first iteration -> last")
+    at = lines.index("gradients:  ‖.grad‖ per module (depth 1), RMS and mean |g| in brackets; "
+                     "first iteration -> last")
     names, norms = run.grad_norms(by="module", depth=1)
     assert names == ["0", "2"]
     for k, name in enumerate(names):  # the .grad of each iteration's last step: what optimizer.step() used

@@ -89,7 +89,8 @@ def test_module_mean_and_max_abs_gradients_match_the_grads_of_their_parameters()
         names, values = run.grad_norms(by="module", measure=measure)
         for step, oracle in enumerate(expected):
             for column, name in enumerate(names):
-                assert values[step, column] == pytest.approx(oracle[f"{measure} {name}"], rel=1e-5), (measure, step, name)
+                want = oracle[f"{measure} {name}"]
+                assert values[step, column] == pytest.approx(want, rel=1e-5), (measure, step, name)
     names, means = run.grad_norms(by="param", measure="mean")
     for step, oracle in enumerate(expected):
         for column, name in enumerate(names):

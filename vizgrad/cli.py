@@ -542,10 +542,11 @@ def _gradient_lines(run: Any, limit: int = 40) -> list[str]:
         return []
     where = "per parameter" if by == "param" else f"per module (depth {depth})"
     title = "first iteration" if first == last else "first iteration -> last"
-    lines = [f"gradients:  ‖.grad‖ {where}, RMS in brackets; {title}"]
+    lines = [f"gradients:  ‖.grad‖ {where}, RMS and mean |g| in brackets; {title}"]
     width = min(36, max(len(name or "(model)") for name in flow.names))
     for k, name in enumerate(flow.names[:limit]):
-        cells = [f"{_sci(flow.norm[row, k])} ({_sci(flow.rms[row, k])})" for row in range(len(steps))]
+        cells = [f"{_sci(flow.norm[row, k])} ({_sci(flow.rms[row, k])}, {_sci(flow.mean[row, k])})"
+                 for row in range(len(steps))]
         change = ""
         if len(steps) == 2 and flow.norm[0, k] > 0 and math.isfinite(flow.norm[1, k] / flow.norm[0, k]):
             change = f"  x{flow.norm[1, k] / flow.norm[0, k]:.3g}"
