@@ -1033,7 +1033,6 @@ async function inflateText(packed) {
       const steps = values.filter((v) => v !== undefined).length;
       scope.textContent = "history over the " + steps.toLocaleString("en") + " of " + COUNT.toLocaleString("en") +
         " steps drawn with this graph shape";
-      box.hidden = false;
       chart = makeChart(chartBox, {
         series: [{ name: "norm", values: values, color: "#8250df" }], log: true, height: 96,
         label: "gradient norm history", empty: "no gradient reached this node",
@@ -1969,7 +1968,7 @@ async function inflateText(packed) {
 
   await inflateLayouts(0);   // a big report sends even its first view's layouts compressed
   player.seek(0);
-  if (DATA.stats_later) statsPending = fillColumns("stats").then(() => { statsPending = null; });
+  if (DATA.stats_later) statsPending = fillColumns("stats").finally(() => { statsPending = null; });
   const ready = hash.apply();
   let hashTimer = 0;
   const onStep = () => { clearTimeout(hashTimer); hashTimer = setTimeout(() => hash.write(), 250); };
