@@ -33,6 +33,8 @@ SEGMENT_LIMIT = 1 << 16
 CHUNK = 1024
 #: Up to this many values, :func:`summarize_distinct` finds repeats with a dict; above, with numpy.
 _SMALL_DEDUPE = 256
+#: Elements of a big tensor made absolute at a time to sum ``|x|`` (see :func:`_magnitude_sums`).
+_ABS_PART = 1 << 16
 #: A shape shared by at least this many tensors is reduced as one 2-d block with torch.
 _BLOCK_RUN = 8
 #: Tensors summarised together are copied (stacked, flattened, widened to float64) in
@@ -102,14 +104,30 @@ def _chunked_sums(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     if whole:
         rows = (flat if whole == count else flat[:whole]).view(-1, CHUNK)
         # Per-row norms and sums in the tensor's precision (torch's sums cascade), combined in float64.
-        # |x| summed as abs() then sum(): torch's ord-1 vector_norm takes a slow path (9x the ord-2 one on the CPU).
         parts.append((torch.linalg.vector_norm(rows, dim=1).double(), rows.sum(dim=1).double(),
-                      rows.abs().sum(dim=1).double()))
+                      _magnitude_sums(rows).double()))
     if whole < count:
         tail = flat[whole:].double()
         parts.append((torch.linalg.vector_norm(tail).view(1), tail.sum().view(1), tail.abs().sum().view(1)))
     norms, sums, magnitudes = parts[0] if len(parts) == 1 else [torch.cat(pair) for pair in zip(*parts)]
     return torch.linalg.vector_norm(norms), sums.sum(), magnitudes.sum()
+
+
+def _magnitude_sums(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's sum of ``|x|``: ``abs()`` into one reused buffer of :data:`_ABS_PART` elements at a time, then
+    ``sum()`` (torch's ord-1 ``vector_norm`` takes a slow path, 9x the ord-2 one on the CPU; one ``abs()`` of a
+    whole big gradient costs a copy of it: 2.0 against 1.2 ms for 4M floats)."""
+    if rows.numel() <= _ABS_PART or not rows.is_cpu:  # an accelerator's allocator makes the copy cheap
+        return rows.abs().sum(dim=1)
+    step = _ABS_PART // rows.shape[1]
+    buffer = torch.empty((step, rows.shape[1]), dtype=rows.dtype, device=rows.device)
+    sums = []
+    for start in range(0, rows.shape[0], step):
+        part = rows[start:start + step]
+        scratch = buffer[:part.shape[0]]
+        torch.abs(part, out=scratch)
+        sums.append(scratch.sum(dim=1))
+    return torch.cat(sums)
 
 
 def _fast_row(t: torch.Tensor) -> torch.Tensor:
