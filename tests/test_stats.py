@@ -268,3 +268,27 @@ def test_gradients_summarised_where_they_flowed_join_the_batch_on_either_path():
         assert_summary(batch.summary(0), big, rel=1e-6)
         assert_summary(batch.summary(1), small)
         assert batch.value(0) is None and torch.equal(batch.value(1), small)
+
+
+@pytest.mark.parametrize("magnitude", [1e-25, 1e-30, 1e25])
+def test_tiny_and_huge_gradients_keep_their_norm_on_every_path(magnitude):
+    """A vanishing gradient of 1e-25 squares to 1e-50, below float32's range: its norm must not read as zero."""
+    from vizgrad.stats import Reduced
+
+    torch.manual_seed(0)
+    paths = {
+        "kept": [torch.randn(3, 4) * magnitude],  # kept values: numpy segments
+        "block": [torch.randn(4, 32) * magnitude for _ in range(10)],  # one shape, eight or more: a 2-d block
+        "loose": [torch.randn(n) * magnitude for n in (100, 300, 700)],  # flat segments of their own
+        "long block": [torch.randn(3, 2000) * magnitude for _ in range(8)],  # block rows longer than a chunk
+        "big": [torch.randn(SEGMENT_LIMIT + 1000) * magnitude],  # reduced on its own, in chunks
+    }
+    for name, tensors in paths.items():
+        for packed in (None, ["cpu"]):  # the CPU path, and the device path (one transfer) run on the CPU
+            batch = summarize(tensors, keep=16 if name == "kept" else 0, packed_devices=packed)
+            for i, t in enumerate(tensors):
+                summary = batch.summary(i)
+                assert not summary.zero, (name, packed)
+                assert_summary(summary, t, rel=1e-6)
+    reduced = Reduced(paths["big"][0])  # summarised inside a node's hook
+    assert reduced.row[0] == pytest.approx(float(torch.linalg.vector_norm(paths["big"][0].double())), rel=1e-6)
