@@ -235,7 +235,7 @@ class Report:
         data = embed_json(eager)
         parts = [(name, embed_json(part)) for name, part in later]
         size = len(data) + sum(len(text) for _, text in parts)
-        if size <= SPLIT_DATA_ABOVE:  # one part is smaller, and parsed in a moment
+        if size <= SPLIT_DATA_ABOVE:  # a small report in one piece: parsed in a moment, and compressed better
             data, parts = embed_json(payload), []
         packed = _packed(str(data)) if size > PACK_DATA_ABOVE else None
         first = {segment["layout"] for segment in payload["segments"]} if packed is None else set()
