@@ -379,6 +379,52 @@ def test_a_functional_rnn_with_its_loss_summed_over_time_folds_the_sum_and_the_r
     assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in grads[len(grads) - count:]]
 
 
+def test_a_residual_stack_without_modules_folds_its_layers_by_the_levels_of_their_ops():
+    torch.manual_seed(0)
+    ws = [(torch.randn(8, 8) * 0.3).requires_grad_() for _ in range(40)]
+    with vizgrad.record(params={f"w{k}": w for k, w in enumerate(ws)}) as run:
+        y = torch.randn(2, 8, requires_grad=True)
+        ys = [y]
+        for w in ws:
+            y = y + torch.relu(y @ w)  # y is used twice each layer: no op is used by the next alone
+            ys.append(y)
+        loss = y.pow(2).sum()
+        loss.backward(retain_graph=True)
+    graph, drawn, plan, fold = only_fold(run, max_nodes=20, least_nodes=150)
+    assert (fold.count, fold.chain) == (40, True) and fold.type == "MmBackward0+ReluBackward0+AddBackward0"
+    assert plan.visible <= 10
+    # Each layer's bar: the gradient of the stream it hands on.
+    stats = box_stats(run, drawn)[fold.key]
+    assert stats["bars"] == [pytest.approx(norm(g), rel=1e-3) for g in torch.autograd.grad(loss, ys[1:])]
+
+
+def test_a_functional_lstm_with_its_loss_summed_over_time_folds_its_cell_body():
+    torch.manual_seed(0)
+    w = (torch.randn(12, 32) * 0.3).requires_grad_()
+    with vizgrad.record(params={"w": w}) as run:
+        h = c = torch.zeros(2, 8)
+        total = 0
+        for x in torch.randn(60, 2, 4):
+            i, f, g, o = (torch.cat([x, h], 1) @ w).chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # two states, h and c, each used twice
+            h = torch.sigmoid(o) * torch.tanh(c)
+            total = total + h.pow(2).mean()
+        total.backward()
+    graph = run.steps[-1].graph
+    assert len(graph.nodes) > 900
+    scopes = module_scopes(graph)
+    plan = plan_of(view_of(graph, ViewOptions(max_nodes=60)))
+    assert plan.visible <= 40
+    body = max(plan.boxes.values(), key=lambda box: len(box.members))
+    assert body.count >= 55 and body.type.endswith("+…")
+    # The instances are alike (one loop body each, cut where the levels fall), and no node is in two.
+    instances = [scope for (path, _), scope in scopes.by_id.items() if path == body.key]
+    assert len(instances) == body.count
+    assert len({tuple(sorted(Counter(graph.nodes[at].op for at in scope.nodes).items())) for scope in instances}) == 1
+    members = [at for scope in scopes.by_id.values() for at in scope.nodes]
+    assert len(members) == len(set(members))
+
+
 def test_a_chain_inside_a_side_branch_folds_with_the_step_it_is_in():
     torch.manual_seed(0)
     wh, p = (0.3 * torch.randn(4, 4)).requires_grad_(), torch.randn(2, 4, requires_grad=True)

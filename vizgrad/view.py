@@ -51,6 +51,8 @@ CHAIN_MIN = 16
 """Ops a repeated chain outside modules must have to fold (as a module called in a loop does)."""
 CHAIN_PERIOD = 8
 """The longest repeating unit of ops a chain is folded by."""
+BODY_PERIOD = 64
+"""The most ops a loop body may have to fold by the levels of its ops (see :meth:`_ModuleScopes._fold_bodies`)."""
 
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")  # an item of a container: ``model.h.3``
 
@@ -301,6 +303,43 @@ class _Scopes:
                 number = self._add_chains(parent, nodes, made_now, number, self.users)
                 folded.update(at for chain, _, sides in made_now for at in chain)
                 folded.update(s for chain, _, sides in made_now for at in chain for s in sides[at])
+            if len(nodes) >= CHAIN_MIN:
+                body = self._loop_body(nodes, ops)
+                if body is not None:
+                    number = self._add_chains(parent, nodes, [body], number, self.users)
+
+    def _loop_body(self, nodes: list[int], ops: set[int]) -> tuple[list[int], int, dict[int, list[int]]] | None:
+        """The ops of a loop no chain holds (state carried in several tensors: an LSTM's h and c, a residual
+        stream also fed to a branch), as one run of periods: ``(ops, period, {})``, or ``None``.
+
+        A loop's body adds the same ops at the same depths each time round: sorted by their level (the longest
+        path from the graph's inputs) and op, the ops repeat with the body's length as the period. Each period
+        of the longest such run (up to :data:`BODY_PERIOD` ops, three periods, :data:`CHAIN_MIN` ops) is an
+        instance, cut where the levels fall (a body's last ops may sit in the next period, alike in each).
+        """
+        graph, uses = self.graph, self.uses
+        level: dict[int, int] = {}
+        for start in nodes:  # iteratively: a loop's graph runs 100,000 levels deep
+            if start in level:
+                continue
+            stack = [start]
+            while stack:
+                at = stack[-1]
+                waiting = [u for u in uses.get(at, ()) if u not in level]
+                if waiting:
+                    stack.extend(waiting)
+                    continue
+                stack.pop()
+                level[at] = 1 + max((level[u] for u in uses.get(at, ())), default=0)
+        order = sorted((at for at in nodes if at in ops), key=lambda at: (level[at], graph.nodes[at].op, at))
+        run = _periodic_run([graph.nodes[at].op for at in order], BODY_PERIOD)
+        if run is None:
+            return None
+        start, stop, period = run
+        firsts = [level[order[at]] for at in range(start, stop, period)]
+        if any(later <= earlier for earlier, later in zip(firsts, firsts[1:])):
+            return None  # alike ops side by side (a sum of 100 terms), not a loop going deeper each time round
+        return list(reversed(order[start:stop])), period, {at: [] for at in order[start:stop]}
 
     def _chains_of(self, nodes: list[int], ops: set[int], users: Mapping[int, list[int]],
                    uses: Mapping[int, list[int]]) -> list[tuple[list[int], int, dict[int, list[int]]]]:
@@ -352,7 +391,8 @@ class _Scopes:
             taken.add(path)
             forward = list(reversed(chain))
             spines = [forward[k:k + period] for k in range(0, len(forward) - len(forward) % period, period)]
-            kind = "+".join(dict.fromkeys(short_op(self.graph.nodes[at].op) for at in spines[0]))
+            names = list(dict.fromkeys(short_op(self.graph.nodes[at].op) for at in spines[0]))
+            kind = "+".join(names[:3]) + ("+…" if len(names) > 3 else "")  # a loop body's label stays one line
             units = [[node for at in spine for node in (*sides[at], at)] for spine in spines]
             info = ModuleInfo(path, kind, len(units), parent.path if parent is not None else None)
             for k, unit in enumerate(units):
@@ -496,13 +536,13 @@ def _side_branch(at: int, spine_input: int | None, private: Mapping[int, list[in
     return out[::-1]
 
 
-def _periodic_run(ops: Sequence[str]) -> tuple[int, int, int] | None:
-    """The longest stretch of ``ops`` that repeats a unit of up to :data:`CHAIN_PERIOD` ops: ``(start, stop, period)``.
+def _periodic_run(ops: Sequence[str], longest: int = CHAIN_PERIOD) -> tuple[int, int, int] | None:
+    """The longest stretch of ``ops`` that repeats a unit of up to ``longest`` ops: ``(start, stop, period)``.
 
     ``None`` when no stretch of :data:`CHAIN_MIN` ops (and three periods) repeats.
     """
     best: tuple[int, int, int] | None = None
-    for period in range(1, CHAIN_PERIOD + 1):
+    for period in range(1, longest + 1):
         at = period
         while at < len(ops):
             if ops[at] != ops[at - period]:
