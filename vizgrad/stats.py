@@ -174,14 +174,6 @@ def _flat_values(t: torch.Tensor) -> tuple[torch.Tensor, int]:
     return _flat(_real(base)), repeats
 
 
-def _cpu_row(t: torch.Tensor) -> list[float]:
-    """``[norm, mean, min, max, abs]`` of a big dense CPU tensor as floats: :func:`_fast_row` with fewer torch calls."""
-    flat, repeats = _flat_values(t)
-    norm, total, magnitude = _chunked_sums(flat)
-    return [norm.item() * math.sqrt(repeats), total.item() / flat.numel(), flat.amin().item(), flat.amax().item(),
-            magnitude.item() / flat.numel()]
-
-
 def _exact_row(t: torch.Tensor) -> list[float]:
     """``[norm, mean, min, max, nan, inf, abs]`` with NaN-ignoring min/max: the slow path for non-finite tensors."""
     values = _real(t.coalesce().values() if t.is_sparse else t).reshape(-1).double()
