@@ -755,6 +755,31 @@ def test_the_gradient_flow_panel_shows_each_layer_and_a_click_goes_to_that_step_
     p.close()
 
 
+def test_a_parameters_inspector_shows_its_mean_abs_gradient_as_the_flow_panel_does(browser, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    with vizgrad.record(model) as run:
+        for _ in range(3):
+            model.zero_grad()
+            model(torch.randn(5, 3)).pow(2).mean().backward()
+    path = run.report().save(tmp_path / "mlp.html")
+    names, means = run.grad_norms(by="param", measure="mean")
+    page = Page(browser, path)
+    p = page.ready()
+    call(p, "window.vizgrad.step(2)")
+    leaf = call(p, "window.vizgrad.data.layouts[0].nodes.find(n => n[3] === '0.weight')[0]")
+    call(p, f"window.vizgrad.inspector.open({leaf!r})")
+    rows = dict(p.eval_on_selector_all("#inspector-stats tr",
+                                       "rs => rs.map(r => [r.cells[0].textContent, r.cells[1].textContent])"))
+    assert float(rows["mean |g|"]) == pytest.approx(means[2, names.index("0.weight")], rel=1e-3)
+    assert float(rows["mean |g|"]) == pytest.approx(float(model[0].weight.grad.abs().mean()), rel=1e-3)
+    tanh = call(p, "window.vizgrad.data.layouts[0].nodes.find(n => n[1].startsWith('Tanh'))[0]")
+    call(p, f"window.vizgrad.inspector.open({tanh!r})")  # an op's inspector: norm, mean, min, max as before
+    assert "mean |g|" not in p.text_content("#inspector-stats") and "norm ‖g‖" in p.text_content("#inspector-stats")
+    assert page.errors == []
+    p.close()
+
+
 def test_a_gan_report_draws_a_loss_curve_per_name_by_iteration(browser, tmp_path):
     torch.manual_seed(0)
     netD, netG = torch.nn.Linear(4, 1), torch.nn.Linear(2, 4)

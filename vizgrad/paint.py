@@ -202,9 +202,10 @@ def paint_segment(steps: Sequence[Step], scale: ColorScale, *, inspector: bool =
         if inspector:
             # The inspector shows output 0; ops along a chain share that gradient, so equal columns are made once.
             first_rows, first_found = data[:, slots[0]], present[:, slots[0]]
-            stats_key = first_rows.tobytes() + first_found.tobytes()
+            # A parameter's also carry its mean |g|, the number its row of the gradient-flow panel shows.
+            stats_key = first_rows.tobytes() + first_found.tobytes() + (b"leaf" if kind == "leaf" else b"")
             if stats_key not in stats_by_content:
-                stats_by_content[stats_key] = _stats_columns(first_rows, first_found)
+                stats_by_content[stats_key] = _stats_columns(first_rows, first_found, magnitude=kind == "leaf")
             nodes[node_id]["stats"] = stats_by_content[stats_key]
     edges: dict[str, dict[str, Any]] = {}
     for at, slot in zip(todo_edges, edge_slots):
@@ -362,12 +363,16 @@ def _color_indices(norm: np.ndarray, numel: np.ndarray, scale: ColorScale) -> np
     return _palette_index(scale.color_indices(norm, numel), _FLAG_COLOR_INDEX["zero"])
 
 
-def _stats_columns(rows: np.ndarray, found: np.ndarray) -> dict[str, Any]:
-    """The inspector's columns for one node: rounded ``norm, mean, min, max``, ``one``, ``nan``/``inf``."""
+def _stats_columns(rows: np.ndarray, found: np.ndarray, magnitude: bool = False) -> dict[str, Any]:
+    """The inspector's columns for one node: rounded ``norm, mean, min, max``, ``one``, ``nan``/``inf`` and, with
+    ``magnitude``, ``abs`` (mean |g|) where some step measured it on more than one element."""
     columns: dict[str, Any] = {name: _stat_column(rows[:, k], found)
                                for k, name in enumerate(("norm", "mean", "min", "max"))}
     nan, inf = rows[:, 4], rows[:, 5]
-    columns["one"] = (found & (rows[:, 6] == 1) & (nan == 0) & (inf == 0)).astype(np.int8).tolist()
+    one = found & (rows[:, 6] == 1) & (nan == 0) & (inf == 0)
+    columns["one"] = one.astype(np.int8).tolist()
+    if magnitude and (found & ~one & ~np.isnan(rows[:, 7])).any():  # none in a run file before schema 5
+        columns["abs"] = _stat_column(rows[:, 7], found & ~np.isnan(rows[:, 7]))
     if np.any(np.nan_to_num(nan) > 0) or np.any(np.nan_to_num(inf) > 0):
         columns["nan"] = np.nan_to_num(nan).astype(np.int64).tolist()
         columns["inf"] = np.nan_to_num(inf).astype(np.int64).tolist()

@@ -86,7 +86,9 @@ async function inflateText(packed) {
     if (st.norm[i] === null) return null;
     if (st.one[i]) return st.mean[i];
     const entry = [st.norm[i], st.mean[i], st.min[i], st.max[i]];
-    if (st.nan && (st.nan[i] || st.inf[i])) entry.push(st.nan[i], st.inf[i]);
+    const bad = st.nan && (st.nan[i] || st.inf[i]);
+    if (bad || st.abs) entry.push(bad ? st.nan[i] : 0, bad ? st.inf[i] : 0);
+    if (st.abs) entry.push(st.abs[i]);   // a parameter's mean |g|
     return entry;
   }
 
@@ -986,7 +988,7 @@ async function inflateText(packed) {
       if (entry === null || entry === undefined) return [null, null, null, null, 0, 0];
       if (entry.box) return [entry.box[0], null, null, null, 0, 0, entry.box];   // in, out, largest inside
       if (!Array.isArray(entry)) return [typeof entry === "number" ? Math.abs(entry) : entry, entry, entry, entry, 0, 0];
-      return [entry[0], entry[1], entry[2], entry[3], entry[4] || 0, entry[5] || 0];
+      return [entry[0], entry[1], entry[2], entry[3], entry[4] || 0, entry[5] || 0, undefined, entry[6]];
     }
 
     /** Gradient norm of node `id` of a layout at every frame: undefined on frames of other layouts,
@@ -1078,6 +1080,7 @@ async function inflateText(packed) {
       }
       row("norm ‖g‖", fmt(stats[0]), typeof stats[0] === "string");
       row("mean", fmt(stats[1]), typeof stats[1] === "string");
+      if (stats[7] !== undefined && stats[7] !== null) row("mean |g|", fmt(stats[7]), typeof stats[7] === "string");
       row("min", fmt(stats[2]), typeof stats[2] === "string");
       row("max", fmt(stats[3]), typeof stats[3] === "string");
       row("NaN count", String(stats[4]), stats[4] > 0);
