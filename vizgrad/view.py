@@ -24,7 +24,7 @@ import dataclasses
 import math
 import re
 from collections import Counter
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ CHAIN_MIN = 16
 CHAIN_PERIOD = 8
 """The longest repeating unit of ops a chain is folded by."""
 BODY_PERIOD = 64
-"""The most ops a loop body may have to fold by the levels of its ops (see :meth:`_ModuleScopes._fold_bodies`)."""
+"""The most ops a loop body may have to fold by the levels of its ops (see :meth:`_Scopes._loop_body`)."""
 
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")  # an item of a container: ``model.h.3``
 
@@ -282,11 +282,11 @@ class _Scopes:
         longest run with a period of up to :data:`CHAIN_PERIOD` spine ops, side
         branches alike, at least :data:`CHAIN_MIN` long) becomes one instance
         per period, so that it folds like a module called in a loop.
-        Parameters used only within one instance go into it.
+        Parameters used only within one instance go into it. A second pass
+        looks again among the ops left, not counting users already folded;
+        what is still left may fold as a loop body (:meth:`_loop_body`).
         """
-        graph = self.graph
-        uses = self.uses
-        ops = {at for at, node in enumerate(graph.nodes) if node.kind in ("op", "custom")}
+        ops = {at for at, node in enumerate(self.graph.nodes) if node.kind in ("op", "custom")}
         number = 0
         for parent, nodes in [(None, self.loose)] + [(scope, scope.nodes) for scope in list(self.by_id.values())]:
             folded: set[int] = set()
@@ -297,7 +297,7 @@ class _Scopes:
                     break
                 users = self.users if not folded else \
                     {at: [u for u in self.users.get(at, ()) if u not in folded] for at in nodes}
-                made_now = self._chains_of(nodes, ops, users, uses)
+                made_now = self._chains_of(nodes, ops, users)
                 if not made_now:
                     break
                 number = self._add_chains(parent, nodes, made_now, number, self.users)
@@ -317,20 +317,8 @@ class _Scopes:
         of the longest such run (up to :data:`BODY_PERIOD` ops, three periods, :data:`CHAIN_MIN` ops) is an
         instance, cut where the levels fall (a body's last ops may sit in the next period, alike in each).
         """
-        graph, uses = self.graph, self.uses
-        level: dict[int, int] = {}
-        for start in nodes:  # iteratively: a loop's graph runs 100,000 levels deep
-            if start in level:
-                continue
-            stack = [start]
-            while stack:
-                at = stack[-1]
-                waiting = [u for u in uses.get(at, ()) if u not in level]
-                if waiting:
-                    stack.extend(waiting)
-                    continue
-                stack.pop()
-                level[at] = 1 + max((level[u] for u in uses.get(at, ())), default=0)
+        graph = self.graph
+        level = _inputs_first(nodes, self.uses, lambda below: 1 + max(below, default=0))
         order = sorted((at for at in nodes if at in ops), key=lambda at: (level[at], graph.nodes[at].op, at))
         run = _periodic_run([graph.nodes[at].op for at in order], BODY_PERIOD)
         if run is None:
@@ -341,10 +329,11 @@ class _Scopes:
             return None  # alike ops side by side (a sum of 100 terms), not a loop going deeper each time round
         return list(reversed(order[start:stop])), period, {at: [] for at in order[start:stop]}
 
-    def _chains_of(self, nodes: list[int], ops: set[int], users: Mapping[int, list[int]],
-                   uses: Mapping[int, list[int]]) -> list[tuple[list[int], int, dict[int, list[int]]]]:
-        """The repeated chains among ``nodes`` (see :meth:`_fold_chains`): ``(spine run, period, side branches)``."""
-        graph = self.graph
+    def _chains_of(self, nodes: list[int], ops: set[int],
+                   users: Mapping[int, list[int]]) -> list[tuple[list[int], int, dict[int, list[int]]]]:
+        """The repeated chains among ``nodes`` (see :meth:`_fold_chains`): ``(spine run, period, side branches)``;
+        ``users`` are the ops each node counts as using it."""
+        graph, uses = self.graph, self.uses
         here = set(nodes)
         private = {at: [u for u in uses.get(at, ()) if u in ops and u in here and users.get(u) == [at]]
                    for at in nodes if at in ops}
@@ -508,21 +497,30 @@ class _Scopes:
 
 
 def _private_history(private: Mapping[int, list[int]]) -> dict[int, int]:
-    """Per op: how many ops its private inputs reach, itself included (iteratively: chains run 100,000 long)."""
-    history: dict[int, int] = {}
-    for start in private:
-        if start in history:
+    """Per op: how many ops its private inputs reach, itself included."""
+    return _inputs_first(private, private, lambda below: 1 + sum(below))
+
+
+def _inputs_first(starts: Iterable[int], inputs: Mapping[int, Sequence[int]],
+                  combine: Callable[[Iterator[int]], int]) -> dict[int, int]:
+    """``combine(values of a node's inputs)`` for every node reached from ``starts``, its inputs' first.
+
+    Iterative, with an explicit stack: chains and loops run 100,000 nodes deep.
+    """
+    value: dict[int, int] = {}
+    for start in starts:
+        if start in value:
             continue
         stack = [start]
         while stack:
             at = stack[-1]
-            waiting = [u for u in private.get(at, ()) if u not in history]
+            waiting = [u for u in inputs.get(at, ()) if u not in value]
             if waiting:
                 stack.extend(waiting)
                 continue
             stack.pop()
-            history[at] = 1 + sum(history[u] for u in private.get(at, ()))
-    return history
+            value[at] = combine(value[u] for u in inputs.get(at, ()))
+    return value
 
 
 def _side_branch(at: int, spine_input: int | None, private: Mapping[int, list[int]]) -> list[int]:
