@@ -371,8 +371,9 @@ def _stats_columns(rows: np.ndarray, found: np.ndarray, magnitude: bool = False)
     nan, inf = rows[:, 4], rows[:, 5]
     one = found & (rows[:, 6] == 1) & (nan == 0) & (inf == 0)
     columns["one"] = one.astype(np.int8).tolist()
-    if magnitude and (found & ~one & ~np.isnan(rows[:, 7])).any():  # none in a run file before schema 5
-        columns["abs"] = _stat_column(rows[:, 7], found & ~np.isnan(rows[:, 7]))
+    measured = found & ~np.isnan(rows[:, 7])  # none in a run file before schema 5
+    if magnitude and (measured & ~one).any():
+        columns["abs"] = _stat_column(rows[:, 7], measured)
     if np.any(np.nan_to_num(nan) > 0) or np.any(np.nan_to_num(inf) > 0):
         columns["nan"] = np.nan_to_num(nan).astype(np.int64).tolist()
         columns["inf"] = np.nan_to_num(inf).astype(np.int64).tolist()

@@ -115,7 +115,8 @@ class Step:
         return self.table.value(("node", node_id, output))
 
     def stats(self, node_id: str, output: int = 0) -> dict[str, float | int] | None:
-        """Summary dict (``norm, mean, min, max, nan, inf, numel, abs``: ``abs`` the mean of ``|g|``) of that gradient, or ``None`` when none flowed."""
+        """Summary dict of that gradient (``norm, mean, min, max, nan, inf, numel, abs``: ``abs`` the mean of
+        ``|g|``), or ``None`` when none flowed."""
         self.graph.node(node_id)
         summary = self.table.summary(("node", node_id, output))
         return None if summary is None else summary.as_dict()

@@ -213,7 +213,8 @@ def _sparse_row(t: torch.Tensor) -> torch.Tensor:
     if values.numel() < t.numel():
         lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     return torch.stack([torch.linalg.vector_norm(values.double()), values.double().sum() / t.numel(), lo, hi,
-                        isnan.sum().double(), torch.isinf(values).sum().double(), values.double().abs().sum() / t.numel()])
+                        isnan.sum().double(), torch.isinf(values).sum().double(),
+                        values.double().abs().sum() / t.numel()])
 
 
 #: The statistics of an empty tensor (``norm, mean, min, max, nan, inf, abs``).

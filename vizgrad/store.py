@@ -20,8 +20,9 @@ import numpy as np
 
 from vizgrad._version import __version__
 from vizgrad.errors import RecordingError, RunFileError, UsageError, VizgradError
-from vizgrad.gradtable import (OLD_WIDTH, WIDTH, GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows, decode_values,
-                               encode_index, encode_rows, stored_norm_ranges, unpack_blob, value_key, widened)
+from vizgrad.gradtable import (OLD_WIDTH, WIDTH, GradIndex, GradTable, ValuesEncoder, decode_index, decode_rows,
+                               decode_values, encode_index, encode_rows, stored_norm_ranges, unpack_blob, value_key,
+                               widened)
 from vizgrad.graph import Graph
 from vizgrad.loop import TrainingLoop, decode_marks, encode_marks
 from vizgrad.run import Run, Step
@@ -212,8 +213,8 @@ def is_run_file(path: str | os.PathLike[str]) -> bool:
 def _decode_rows_v1(blob: bytes) -> tuple[GradIndex, np.ndarray]:
     """Schema 1 kept each step's keys with its rows: ``(index, rows)``."""
     header, raw, (offset,) = unpack_blob(blob)
-    rows = widened(np.frombuffer(raw, dtype="<f8", count=header["n"] * OLD_WIDTH, offset=offset).reshape(-1, OLD_WIDTH))
-    return GradIndex({value_key(key): int(at) for key, at in header["k"]}), rows
+    rows = np.frombuffer(raw, dtype="<f8", count=header["n"] * OLD_WIDTH, offset=offset).reshape(-1, OLD_WIDTH)
+    return GradIndex({value_key(key): int(at) for key, at in header["k"]}), widened(rows)
 
 
 
@@ -628,7 +629,8 @@ class RunStore:
             if grad_index is None:  # schema 1: the keys came with the rows
                 index, rows = _decode_rows_v1(summaries)
             else:
-                index, rows = self._index(grad_index), decode_rows(summaries, WIDTH if self.version >= 5 else OLD_WIDTH)
+                width = WIDTH if self.version >= 5 else OLD_WIDTH  # abs came with schema 5
+                index, rows = self._index(grad_index), decode_rows(summaries, width)
             if index and not 0 <= min(index.values()) <= max(index.values()) < len(rows):
                 raise ValueError("its key index points outside its rows")
             buffers, kept, pending = decode_values(values, len(rows))
