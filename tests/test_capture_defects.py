@@ -319,6 +319,49 @@ def test_a_leafs_recorded_gradient_does_not_follow_later_changes_to_grad():
     assert step.table.summary(("param_grad", "0.weight")).norm == 0.0  # .grad as backward() left it
 
 
+def test_a_big_parameters_grad_shares_its_leafs_summary_only_while_it_is_that_gradient(monkeypatch):
+    """The .grad that AccumulateGrad took over from a big leaf gradient is summarised once (with its exact zeros);
+    an accumulated, rewritten or replaced .grad is summarised as it is."""
+    from vizgrad import stats
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(400, 300), nn.ReLU(), nn.Linear(300, 1))  # the weight: 120,000 elements
+    with torch.no_grad():
+        model[0].bias[:100] = -100.0  # 100 dead units: 40,000 exact zeros in the weight's gradient
+    weight = model[0].weight
+    x = torch.randn(16, 400)
+    want = torch.autograd.grad(model(x).pow(2).mean(), weight)[0]
+    sweeps: list[int] = []
+    sweep = stats._cpu_sums
+    monkeypatch.setattr(stats, "_cpu_sums", lambda flat, zeros=False: sweeps.append(flat.numel()) or sweep(flat, zeros))
+    def rewrite(p: torch.Tensor) -> None:
+        p.grad.mul_(2.0)
+
+    def replace(p: torch.Tensor) -> None:
+        p.grad = p.grad * 3.0
+
+    cases = {"taken": (1.0, None), "accumulated": (2.0, None), "rewritten": (2.0, rewrite), "replaced": (3.0, replace)}
+    with vizgrad.record(model) as run:
+        for case, (factor, hook) in cases.items():
+            if case != "accumulated":
+                model.zero_grad()  # .grad None: AccumulateGrad takes the incoming tensor over
+            handle = weight.register_post_accumulate_grad_hook(hook) if hook is not None else None
+            sweeps.clear()
+            model(x).pow(2).mean().backward()
+            if handle is not None:
+                handle.remove()
+            step = run.steps[-1]
+            leaf = step.graph.node_of(weight).id
+            assert step.stats(leaf)["norm"] == pytest.approx(float(want.norm()), rel=1e-5), case  # what flowed
+            grad = step.table.summary(("param_grad", "0.weight"))
+            assert grad.norm == pytest.approx(float(weight.grad.norm()), rel=1e-5), case
+            assert grad.norm == pytest.approx(factor * float(want.norm()), rel=1e-5), case
+            assert grad.abs == pytest.approx(float(weight.grad.abs().mean()), rel=1e-5), case
+            assert step.checks["zeros"]["0.weight"] == int((weight.grad == 0).sum()) == 40_000, case
+            # The weight's sweeps: its value, and its gradient once when .grad is that gradient, else twice.
+            assert sweeps.count(weight.numel()) == (2 if case == "taken" else 3), case
+
+
 def test_a_pre_hook_on_a_leaf_registered_inside_the_block_is_seen():
     torch.manual_seed(0)
     w = torch.randn(4, 4, requires_grad=True)

@@ -292,3 +292,27 @@ def test_tiny_and_huge_gradients_keep_their_norm_on_every_path(magnitude):
                     assert got[key] == pytest.approx(want[key], rel=1e-6, abs=0), (name, packed, key)
     reduced = Reduced(paths["big"][0])  # summarised inside a node's hook
     assert reduced.row[0] == pytest.approx(float(torch.linalg.vector_norm(paths["big"][0].double())), rel=1e-6)
+
+
+def test_a_big_tensors_zero_count_is_exact_on_every_path():
+    """Exact zeros counted in the summary's sweep (a part with none is skipped) and by zero_count, against ==."""
+    from vizgrad.stats import _PART_ROWS, CHUNK, Reduced, zero_count
+
+    torch.manual_seed(0)
+    part = _PART_ROWS * CHUNK
+    late = torch.randn(3 * part + 517)  # zeros only in the third part and in the tail past the last whole chunk
+    late[2 * part + 5:2 * part + 900] = 0.0
+    late[-3:] = 0.0
+    nan = torch.randn(part + 4000)
+    nan[[7, part + 3]] = torch.tensor([math.nan, 0.0])  # NaN counts as nonzero; the non-finite path counts too
+    dead = torch.randn(600, 300)
+    dead[::3] = 0.0  # a dead unit's weight rows
+    cases = {"late": late, "nan": nan, "transposed": dead.t(), "none": torch.randn(part + 1),
+             "broadcast": torch.zeros(1, 300).expand(700, 300), "float64": dead.double(),
+             "channels_last": torch.relu(torch.randn(4, 16, 40, 40)).contiguous(memory_format=torch.channels_last)}
+    for name, t in cases.items():
+        want = int((t == 0).sum())
+        assert Reduced(t, zeros=True).zeros == want, name
+        assert zero_count(t) == want, name
+        assert_summary(summarize([Reduced(t, zeros=True)], keep=0).summary(0), t)  # the row is unchanged by counting
+    assert Reduced(late).zeros is None  # not asked: not counted

@@ -18,6 +18,7 @@ import torch
 
 from vizgrad.errors import RecordingWarning, UsageError
 from vizgrad.findings import compare_manual, engine_order, has_nonfinite_gradient, nonfinite_origins, zeros_due
+from vizgrad.stats import Reduced, zero_count
 
 __all__ = ["nonfinite_checks", "zeros_due", "zero_counts", "forward_origin", "Expectation", "manual_checks", "watch_scalers",
            "unwatch_scalers"]
@@ -38,8 +39,13 @@ def nonfinite_checks(step: Any, captured: Mapping[Any, Any], fns: Sequence[Any],
     return engine_order(origins, step.graph, ran)
 
 
-def zero_counts(names: Sequence[str], variables: Sequence[torch.Tensor]) -> dict[str, int]:
-    """How many elements of each parameter's ``.grad`` are exactly zero (one host sync per device)."""
+def zero_counts(names: Sequence[str], variables: Sequence[torch.Tensor],
+                lookup: Callable[[Any], Any] | None = None) -> dict[str, int]:
+    """How many elements of each parameter's ``.grad`` are exactly zero (one host sync per device).
+
+    ``lookup``: the step's :meth:`vizgrad.stats.Reducer.lookup`, whose
+    stand-in for a ``.grad`` may have counted them already.
+    """
     counts: dict[str, int] = {}
     elsewhere: dict[Any, list[tuple[str, torch.Tensor]]] = {}
     with torch.no_grad():
@@ -47,8 +53,11 @@ def zero_counts(names: Sequence[str], variables: Sequence[torch.Tensor]) -> dict
             grad = variable.grad
             if grad is None or grad.layout != torch.strided:
                 continue
-            if grad.is_cpu:
-                counts[name] = grad.numel() - int(grad.count_nonzero())
+            known = lookup(grad) if lookup is not None else None
+            if type(known) is Reduced and known.zeros is not None:
+                counts[name] = known.zeros
+            elif grad.is_cpu:
+                counts[name] = zero_count(grad)
             else:
                 elsewhere.setdefault(grad.device, []).append((name, grad))
         for pairs in elsewhere.values():

@@ -481,7 +481,9 @@ class Recorder:
             graph = self._dedupe(graph)
             plan = self._plan(graph, self._neighbours_may_stand_in(graph, live))
         hooked = live.fns if plan.every_node_hooked else list(itertools.compress(live.fns, plan.hooked))
-        reducer = Reducer(self._reduce_limit) if self._reduce_limit < math.inf else None
+        reducer = None
+        if self._reduce_limit < math.inf:  # zeros counted where reduced, on the steps that count them
+            reducer = Reducer(self._reduce_limit, zeros=bool(plan.named_leaves) and checking.zeros_due(len(self.run.steps)))
         log = modules.call_log() if self.activations else None
         noted = log.take_activations() if log is not None else ()
         return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer, noted)
@@ -588,7 +590,8 @@ class Recorder:
                 checks["forward"] = forward
         if plan.named_leaves and checking.zeros_due(step.index):
             fns = live.fns or ()
-            zeros = checking.zero_counts(plan.named_leaf_names, [fns[at].variable for at in plan.named_leaves])
+            zeros = checking.zero_counts(plan.named_leaf_names, [fns[at].variable for at in plan.named_leaves],
+                                         work.reducer.lookup if work.reducer is not None else None)
             if zeros:
                 checks["zeros"] = zeros
         if expected:
