@@ -482,8 +482,9 @@ class Recorder:
             plan = self._plan(graph, self._neighbours_may_stand_in(graph, live))
         hooked = live.fns if plan.every_node_hooked else list(itertools.compress(live.fns, plan.hooked))
         reducer = None
-        if self._reduce_limit < math.inf:  # zeros counted where reduced, on the steps that count them
-            reducer = Reducer(self._reduce_limit, zeros=bool(plan.named_leaves) and checking.zeros_due(len(self.run.steps)))
+        if self._reduce_limit < math.inf:  # parameters' zeros counted where reduced, on the steps that count them
+            counted = plan.named_leaf_shapes if checking.zeros_due(len(self.run.steps)) else frozenset()
+            reducer = Reducer(self._reduce_limit, zeros_of=counted)
         log = modules.call_log() if self.activations else None
         noted = log.take_activations() if log is not None else ()
         return _StepWork(graph, live, plan, hooked, tracked, seeds, NodeCapture(reducer), reducer, noted)
@@ -842,6 +843,9 @@ class _GraphPlan:
                 self.extra_keys += [("param", node.name), ("param_grad", node.name)]
         self.unheld_keys = [key for key in self.extra_keys if key[0] in ("value", "param", "param_grad")]
         self.named_leaf_names = [key[1] for key in self.extra_keys if key[0] == "param_grad"]
+        #: The named leaves' shapes: a big gradient of one of them has its zeros counted where it is reduced.
+        self.named_leaf_shapes = frozenset(tuple(traversed[at].shape) for at in self.named_leaves
+                                           if traversed[at].shape is not None)
         hooked_nodes = [node for node, hooked in zip(traversed, self.hooked) if hooked]
         #: Per hooked node, whether it is a leaf (hooked before it accumulates; see NodeCapture).
         self.leaf_hooks = [node.kind == "leaf" for node in hooked_nodes]

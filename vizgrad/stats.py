@@ -334,13 +334,14 @@ class Reducer:
     ``AccumulateGrad`` took over from a leaf's gradient) holds the same
     values in another order, and shares the summary too.
 
-    ``zeros``: also count each token's exact zeros (for the parameters' zero
-    counts, on the steps that take them).
+    ``zeros_of``: shapes whose tokens also count their exact zeros, in the
+    same sweep (the parameters' shapes, on the steps that count their
+    zeros; other gradients, a ReLU's full of zeros, are spared the count).
     """
 
-    def __init__(self, limit: float, zeros: bool = False) -> None:
+    def __init__(self, limit: float, zeros_of: frozenset[tuple[int, ...]] = frozenset()) -> None:
         self.limit = limit
-        self.zeros = zeros
+        self.zeros_of = zeros_of
         self.count = 0  # tokens made since the last clear()
         self._memo: dict[int, tuple[Any, int, Reduced]] = {}
         self._blocks: dict[int, tuple[Any, int, Any, int, Reduced]] = {}  # see _same_block
@@ -397,7 +398,8 @@ class Reducer:
         if token is None:
             try:
                 with torch.no_grad():
-                    token = Reduced(local_parts([grad])[0], self.zeros)  # a DTensor's local part: no collective
+                    # A DTensor's local part: no collective in a hook.
+                    token = Reduced(local_parts([grad])[0], bool(self.zeros_of) and tuple(grad.shape) in self.zeros_of)
             except Exception:  # an odd tensor (a subclass, a nested tensor): hold it, summarise it at the end
                 return None
             self.count += 1
