@@ -316,3 +316,21 @@ def test_a_big_tensors_zero_count_is_exact_on_every_path():
         assert zero_count(t) == want, name
         assert_summary(summarize([Reduced(t, zeros=True)], keep=0).summary(0), t)  # the row is unchanged by counting
     assert Reduced(late).zeros is None  # not asked: not counted
+
+
+def test_a_view_of_a_reduced_gradients_memory_shares_its_summary_in_its_own_shape():
+    """The Reducer knows a transposed view of a reduced gradient by its block of memory; a new tensor that
+    happens to get the same address, or the block written to since, is summarised afresh."""
+    from vizgrad.stats import Reducer
+
+    torch.manual_seed(0)
+    reducer = Reducer(limit=1000)
+    grad = torch.randn(400, 300)
+    (token,) = reducer((grad,))
+    (view,) = reducer((grad.t(),))
+    assert view.shape == (300, 400) and view.row == token.row and reducer.count == 1
+    assert reducer.lookup(grad.t().contiguous()) is not token  # a copy: other memory
+    assert reducer((grad[:200],))[0].row != token.row  # part of the block only: its own summary
+    grad.mul_(2.0)  # written to: the version moved on
+    (again,) = reducer((grad.t(),))
+    assert again.row[0] == pytest.approx(2 * token.row[0], rel=1e-6)

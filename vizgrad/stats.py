@@ -321,6 +321,16 @@ class Reduced:
         """Element count of the tensor it summarises."""
         return self._numel
 
+    def standing_for(self, t: torch.Tensor) -> Reduced:
+        """This summary for ``t``, the same values in another order: itself, or a copy with ``t``'s shape (a
+        gradient's shape is checked against its node's)."""
+        if t.shape == self.shape:
+            return self
+        other = Reduced.__new__(Reduced)
+        other.shape, other.dtype, other.is_cpu, other.row, other.zeros, other._numel = \
+            t.shape, self.dtype, self.is_cpu, self.row, self.zeros, self._numel
+        return other
+
 
 class Reducer:
     """Replaces the gradients bigger than ``limit`` elements by :class:`Reduced` summaries, inside node hooks.
@@ -387,7 +397,7 @@ class Reducer:
         if storage.expired() or storage.cdata != t.untyped_storage()._cdata \
                 or (numel, dtype, version) != (t.numel(), t.dtype, t._version):
             return None
-        return token
+        return token.standing_for(t)
 
     def _token(self, grad: torch.Tensor) -> Reduced | None:
         entry = self._memo.get(id(grad))
