@@ -134,7 +134,7 @@ def _cpu_sums(flat: torch.Tensor, zeros: bool = False) -> tuple[list[float], int
     parts = -(-n // _PART_ROWS)
     extremes = torch.empty((2, parts), dtype=dtype)
     lows, highs = extremes
-    zero_count = 0
+    found_zeros = 0
     if n:
         # Every part's views made at once (split, unbind: one call each), not sliced part by part.
         split = _PART_ROWS
@@ -151,8 +151,7 @@ def _cpu_sums(flat: torch.Tensor, zeros: bool = False) -> tuple[list[float], int
             absolute(part, out=scratch)
             total(scratch, 1, out=part_magnitudes)
             if zeros and not scratch.amin() > 0:  # some element is zero (or NaN, which counts as nonzero)
-                torch.ne(part, 0, out=scratch)
-                zero_count += scratch.numel() - int(scratch.sum())  # exact: whole numbers below 2^24
+                found_zeros += _zeros_in(part, scratch)
     row = [torch.linalg.vector_norm(norms.double()), sums.double().sum(), lows.amin() if parts else math.inf,
            highs.amax() if parts else -math.inf, magnitudes.double().sum()]
     row = [float(value) for value in row]
@@ -161,8 +160,8 @@ def _cpu_sums(flat: torch.Tensor, zeros: bool = False) -> tuple[list[float], int
         row = [math.hypot(row[0], float(torch.linalg.vector_norm(tail))), row[1] + float(tail.sum()),
                min(row[2], float(tail.amin())), max(row[3], float(tail.amax())), row[4] + float(tail.abs().sum())]
         if zeros:
-            zero_count += tail.numel() - int(tail.count_nonzero())
-    return row, zero_count
+            found_zeros += tail.numel() - int(tail.count_nonzero())
+    return row, found_zeros
 
 
 def _fast_row(t: torch.Tensor) -> torch.Tensor:
@@ -195,20 +194,25 @@ def zero_count(t: torch.Tensor) -> int:
         return t.numel() - int(t.count_nonzero())
     flat, repeats = _flat_values(t)
     buffer = torch.empty(part_numel, dtype=flat.dtype)
-    nonzero = 0
+    zeros = 0
     for start in range(0, flat.numel(), part_numel):
         part = flat[start:start + part_numel]
-        scratch = buffer if len(part) == part_numel else buffer[:len(part)]
-        torch.ne(part, 0, out=scratch)
-        nonzero += int(scratch.sum())  # exact: whole numbers below 2^24
-    return (flat.numel() - nonzero) * repeats
+        zeros += _zeros_in(part, buffer if len(part) == part_numel else buffer[:len(part)])
+    return zeros * repeats
+
+
+def _zeros_in(part: torch.Tensor, scratch: torch.Tensor) -> int:
+    """How many elements of ``part`` are exactly zero, compared into ``scratch`` (its shape, a float dtype) and
+    summed: exact, as the counts are whole numbers below 2^24."""
+    torch.ne(part, 0, out=scratch)
+    return scratch.numel() - int(scratch.sum())
 
 
 def _cpu_row(t: torch.Tensor, zeros: bool = False) -> tuple[list[float], int]:
     """``[norm, mean, min, max, abs]`` of a big dense CPU tensor as floats, and its count of exact zeros (when
     ``zeros``, else 0): :func:`_cpu_sums`, again at a power-of-two scale where squares under- or overflowed."""
     flat, repeats = _flat_values(t)
-    row, zero_count = _cpu_sums(flat, zeros)
+    row, found_zeros = _cpu_sums(flat, zeros)
     lo, hi = row[2], row[3]
     largest = max(abs(lo), abs(hi))
     scale = 1.0
@@ -218,7 +222,7 @@ def _cpu_row(t: torch.Tensor, zeros: bool = False) -> tuple[list[float], int]:
     norm, total, _, _, magnitude = row
     count = flat.numel()
     return ([norm / scale * math.sqrt(repeats), total / scale / count, lo, hi, magnitude / scale / count],
-            zero_count * repeats)
+            found_zeros * repeats)
 
 
 def _flat_values(t: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -286,10 +290,10 @@ def _big_row(t: torch.Tensor, zeros: bool) -> tuple[list[float], int | None]:
         return row, (t.numel() - int(t.coalesce().values().count_nonzero()) if zeros else None)
     if t.numel() == 0:
         return list(_EMPTY_ROW), (0 if zeros else None)
-    row, zero_count = _cpu_row(t, zeros)
+    row, found_zeros = _cpu_row(t, zeros)
     if not math.isfinite(row[0]):  # NaN or Inf somewhere (or squares beyond float64): count them
-        return _exact_row(t), (t.numel() - int(t.count_nonzero()) if zeros else None)
-    return [*row[:4], 0.0, 0.0, row[4]], (zero_count if zeros else None)
+        return _exact_row(t), (zero_count(t) if zeros else None)
+    return [*row[:4], 0.0, 0.0, row[4]], (found_zeros if zeros else None)
 
 
 class Reduced:
